@@ -1,0 +1,112 @@
+"""Read and validate a model package directory (pure: no onnxruntime, no HTTP).
+
+A package is NAME/VERSION/ holding model.onnx, tokenizer.json and metadata.json; the sha256 of
+model.onnx must match the metadata, and the tokenizer spec must load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.tokenizer import TokenizerSpec
+
+PACKAGE_FORMAT = "rnnserve-package/1"
+INPUT_NAME = "input_ids"
+OUTPUT_NAME = "probabilities"
+REQUIRED_FILES = ("model.onnx", "tokenizer.json", "metadata.json")
+# Names and versions come from URLs: these patterns keep every lookup inside the repository.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERSION_RE = re.compile(r"^[0-9]{1,9}$")
+
+
+class PackageError(Exception):
+    """A package failed validation; the message says why."""
+
+
+@dataclass
+class Package:
+    name: str
+    version: int
+    path: Path
+    metadata: dict
+    tokenizer: TokenizerSpec
+
+    @property
+    def labels(self) -> list[str]:
+        return self.metadata["labels"]
+
+    @property
+    def maxlen(self) -> int:
+        return self.metadata["maxlen"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_package(path: str | Path) -> Package:
+    """Validate files, metadata, checksum and tokenizer; raise PackageError with the reason."""
+    path = Path(path)
+    name, version = path.parent.name, path.name
+    if not NAME_RE.match(name) or not VERSION_RE.match(version):
+        raise PackageError(f"{path}: expected MODELS/NAME/VERSION with a numeric version")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise PackageError(f"missing {', '.join(missing)}")
+    try:
+        metadata = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PackageError(f"metadata.json is not readable JSON: {exc}") from exc
+    if not isinstance(metadata, dict) or metadata.get("format") != PACKAGE_FORMAT:
+        raise PackageError(f"metadata.json format is not {PACKAGE_FORMAT!r}")
+    for key in ("labels", "maxlen", "onnx", "input", "output"):
+        if key not in metadata:
+            raise PackageError(f"metadata.json lacks {key!r}")
+    labels = metadata["labels"]
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(l, str) for l in labels):
+        raise PackageError("metadata labels must be a list of two or more strings")
+    expected = metadata["onnx"].get("sha256")
+    actual = sha256_file(path / "model.onnx")
+    if expected != actual:
+        raise PackageError(f"model.onnx sha256 {actual[:12]}... does not match metadata ({str(expected)[:12]}...)")
+    try:
+        spec = TokenizerSpec.load(path / "tokenizer.json")
+    except (OSError, ValueError, TypeError) as exc:
+        raise PackageError(f"tokenizer.json is invalid: {exc}") from exc
+    if spec.maxlen != metadata["maxlen"]:
+        raise PackageError(f"tokenizer maxlen {spec.maxlen} differs from metadata maxlen {metadata['maxlen']}")
+    return Package(name=name, version=int(version), path=path, metadata=metadata, tokenizer=spec)
+
+
+def check_io(package: Package, inputs: list, outputs: list) -> None:
+    """Compare an ONNX session's declared inputs/outputs with the metadata (duck-typed NodeArgs)."""
+    by_name_in = {i.name: i for i in inputs}
+    by_name_out = {o.name: o for o in outputs}
+    if list(by_name_in) != [INPUT_NAME]:
+        raise PackageError(f"model inputs are {list(by_name_in)}, expected [{INPUT_NAME!r}]")
+    if OUTPUT_NAME not in by_name_out:
+        raise PackageError(f"model outputs {list(by_name_out)} lack {OUTPUT_NAME!r}")
+    in_shape = by_name_in[INPUT_NAME].shape
+    out_shape = by_name_out[OUTPUT_NAME].shape
+    if len(in_shape) != 2 or (isinstance(in_shape[1], int) and in_shape[1] != package.maxlen):
+        raise PackageError(f"model input shape {in_shape} does not take maxlen {package.maxlen}")
+    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(package.labels)):
+        raise PackageError(f"model output shape {out_shape} does not give {len(package.labels)} classes")
+
+
+def scan_repository(root: Path) -> list[Path]:
+    """Every NAME/VERSION directory under root (dot-directories, e.g. exports in progress, skipped)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        v for n in root.iterdir() if n.is_dir() and not n.name.startswith(".")
+        for v in n.iterdir() if v.is_dir() and not v.name.startswith(".")
+    )

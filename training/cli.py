@@ -1,0 +1,140 @@
+"""`rnnserve-train` / `python -m training`: train, export, evaluate, list presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from training.config import PRESETS, TUTORIAL_ACCURACY, ConfigError, TrainConfig, preset_config
+from training.data import DATA_DIR_ENV, DataError
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.lower() in ("none", "0", "") else int(value)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, so every hyper-parameter can be overridden from the shell."""
+    group = parser.add_argument_group("hyper-parameters (override the preset)")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif kind in (int | None,):
+            group.add_argument(flag, dest=f.name, type=_optional_int, default=None, metavar="N|none")
+        else:
+            base = {int: int, float: float}.get(kind, str)
+            group.add_argument(flag, dest=f.name, type=base, default=None)
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    if args.preset:
+        return preset_config(args.preset, **overrides)
+    if "dataset" not in overrides:
+        raise ConfigError("give --preset NAME or --dataset (imdb, reuters or a CSV/JSONL file)")
+    return TrainConfig.from_dict(overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.train import train
+
+    cfg = _config_from_args(args)
+    name = args.name or args.preset or Path(cfg.dataset).stem
+    out = Path(args.out or Path("runs") / name)
+    metrics = train(cfg, out, args.data_dir, verbose=1 if args.progress else 2)
+    print(json.dumps({"run_dir": str(out), **metrics}, indent=2))
+    if args.preset in TUTORIAL_ACCURACY:
+        print(f"tutorial reports {TUTORIAL_ACCURACY[args.preset]:.2%}; this run {metrics['test']['accuracy']:.2%}")
+    if args.export:
+        from training.export import export_run
+
+        path = export_run(out, args.models_dir, args.export, args.version, args.data_dir, overwrite=args.overwrite)
+        print(f"exported {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    path = export_run(args.run_dir, args.models_dir, args.name, args.version, args.data_dir,
+                      parity_examples=args.parity_examples, atol=args.atol, overwrite=args.overwrite)
+    meta = json.loads((path / "metadata.json").read_text())
+    print(json.dumps({"package": str(path), "parity": meta["parity"], "test": meta["metrics"]["test"]}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_package
+
+    result = evaluate_package(args.package, args.data_dir)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, overrides in PRESETS.items():
+        reported = f" (tutorial: {TUTORIAL_ACCURACY[name]:.2%})" if name in TUTORIAL_ACCURACY else ""
+        print(f"{name}{reported}\n    " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnserve-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data_help = f"local copy of the Keras datasets (default ${DATA_DIR_ENV}; else Keras downloads them)"
+
+    p = sub.add_parser("train", help="train a classifier into a run directory (and optionally export it)")
+    p.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    p.add_argument("--out", help="run directory (default runs/NAME)")
+    p.add_argument("--name", help="run and model name (default the preset or file name)")
+    p.add_argument("--export", metavar="MODEL_NAME", help="export the trained model as this package name")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package version")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stdout.isatty(),
+                   help="Keras progress bars (default: when on a terminal; else one line per epoch)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="convert a run to ONNX, check parity, write a model package")
+    p.add_argument("run_dir")
+    p.add_argument("--name", required=True, help="package name, e.g. imdb-lstm")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    p.add_argument("--parity-examples", type=int, default=1000, help="test sequences in the parity gate")
+    p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |keras - onnx| probability")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="test-split metrics of a package through onnxruntime")
+    p.add_argument("package", help="a package directory, e.g. models/imdb-lstm/1")
+    p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("presets", help="list the presets")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training.export import ExportError  # noqa: PLC0415 - keeps --help free of TensorFlow start-up
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ExportError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
