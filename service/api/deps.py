@@ -1,0 +1,22 @@
+"""Dependencies shared by the routers (FastAPI-template style Annotated aliases)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.registry import Registry
+from service.settings import Settings
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,241 @@
+"""Open Inference Protocol (KServe V2) over HTTP, as Triton speaks it, so `tritonclient.http` works unchanged.
+
+Input: one BYTES tensor of texts (JSON `data` or the binary tensor extension). Outputs: `probabilities`
+(FP32 [N, C]) and `label` (BYTES [N]), as JSON or binary as the client asks. Errors are `{"error": msg}`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from service import __version__
+from service.api.deps import RegistryDep, SettingsDep
+from service.errors import BadRequest, InvalidInput, NotReady
+from service.predict import check_limits, classify
+from service.registry import LoadedModel
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+HEADER_LENGTH = "Inference-Header-Content-Length"
+INPUT_NAME, PROBS_NAME, LABEL_NAME = "text", "probabilities", "label"
+
+INFER_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "shape", "datatype"],
+                "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                               "datatype": {"type": "string", "enum": ["BYTES"]}, "parameters": {"type": "object"},
+                               "data": {"type": "array", "items": {}}}}},
+            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "parameters": {"type": "object"}}}},
+        }}}}}
+}
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict:
+    return {"name": "rnnserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live", summary="Server liveness")
+async def server_live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server readiness")
+async def server_ready(registry: RegistryDep):
+    return JSONResponse({"ready": registry.ready}, status_code=200 if registry.ready else 503)
+
+
+def _metadata(model: LoadedModel) -> dict:
+    return {
+        "name": model.name,
+        "versions": [str(model.version)],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, len(model.labels)]},
+                    {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "parameters": {"labels": model.labels, "maxlen": model.package.maxlen},
+    }
+
+
+@router.get("/models/{name}", summary="Model metadata")
+async def model_metadata(name: str, registry: RegistryDep) -> dict:
+    meta = _metadata(registry.get(name))
+    meta["versions"] = [str(v) for v in sorted(registry.models[name])]
+    return meta
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+async def model_version_metadata(name: str, version: str, registry: RegistryDep) -> dict:
+    return _metadata(registry.get(name, version))
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+async def model_ready(name: str, registry: RegistryDep) -> dict:
+    model = registry.get(name)
+    return {"name": model.name, "ready": True}
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+async def model_version_ready(name: str, version: str, registry: RegistryDep) -> dict:
+    model = registry.get(name, version)
+    return {"name": model.name, "ready": True}
+
+
+@router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER_BODY)
+async def infer(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
+    return await _infer(registry.get(name), request, settings)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version", openapi_extra=INFER_BODY)
+async def infer_version(name: str, version: str, request: Request, registry: RegistryDep,
+                        settings: SettingsDep) -> Response:
+    return await _infer(registry.get(name, version), request, settings)
+
+
+async def _infer(model: LoadedModel, request: Request, settings) -> Response:
+    body = await request.body()
+    header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+    texts = _read_texts(header, binary)
+    check_limits(texts, settings.max_texts_per_request, settings.max_text_chars)
+    probs, _ = await classify(model, texts)
+    labels = [model.labels[i] for i in probs.argmax(axis=1)]
+    probs = probs.astype(np.float32, copy=False)
+    wanted = _requested_outputs(header)
+    outputs, blobs = [], []
+    for out_name, binary_out in wanted:
+        if out_name == PROBS_NAME:
+            tensor = {"name": PROBS_NAME, "datatype": "FP32", "shape": list(probs.shape)}
+            raw, data = probs.astype("<f4").tobytes(), probs.ravel().tolist()
+        else:
+            tensor = {"name": LABEL_NAME, "datatype": "BYTES", "shape": [len(labels)]}
+            raw, data = _encode_bytes(labels), labels
+        if binary_out:
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            tensor["data"] = data
+        outputs.append(tensor)
+    result: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version), "outputs": outputs}
+    if "id" in header:
+        result["id"] = header["id"]
+    payload = json.dumps(result).encode()
+    if not blobs:
+        return Response(payload, media_type="application/json")
+    return Response(payload + b"".join(blobs), media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(payload))})
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise BadRequest(f"{HEADER_LENGTH} must be an integer") from None
+        if not 0 <= n <= len(body):
+            raise BadRequest(f"{HEADER_LENGTH} {n} is outside the body of {len(body)} bytes")
+        json_part, binary = body[:n], body[n:]
+    try:
+        header = json.loads(json_part)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"request is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidInput("inference request must be a JSON object")
+    return header, binary
+
+
+def _read_texts(header: dict, binary: bytes) -> list[str]:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput(f"expected exactly one input tensor named {INPUT_NAME!r}")
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT_NAME:
+        raise InvalidInput(f"unexpected input {tensor.get('name')!r}; this model takes {INPUT_NAME!r}")
+    if tensor.get("datatype") != "BYTES":
+        raise InvalidInput(f"input {INPUT_NAME!r} must have datatype BYTES, not {tensor.get('datatype')!r}")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or any(d != 1 for d in shape[1:])):
+        raise InvalidInput(f"input shape must be [N] or [N, 1], got {shape!r}")
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size != len(binary):
+            raise BadRequest(f"binary_data_size {size!r} does not match the {len(binary)} binary bytes sent")
+        raw = _decode_bytes(binary)
+        try:
+            texts = [b.decode("utf-8") for b in raw]
+        except UnicodeDecodeError:
+            raise BadRequest("input texts must be UTF-8") from None
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidInput(f"input {INPUT_NAME!r} needs 'data' (or binary data)")
+        texts = _flatten(data)
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidInput("every element of a BYTES input must be a string")
+    if len(texts) != shape[0]:
+        raise InvalidInput(f"shape {shape} says {shape[0]} texts but {len(texts)} were sent")
+    if not texts:
+        raise InvalidInput("no texts to classify")
+    return texts
+
+
+def _flatten(data: list) -> list:
+    out = []
+    for x in data:
+        out.extend(_flatten(x) if isinstance(x, list) else [x])
+    return out
+
+
+def _requested_outputs(header: dict) -> list[tuple[str, bool]]:
+    params = header.get("parameters") or {}
+    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    outputs = header.get("outputs")
+    if outputs is None:
+        return [(PROBS_NAME, default_binary), (LABEL_NAME, default_binary)]
+    if not isinstance(outputs, list):
+        raise InvalidInput("'outputs' must be a list")
+    wanted = []
+    for out in outputs:
+        name = out.get("name") if isinstance(out, dict) else None
+        if name not in (PROBS_NAME, LABEL_NAME):
+            raise InvalidInput(f"unknown output {name!r}; outputs are {PROBS_NAME!r} and {LABEL_NAME!r}")
+        p = out.get("parameters") or {}
+        wanted.append((name, bool(p.get("binary_data", default_binary)) if isinstance(p, dict) else default_binary))
+    return wanted
+
+
+def _decode_bytes(buf: bytes) -> list[bytes]:
+    """Triton's BYTES serialisation: each element is a little-endian uint32 length, then the bytes."""
+    out, i = [], 0
+    while i < len(buf):
+        if i + 4 > len(buf):
+            raise BadRequest("truncated BYTES tensor")
+        (n,) = struct.unpack_from("<I", buf, i)
+        i += 4
+        if i + n > len(buf):
+            raise BadRequest("truncated BYTES tensor")
+        out.append(buf[i:i + n])
+        i += n
+    return out
+
+
+def _encode_bytes(items: list[str]) -> bytes:
+    parts = []
+    for s in items:
+        b = s.encode("utf-8")
+        parts.append(struct.pack("<I", len(b)) + b)
+    return b"".join(parts)

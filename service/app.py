@@ -1,0 +1,100 @@
+"""create_app(settings): the FastAPI app, its lifespan (background model loading) and error rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service import __version__
+from service.api import health, v1, v2
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.middleware import ServiceMiddleware
+from service.registry import Registry
+from service.settings import Settings
+
+log = logging.getLogger("rnnserve.app")
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+              413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input", 503: "not_ready"}
+
+
+def error_response(request: Request, status: int, code: str, message: str, headers: dict | None = None):
+    # tritonclient reads {"error": "<message>"}; the /v1 API gives a code as well.
+    if request.url.path.startswith("/v2"):
+        body = {"error": message}
+    else:
+        body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "request body is not valid JSON"
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    return 422, "; ".join(parts)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    registry = Registry(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Load in the background: liveness answers at once, readiness waits for the models.
+        loading = asyncio.create_task(registry.load_all())
+        app.state.loading = loading
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+            await registry.close()
+
+    app = FastAPI(title="rnnserve", version=__version__, lifespan=lifespan,
+                  description="Serves recurrent text classifiers (SimpleRNN, GRU, LSTM) exported to ONNX.")
+    app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
+    app.include_router(health.router)
+    app.include_router(v1.router)
+    app.include_router(v2.router)
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       known_models=lambda name: name in registry.models or name in registry.failures,
+                       access_log=settings.access_log)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        return error_response(request, exc.status, exc.code, exc.message, exc.headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        content_type = request.headers.get("content-type", "")
+        if content_type and "json" not in content_type and request.method == "POST":
+            return error_response(request, 415, HTTP_CODES[415],
+                                  f"send the body as JSON with Content-Type: application/json, not {content_type!r}")
+        status, message = _describe_validation(exc)
+        return error_response(request, status, HTTP_CODES[status], message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "request body could not be parsed (invalid UTF-8 or JSON?)"
+        return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), message,
+                              getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return error_response(request, 500, "internal_error", "internal server error; see the logs for this request id")
+
+    return app

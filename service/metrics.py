@@ -1,0 +1,40 @@
+"""Prometheus collectors, owned by one app (its own CollectorRegistry), so apps and tests never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("rnnserve_requests_total", "HTTP requests", ["model", "endpoint", "status"],
+                                registry=r)
+        self.errors = Counter("rnnserve_request_errors_total", "HTTP requests answered with status >= 400",
+                              ["model", "endpoint", "status"], registry=r)
+        self.latency = Histogram("rnnserve_request_latency_seconds", "HTTP request latency", ["model", "endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("rnnserve_batch_size", "Texts per onnxruntime run", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram("rnnserve_queue_wait_seconds", "Time a request waited for its batch", ["model"],
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("rnnserve_inference_seconds", "onnxruntime run time per batch", ["model"],
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.texts = Counter("rnnserve_texts_total", "Texts classified", ["model"], registry=r)
+        self.models_loaded = Gauge("rnnserve_models_loaded", "Model versions loaded and ready", registry=r)
+        self.models_failed = Gauge("rnnserve_models_failed", "Model packages that failed to load", registry=r)
+
+    def batch_observer(self, model: str):
+        size, wait, run = (m.labels(model=model) for m in (self.batch_size, self.queue_wait, self.inference))
+
+        def observe(rows: int, waits: list[float], seconds: float) -> None:
+            size.observe(rows)
+            run.observe(seconds)
+            for w in waits:
+                wait.observe(w)
+
+        return observe

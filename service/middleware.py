@@ -1,0 +1,97 @@
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, body limit, metrics, access log."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from starlette.exceptions import HTTPException
+
+from service.logs import request_id
+from service.metrics import Metrics
+
+log = logging.getLogger("rnnserve.access")
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class ServiceMiddleware:
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, known_models, access_log: bool = True):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.known_models = known_models  # callable: name -> bool (keeps metric labels bounded)
+        self.access_log = access_log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        rid = _header(scope, REQUEST_ID_HEADER) or uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500
+        limit = self.max_body_bytes
+        length = _header(scope, b"content-length")
+        if length and length.isdigit() and int(length) > limit:
+            receive = _reject_body(limit, int(length))
+        else:
+            receive = _count_body(receive, limit)
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(REQUEST_ID_HEADER, rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            name = scope.get("path_params", {}).get("name", "")
+            model = name if name and self.known_models(name) else ""
+            self.metrics.requests.labels(model, endpoint, str(status)).inc()
+            if status >= 400:
+                self.metrics.errors.labels(model, endpoint, str(status)).inc()
+            self.metrics.latency.labels(model, endpoint).observe(seconds)
+            if self.access_log:
+                log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
+                                           "ms": round(seconds * 1000, 2)})
+            request_id.reset(token)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _too_large(limit: int) -> HTTPException:
+    # FastAPI re-raises HTTPException from body parsing, so this reaches the 413 handler intact.
+    return HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+
+
+def _reject_body(limit: int, length: int):
+    async def receive():
+        raise _too_large(limit)
+
+    return receive
+
+
+def _count_body(receive, limit: int):
+    seen = 0
+
+    async def counted():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _too_large(limit)
+        return message
+
+    return counted

@@ -1,0 +1,44 @@
+"""Texts -> predictions for one loaded model: validate limits, tokenize, infer, shape the answer.
+
+Shared by the /v1 and /v2 handlers (and file scoring), so every surface gives the same results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.errors import PayloadTooLarge
+from service.registry import LoadedModel
+from service.tokenizer import TokenStats
+
+
+def check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
+    if len(texts) > max_texts:
+        raise PayloadTooLarge(f"{len(texts)} texts in one request; the limit is {max_texts}")
+    for i, text in enumerate(texts):
+        if len(text) > max_chars:
+            raise PayloadTooLarge(f"text {i} has {len(text)} characters; the limit is {max_chars}")
+
+
+async def classify(model: LoadedModel, texts: list[str]) -> tuple[np.ndarray, list[TokenStats]]:
+    ids, stats = model.tokenize(texts)
+    probs = await model.infer(ids)
+    return probs, stats
+
+
+def to_predictions(labels: list[str], probs: np.ndarray, stats: list[TokenStats], top_k: int = 1,
+                   return_probabilities: bool = False) -> list[dict]:
+    k = min(top_k, len(labels))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    out = []
+    for row, (p, idx, st) in enumerate(zip(probs.tolist(), order.tolist(), stats)):
+        pred = {
+            "label": labels[idx[0]],
+            "score": p[idx[0]],
+            "top_k": [{"label": labels[j], "probability": p[j]} for j in idx],
+            "tokens": {"kept": st.tokens, "oov": st.oov, "truncated": st.truncated},
+        }
+        if return_probabilities:
+            pred["probabilities"] = dict(zip(labels, p))
+        out.append(pred)
+    return out

@@ -1,0 +1,170 @@
+"""Model registry: NAME -> VERSION -> loaded model (package + tokenizer + session + batcher).
+
+A package that fails validation or loading is recorded with its reason; the others keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.batcher import Batcher
+from service.errors import NotFound, NotReady
+from service.metrics import Metrics
+from service.package import NAME_RE, VERSION_RE, Package, PackageError, check_io, read_package, scan_repository
+from service.session import OnnxModel
+from service.settings import Settings
+from service.tokenizer import TokenStats, Tokenizer
+
+log = logging.getLogger("rnnserve.registry")
+
+
+@dataclass
+class LoadedModel:
+    package: Package
+    tokenizer: Tokenizer
+    model: OnnxModel
+    batcher: Batcher
+
+    @property
+    def name(self) -> str:
+        return self.package.name
+
+    @property
+    def version(self) -> int:
+        return self.package.version
+
+    @property
+    def labels(self) -> list[str]:
+        return self.package.labels
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, list[TokenStats]]:
+        return self.tokenizer(texts)
+
+    async def infer(self, ids: np.ndarray) -> np.ndarray:
+        """Class probabilities for padded ids, through the batcher in chunks of at most max_batch_size."""
+        step = self.batcher.max_batch_size
+        if len(ids) <= step:
+            return await self.batcher.submit(ids)
+        parts = await asyncio.gather(*(self.batcher.submit(ids[i:i + step]) for i in range(0, len(ids), step)))
+        return np.concatenate(parts)
+
+    def describe(self) -> dict:
+        meta = self.package.metadata
+        return {
+            "name": self.name,
+            "version": self.version,
+            "state": "ready",
+            "task": meta.get("task", "text-classification"),
+            "labels": self.labels,
+            "architecture": meta.get("architecture", {}),
+            "maxlen": self.package.maxlen,
+            "padding": self.package.tokenizer.padding,
+            "truncating": self.package.tokenizer.truncating,
+            "vocab_size": self.package.tokenizer.vocab_size,
+            "dataset": meta.get("dataset", {}),
+            "metrics": meta.get("metrics", {}),
+            "provider": self.model.provider,
+            "threads": self.model.threads,
+            "max_batch_size": self.batcher.max_batch_size,
+        }
+
+
+@dataclass
+class Registry:
+    settings: Settings
+    metrics: Metrics
+    models: dict[str, dict[int, LoadedModel]] = field(default_factory=dict)
+    failures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> version -> reason
+    loaded_once: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded_once
+
+    def _load_sync(self, path: Path) -> tuple[Package, OnnxModel]:
+        package = read_package(path)
+        model = OnnxModel(path / "model.onnx", self.settings.provider, self.settings.intra_op_threads)
+        check_io(package, model.inputs(), model.outputs())
+        if self.settings.warmup:
+            model.warm_up(package.maxlen)
+        return package, model
+
+    async def load_path(self, path: Path) -> LoadedModel | None:
+        name, version = path.parent.name, path.name
+        try:
+            package, model = await asyncio.to_thread(self._load_sync, path)
+        except (PackageError, Exception) as exc:  # noqa: BLE001 - any bad package is reported, never fatal
+            reason = str(exc) if isinstance(exc, PackageError) else f"{type(exc).__name__}: {exc}"
+            log.error("model package failed to load", extra={"model": name, "version": version, "reason": reason})
+            self.failures.setdefault(name, {})[version] = reason
+            self._update_gauges()
+            return None
+        serving = package.metadata.get("serving", {})
+        batcher = Batcher(model.run,
+                          max_batch_size=int(serving.get("max_batch_size", self.settings.max_batch_size)),
+                          max_delay_s=float(serving.get("max_batch_delay_ms", self.settings.max_batch_delay_ms)) / 1000,
+                          max_queue=self.settings.max_queue, observer=self.metrics.batch_observer(name),
+                          name=f"{name}/{version}")
+        batcher.start()
+        loaded = LoadedModel(package, Tokenizer(package.tokenizer), model, batcher)
+        self.models.setdefault(name, {})[package.version] = loaded
+        self.failures.get(name, {}).pop(version, None)
+        self._update_gauges()
+        log.info("model loaded", extra={"model": name, "version": version, "provider": model.provider,
+                                        "threads": model.threads})
+        return loaded
+
+    async def load_all(self) -> None:
+        root = self.settings.models_dir
+        if not root.is_dir():
+            log.error("model repository does not exist", extra={"path": str(root)})
+        for path in scan_repository(root):
+            await self.load_path(path)
+        self.loaded_once = True
+        log.info("model repository loaded", extra={"loaded": sum(map(len, self.models.values())),
+                                                   "failed": sum(map(len, self.failures.values()))})
+
+    def _update_gauges(self) -> None:
+        self.metrics.models_loaded.set(sum(map(len, self.models.values())))
+        self.metrics.models_failed.set(sum(map(len, self.failures.values())))
+
+    def get(self, name: str, version: str | int | None = None) -> LoadedModel:
+        if not NAME_RE.match(name) or (version is not None and not VERSION_RE.match(str(version))):
+            raise NotFound(f"model {name!r}" + (f" version {version!r}" if version is not None else "") + " not found")
+        versions = self.models.get(name)
+        if not versions:
+            if name in self.failures:
+                reasons = "; ".join(f"v{v}: {r}" for v, r in self.failures[name].items())
+                raise NotReady(f"model {name!r} is not available: {reasons}")
+            if not self.loaded_once:
+                raise NotReady("models are still loading")
+            raise NotFound(f"model {name!r} not found")
+        if version is None:
+            return versions[max(versions)]
+        if int(version) not in versions:
+            raise NotFound(f"model {name!r} has no loaded version {version}; loaded: {sorted(versions)}")
+        return versions[int(version)]
+
+    def names(self) -> list[str]:
+        return sorted(set(self.models) | set(self.failures))
+
+    def describe(self, name: str) -> dict:
+        versions = self.models.get(name, {})
+        failed = self.failures.get(name, {})
+        if not versions and not failed:
+            raise NotFound(f"model {name!r} not found")
+        latest = versions[max(versions)].describe() if versions else {"name": name, "state": "failed"}
+        return latest | {
+            "versions": [v.describe() for _, v in sorted(versions.items())],
+            "failed_versions": [{"version": v, "reason": r} for v, r in sorted(failed.items())],
+        }
+
+    async def close(self) -> None:
+        for versions in self.models.values():
+            for loaded in versions.values():
+                await loaded.batcher.close()

@@ -1,0 +1,90 @@
+"""onnxruntime session: provider choice with CPU fallback, thread sizing from usable CPUs, warm-up."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger("rnnserve.session")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_quota() -> float | None:
+    try:  # cgroup v2
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def choose_providers(setting: str) -> list[str]:
+    available = ort.get_available_providers()
+    if setting == "cpu":
+        return [CPU]
+    if setting == "cuda":
+        if CUDA not in available:
+            raise RuntimeError("provider=cuda but onnxruntime has no CUDAExecutionProvider (install the [gpu] extra)")
+        return [CUDA, CPU]
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+class OnnxModel:
+    """One InferenceSession; run() is safe to call from one worker thread at a time per batcher."""
+
+    def __init__(self, path: Path, provider: str = "auto", intra_op_threads: int = 0,
+                 input_name: str = "input_ids", output_name: str = "probabilities"):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads or usable_cpus()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        wanted = choose_providers(provider)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        except Exception:
+            if wanted[0] != CUDA or provider == "cuda":
+                raise
+            log.warning("CUDA session failed; falling back to CPU", extra={"model_path": str(path)})
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+        self.provider = self.session.get_providers()[0]
+        if provider == "auto" and self.provider != CUDA:
+            log.info("using CPUExecutionProvider (no usable CUDA)", extra={"model_path": str(path)})
+        self.threads = opts.intra_op_num_threads
+        self.input_name, self.output_name = input_name, output_name
+
+    def inputs(self):
+        return self.session.get_inputs()
+
+    def outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: ids})[0]
+
+    def warm_up(self, maxlen: int, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
+        for n in batch_sizes:
+            self.run(np.ones((n, maxlen), dtype=np.int64))

@@ -1,0 +1,33 @@
+"""All server settings in one typed object: environment variables (RNNSERVE_*) or command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RNNSERVE_", cli_prog_name="rnnserve", cli_kebab_case=True,
+                                      cli_implicit_flags=True, protected_namespaces=())
+
+    models_dir: Path = Field(BUNDLED_MODELS, description="Model repository: NAME/VERSION/ package directories.")
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="onnxruntime provider: auto uses CUDA when onnxruntime-gpu and a GPU are present.")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 sizes from usable CPUs.")
+    max_batch_size: int = Field(64, ge=1, description="Most texts coalesced into one onnxruntime run.")
+    max_batch_delay_ms: float = Field(1.0, ge=0, description="Longest wait for a batch to fill; 0 takes what is queued.")
+    max_queue: int = Field(2048, ge=1, description="Queued requests per model before 503 + Retry-After.")
+    max_texts_per_request: int = Field(256, ge=1, description="Texts in one predict/infer request (else 413).")
+    max_text_chars: int = Field(100_000, ge=1, description="Characters in one text (else 413).")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
+    warmup: bool = Field(True, description="Run each model once at load; readiness waits for it.")
+    log_level: str = Field("info", description="Python log level.")
+    log_json: bool = Field(True, description="One JSON object per log line.")
+    access_log: bool = Field(True, description="Log one line per request.")
