@@ -1,0 +1,139 @@
+"""Shared fixtures: the real data directory, tiny real model packages made by the training code,
+and a real uvicorn server on a free loopback port."""
+
+from __future__ import annotations
+
+import gzip
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("RNNSERVE_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "imdb_word_index.json").is_file():
+        pytest.skip(f"data directory {DATA_DIR} is absent (set RNNSERVE_DATA_DIR); real-data tests skipped")
+    return DATA_DIR
+
+
+def real_reviews(n: int) -> tuple[list[str], list[str]]:
+    """The first n raw IMDB training reviews of each sentiment (or synthetic ones without the data)."""
+    path = DATA_DIR / "raw" / "imdb_train.csv.gz"
+    if not path.is_file():
+        good = "a wonderful moving film with great acting and a superb story"
+        bad = "a dull boring film with terrible acting and a stupid plot"
+        texts = [f"{good} {i}" if i % 2 else f"{bad} {i}" for i in range(2 * n)]
+        return texts, ["positive" if i % 2 else "negative" for i in range(2 * n)]
+    pos, neg = [], []
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            (pos if row["label"] == "1" else neg).append(row["review"])
+            if len(pos) >= n and len(neg) >= n:
+                break
+    texts = [t for pair in zip(pos[:n], neg[:n]) for t in pair]
+    return texts, ["positive", "negative"] * n
+
+
+def write_csv(path: Path, texts: list[str], labels: list[str]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, labels))
+    return path
+
+
+@pytest.fixture(scope="session")
+def reviews_csv(tmp_path_factory) -> Path:
+    texts, labels = real_reviews(150)
+    return write_csv(tmp_path_factory.mktemp("data") / "reviews.csv", texts, labels)
+
+
+def train_and_export(csv_path: Path, models_dir: Path, name: str, **cfg) -> Path:
+    from training.config import TrainConfig
+    from training.export import export_run
+    from training.train import train
+
+    config = TrainConfig.from_dict(dict(dataset=str(csv_path), num_words=2000, maxlen=40, embedding_dim=8, units=8,
+                                        epochs=1, batch_size=32, validation_split=0.0, seed=1) | cfg)
+    run = models_dir.parent / "runs" / name
+    train(config, run, verbose=0)
+    return export_run(run, models_dir, name, 1, parity_examples=200)
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory, reviews_csv) -> Path:
+    """A repository with two tiny real packages: an LSTM sentiment model and a 3-class GRU."""
+    root = tmp_path_factory.mktemp("repo")
+    models = root / "models"
+    train_and_export(reviews_csv, models, "sentiment-lstm", cell="lstm")
+    texts, _ = real_reviews(60)
+    topics = ["alpha", "beta", "gamma"]
+    three = write_csv(root / "three.csv", texts, [topics[i % 3] for i in range(len(texts))])
+    train_and_export(three, models, "topics-gru", cell="gru", bidirectional=True)
+    return models
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m service` in a subprocess on a free loopback port, stopped at the end."""
+
+    def __init__(self, models_dir: Path, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--port", str(self.port),
+               "--no-access-log", *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_live(self, timeout: float = 30) -> None:
+        self._wait("/health/live", timeout)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self._wait("/health/ready", timeout)
+
+    def _wait(self, path: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{path} not 200 within {timeout}s")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.stdout.read()
+
+
+@pytest.fixture(scope="session")
+def server(model_repo):
+    srv = Server(model_repo)
+    srv.wait_ready()
+    yield srv
+    srv.stop()

@@ -1,0 +1,71 @@
+"""Open Inference Protocol V2 through the official tritonclient, binary and JSON."""
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from tests.conftest import real_reviews
+from tests.service.test_api_v1 import offline_predict
+
+
+@pytest.fixture()
+def client(server):
+    c = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    yield c
+    c.close()
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("sentiment-lstm") and client.is_model_ready("topics-gru", "1")
+    assert not client.is_model_ready("nope")
+    meta = client.get_model_metadata("topics-gru")
+    assert meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    assert meta["outputs"][0]["shape"] == [-1, 3]
+    assert client.get_server_metadata()["name"] == "rnnserve"
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_infer_matches_offline(client, model_repo, binary):
+    texts, _ = real_reviews(5)
+    texts.append("")
+    inp = triton.InferInput("text", [len(texts)], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_), binary_data=binary)
+    outputs = [triton.InferRequestedOutput("probabilities", binary_data=binary),
+               triton.InferRequestedOutput("label", binary_data=binary)]
+    result = client.infer("topics-gru", [inp], outputs=outputs, request_id="req-7")
+    probs, labels = offline_predict(model_repo / "topics-gru" / "1", texts)
+    assert result.get_response()["id"] == "req-7"
+    assert np.allclose(result.as_numpy("probabilities"), probs, atol=1e-6)
+    got = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+    assert got == [labels[i] for i in probs.argmax(1)]
+
+
+def test_infer_default_outputs_versioned(client):
+    inp = triton.InferInput("text", [2, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[b"great"], [b"awful"]], dtype=np.object_))
+    result = client.infer("sentiment-lstm", [inp], model_version="1")
+    assert result.as_numpy("probabilities").shape == (2, 2)
+
+
+def test_errors_use_v2_shape(client, server):
+    inp = triton.InferInput("text", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([b"x"], dtype=np.object_))
+    with pytest.raises(triton.InferenceServerException, match="not found"):
+        client.infer("nope", [inp])
+    bad = [
+        ({"inputs": [{"name": "wrong", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, 422),
+        ({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["x"]}]}, 422),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 422),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [3]}]}, 422),
+        ({"inputs": []}, 422),
+    ]
+    for body, status in bad:
+        r = httpx.post(f"{server.url}/v2/models/sentiment-lstm/infer", json=body)
+        assert r.status_code == status and isinstance(r.json()["error"], str), (body, r.text)
+    r = httpx.post(f"{server.url}/v2/models/sentiment-lstm/infer", content=b"{oops")
+    assert r.status_code == 400 and isinstance(r.json()["error"], str)
+    r = httpx.post(f"{server.url}/v2/models/sentiment-lstm/infer", content=b'{"inputs": []}xx',
+                   headers={"Inference-Header-Content-Length": "999"})
+    assert r.status_code == 400

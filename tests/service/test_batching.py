@@ -1,0 +1,41 @@
+"""Dynamic batching under real concurrent HTTP load: batches form and every answer is its own."""
+
+import asyncio
+import re
+
+import httpx
+
+from tests.conftest import real_reviews
+from tests.service.test_api_v1 import offline_predict
+
+
+def test_64_concurrent_requests_are_batched_and_matched(server, model_repo):
+    texts, _ = real_reviews(32)
+    probs, labels = offline_predict(model_repo / "sentiment-lstm" / "1", texts)
+
+    def batch_count() -> tuple[float, float]:
+        text = httpx.get(f"{server.url}/metrics").text
+        count = float(re.search(r'rnnserve_batch_size_count\{model="sentiment-lstm"\} (\S+)', text).group(1))
+        total = float(re.search(r'rnnserve_batch_size_sum\{model="sentiment-lstm"\} (\S+)', text).group(1))
+        return count, total
+
+    before = batch_count()
+
+    async def fire():
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
+            async def one(i):
+                r = await client.post("/v1/models/sentiment-lstm/predict",
+                                      json={"text": texts[i], "return_probabilities": True})
+                return i, r
+            return await asyncio.gather(*(one(i) for i in range(64)))
+
+    for i, r in asyncio.run(fire()):
+        assert r.status_code == 200
+        pred = r.json()["predictions"][0]
+        assert pred["label"] == labels[int(probs[i].argmax())]
+        assert abs(pred["probabilities"][labels[1]] - float(probs[i][1])) < 1e-6
+    after = batch_count()
+    batches, rows = after[0] - before[0], after[1] - before[1]
+    assert rows == 64
+    assert batches < 64, "no request was coalesced with another"

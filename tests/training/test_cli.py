@@ -1,0 +1,56 @@
+"""The training CLI: help for every subcommand, clear errors (exit 2, no traceback), and a real run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, timeout=600)
+
+
+@pytest.mark.parametrize("sub", ["train", "export", "evaluate", "presets"])
+def test_help(sub):
+    r = run_cli(sub, "--help")
+    assert r.returncode == 0 and "usage:" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--preset", "imdb-lstm-tutorial", "--data-dir", "/nonexistent/data"], "does not exist"),
+    (["train", "--preset", "no-such-preset"], "unknown preset 'no-such-preset'"),
+    (["train"], "give --preset NAME or --dataset"),
+    (["train", "--dataset", "imdb", "--cell", "transformer"], "cell must be"),
+    (["export", "/nonexistent/run", "--name", "x"], "not a training run directory"),
+])
+def test_bad_input_gives_message_not_traceback(args, message):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_malformed_csv(tmp_path):
+    (tmp_path / "bad.csv").write_text("review,stars\nfine,5\n")
+    r = run_cli("train", "--dataset", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "no column(s) ['label', 'text']" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_export_evaluate_end_to_end(reviews_csv, tmp_path):
+    models = tmp_path / "models"
+    r = run_cli("train", "--dataset", str(reviews_csv), "--cell", "gru", "--units", "8", "--embedding-dim", "8",
+                "--maxlen", "40", "--epochs", "2", "--early-stopping-patience", "1", "--out", str(tmp_path / "run"),
+                "--export", "cli-gru", "--models-dir", str(models))
+    assert r.returncode == 0, r.stderr
+    assert "exported" in r.stdout
+    assert (tmp_path / "run" / "curves.png").is_file()
+    r = run_cli("evaluate", str(models / "cli-gru" / "1"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["measured"]["examples"] == 60
+    assert abs(result["accuracy_delta_points"]) < 0.01
