@@ -101,7 +101,7 @@ class Batcher:
             started = time.monotonic()
             waits = [started - it.enqueued for it in batch]
             try:
-                x = batch[0].rows if len(batch) == 1 else np.concatenate([it.rows for it in batch])
+                x = batch[0].rows if len(batch) == 1 else _stack([it.rows for it in batch])
                 out = await loop.run_in_executor(self._executor, self._run_batch, x)
                 if len(out) != len(x):
                     raise BatchSizeMismatch(f"model returned {len(out)} rows for {len(x)} inputs")
@@ -132,6 +132,20 @@ class Batcher:
             if not it.future.done():
                 it.future.set_exception(Overloaded(f"model {self.name!r} is shutting down"))
         self._executor.shutdown(wait=True)
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate row blocks; blocks narrower than the widest (dynamic-length models, whose rows
+    are padded after their tokens) get zeros on the right."""
+    width = max(p.shape[1] for p in parts)
+    if all(p.shape[1] == width for p in parts):
+        return np.concatenate(parts)
+    out = np.zeros((sum(len(p) for p in parts), width), dtype=parts[0].dtype)
+    offset = 0
+    for p in parts:
+        out[offset:offset + len(p), :p.shape[1]] = p
+        offset += len(p)
+    return out
 
 
 def _drain(queue: asyncio.Queue) -> list[_Item]:

@@ -42,8 +42,13 @@ class LoadedModel:
     def labels(self) -> list[str]:
         return self.package.labels
 
+    @property
+    def dynamic_length(self) -> bool:
+        """Masked models ignore padding: pad to the longest text, not to maxlen (short texts cost little)."""
+        return bool(self.package.metadata.get("dynamic_length", False))
+
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, list[TokenStats]]:
-        return self.tokenizer(texts)
+        return self.tokenizer(texts, dynamic=self.dynamic_length)
 
     async def infer(self, ids: np.ndarray) -> np.ndarray:
         """Class probabilities for padded ids, through the batcher in chunks of at most max_batch_size."""

@@ -157,9 +157,13 @@ class Tokenizer:
             ids.append(i)
         return ids, oov
 
-    def pad(self, sequences: list[list[int]], maxlen: int | None = None) -> np.ndarray:
-        """keras pad_sequences with the spec's sides, into an int64 matrix (pad value 0)."""
+    def pad(self, sequences: list[list[int]], maxlen: int | None = None, dynamic: bool = False) -> np.ndarray:
+        """keras pad_sequences with the spec's sides, into an int64 matrix (pad value 0).
+
+        dynamic: pad only to the longest sequence (capped at maxlen), for models that ignore padding."""
         maxlen = maxlen or self.spec.maxlen
+        if dynamic:
+            maxlen = max(1, min(maxlen, max((len(s) for s in sequences), default=1)))
         out = np.zeros((len(sequences), maxlen), dtype=np.int64)
         pre_trunc = self.spec.truncating == "pre"
         pre_pad = self.spec.padding == "pre"
@@ -173,7 +177,8 @@ class Tokenizer:
                 out[row, : len(seq)] = seq
         return out
 
-    def __call__(self, texts: Iterable[str], maxlen: int | None = None) -> tuple[np.ndarray, list[TokenStats]]:
+    def __call__(self, texts: Iterable[str], maxlen: int | None = None,
+                 dynamic: bool = False) -> tuple[np.ndarray, list[TokenStats]]:
         """Texts -> (padded id matrix, per-text stats)."""
         maxlen = maxlen or self.spec.maxlen
         seqs, stats = [], []
@@ -181,7 +186,7 @@ class Tokenizer:
             ids, oov = self.encode(text)
             seqs.append(ids)
             stats.append(TokenStats(tokens=min(len(ids), maxlen), oov=oov, truncated=len(ids) > maxlen))
-        return self.pad(seqs, maxlen), stats
+        return self.pad(seqs, maxlen, dynamic), stats
 
 
 def build_vocabulary(texts: Iterable[str], spec_template: TokenizerSpec) -> list[str]:

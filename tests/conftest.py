@@ -73,14 +73,14 @@ def train_and_export(csv_path: Path, models_dir: Path, name: str, **cfg) -> Path
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory, reviews_csv) -> Path:
-    """A repository with two tiny real packages: an LSTM sentiment model and a 3-class GRU."""
+    """A repository with two tiny real packages: an LSTM sentiment model and a masked 3-class GRU."""
     root = tmp_path_factory.mktemp("repo")
     models = root / "models"
     train_and_export(reviews_csv, models, "sentiment-lstm", cell="lstm")
     texts, _ = real_reviews(60)
     topics = ["alpha", "beta", "gamma"]
     three = write_csv(root / "three.csv", texts, [topics[i % 3] for i in range(len(texts))])
-    train_and_export(three, models, "topics-gru", cell="gru", bidirectional=True)
+    train_and_export(three, models, "topics-gru", cell="gru", bidirectional=True, mask_zero=True)
     return models
 
 

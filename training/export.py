@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from service.package import INPUT_NAME, OUTPUT_NAME, PACKAGE_FORMAT
 from service.tokenizer import Tokenizer, TokenizerSpec
 from training.config import TrainConfig
+from training.onnx_rnn import UnsupportedLayer, attach_recurrent_stack, is_recurrent, loop_ops
 from training.train import RUN_FILES, load_dataset
 
 OPSET = 17
@@ -27,45 +29,96 @@ class ExportError(Exception):
     """The export failed, e.g. the parity gate: the message carries the figures."""
 
 
-def convert(model, maxlen: int):
-    """Keras model -> ONNX ModelProto with input `input_ids` [N, maxlen] int64 and output
-    `probabilities` [N, C] float32 (a sigmoid head is widened to [1 - p, p])."""
-    import tensorflow as tf
+def _widen(tf, p):
+    """A sigmoid head's [N, 1] becomes [N, 2] = [1 - p, p], so every package outputs [N, classes]."""
+    return tf.concat([1.0 - p, p], axis=1) if p.shape[-1] == 1 else p
+
+
+def _tf2onnx(fn, spec):
     import tf2onnx
 
-    binary = model.output_shape[-1] == 1
-
-    @tf.function
-    def serve(input_ids):
-        p = model(input_ids, training=False)
-        return {OUTPUT_NAME: tf.concat([1.0 - p, p], axis=1) if binary else p}
-
-    spec = [tf.TensorSpec([None, maxlen], tf.int64, name=INPUT_NAME)]
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=OPSET)
     return proto
 
 
-def parity_gate(model, onnx_bytes: bytes, x: np.ndarray, atol: float) -> dict:
-    """ONNX Runtime must match Keras within atol and give identical labels, else ExportError."""
+def convert_loop(model, maxlen: int):
+    """The whole model through tf2onnx (recurrent layers become Loop subgraphs); kept for comparison."""
+    import tensorflow as tf
+
+    @tf.function
+    def serve(input_ids):
+        return {OUTPUT_NAME: _widen(tf, model(input_ids, training=False))}
+
+    return _tf2onnx(serve, [tf.TensorSpec([None, maxlen], tf.int64, name=INPUT_NAME)])
+
+
+def convert(model, maxlen: int):
+    """Keras model -> ONNX with native RNN/GRU/LSTM nodes: input `input_ids` int64 [N, maxlen]
+    ([N, T], any T <= maxlen, for masked models) and output `probabilities` float32 [N, classes]."""
+    import onnx
+    import tensorflow as tf
+
+    layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
+    recurrent = [i for i, l in enumerate(layers) if is_recurrent(l)]
+    if not recurrent or recurrent != list(range(recurrent[0], recurrent[-1] + 1)):
+        raise ExportError("expected one contiguous stack of recurrent layers")
+    front, stack, head = layers[:recurrent[0]], layers[recurrent[0]:recurrent[-1] + 1], layers[recurrent[-1] + 1:]
+    masked = any(getattr(l, "mask_zero", False) for l in front)
+
+    @tf.function
+    def front_fn(input_ids):
+        x = input_ids
+        for layer in front:
+            x = layer(x, training=False)
+        return {"features": x}
+
+    @tf.function
+    def head_fn(rnn_out):
+        x = rnn_out
+        for layer in head:
+            x = layer(x, training=False)
+        return {OUTPUT_NAME: _widen(tf, x)}
+
+    width = stack[-1].output.shape[-1]
+    front_proto = _tf2onnx(front_fn, [tf.TensorSpec([None, None if masked else maxlen], tf.int64, name=INPUT_NAME)])
+    head_proto = _tf2onnx(head_fn, [tf.TensorSpec([None, width], tf.float32, name="rnn_out")])
+    try:
+        body = attach_recurrent_stack(front_proto, "features", stack, masked, INPUT_NAME)
+    except UnsupportedLayer as exc:
+        raise ExportError(str(exc)) from exc
+    merged = onnx.compose.merge_models(body, head_proto, io_map=[("rnn_out", "rnn_out")], prefix2="head/")
+    for node in merged.graph.node:
+        node.output[:] = [OUTPUT_NAME if o == f"head/{OUTPUT_NAME}" else o for o in node.output]
+    merged.graph.output[0].name = OUTPUT_NAME
+    loops = loop_ops(merged)
+    if loops:
+        raise ExportError(f"export left Loop/Scan nodes in the graph: {loops}")
+    return merged
+
+
+def parity_gate(model, onnx_bytes: bytes, x_keras: np.ndarray, x_onnx: np.ndarray, atol: float) -> dict:
+    """ONNX Runtime must match Keras within atol and give identical labels, else ExportError.
+
+    x_onnx holds the same texts as x_keras, padded the way the service pads for this package."""
     import onnxruntime as ort
 
     from training.models import predict_proba
 
-    keras_p = predict_proba(model, x)
+    keras_p = predict_proba(model, x_keras)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    onnx_p = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    onnx_p = session.run([OUTPUT_NAME], {INPUT_NAME: x_onnx})[0]
     diff = float(np.abs(keras_p - onnx_p).max())
     disagree = int((keras_p.argmax(1) != onnx_p.argmax(1)).sum())
-    report = {"examples": int(len(x)), "max_abs_diff": diff, "label_disagreements": disagree, "atol": atol}
+    report = {"examples": int(len(x_keras)), "max_abs_diff": diff, "label_disagreements": disagree, "atol": atol}
     if diff > atol or disagree:
-        raise ExportError(f"parity gate failed on {len(x)} test sequences: max |keras - onnx| = {diff:.3g} "
+        raise ExportError(f"parity gate failed on {len(x_keras)} test sequences: max |keras - onnx| = {diff:.3g} "
                           f"(allowed {atol:g}), {disagree} predicted labels differ")
     return report
 
 
 def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: int = 1,
                data_dir: str | Path | None = None, parity_examples: int = 1000, atol: float = 1e-5,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, native: bool = True) -> Path:
     import keras
     import onnx
 
@@ -84,11 +137,16 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
     metrics = json.loads((run / "metrics.json").read_text())
     model = keras.models.load_model(run / "model.keras")
 
-    proto = convert(model, cfg.maxlen)
+    # Masked models ignore padding, so their packages pad after the tokens and only to the batch's
+    # longest text; unmasked outputs depend on the exact padding, which stays as trained.
+    dynamic = cfg.mask_zero and native
+    package_spec = replace(spec, padding="post") if dynamic else spec
+    proto = convert(model, cfg.maxlen) if native else convert_loop(model, cfg.maxlen)
     onnx_bytes = proto.SerializeToString()
     ds = load_dataset(cfg, data_dir)
-    x = Tokenizer(spec).pad(ds.x_test[:parity_examples])
-    parity = parity_gate(model, onnx_bytes, x, atol)
+    seqs = ds.x_test[:parity_examples]
+    parity = parity_gate(model, onnx_bytes, Tokenizer(spec).pad(seqs),
+                         Tokenizer(package_spec).pad(seqs, dynamic=dynamic), atol)
 
     Path(models_dir).mkdir(parents=True, exist_ok=True)
     # Staged beside the target and moved in whole: a server scanning models_dir never sees half a package
@@ -97,7 +155,7 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
         stage = Path(tmp) / "pkg"
         stage.mkdir()
         (stage / "model.onnx").write_bytes(onnx_bytes)
-        spec.save(stage / "tokenizer.json")
+        package_spec.save(stage / "tokenizer.json")
         for extra in ("curves.png", "confusion.png", "model.keras", "history.json"):
             if (run / extra).is_file():
                 shutil.copy2(run / extra, stage / extra)
@@ -117,11 +175,12 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
                         "test_examples": metrics["split_sizes"]["test"], "num_words": cfg.num_words,
                         "load_maxlen": cfg.load_maxlen, "test_split": cfg.test_split},
             "metrics": {"test": metrics["test"]},
-            "input": {"name": INPUT_NAME, "dtype": "int64", "shape": [None, cfg.maxlen]},
+            "input": {"name": INPUT_NAME, "dtype": "int64", "shape": [None, None if dynamic else cfg.maxlen]},
+            "dynamic_length": dynamic,
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None, len(labels)]},
             "maxlen": cfg.maxlen,
-            "padding": spec.padding,
-            "truncating": spec.truncating,
+            "padding": package_spec.padding,
+            "truncating": package_spec.truncating,
             "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "opset": OPSET,
                      "op_types": sorted({n.op_type for n in proto.graph.node})},
             "parity": parity,

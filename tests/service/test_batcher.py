@@ -98,3 +98,21 @@ def test_cancelled_waiter_does_not_break_the_loop():
         return out
 
     assert run(main()).tolist() == [[7]]
+
+
+def test_rows_of_different_widths_are_padded_on_the_right():
+    seen = []
+
+    def record(x):
+        seen.append(x.copy())
+        return x.sum(axis=1, keepdims=True)
+
+    async def main():
+        b = Batcher(record, max_batch_size=8, max_delay_s=0.02)
+        outs = await asyncio.gather(b.submit(np.array([[1, 2]])), b.submit(np.array([[3, 4, 5, 6]])))
+        await b.close()
+        return outs
+
+    a, c = run(main())
+    assert a.tolist() == [[3]] and c.tolist() == [[18]]
+    assert seen[-1].tolist() == [[1, 2, 0, 0], [3, 4, 5, 6]]

@@ -35,12 +35,17 @@ def test_architecture_exports_with_parity(variant, reviews_csv, tmp_path):
     assert meta["parity"]["examples"] == 60  # the whole test split of the tiny file
     assert meta["architecture"]["cell"] == VARIANTS[variant]["cell"]
     assert meta["onnx"]["opset"] >= 17
+    native = {"simple_rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[VARIANTS[variant]["cell"]]
+    ops = meta["onnx"]["op_types"]
+    assert native in ops and "Loop" not in ops and "Scan" not in ops
+    masked = VARIANTS[variant].get("mask_zero", False)
+    assert meta["dynamic_length"] is masked and meta["input"]["shape"][1] == (None if masked else 40)
     assert meta["labels"] == ["negative", "positive"]
     for f in ("curves.png", "confusion.png", "model.keras"):
         assert (path / f).is_file()
     # The ONNX model takes any batch size and gives probabilities that sum to one.
     session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-    x, _ = Tokenizer(pkg.tokenizer)(["a great film", "awful", "", "x " * 100])
+    x, _ = Tokenizer(pkg.tokenizer)(["a great film", "awful", "", "x " * 100], dynamic=masked)
     p = session.run(["probabilities"], {"input_ids": x})[0]
     assert p.shape == (4, 2) and np.allclose(p.sum(axis=1), 1, atol=1e-5)
 
@@ -55,12 +60,17 @@ def test_parity_gate_fails_on_a_mismatched_model(reviews_csv, tmp_path):
     model_a = keras.models.load_model(a / "model.keras")
     x = Tokenizer(read_package(a).tokenizer).pad([[1, 5, 9, 12]] * 50)
     with pytest.raises(ExportError, match=r"parity gate failed on 50 test sequences: max \|keras - onnx\|"):
-        parity_gate(model_a, (b / "model.onnx").read_bytes(), x, atol=1e-5)
+        parity_gate(model_a, (b / "model.onnx").read_bytes(), x, x, atol=1e-5)
     # and the same model passes, while an impossible tolerance fails loudly
-    ok = parity_gate(model_a, convert(model_a, 40).SerializeToString(), x, atol=1e-5)
+    ok = parity_gate(model_a, convert(model_a, 40).SerializeToString(), x, x, atol=1e-5)
     assert ok["label_disagreements"] == 0
     with pytest.raises(ExportError):
-        parity_gate(model_a, convert(model_a, 40).SerializeToString(), x, atol=-1.0)
+        parity_gate(model_a, convert(model_a, 40).SerializeToString(), x, x, atol=-1.0)
+    # padding the masked way for an unmasked model changes its outputs: the gate notices
+    post = Tokenizer(read_package(a).tokenizer).pad([[1, 5, 9, 12]] * 50, dynamic=True)
+    with pytest.raises(ExportError):
+        parity_gate(model_a, convert(model_a, 40).SerializeToString(), x, np.pad(post, ((0, 0), (0, 36))),
+                    atol=1e-5)
 
 
 def test_export_refuses_to_overwrite(reviews_csv, tmp_path):
@@ -71,3 +81,28 @@ def test_export_refuses_to_overwrite(reviews_csv, tmp_path):
         export_run(tmp_path / "runs" / "once", tmp_path / "models", "once", 1)
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["metrics"]["test"]["examples"] == 60
+
+
+def test_masked_export_matches_keras_on_mixed_lengths(reviews_csv, tmp_path):
+    """Keras sees maxlen pre-padded rows; onnxruntime sees the service's rows, padded after the tokens to
+    the batch's longest text. Both must agree, with lengths from 1 to beyond maxlen in one batch."""
+    import keras
+
+    from training.models import predict_proba
+
+    path = train_and_export(reviews_csv, tmp_path / "models", "masked", cell="gru", mask_zero=True,
+                            bidirectional=True, layers=2)
+    pkg = read_package(path)
+    assert pkg.tokenizer.padding == "post"
+    texts = ["", "good", "a great great film", "bad " * 10, "film " * 60]
+    train_spec = Tokenizer(pkg.tokenizer.__class__(**{**vars(pkg.tokenizer), "padding": "pre"}))
+    seqs = [Tokenizer(pkg.tokenizer).encode(t)[0] for t in texts]
+    x_keras = train_spec.pad(seqs)
+    x_onnx, _ = Tokenizer(pkg.tokenizer)(texts, dynamic=True)
+    assert x_onnx.shape == (5, 40)
+    short, _ = Tokenizer(pkg.tokenizer)(texts[:3], dynamic=True)
+    assert short.shape == (3, 5)  # padded only to the longest of these
+    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    keras_p = predict_proba(keras.models.load_model(path / "model.keras"), x_keras)
+    assert np.abs(session.run(None, {"input_ids": x_onnx})[0] - keras_p).max() < 1e-5
+    assert np.abs(session.run(None, {"input_ids": short})[0] - keras_p[:3]).max() < 1e-5

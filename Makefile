@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make serve` (the service on the bundled models) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: serve test bench bundled-models clean
+
+serve: $(VENV)/.installed-serve
+	$(PY) -m service
+
+test: $(VENV)/.installed-dev
+	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/load.py
+
+bundled-models: $(VENV)/.installed-dev
+	RNNSERVE_DATA_DIR=$(DATA_DIR) bash training/bundled_models.sh
+
+$(VENV)/.installed-serve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[train,dev]"
+	touch $@ $(VENV)/.installed-serve
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,65 @@
+"""Helpers shared by the benchmarks: start a server on a free loopback port, real review texts."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("RNNSERVE_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], port: int, ready_path: str = "/health/ready", timeout: float = 120):
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError("server did not become ready")
+
+
+def stop_server(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def reviews(n: int | None = None) -> list[str]:
+    """Raw IMDB training reviews (all 25,000 when n is None)."""
+    path = DATA_DIR / "raw" / "imdb_train.csv.gz"
+    if not path.is_file():
+        sys.exit(f"needs {path} (set RNNSERVE_DATA_DIR)")
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
+        out = []
+        for row in csv.DictReader(fh):
+            out.append(row["review"])
+            if n is not None and len(out) >= n:
+                break
+    return out
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} CPUs, {os.uname().machine}, Python {sys.version.split()[0]}"

@@ -1,0 +1,152 @@
+"""Native ONNX recurrent operators (RNN, GRU, LSTM) from Keras layer weights.
+
+tf2onnx turns SimpleRNN, GRU and every masked layer into `Loop` subgraphs, several times slower in
+onnxruntime than the native operators. So the export splits the model in three: tf2onnx converts the
+front (Embedding, Conv1D, pooling) and the head (Dense layers); the recurrent stack between them is
+emitted here as native nodes; `onnx.compose` joins the parts. Masked models get `sequence_lens` from
+the ids (`id != 0`) and expect their tokens first (post-padding), so the service can pad a batch only to
+its longest text.
+
+Keras keeps gates as [input, forget, cell, output] (LSTM) and [update, reset, candidate] (GRU) along the
+last axis of kernels shaped [in, units * gates]; ONNX wants [i, o, f, c] / [z, r, h] as W[dir, gates * units, in].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPS = {"SimpleRNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}
+ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
+
+
+class UnsupportedLayer(ValueError):
+    pass
+
+
+def is_recurrent(layer) -> bool:
+    inner = getattr(layer, "forward_layer", layer)
+    return type(inner).__name__ in OPS
+
+
+def _activation(fn) -> str:
+    name = getattr(fn, "__name__", str(fn))
+    if name not in ACTIVATIONS:
+        raise UnsupportedLayer(f"recurrent activation {name!r} has no ONNX equivalent here")
+    return ACTIVATIONS[name]
+
+
+def _lstm_gates(w: np.ndarray) -> np.ndarray:
+    i, f, c, o = np.split(w, 4, axis=-1)
+    return np.concatenate([i, o, f, c], axis=-1)
+
+
+def direction_weights(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], dict]:
+    """One Keras recurrent layer -> (W [G*H, F], R [G*H, H], B [2*G*H], activations, extra attributes)."""
+    kind = type(layer).__name__
+    cell = layer.cell
+    if getattr(layer, "stateful", False) or getattr(layer, "return_state", False):
+        raise UnsupportedLayer(f"{layer.name}: stateful or return_state layers are not exported")
+    weights = cell.get_weights()
+    kernel, recurrent = weights[0], weights[1]
+    units = recurrent.shape[0]
+    gates = recurrent.shape[1] // units
+    bias = weights[2] if cell.use_bias else np.zeros((gates * units,), np.float32)
+    attrs: dict = {}
+    if kind == "LSTM":
+        kernel, recurrent, w_bias = _lstm_gates(kernel), _lstm_gates(recurrent), _lstm_gates(bias)
+        r_bias = np.zeros_like(w_bias)
+        acts = [_activation(cell.recurrent_activation), _activation(cell.activation), _activation(cell.activation)]
+    elif kind == "GRU":
+        if cell.reset_after:  # bias [2, 3H]: input and recurrent biases; reset gate applied after R
+            w_bias, r_bias = bias[0], bias[1]
+            attrs["linear_before_reset"] = 1
+        else:
+            w_bias, r_bias = bias, np.zeros_like(bias)
+        acts = [_activation(cell.recurrent_activation), _activation(cell.activation)]
+    else:
+        w_bias, r_bias = bias, np.zeros_like(bias)
+        acts = [_activation(cell.activation)]
+    return kernel.T, recurrent.T, np.concatenate([w_bias, r_bias]), acts, attrs
+
+
+def recurrent_nodes(layers, x: str, seq_lens: str | None, prefix: str = "rnn"):
+    """Nodes and initializers for a stack of recurrent layers on time-major x [T, N, F].
+
+    Returns (nodes, initializers, output name): [N, D] features of the last step (the Keras
+    output of a layer with return_sequences=False, concatenated over directions).
+    """
+    nodes, inits = [], []
+    for i, layer in enumerate(layers):
+        bidirectional = hasattr(layer, "forward_layer")
+        parts = [layer.forward_layer, layer.backward_layer] if bidirectional else [layer]
+        if bidirectional and layer.merge_mode != "concat":
+            raise UnsupportedLayer(f"{layer.name}: merge_mode {layer.merge_mode!r} (only 'concat')")
+        if not bidirectional and layer.go_backwards:
+            raise UnsupportedLayer(f"{layer.name}: go_backwards outside Bidirectional")
+        kind = type(parts[0]).__name__
+        per_dir = [direction_weights(p) for p in parts]
+        name = f"{prefix}{i}"
+        for label, idx in (("W", 0), ("R", 1), ("B", 2)):
+            arr = np.stack([d[idx] for d in per_dir]).astype(np.float32)
+            inits.append(numpy_helper.from_array(arr, f"{name}/{label}"))
+        units = per_dir[0][1].shape[1]
+        inputs = [x, f"{name}/W", f"{name}/R", f"{name}/B", seq_lens or ""]
+        nodes.append(helper.make_node(
+            OPS[kind], inputs, [f"{name}/Y", f"{name}/Y_h"], name=name, hidden_size=units,
+            direction="bidirectional" if bidirectional else "forward",
+            activations=[a for d in per_dir for a in d[3]], **per_dir[0][4]))
+        last = i == len(layers) - 1
+        if parts[0].return_sequences == last:
+            raise UnsupportedLayer(f"{layer.name}: only the last recurrent layer may drop return_sequences")
+        if not last:  # Y [T, D, N, H] -> [T, N, D*H], the next layer's input
+            nodes += [helper.make_node("Transpose", [f"{name}/Y"], [f"{name}/Yt"], perm=[0, 2, 1, 3]),
+                      helper.make_node("Reshape", [f"{name}/Yt", f"{prefix}/seq_shape"], [f"{name}/out"])]
+            x = f"{name}/out"
+        else:  # Y_h [D, N, H] -> [N, D*H]
+            nodes += [helper.make_node("Transpose", [f"{name}/Y_h"], [f"{name}/Yht"], perm=[1, 0, 2]),
+                      helper.make_node("Reshape", [f"{name}/Yht", f"{prefix}/last_shape"], [f"{prefix}/out"])]
+    inits.append(numpy_helper.from_array(np.array([0, -1], np.int64), f"{prefix}/last_shape"))
+    if len(layers) > 1:
+        inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), f"{prefix}/seq_shape"))
+    return nodes, inits, f"{prefix}/out"
+
+
+def attach_recurrent_stack(front: onnx.ModelProto, front_output: str, layers, masked: bool,
+                           ids_input: str, out_name: str = "rnn_out") -> onnx.ModelProto:
+    """Append the recurrent stack to the front graph; the model's only output becomes out_name [N, D]."""
+    g = front.graph
+    nodes = [helper.make_node("Transpose", [front_output], ["rnn/x"], perm=[1, 0, 2])]
+    inits = []
+    seq_lens = None
+    if masked:  # Keras mask_zero: id 0 is padding; tokens come first (post-padded), so length = count
+        inits.append(numpy_helper.from_array(np.array(0, np.int64), "rnn/zero"))
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "rnn/axis1"))
+        nodes += [helper.make_node("Greater", [ids_input, "rnn/zero"], ["rnn/valid"]),
+                  helper.make_node("Cast", ["rnn/valid"], ["rnn/valid_i"], to=TensorProto.INT32),
+                  helper.make_node("ReduceSum", ["rnn/valid_i", "rnn/axis1"], ["rnn/lens"], keepdims=0)]
+        seq_lens = "rnn/lens"
+    rnn_nodes, rnn_inits, out = recurrent_nodes(layers, "rnn/x", seq_lens)
+    nodes += rnn_nodes + [helper.make_node("Identity", [out], [out_name])]
+    g.node.extend(nodes)
+    g.initializer.extend(inits + rnn_inits)
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None))
+    return front
+
+
+def loop_ops(model: onnx.ModelProto) -> list[str]:
+    """Loop/Scan nodes anywhere in the graph (these mean a recurrent layer was not made native)."""
+    found = []
+
+    def walk(graph):
+        for node in graph.node:
+            if node.op_type in ("Loop", "Scan"):
+                found.append(node.name or node.op_type)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+
+    walk(model.graph)
+    return found
