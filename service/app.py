@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service import __version__
-from service.api import health, v1, v2
+from service.api import health, score, v1, v2
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
@@ -66,8 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
     app.include_router(health.router)
     app.include_router(v1.router)
+    app.include_router(score.router)
     app.include_router(v2.router)
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       max_score_bytes=settings.max_score_bytes,
                        known_models=lambda name: name in registry.models or name in registry.failures,
                        access_log=settings.access_log)
 

@@ -16,10 +16,12 @@ REQUEST_ID_HEADER = b"x-request-id"
 
 
 class ServiceMiddleware:
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int, known_models, access_log: bool = True):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_score_bytes: int, known_models,
+                 access_log: bool = True):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_score_bytes = max_score_bytes  # file scoring streams its body, so it may be far larger
         self.known_models = known_models  # callable: name -> bool (keeps metric labels bounded)
         self.access_log = access_log
 
@@ -30,7 +32,7 @@ class ServiceMiddleware:
         rid = _header(scope, REQUEST_ID_HEADER) or uuid.uuid4().hex
         token = request_id.set(rid)
         status = 500
-        limit = self.max_body_bytes
+        limit = self.max_score_bytes if scope["path"].endswith("/score") else self.max_body_bytes
         length = _header(scope, b"content-length")
         if length and length.isdigit() and int(length) > limit:
             receive = _reject_body(limit, int(length))

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(256, ge=1, description="Texts in one predict/infer request (else 413).")
     max_text_chars: int = Field(100_000, ge=1, description="Characters in one text (else 413).")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
+    max_score_bytes: int = Field(4 * 1024**3, ge=1, description="Upload size for file scoring (else 413).")
     warmup: bool = Field(True, description="Run each model once at load; readiness waits for it.")
     log_level: str = Field("info", description="Python log level.")
     log_json: bool = Field(True, description="One JSON object per log line.")

@@ -1,0 +1,160 @@
+"""`rnnserve-score`: score a file of texts locally (same pipeline as the server, no server needed)
+or against a running server with --url. Writes JSON Lines or CSV, one row per input row.
+
+    rnnserve-score reviews.csv --package models/imdb-lstm/1 -o scores.jsonl
+    rnnserve-score reviews.csv --url http://127.0.0.1:8000 --model imdb-lstm -o scores.csv --output-format csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+from service.metrics import Metrics
+from service.registry import Registry
+from service.scoring import RowReader, RowWriter, score_stream
+from service.settings import Settings
+
+SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "text"}
+CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "text": "text/plain"}
+CHUNK = 1 << 20
+
+
+class CliError(Exception):
+    pass
+
+
+def input_format(path: Path, given: str | None) -> str:
+    if given:
+        return given
+    fmt = SUFFIXES.get(Path(path.name.removesuffix(".gz")).suffix)
+    if fmt is None:
+        raise CliError(f"cannot tell the format of {path.name}; pass --format csv|jsonl|text")
+    return fmt
+
+
+def read_chunks(path: Path, progress: tqdm):
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        while data := fh.read(CHUNK):
+            progress.update(len(data))
+            yield data
+
+
+async def score_local(args, fmt: str, out) -> dict:
+    package = Path(args.package)
+    settings = Settings(models_dir=package.parent.parent, max_batch_size=args.batch_size, max_batch_delay_ms=0,
+                        warmup=False, intra_op_threads=args.threads)
+    registry = Registry(settings, Metrics())
+    model = await registry.load_path(package)
+    if model is None:
+        raise CliError(f"cannot load {package}: {registry.failures[package.parent.name][package.name]}")
+    reader = RowReader(fmt, args.text_column, args.id_column, settings.max_text_chars)
+    writer = RowWriter(args.output_format, model.labels, args.probabilities)
+    summary: dict = {}
+
+    async def classify(texts):
+        ids, _ = await asyncio.to_thread(model.tokenize, texts)
+        return await model.infer(ids)
+
+    async def chunks():
+        for data in read_chunks(Path(args.input), args.progress):
+            yield data
+
+    try:
+        async for text in score_stream(chunks(), reader, writer, classify, summary=False):
+            out.write(text)
+            args.progress.set_postfix_str(f"{reader.rows_read} rows", refresh=False)
+        summary = {"rows": reader.rows_read}
+    finally:
+        await registry.close()
+    return summary
+
+
+def score_remote(args, fmt: str, out) -> dict:
+    params = {"format": fmt, "text_column": args.text_column, "output": args.output_format,
+              "probabilities": str(args.probabilities).lower()}
+    if args.id_column:
+        params["id_column"] = args.id_column
+    url = f"{args.url.rstrip('/')}/v1/models/{args.model}/score"
+    summary: dict = {}
+    rows = 0
+    with httpx.Client(timeout=httpx.Timeout(30, read=None)) as client:
+        with client.stream("POST", url, params=params, content=read_chunks(Path(args.input), args.progress),
+                           headers={"content-type": CONTENT_TYPES[fmt]}) as r:
+            if r.status_code != 200:
+                r.read()
+                raise CliError(f"server answered {r.status_code}: {r.text}")
+            for line in r.iter_lines():
+                if line.startswith('{"summary"'):
+                    summary = json.loads(line)["summary"]
+                    continue
+                if line.startswith("# summary"):
+                    summary = dict(kv.split("=", 1) for kv in line[len("# summary "):].split())
+                    continue
+                out.write(line + "\n")
+                rows += 1
+                if rows % 1000 == 0:
+                    args.progress.set_postfix_str(f"{rows} rows", refresh=False)
+    return summary or {"rows": rows}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rnnserve-score", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("input", help="CSV (with header), JSON Lines or plain text; .gz is read too")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--package", help="score locally with this package directory, e.g. models/imdb-lstm/1")
+    where.add_argument("--url", help="score on a running server, e.g. http://127.0.0.1:8000 (needs --model)")
+    ap.add_argument("--model", help="model name on the server")
+    ap.add_argument("-o", "--output", help="output file (default stdout)")
+    ap.add_argument("--format", choices=["csv", "jsonl", "text"], help="input format (default from the file name)")
+    ap.add_argument("--output-format", choices=["jsonl", "csv"], default="jsonl")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--id-column", default=None)
+    ap.add_argument("--probabilities", action="store_true", help="add every label's probability")
+    ap.add_argument("--batch-size", type=int, default=256, help="local: texts per onnxruntime run")
+    ap.add_argument("--threads", type=int, default=0, help="local: onnxruntime threads (0: usable CPUs)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = Path(args.input)
+    try:
+        if not path.is_file():
+            raise CliError(f"input file {path} does not exist")
+        if args.url and not args.model:
+            raise CliError("--url needs --model NAME")
+        if args.package and not (Path(args.package) / "metadata.json").is_file():
+            raise CliError(f"{args.package} is not a model package directory")
+        fmt = input_format(path, args.format)
+        out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+        started = time.perf_counter()
+        total = path.stat().st_size if path.suffix != ".gz" else None
+        with tqdm(total=total, unit="B", unit_scale=True, desc="scoring", file=sys.stderr,
+                  disable=None) as args.progress:
+            try:
+                summary = asyncio.run(score_local(args, fmt, out)) if args.package else score_remote(args, fmt, out)
+            finally:
+                if out is not sys.stdout:
+                    out.close()
+        seconds = time.perf_counter() - started
+        rows = int(summary.get("rows", 0))
+        print(f"scored {rows} rows in {seconds:.1f} s ({rows / max(seconds, 1e-9):.0f} rows/s)", file=sys.stderr)
+        return 0
+    except (CliError, httpx.HTTPError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
