@@ -35,6 +35,7 @@ class TrainConfig:
     conv_filters: int = 0  # >0 adds a Conv1D + MaxPooling1D front before the RNN
     conv_kernel: int = 5
     pool_size: int = 4
+    pooling: Literal["last", "max"] = "last"  # "max": max over all time steps of the last RNN layer
     dense_units: int = 0  # >0 adds a relu Dense layer before the output
     head_dropout: float = 0.0
     # optimisation
@@ -63,6 +64,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.test_split < 1.0:
             raise ConfigError(f"test_split must be in (0, 1), got {self.test_split}")
+        if self.pooling not in ("last", "max"):
+            raise ConfigError(f"pooling must be 'last' or 'max', got {self.pooling!r}")
+        if self.pooling == "max" and self.mask_zero:
+            raise ConfigError("pooling='max' needs mask_zero off (Keras's max pooling ignores masks)")
         if self.mask_zero and self.conv_filters:
             raise ConfigError("mask_zero cannot be combined with a Conv1D front (Conv1D does not carry masks)")
         if self.conv_filters and self.maxlen < self.conv_kernel * self.pool_size:

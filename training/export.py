@@ -79,9 +79,9 @@ def convert(model, maxlen: int):
             x = layer(x, training=False)
         return {OUTPUT_NAME: _widen(tf, x)}
 
-    width = stack[-1].output.shape[-1]
+    stack_out = [None, *stack[-1].output.shape[1:]]  # [N, D], or [N, T, D] before a pooling head
     front_proto = _tf2onnx(front_fn, [tf.TensorSpec([None, None if masked else maxlen], tf.int64, name=INPUT_NAME)])
-    head_proto = _tf2onnx(head_fn, [tf.TensorSpec([None, width], tf.float32, name="rnn_out")])
+    head_proto = _tf2onnx(head_fn, [tf.TensorSpec(stack_out, tf.float32, name="rnn_out")])
     try:
         body = attach_recurrent_stack(front_proto, "features", stack, masked, INPUT_NAME)
     except UnsupportedLayer as exc:

@@ -18,10 +18,12 @@ def build_model(cfg: TrainConfig, vocab_size: int, num_classes: int) -> keras.Mo
         x = keras.layers.MaxPooling1D(cfg.pool_size, name="max_pool")(x)
     for i in range(cfg.layers):
         rnn = CELLS[cfg.cell](cfg.units, dropout=cfg.dropout, recurrent_dropout=cfg.recurrent_dropout,
-                              return_sequences=i < cfg.layers - 1, name=f"{cfg.cell}_{i}")
+                              return_sequences=i < cfg.layers - 1 or cfg.pooling == "max", name=f"{cfg.cell}_{i}")
         if cfg.bidirectional:
             rnn = keras.layers.Bidirectional(rnn, name=f"bidirectional_{i}")
         x = rnn(x)
+    if cfg.pooling == "max":
+        x = keras.layers.GlobalMaxPooling1D(name="max_over_time")(x)
     if cfg.dense_units:
         x = keras.layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     if cfg.head_dropout:

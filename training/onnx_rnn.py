@@ -74,8 +74,8 @@ def direction_weights(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[s
 def recurrent_nodes(layers, x: str, seq_lens: str | None, prefix: str = "rnn"):
     """Nodes and initializers for a stack of recurrent layers on time-major x [T, N, F].
 
-    Returns (nodes, initializers, output name): [N, D] features of the last step (the Keras
-    output of a layer with return_sequences=False, concatenated over directions).
+    Returns (nodes, initializers, output name): the Keras output of the last layer, directions
+    concatenated: [N, D] for its last step, or [N, T, D] when it returns sequences.
     """
     nodes, inits = [], []
     for i, layer in enumerate(layers):
@@ -98,18 +98,22 @@ def recurrent_nodes(layers, x: str, seq_lens: str | None, prefix: str = "rnn"):
             direction="bidirectional" if bidirectional else "forward",
             activations=[a for d in per_dir for a in d[3]], **per_dir[0][4]))
         last = i == len(layers) - 1
-        if parts[0].return_sequences == last:
+        if not last and not parts[0].return_sequences:
             raise UnsupportedLayer(f"{layer.name}: only the last recurrent layer may drop return_sequences")
         if not last:  # Y [T, D, N, H] -> [T, N, D*H], the next layer's input
             nodes += [helper.make_node("Transpose", [f"{name}/Y"], [f"{name}/Yt"], perm=[0, 2, 1, 3]),
                       helper.make_node("Reshape", [f"{name}/Yt", f"{prefix}/seq_shape"], [f"{name}/out"])]
             x = f"{name}/out"
+        elif parts[0].return_sequences:  # Y [T, D, N, H] -> [N, T, D*H], batch-major for the head
+            nodes += [helper.make_node("Transpose", [f"{name}/Y"], [f"{name}/Yt"], perm=[2, 0, 1, 3]),
+                      helper.make_node("Reshape", [f"{name}/Yt", f"{prefix}/seq_shape"], [f"{prefix}/out"])]
         else:  # Y_h [D, N, H] -> [N, D*H]
             nodes += [helper.make_node("Transpose", [f"{name}/Y_h"], [f"{name}/Yht"], perm=[1, 0, 2]),
                       helper.make_node("Reshape", [f"{name}/Yht", f"{prefix}/last_shape"], [f"{prefix}/out"])]
-    inits.append(numpy_helper.from_array(np.array([0, -1], np.int64), f"{prefix}/last_shape"))
-    if len(layers) > 1:
-        inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), f"{prefix}/seq_shape"))
+    used = {name for node in nodes for name in node.input}
+    for shape_name, shape in ((f"{prefix}/last_shape", [0, -1]), (f"{prefix}/seq_shape", [0, 0, -1])):
+        if shape_name in used:
+            inits.append(numpy_helper.from_array(np.array(shape, np.int64), shape_name))
     return nodes, inits, f"{prefix}/out"
 
 

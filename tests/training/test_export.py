@@ -21,6 +21,7 @@ VARIANTS = {
     "masked-lstm": dict(cell="lstm", mask_zero=True),
     "masked-bi-gru": dict(cell="gru", mask_zero=True, bidirectional=True),
     "conv-lstm": dict(cell="lstm", conv_filters=8, conv_kernel=3, pool_size=2),
+    "max-pooled-bi-gru": dict(cell="gru", bidirectional=True, layers=2, pooling="max"),
     "head-dropout": dict(cell="simple_rnn", dense_units=8, head_dropout=0.3, dropout=0.2, recurrent_dropout=0.2,
                          optimizer="adam", padding="post", truncating="post"),
 }
