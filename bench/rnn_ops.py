@@ -79,7 +79,6 @@ def main() -> int:
                         # padded only to the longest row. The Loop export needs Keras's maxlen pre-padding.
                         if name == "native" and masked:
                             x = ids(batch, length, length, rng)
-                            x = np.ascontiguousarray(x)
                         else:
                             x = ids(batch, length, MAXLEN, rng)
                         row[f"{name}_ms"] = median_ms(sess, x, args.repeat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import uvicorn
@@ -19,11 +20,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
+    try:
+        settings.keys()
+    except OSError as exc:
+        print(f"error: cannot read api_keys_file: {exc}", file=sys.stderr)
+        return 2
     if not settings.models_dir.is_dir():
         print(f"error: model repository {settings.models_dir} does not exist", file=sys.stderr)
         return 2
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handlers it found;
+    # by then every request has finished, so those handlers let the process exit 0 (docker stop is clean).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=30)
+                access_log=False,
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
     return 0
 
 

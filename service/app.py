@@ -8,13 +8,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service import __version__
-from service.api import health, score, v1, v2
+from service.api import health, repository, score, v1, v2
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.package import PackageError
 from service.middleware import ServiceMiddleware
 from service.registry import Registry
 from service.settings import Settings
@@ -68,10 +70,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(score.router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        max_score_bytes=settings.max_score_bytes,
                        known_models=lambda name: name in registry.models or name in registry.failures,
-                       access_log=settings.access_log)
+                       access_log=settings.access_log, api_keys=settings.keys(),
+                       metrics_public=settings.metrics_public)
+    if settings.origins():  # added last, so it runs first: preflights need no API key
+        app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID"])
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
@@ -93,6 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             message = "request body could not be parsed (invalid UTF-8 or JSON?)"
         return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), message,
                               getattr(exc, "headers", None))
+
+    @app.exception_handler(PackageError)
+    async def package_error(request: Request, exc: PackageError):
+        return error_response(request, 400, "load_failed", str(exc))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):

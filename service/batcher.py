@@ -47,6 +47,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task | None = None
         self._carry: _Item | None = None  # an item that did not fit the previous batch
+        self._busy = False  # a batch is being collected or run
         self.name = name
 
     @property
@@ -71,6 +72,7 @@ class Batcher:
     async def _next_batch(self) -> list[_Item]:
         first = self._carry or await self._queue.get()
         self._carry = None
+        self._busy = True
         batch, rows = [first], len(first.rows)
         deadline = time.monotonic() + self.max_delay_s
         while rows < self.max_batch_size:
@@ -97,6 +99,7 @@ class Batcher:
             batch = await self._next_batch()
             batch = [it for it in batch if not it.future.done()]  # callers that gave up
             if not batch:
+                self._busy = False
                 continue
             started = time.monotonic()
             waits = [started - it.enqueued for it in batch]
@@ -110,6 +113,7 @@ class Batcher:
                 for it in batch:
                     if not it.future.done():
                         it.future.set_exception(exc)
+                self._busy = False
                 continue
             if self._observer:
                 self._observer(len(x), waits, time.monotonic() - started)
@@ -119,9 +123,18 @@ class Batcher:
                 if not it.future.done():
                     it.future.set_result(out[offset:offset + n])
                 offset += n
+            self._busy = False
 
-    async def close(self) -> None:
-        """Stop taking batches; queued callers get an error. The worker thread ends after its batch."""
+    @property
+    def idle(self) -> bool:
+        return not (self._busy or self._carry or self._queue.qsize())
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop the batcher: first let queued and running batches finish (up to grace_s seconds),
+        then callers still waiting get an error. The worker thread ends after its batch."""
+        deadline = time.monotonic() + grace_s
+        while not self.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # shutdown only: a short poll beats more state on the hot path
         if self._task:
             self._task.cancel()
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import time
 import uuid
@@ -13,12 +15,15 @@ from service.metrics import Metrics
 
 log = logging.getLogger("rnnserve.access")
 REQUEST_ID_HEADER = b"x-request-id"
+OPEN_PATHS = {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"}
 
 
 class ServiceMiddleware:
     def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_score_bytes: int, known_models,
-                 access_log: bool = True):
+                 access_log: bool = True, api_keys: list[str] = (), metrics_public: bool = True):
         self.app = app
+        self.api_keys = [k.encode() for k in api_keys]
+        self.open_paths = OPEN_PATHS | ({"/metrics"} if metrics_public else set())
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.max_score_bytes = max_score_bytes  # file scoring streams its body, so it may be far larger
@@ -48,7 +53,10 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if self.api_keys and scope["path"] not in self.open_paths and not self._authorized(scope):
+                await _unauthorized(scope, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("route")
@@ -63,6 +71,27 @@ class ServiceMiddleware:
                 log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
                                            "ms": round(seconds * 1000, 2)})
             request_id.reset(token)
+
+
+    def _authorized(self, scope) -> bool:
+        given = b""
+        for key, value in scope["headers"]:
+            if key == b"x-api-key":
+                given = value
+            elif key == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+        # Compare against every key in constant time; the key itself is never logged.
+        return any([hmac.compare_digest(given, key) for key in self.api_keys]) if given else False
+
+
+async def _unauthorized(scope, send) -> None:
+    message = "missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY"
+    error = message if scope["path"].startswith("/v2") else {"code": "unauthorized", "message": message}
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", b"Bearer")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _header(scope, name: bytes) -> str | None:

@@ -19,7 +19,7 @@ INPUT_NAME = "input_ids"
 OUTPUT_NAME = "probabilities"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json", "metadata.json")
 # Names and versions come from URLs: these patterns keep every lookup inside the repository.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # no "..", no "/", no leading dot
 VERSION_RE = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -102,11 +102,10 @@ def check_io(package: Package, inputs: list, outputs: list) -> None:
         raise PackageError(f"model output shape {out_shape} does not give {len(package.labels)} classes")
 
 
-def scan_repository(root: Path) -> list[Path]:
-    """Every NAME/VERSION directory under root (dot-directories, e.g. exports in progress, skipped)."""
+def scan_repository(root: Path, nested: bool = True) -> list[Path]:
+    """Every NAME/VERSION directory under root, or with nested=False every VERSION directory of the
+    model directory root (dot-directories, e.g. exports in progress, are skipped)."""
     if not root.is_dir():
         return []
-    return sorted(
-        v for n in root.iterdir() if n.is_dir() and not n.name.startswith(".")
-        for v in n.iterdir() if v.is_dir() and not v.name.startswith(".")
-    )
+    names = [n for n in root.iterdir() if n.is_dir() and not n.name.startswith(".")] if nested else [root]
+    return sorted(v for n in names for v in n.iterdir() if v.is_dir() and not v.name.startswith("."))

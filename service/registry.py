@@ -99,7 +99,8 @@ class Registry:
             model.warm_up(package.maxlen)
         return package, model
 
-    async def load_path(self, path: Path) -> LoadedModel | None:
+    async def load_path(self, path: Path, install: bool = True) -> LoadedModel | None:
+        """Validate, load and warm one package; install=False leaves the swap to the caller."""
         name, version = path.parent.name, path.name
         try:
             package, model = await asyncio.to_thread(self._load_sync, path)
@@ -117,8 +118,11 @@ class Registry:
                           name=f"{name}/{version}")
         batcher.start()
         loaded = LoadedModel(package, Tokenizer(package.tokenizer), model, batcher)
-        self.models.setdefault(name, {})[package.version] = loaded
+        if install:
+            self.models.setdefault(name, {})[package.version] = loaded
         self.failures.get(name, {}).pop(version, None)
+        if not self.failures.get(name, True):
+            del self.failures[name]
         self._update_gauges()
         log.info("model loaded", extra={"model": name, "version": version, "provider": model.provider,
                                         "threads": model.threads})
@@ -133,6 +137,65 @@ class Registry:
         self.loaded_once = True
         log.info("model repository loaded", extra={"loaded": sum(map(len, self.models.values())),
                                                    "failed": sum(map(len, self.failures.values()))})
+
+    async def load(self, name: str) -> None:
+        """(Re)load every version of `name` on disk. Each new version is validated and warmed before it
+        replaces the old one; requests already queued on the old one finish there. A version that fails
+        keeps its old copy serving. Raises NotFound when nothing of that name is on disk."""
+        self._check_name(name)
+        paths = scan_repository(self.settings.models_dir / name, nested=False)
+        if not paths:
+            raise NotFound(f"no model {name!r} in the repository {self.settings.models_dir}")
+        self.failures.pop(name, None)
+        old = dict(self.models.get(name, {}))
+        new = dict(old)
+        for path in paths:
+            loaded = await self.load_path(path, install=False)
+            if loaded is not None:
+                new[loaded.version] = loaded
+        on_disk = {int(p.name) for p in paths if VERSION_RE.match(p.name)}
+        new = {v: m for v, m in new.items() if v in on_disk}
+        if new:
+            self.models[name] = new
+        else:
+            self.models.pop(name, None)
+        self._update_gauges()
+        for version, handle in old.items():
+            if new.get(version) is not handle:
+                await handle.batcher.close(self.settings.shutdown_grace_s)
+        if name in self.failures:
+            reasons = "; ".join(f"v{v}: {r}" for v, r in self.failures[name].items())
+            raise PackageError(f"model {name!r} did not load cleanly ({reasons})"
+                               + ("; the previous version keeps serving" if new else ""))
+
+    async def unload(self, name: str) -> None:
+        self._check_name(name)
+        versions = self.models.pop(name, None)
+        self.failures.pop(name, None)
+        if versions is None:
+            raise NotFound(f"model {name!r} is not loaded")
+        self._update_gauges()
+        for handle in versions.values():
+            await handle.batcher.close(self.settings.shutdown_grace_s)
+
+    def index(self) -> list[dict]:
+        """Triton's repository index: every version on disk or loaded, with its state."""
+        rows = {}
+        for path in scan_repository(self.settings.models_dir):
+            rows[(path.parent.name, path.name)] = {"name": path.parent.name, "version": path.name,
+                                                   "state": "UNAVAILABLE", "reason": "not loaded"}
+        for name, versions in self.failures.items():
+            for version, reason in versions.items():
+                rows[(name, version)] = {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
+        for name, versions in self.models.items():
+            for version in versions:
+                rows[(name, str(version))] = {"name": name, "version": str(version), "state": "READY", "reason": ""}
+        return [rows[k] for k in sorted(rows)]
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not NAME_RE.match(name):
+            raise NotFound(f"model {name!r} not found")
 
     def _update_gauges(self) -> None:
         self.metrics.models_loaded.set(sum(map(len, self.models.values())))
@@ -172,4 +235,4 @@ class Registry:
     async def close(self) -> None:
         for versions in self.models.values():
             for loaded in versions.values():
-                await loaded.batcher.close()
+                await loaded.batcher.close(self.settings.shutdown_grace_s)

@@ -12,6 +12,8 @@ BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 class Settings(BaseSettings):
+    """Server settings. Model-specific facts (labels, maxlen, tokenizer) live in each package instead."""
+
     model_config = SettingsConfigDict(env_prefix="RNNSERVE_", cli_prog_name="rnnserve", cli_kebab_case=True,
                                       cli_implicit_flags=True, protected_namespaces=())
 
@@ -29,6 +31,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
     max_score_bytes: int = Field(4 * 1024**3, ge=1, description="Upload size for file scoring (else 413).")
     warmup: bool = Field(True, description="Run each model once at load; readiness waits for it.")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM or unload: how long requests in flight "
+                                    "and queued batches may take to finish.")
+    api_keys: str = Field("", description="Comma-separated API keys; when set (or api_keys_file), every endpoint "
+                          "but liveness and readiness needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.",
+                          repr=False)
+    api_keys_file: Path | None = Field(None, description="File with one API key per line.")
+    metrics_public: bool = Field(True, description="With API keys set, leave /metrics open to scrapers.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (off when empty).")
     log_level: str = Field("info", description="Python log level.")
     log_json: bool = Field(True, description="One JSON object per log line.")
     access_log: bool = Field(True, description="Log one line per request.")
+
+    def keys(self) -> list[str]:
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            keys += [k.strip() for k in lines if k.strip() and not k.startswith("#")]
+        return keys
+
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

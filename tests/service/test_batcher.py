@@ -116,3 +116,20 @@ def test_rows_of_different_widths_are_padded_on_the_right():
     a, c = run(main())
     assert a.tolist() == [[3]] and c.tolist() == [[18]]
     assert seen[-1].tolist() == [[1, 2, 0, 0], [3, 4, 5, 6]]
+
+
+def test_close_with_grace_finishes_queued_work():
+    import time as _time
+
+    def slow(x):
+        _time.sleep(0.02)
+        return x
+
+    async def main():
+        b = Batcher(slow, max_batch_size=1, max_delay_s=0)
+        waiting = [asyncio.ensure_future(b.submit(np.full((1, 1), i))) for i in range(5)]
+        await asyncio.sleep(0)
+        await b.close(grace_s=5)
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    assert [r.tolist() for r in run(main())] == [[[i]] for i in range(5)]

@@ -1,0 +1,28 @@
+"""Triton's model repository extension: list the repository, load (or reload) and unload models
+without a restart. Behind the API key when keys are set, like every non-health route."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import RegistryDep
+
+router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"])
+
+
+@router.post("/index", summary="Every model version in the repository, with its state")
+async def repository_index(registry: RegistryDep) -> list[dict]:
+    return registry.index()
+
+
+@router.post("/models/{name}/load", summary="Load or reload a model: the new version is validated and warmed "
+             "before it replaces the old; if it fails, the old keeps serving")
+async def load_model(name: str, registry: RegistryDep) -> dict:
+    await registry.load(name)
+    return {}
+
+
+@router.post("/models/{name}/unload", summary="Unload a model; requests already queued finish first")
+async def unload_model(name: str, registry: RegistryDep) -> dict:
+    await registry.unload(name)
+    return {}

@@ -1,0 +1,183 @@
+"""Auth, limits, path traversal, model control without restart, graceful shutdown."""
+
+import asyncio
+import json
+import shutil
+import signal
+import threading
+
+import httpx
+import pytest
+
+from tests.conftest import Server, real_reviews
+
+
+def test_auth_off_by_default(server):
+    assert httpx.get(f"{server.url}/v1/models").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def secured(model_repo, tmp_path_factory):
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys_file.write_text("# one key per line\nfile-key\n")
+    srv = Server(model_repo, "--no-metrics-public", "--api-keys-file", str(keys_file),
+                 env={"RNNSERVE_API_KEYS": "env-key-1,env-key-2"})
+    srv.wait_ready()
+    yield srv
+    srv.log = srv.stop()
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({}, 401),
+    ({"Authorization": "Bearer wrong"}, 401),
+    ({"X-API-Key": ""}, 401),
+    ({"Authorization": "Basic env-key-1"}, 401),
+    ({"Authorization": "Bearer env-key-1"}, 200),
+    ({"authorization": "bearer env-key-2"}, 200),
+    ({"X-API-Key": "file-key"}, 200),
+])
+def test_auth_on(secured, headers, status):
+    r = httpx.post(f"{secured.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"}, headers=headers)
+    assert r.status_code == status
+    if status == 401:
+        assert r.json()["error"]["code"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_auth_exemptions_and_protected_surfaces(secured):
+    for path in ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"):
+        assert httpx.get(secured.url + path).status_code == 200
+    for path in ("/metrics", "/v1/models", "/v2/models/sentiment-lstm", "/openapi.json"):
+        assert httpx.get(secured.url + path).status_code == 401
+    r = httpx.post(f"{secured.url}/v2/repository/index")
+    assert r.status_code == 401 and isinstance(r.json()["error"], str)
+    assert httpx.get(f"{secured.url}/metrics", headers={"X-API-Key": "file-key"}).status_code == 200
+
+
+def test_keys_never_logged(secured):
+    httpx.get(f"{secured.url}/v1/models", headers={"X-API-Key": "env-key-1"})
+    httpx.get(f"{secured.url}/v1/models", headers={"X-API-Key": "not-a-key-xyz"})
+    secured.log = secured.stop()
+    for secret in ("env-key-1", "env-key-2", "file-key", "not-a-key-xyz"):
+        assert secret not in secured.log
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/models/../../etc/passwd/predict",
+    "/v1/models/..%2F..%2Fetc/predict",
+    "/v1/models/%2e%2e/predict",
+    "/v1/models/sentiment-lstm/versions/..%2F1/predict",
+    "/v1/models/sentiment-lstm/versions/-1/predict",
+    "/v2/models/..%2Fsentiment-lstm/infer",
+])
+def test_path_traversal_is_not_found(server, path):
+    r = httpx.post(server.url + path, json={"text": "x"})
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize("name", ["..", "..%2F..%2Ftmp", ".hidden", "a..b"])
+def test_repository_load_refuses_paths_outside(server, name):
+    assert httpx.post(f"{server.url}/v2/repository/models/{name}/load").status_code == 404
+
+
+def test_score_upload_limit(model_repo):
+    srv = Server(model_repo, "--max-score-bytes", "1000")
+    try:
+        srv.wait_ready()
+        url = f"{srv.url}/v1/models/sentiment-lstm/score"
+        r = httpx.post(url, content=b"great\n" * 500, headers={"content-type": "text/plain"})
+        assert r.status_code == 413 and "1000 bytes" in r.json()["error"]["message"]
+
+        def chunks():  # no Content-Length: the limit is enforced as the body streams in
+            for _ in range(50):
+                yield b"great fun\n" * 10
+
+        r = httpx.post(url, content=chunks(), headers={"content-type": "text/plain"})
+        last = json.loads(r.text.splitlines()[-1])
+        assert "exceeds the limit of 1000 bytes" in last["error"]
+    finally:
+        srv.stop()
+
+
+@pytest.fixture()
+def live_repo(model_repo, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo, repo)
+    return repo
+
+
+def hammer(url: str, stop: threading.Event, results: list, texts: list[str]) -> None:
+    with httpx.Client(timeout=30) as client:
+        i = 0
+        while not stop.is_set() and i < 5000:  # bounded
+            r = client.post(f"{url}/v1/models/sentiment-lstm/predict", json={"text": texts[i % len(texts)]})
+            results.append((r.status_code, r.json().get("version")))
+            i += 1
+
+
+def test_reload_and_unload_under_traffic_fail_no_request(live_repo):
+    srv = Server(live_repo)
+    texts, _ = real_reviews(10)
+    try:
+        srv.wait_ready()
+        stop, results = threading.Event(), []
+        workers = [threading.Thread(target=hammer, args=(srv.url, stop, results, texts)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        # a new version appears and is loaded, then reloaded twice, while the other model comes and goes
+        shutil.copytree(live_repo / "sentiment-lstm" / "1", live_repo / "sentiment-lstm" / "2")
+        meta = live_repo / "sentiment-lstm" / "2" / "metadata.json"
+        meta.write_text(json.dumps(json.loads(meta.read_text()) | {"version": 2}))
+        for _ in range(3):
+            assert httpx.post(f"{srv.url}/v2/repository/models/sentiment-lstm/load", timeout=60).status_code == 200
+        assert httpx.post(f"{srv.url}/v2/repository/models/topics-gru/unload").status_code == 200
+        assert httpx.post(f"{srv.url}/v1/models/topics-gru/predict", json={"text": "x"}).status_code == 404
+        assert httpx.post(f"{srv.url}/v2/repository/models/topics-gru/load", timeout=60).status_code == 200
+        stop.set()
+        for w in workers:
+            w.join()
+        assert len(results) > 50
+        assert {status for status, _ in results} == {200}
+        assert results[-1][1] == 2  # the newest version serves after the load
+        index = httpx.post(f"{srv.url}/v2/repository/index").json()
+        assert {(m["name"], m["version"], m["state"]) for m in index} == {
+            ("sentiment-lstm", "1", "READY"), ("sentiment-lstm", "2", "READY"), ("topics-gru", "1", "READY")}
+    finally:
+        srv.stop()
+
+
+def test_corrupt_reload_keeps_the_old_version(live_repo):
+    srv = Server(live_repo)
+    try:
+        srv.wait_ready()
+        with open(live_repo / "topics-gru" / "1" / "model.onnx", "ab") as fh:
+            fh.write(b"garbage")
+        r = httpx.post(f"{srv.url}/v2/repository/models/topics-gru/load")
+        assert r.status_code == 400 and "sha256" in r.json()["error"] and "keeps serving" in r.json()["error"]
+        r = httpx.post(f"{srv.url}/v1/models/topics-gru/predict", json={"text": "still here"})
+        assert r.status_code == 200
+        index = {(m["name"], m["version"]): m for m in httpx.post(f"{srv.url}/v2/repository/index").json()}
+        assert index[("topics-gru", "1")]["state"] == "READY"
+        assert httpx.post(f"{srv.url}/v2/repository/models/nope/load").status_code == 404
+    finally:
+        srv.stop()
+
+
+def test_sigterm_finishes_requests_in_flight(model_repo):
+    srv = Server(model_repo)
+    srv.wait_ready()
+    texts, _ = real_reviews(128)
+
+    async def main():
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60,
+                                     limits=httpx.Limits(max_connections=32)) as client:
+            tasks = [asyncio.create_task(client.post("/v1/models/sentiment-lstm/predict", json={"texts": texts}))
+                     for _ in range(32)]
+            await asyncio.sleep(0.3)  # all 32 are on the wire and queued
+            srv.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    responses = asyncio.run(main())
+    assert [getattr(r, "status_code", r) for r in responses] == [200] * 32
+    assert all(len(r.json()["predictions"]) == 256 for r in responses)
+    assert srv.proc.wait(timeout=30) == 0
+    srv.stop()
