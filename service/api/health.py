@@ -7,9 +7,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import RegistryDep
-from service.api.schemas import Health
+from service.api.schemas import ErrorResponse, Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses={401: {"model": ErrorResponse}})
 
 
 @router.get("/health/live", response_model=Health, summary="The process is up")

@@ -6,8 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import RegistryDep
+from service.api.v2 import V2_ERRORS
 
-router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"])
+router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
 
 
 @router.post("/index", summary="Every model version in the repository, with its state")

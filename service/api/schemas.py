@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["texts"]}, {"required": ["text"]}],
         "examples": [{"texts": ["a wonderful, moving film", "dull and far too long"], "top_k": 2}]})
 
-    texts: list[StrictStr] | None = Field(None, min_length=1, description="Texts to classify (or use `text`).")
-    text: StrictStr | None = Field(None, description="One text to classify (or use `texts`).")
+    texts: Annotated[list[StrictStr], Field(min_length=1)] | SkipJsonSchema[None] = Field(
+        None, description="Texts to classify (or use `text`).")
+    text: StrictStr | SkipJsonSchema[None] = Field(None, description="One text to classify (or use `texts`).")
     top_k: int = Field(1, ge=1, le=1000, description="How many of the most probable labels to return per text.")
     return_probabilities: StrictBool = Field(False, description="Also return every label's probability.")
 
@@ -40,7 +45,7 @@ class Prediction(BaseModel):
     label: str
     score: float = Field(description="Probability of `label`.")
     top_k: list[LabelProbability]
-    probabilities: dict[str, float] | None = None
+    probabilities: dict[str, float] | SkipJsonSchema[None] = None
     tokens: TokenInfo
 
 
@@ -57,6 +62,10 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class V2Error(BaseModel):
+    error: str
 
 
 class ModelList(BaseModel):

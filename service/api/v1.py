@@ -8,7 +8,7 @@ from service.api.deps import RegistryDep, SettingsDep
 from service.api.schemas import ErrorResponse, ModelList, PredictRequest, PredictResponse
 from service.predict import check_limits, classify, to_predictions
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
 
 

@@ -16,11 +16,13 @@ from fastapi.responses import JSONResponse
 
 from service import __version__
 from service.api.deps import RegistryDep, SettingsDep
+from service.api.schemas import V2Error
 from service.errors import BadRequest, InvalidInput, NotReady
 from service.predict import check_limits, classify
 from service.registry import LoadedModel
 
-router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+V2_ERRORS = {code: {"model": V2Error} for code in (400, 401, 404, 413, 415, 422, 503)}
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAME, PROBS_NAME, LABEL_NAME = "text", "probabilities", "label"
 
