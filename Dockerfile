@@ -1,0 +1,43 @@
+# The serving image: the service, its dependencies and the bundled models; no TensorFlow, no compilers.
+#   docker build -t rnnserve .
+#   docker run -p 8000:8000 rnnserve
+# Offline builds: --build-arg WHEELHOUSE=wheelhouse (a folder of wheels made with `pip download`),
+# and --build-arg BASE_IMAGE=... for a base image with python3 and venv.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ARG WHEELHOUSE=docker/no-wheelhouse
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY ${WHEELHOUSE} /wheelhouse
+RUN python3 -m venv /opt/venv
+# Dependencies first (their own layer, cached while only the source changes).
+COPY pyproject.toml README.md /src/
+RUN cd /src && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && if ls /wheelhouse/*.whl >/dev/null 2>&1; then FIND="--no-index --find-links /wheelhouse"; else FIND=""; fi \
+ && /opt/venv/bin/pip install $FIND -r /tmp/requirements.txt "setuptools>=68" wheel
+COPY service /src/service
+COPY training /src/training
+RUN if ls /wheelhouse/*.whl >/dev/null 2>&1; then FIND="--no-index --find-links /wheelhouse"; else FIND=""; fi \
+ && /opt/venv/bin/pip install $FIND --no-deps --no-build-isolation /src \
+ && /opt/venv/bin/pip uninstall -y setuptools wheel pip \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+
+FROM ${BASE_IMAGE} AS runtime
+# A plain passwd entry: minimal bases (debootstrap minbase) have no useradd.
+RUN echo 'rnnserve:x:10001:10001:rnnserve:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'rnnserve:x:10001:' >> /etc/group \
+ && rm -rf /var/cache/apt /var/lib/apt/lists/* /usr/share/doc /usr/share/man
+COPY --from=build /opt/venv /opt/venv
+COPY models /models
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    RNNSERVE_MODELS_DIR=/models \
+    RNNSERVE_HOST=0.0.0.0 \
+    RNNSERVE_PORT=8000
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('RNNSERVE_PORT', '8000')}/health/ready\", timeout=2)"]
+STOPSIGNAL SIGTERM
+CMD ["rnnserve"]

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Make a Docker engine, a base image and a wheelhouse available on a machine without registry access
+# (this project's CI). Real users skip all this: `docker build .` uses the official python:3.11-slim.
+#   - dockerd from Debian's docker.io, started with --bridge=none --iptables=false (containers use --network host)
+#   - base image `rnnserve-base`: debootstrap bookworm minbase with python3 + venv, imported with `docker import`
+#   - wheelhouse/: the runtime's wheels, downloaded on the host (pip inside a build cannot verify TLS here)
+# Idempotent: each step is skipped when its result is already there. Exits non-zero if no engine can be had.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! docker info >/dev/null 2>&1; then
+  if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-compose >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq docker.io debootstrap docker-compose >/dev/null
+  fi
+  nohup dockerd --bridge=none --iptables=false >/tmp/rnnserve-dockerd.log 2>&1 &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null
+fi
+command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; }
+
+if ! docker image inspect rnnserve-base >/dev/null 2>&1; then
+  root=$(mktemp -d /tmp/rnnserve-rootfs.XXXXXX)
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" >/tmp/rnnserve-debootstrap.log
+  # What an image never needs: downloaded packages, package lists, docs, manuals, translations.
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc \
+    "$root"/usr/share/man "$root"/usr/share/info "$root"/usr/share/locale
+  tar -C "$root" -c . | docker import - rnnserve-base >/dev/null
+  rm -rf "$root"
+fi
+
+if [ ! -f wheelhouse/.complete ]; then
+  rm -rf wheelhouse && mkdir -p wheelhouse
+  $PY -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    > wheelhouse/requirements.txt
+  $PY -m pip download -q -d wheelhouse --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform linux_x86_64 --implementation cp \
+    -r wheelhouse/requirements.txt "setuptools>=68" wheel
+  touch wheelhouse/.complete
+fi
+echo "docker engine, base image rnnserve-base and wheelhouse/ are ready"

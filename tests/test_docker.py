@@ -1,0 +1,109 @@
+"""The serving image, built and run for real: healthy, serving, non-root, clean stop; compose too.
+
+Needs a Docker engine, the base image `rnnserve-base` and wheelhouse/ (docker/ci-setup.sh makes all three;
+CI runs it). Containers use the host network and are reached on 127.0.0.1 only.
+"""
+
+import json
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+IMAGE = "rnnserve:test"
+MAX_IMAGE_MB = 350
+
+
+def sh(*cmd, timeout=120, check=True, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=check, env=env)
+
+
+@pytest.fixture(scope="module")
+def image():
+    if not shutil.which("docker") or sh("docker", "info", check=False).returncode != 0:
+        pytest.skip("no Docker engine can be reached; run docker/ci-setup.sh (CI does) to start one")
+    if sh("docker", "image", "inspect", "rnnserve-base", check=False).returncode != 0 \
+            or not (ROOT / "wheelhouse" / ".complete").exists():
+        pytest.skip("base image rnnserve-base or wheelhouse/ missing; run docker/ci-setup.sh")
+    build = sh("docker", "build", "-t", IMAGE, "--build-arg", "BASE_IMAGE=rnnserve-base", "--build-arg",
+               "WHEELHOUSE=wheelhouse", ".", timeout=1200, check=False)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return IMAGE
+
+
+def test_image_is_slim_and_has_no_tensorflow(image):
+    size_mb = int(sh("docker", "image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
+    print(f"\nruntime image {image}: {size_mb:.0f} MB")
+    assert size_mb <= MAX_IMAGE_MB
+    probe = "import importlib.util as u; print([m for m in ('tensorflow', 'keras', 'tf2onnx') if u.find_spec(m)])"
+    assert sh("docker", "run", "--rm", "--network", "host", image, "python3", "-c", probe).stdout.strip() == "[]"
+    assert sh("docker", "run", "--rm", "--network", "host", image, "sh", "-c",
+              "command -v gcc cc || true").stdout.strip() == ""
+
+
+def wait_healthy(container: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = json.loads(sh("docker", "inspect", "-f", "{{json .State}}", container).stdout)
+        if state.get("Health", {}).get("Status") == "healthy":
+            return
+        assert state["Running"], sh("docker", "logs", container, check=False).stderr[-3000:]
+        time.sleep(1)
+    raise TimeoutError(f"{container} did not become healthy")
+
+
+def test_container_serves_as_non_root_and_stops_cleanly(image):
+    port = free_port()
+    name = f"rnnserve-test-{port}"
+    sh("docker", "run", "-d", "--network", "host", "--name", name, "-e", f"RNNSERVE_PORT={port}",
+       "-e", "RNNSERVE_HOST=127.0.0.1", image)
+    try:
+        wait_healthy(name)
+        assert httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200
+        inside = ("import json, urllib.request as u; "
+                  f"print(u.urlopen('http://127.0.0.1:{port}/health/ready').status); "
+                  f"r = u.Request('http://127.0.0.1:{port}/v1/models/imdb-lstm/predict', "
+                  "data=json.dumps({'text': 'A wonderful, moving film. Superb acting.'}).encode(), "
+                  "headers={'content-type': 'application/json'}); "
+                  "print(json.load(u.urlopen(r))['predictions'][0]['label'])")
+        out = sh("docker", "exec", name, "python3", "-c", inside).stdout.split()
+        assert out == ["200", "positive"]
+        assert sh("docker", "exec", name, "id", "-u").stdout.strip() == "10001"
+        started = time.monotonic()
+        sh("docker", "stop", "-t", "30", name, timeout=60)
+        assert time.monotonic() - started < 30
+        state = json.loads(sh("docker", "inspect", "-f", "{{json .State}}", name).stdout)
+        assert state["ExitCode"] == 0
+        assert "Application shutdown complete" in sh("docker", "logs", name).stderr
+    finally:
+        sh("docker", "rm", "-f", name, check=False)
+
+
+def test_compose_file_is_valid_and_brings_the_api_up(image):
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed; docker/ci-setup.sh installs it")
+    port = free_port()
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "RNNSERVE_PORT": str(port), "RNNSERVE_TEST_IMAGE": image}
+    files = ["-f", "docker-compose.yml", "-f", "tests/docker/compose.host.yml", "-p", f"rnnservetest{port}"]
+    for profile in ([], ["--profile", "train"], ["--profile", "scale"]):
+        sh(compose, *profile, "-f", "docker-compose.yml", "config", "-q", env=env)
+    try:
+        sh(compose, *files, "up", "-d", "--no-build", "api", env=env, timeout=300)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/models/reuters-gru/predict",
+                       json={"text": "Oil prices rose as OPEC agreed to cut crude output"})
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "crude"
+    finally:
+        sh(compose, *files, "down", "-v", env=env, check=False, timeout=120)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerate every bundled model package in models/ from the data directory (fixed seeds).
+# About an hour on a 2-core CPU; run it in the background and watch the log:
+#   RNNSERVE_DATA_DIR=../shared/data nohup bash training/bundled_models.sh > runs/bundled.log 2>&1 &
+# Pass preset names to train only those.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${RNNSERVE_DATA_DIR:?set RNNSERVE_DATA_DIR to the data directory}"
+PY=${PYTHON:-python}
+presets=("$@")
+if [ ${#presets[@]} -eq 0 ]; then
+  mapfile -t presets < <($PY -c "from training.config import BUNDLED; print('\n'.join(BUNDLED))")
+fi
+for preset in "${presets[@]}"; do
+  echo "=== $preset $(date +%T)"
+  $PY -m training train --preset "$preset" --export "$preset" --models-dir models --overwrite --no-progress
+done
