@@ -65,7 +65,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
     path = export_run(args.run_dir, args.models_dir, args.name, args.version, args.data_dir,
-                      parity_examples=args.parity_examples, atol=args.atol, overwrite=args.overwrite)
+                      parity_examples=args.parity_examples, atol=args.atol, overwrite=args.overwrite,
+                      native=not args.loop_export)
     meta = json.loads((path / "metadata.json").read_text())
     print(json.dumps({"package": str(path), "parity": meta["parity"], "test": meta["metrics"]["test"]}, indent=2))
     return 0
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-examples", type=int, default=1000, help="test sequences in the parity gate")
     p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |keras - onnx| probability")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--loop-export", action="store_true",
+                   help="keep tf2onnx's Loop subgraphs instead of native RNN/GRU/LSTM nodes (slower; for comparison)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="test-split metrics of a package through onnxruntime")
