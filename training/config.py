@@ -115,9 +115,9 @@ PRESETS: dict[str, dict] = {
 _IMDB = dict(dataset="imdb", num_words=30000, maxlen=600, embedding_dim=64, units=64, bidirectional=True,
              pooling="max", dropout=0.2, head_dropout=0.5, optimizer="adam", learning_rate=1e-3, batch_size=64,
              epochs=4, validation_split=0.1, early_stopping_patience=1)
-_REUTERS = dict(dataset="reuters", num_words=20000, maxlen=300, embedding_dim=128, units=128, bidirectional=True,
-                pooling="max", head_dropout=0.3, optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=20,
-                validation_split=0.15, early_stopping_patience=3)
+_REUTERS = dict(dataset="reuters", num_words=10000, maxlen=300, embedding_dim=128, units=128, bidirectional=True,
+                pooling="max", dropout=0.3, head_dropout=0.5, optimizer="adam", learning_rate=1e-3, batch_size=64,
+                epochs=20, validation_split=0.1, early_stopping_patience=3)
 PRESETS |= {
     "imdb-lstm": {**_IMDB, "cell": "lstm"},
     "imdb-gru": {**_IMDB, "cell": "gru"},
