@@ -39,3 +39,20 @@ def test_64_concurrent_requests_are_batched_and_matched(server, model_repo):
     batches, rows = after[0] - before[0], after[1] - before[1]
     assert rows == 64
     assert batches < 64, "no request was coalesced with another"
+
+
+def test_masked_model_batches_texts_of_different_lengths(server, model_repo):
+    """Requests padded to different widths share a batch (right-padded); answers stay exact."""
+    texts, _ = real_reviews(16)
+    texts = [t[: 10 + 37 * i] for i, t in enumerate(texts)]  # from a few words to the whole review
+    probs, labels = offline_predict(model_repo / "topics-gru" / "1", texts)
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/v1/models/topics-gru/predict",
+                                                      json={"text": t, "return_probabilities": True})
+                                          for t in texts))
+
+    for row, r in zip(probs, asyncio.run(fire())):
+        got = r.json()["predictions"][0]["probabilities"]
+        assert max(abs(got[l] - float(p)) for l, p in zip(labels, row)) < 1e-6
