@@ -1,4 +1,7 @@
-"""Dependencies shared by the routers (FastAPI-template style Annotated aliases)."""
+"""Dependencies shared by the routers (FastAPI-template style Annotated aliases).
+
+They are `async def` on purpose: FastAPI runs plain `def` dependencies in a worker thread, a thread
+hand-off per request on the hot path."""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ from service.registry import Registry
 from service.settings import Settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
