@@ -1,7 +1,8 @@
-"""Keras run directory -> model package: tf2onnx conversion, the parity gate, metadata, atomic write.
+"""Keras run directory -> model package: ONNX conversion, the parity gate, metadata, atomic write.
 
 Package layout (what the service validates): NAME/VERSION/{model.onnx, tokenizer.json, metadata.json,
-curves.png, confusion.png, model.keras}. model.keras is kept so a package can be re-exported later.
+curves.png, confusion.png, history.json}. The Keras model stays in the run directory: with its optimizer
+state it is three times the size of the ONNX file, and serving never reads it.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
         stage.mkdir()
         (stage / "model.onnx").write_bytes(onnx_bytes)
         package_spec.save(stage / "tokenizer.json")
-        for extra in ("curves.png", "confusion.png", "model.keras", "history.json"):
+        for extra in ("curves.png", "confusion.png", "history.json"):
             if (run / extra).is_file():
                 shutil.copy2(run / extra, stage / extra)
         metadata = {

@@ -42,8 +42,9 @@ def test_architecture_exports_with_parity(variant, reviews_csv, tmp_path):
     masked = VARIANTS[variant].get("mask_zero", False)
     assert meta["dynamic_length"] is masked and meta["input"]["shape"][1] == (None if masked else 40)
     assert meta["labels"] == ["negative", "positive"]
-    for f in ("curves.png", "confusion.png", "model.keras"):
+    for f in ("curves.png", "confusion.png", "history.json"):
         assert (path / f).is_file()
+    assert not (path / "model.keras").exists()  # stays in the run directory
     # The ONNX model takes any batch size and gives probabilities that sum to one.
     session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
     x, _ = Tokenizer(pkg.tokenizer)(["a great film", "awful", "", "x " * 100], dynamic=masked)
@@ -58,7 +59,7 @@ def test_parity_gate_fails_on_a_mismatched_model(reviews_csv, tmp_path):
 
     a = train_and_export(reviews_csv, tmp_path / "models", "a", cell="gru", seed=1)
     b = train_and_export(reviews_csv, tmp_path / "models", "b", cell="gru", seed=2)
-    model_a = keras.models.load_model(a / "model.keras")
+    model_a = keras.models.load_model(tmp_path / "runs" / "a" / "model.keras")
     x = Tokenizer(read_package(a).tokenizer).pad([[1, 5, 9, 12]] * 50)
     with pytest.raises(ExportError, match=r"parity gate failed on 50 test sequences: max \|keras - onnx\|"):
         parity_gate(model_a, (b / "model.onnx").read_bytes(), x, x, atol=1e-5)
@@ -104,6 +105,6 @@ def test_masked_export_matches_keras_on_mixed_lengths(reviews_csv, tmp_path):
     short, _ = Tokenizer(pkg.tokenizer)(texts[:3], dynamic=True)
     assert short.shape == (3, 5)  # padded only to the longest of these
     session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-    keras_p = predict_proba(keras.models.load_model(path / "model.keras"), x_keras)
+    keras_p = predict_proba(keras.models.load_model(tmp_path / "runs" / "masked" / "model.keras"), x_keras)
     assert np.abs(session.run(None, {"input_ids": x_onnx})[0] - keras_p).max() < 1e-5
     assert np.abs(session.run(None, {"input_ids": short})[0] - keras_p[:3]).max() < 1e-5
