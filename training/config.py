@@ -124,7 +124,9 @@ PRESETS |= {
     # A Conv1D front shortens the 600 steps to 149, which a SimpleRNN can carry.
     "imdb-simple-rnn": {**_IMDB, "cell": "simple_rnn", "conv_filters": 64, "conv_kernel": 5, "pool_size": 4},
     "reuters-lstm": {**_REUTERS, "cell": "lstm"},
-    "reuters-gru": {**_REUTERS, "cell": "gru"},
+    # Trained before the extra regularisation above, which did not help the GRU (77.1% vs the LSTM's run).
+    "reuters-gru": {**_REUTERS, "cell": "gru", "num_words": 20000, "dropout": 0.0, "head_dropout": 0.3,
+                    "validation_split": 0.15},
     "reuters-simple-rnn": {**_REUTERS, "cell": "simple_rnn"},
 }
 # Served by default. imdb-lstm-tutorial is the LSTM(32), maxlen-200 model the load benchmarks use.
