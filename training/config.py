@@ -119,7 +119,10 @@ _REUTERS = dict(dataset="reuters", num_words=10000, maxlen=300, embedding_dim=12
                 pooling="max", dropout=0.3, head_dropout=0.5, optimizer="adam", learning_rate=1e-3, batch_size=64,
                 epochs=20, validation_split=0.1, early_stopping_patience=3)
 PRESETS |= {
-    "imdb-lstm": {**_IMDB, "cell": "lstm"},
+    # A masked LSTM(32) beat the bidirectional max-pooled one here (87.92% vs 87.71%) at a tenth of the size,
+    # and the service pads its batches only to their longest review.
+    "imdb-lstm": dict(dataset="imdb", cell="lstm", num_words=10000, maxlen=500, embedding_dim=32, units=32,
+                      mask_zero=True, optimizer="rmsprop", batch_size=128, epochs=10, early_stopping_patience=2),
     "imdb-gru": {**_IMDB, "cell": "gru"},
     # A Conv1D front shortens the 600 steps to 149, which a SimpleRNN can carry.
     "imdb-simple-rnn": {**_IMDB, "cell": "simple_rnn", "conv_filters": 64, "conv_kernel": 5, "pool_size": 4},
