@@ -24,7 +24,9 @@ class Settings(BaseSettings):
         "auto", description="onnxruntime provider: auto uses CUDA when onnxruntime-gpu and a GPU are present.")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 sizes from usable CPUs.")
     max_batch_size: int = Field(64, ge=1, description="Most texts coalesced into one onnxruntime run.")
-    max_batch_delay_ms: float = Field(1.0, ge=0, description="Longest wait for a batch to fill; 0 takes what is queued.")
+    max_batch_delay_ms: float = Field(0.0, ge=0, description="Longest wait for a batch to fill. 0 (default) takes "
+                                      "what is queued: under load the next batch fills while one runs, and a lone "
+                                      "request waits for nothing.")
     max_queue: int = Field(2048, ge=1, description="Queued requests per model before 503 + Retry-After.")
     max_texts_per_request: int = Field(256, ge=1, description="Texts in one predict/infer request (else 413).")
     max_text_chars: int = Field(100_000, ge=1, description="Characters in one text (else 413).")

@@ -17,6 +17,7 @@ from service.api.v1 import ERRORS
 from service.errors import InvalidInput, PayloadTooLarge
 from service.registry import LoadedModel
 from service.scoring import RowReader, RowWriter, score_stream
+from service.spool import BodySpool
 
 log = logging.getLogger("rnnserve.score")
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
@@ -38,14 +39,15 @@ SCORE_BODY = {"requestBody": {"required": True, "content": {
 
 class ScoreResponse(Response):
     """Streams output while the upload is still arriving; one task owns receive(), so body chunks
-    and the client's disconnect are both seen, and a disconnect cancels the scoring at once."""
+    and the client's disconnect are both seen, and a disconnect cancels the scoring at once. The body
+    goes through a BodySpool, so reading it never waits for the client to read the answer."""
 
     def __init__(self, media_type: str, run, upload: UploadFile | None):
         self.media_type, self.run, self.upload = media_type, run, upload
         self.status_code, self.background = 200, None
 
     async def __call__(self, scope, receive, send):
-        body: asyncio.Queue = asyncio.Queue(maxsize=4)
+        body = BodySpool()
         body_error: list[BaseException] = []
 
         async def chunks():
@@ -67,17 +69,17 @@ class ScoreResponse(Response):
                     message = await receive()
                 except HTTPException as exc:  # body over the limit while streaming
                     body_error.append(exc)
-                    await body.put(None)
+                    body.close()
                     return
                 if message["type"] == "http.disconnect":
                     work.cancel()
                     return
                 if waiting_for_body:
                     if message.get("body"):
-                        await body.put(message["body"])
+                        body.put(message["body"])
                     if not message.get("more_body", False):
                         waiting_for_body = False
-                        await body.put(None)
+                        body.close()
 
         pumper = asyncio.create_task(pump())
         try:
@@ -88,6 +90,7 @@ class ScoreResponse(Response):
             log.info("client disconnected; scoring stopped")
         finally:
             pumper.cancel()
+            body.discard()
             if self.upload is not None:
                 await self.upload.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from service.api.deps import RegistryDep, SettingsDep
 from service.api.schemas import ErrorResponse, ModelList, PredictRequest, PredictResponse
@@ -23,23 +24,25 @@ async def get_model(name: str, registry: RegistryDep) -> dict:
 
 
 async def _predict(name: str, version: str | None, body: PredictRequest, registry: RegistryDep,
-                   settings: SettingsDep) -> dict:
+                   settings: SettingsDep) -> JSONResponse:
     model = registry.get(name, version)
     texts = body.all_texts
     check_limits(texts, settings.max_texts_per_request, settings.max_text_chars)
     probs, stats = await classify(model, texts)
-    return {"model": model.name, "version": model.version,
-            "predictions": to_predictions(model.labels, probs, stats, body.top_k, body.return_probabilities)}
+    # A Response skips FastAPI's re-validation of the output (response_model still documents it).
+    return JSONResponse({"model": model.name, "version": model.version,
+                         "predictions": to_predictions(model.labels, probs, stats, body.top_k,
+                                                       body.return_probabilities)})
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True,
              summary="Classify texts with the newest version")
-async def predict(name: str, body: PredictRequest, registry: RegistryDep, settings: SettingsDep) -> dict:
+async def predict(name: str, body: PredictRequest, registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
     return await _predict(name, None, body, registry, settings)
 
 
 @router.post("/models/{name}/versions/{version}/predict", response_model=PredictResponse,
              response_model_exclude_none=True, summary="Classify texts with one version")
 async def predict_version(name: str, version: str, body: PredictRequest, registry: RegistryDep,
-                          settings: SettingsDep) -> dict:
+                          settings: SettingsDep) -> JSONResponse:
     return await _predict(name, version, body, registry, settings)

@@ -147,3 +147,14 @@ def test_disconnect_stops_the_work(model_repo):
     time.sleep(1.5)
     assert rows_inferred(server) == after_close, "the server kept scoring after the client left"
     assert "client disconnected; scoring stopped" in server.stop()
+
+
+def test_client_that_sends_everything_before_reading_does_not_deadlock(server):
+    """httpx sends the whole body before it reads the answer; the server must keep reading regardless."""
+    rows = 150_000
+    body = b"".join(b'{"id": %d, "text": "a fine film, well acted and well told"}\n' % i for i in range(rows))
+    with httpx.Client(timeout=httpx.Timeout(60)) as client:
+        r = client.post(f"{server.url}/v1/models/sentiment-lstm/score", content=chunked(body, 1 << 20),
+                        headers={"content-type": "application/x-ndjson"}, params={"probabilities": "true"})
+    lines = r.text.splitlines()
+    assert len(lines) == rows + 1 and json.loads(lines[-1])["summary"]["errors"] == 0
