@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -32,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     # by then every request has finished, so those handlers let the process exit 0 (docker stop is clean).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=False,
-                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
+    common = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
+                  timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+    else:  # each worker process builds its app from the environment
+        os.environ.update(settings.to_env())
+        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
     return 0
 
 

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service import __version__
+from service import __version__, logs
 from service.api import health, repository, score, v1, v2
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -47,7 +47,9 @@ def _describe_validation(exc: RequestValidationError) -> tuple[int, str]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    if settings is None:  # a worker process (or an ASGI server given the factory): settings from the environment
+        settings = Settings()
+        logs.configure(settings.log_level, settings.log_json)
     metrics = Metrics()
     registry = Registry(settings, metrics)
 

@@ -16,7 +16,7 @@ from service.batcher import Batcher
 from service.errors import NotFound, NotReady
 from service.metrics import Metrics
 from service.package import NAME_RE, VERSION_RE, Package, PackageError, check_io, read_package, scan_repository
-from service.session import OnnxModel
+from service.session import OnnxModel, usable_cpus
 from service.settings import Settings
 from service.tokenizer import TokenStats, Tokenizer
 
@@ -93,7 +93,9 @@ class Registry:
 
     def _load_sync(self, path: Path) -> tuple[Package, OnnxModel]:
         package = read_package(path)
-        model = OnnxModel(path / "model.onnx", self.settings.provider, self.settings.intra_op_threads)
+        # Worker processes share the CPUs: each sizes its onnxruntime threads to its share.
+        threads = self.settings.intra_op_threads or max(1, usable_cpus() // self.settings.workers)
+        model = OnnxModel(path / "model.onnx", self.settings.provider, threads)
         check_io(package, model.inputs(), model.outputs())
         if self.settings.warmup:
             model.warm_up(package.maxlen)

@@ -20,9 +20,12 @@ class Settings(BaseSettings):
     models_dir: Path = Field(BUNDLED_MODELS, description="Model repository: NAME/VERSION/ package directories.")
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    workers: int = Field(1, ge=1, description="Server processes, each with every model and its own batcher. More "
+                         "than one spreads the per-request Python work over cores (memory grows per process).")
     provider: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="onnxruntime provider: auto uses CUDA when onnxruntime-gpu and a GPU are present.")
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 sizes from usable CPUs.")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0: the usable CPUs divided "
+                                  "by workers.")
     max_batch_size: int = Field(64, ge=1, description="Most texts coalesced into one onnxruntime run.")
     max_batch_delay_ms: float = Field(0.0, ge=0, description="Longest wait for a batch to fill. 0 (default) takes "
                                       "what is queued: under load the next batch fills while one runs, and a lone "
@@ -54,3 +57,11 @@ class Settings(BaseSettings):
 
     def origins(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as RNNSERVE_* variables, for worker processes that build their own."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[f"RNNSERVE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env

@@ -181,3 +181,14 @@ def test_sigterm_finishes_requests_in_flight(model_repo):
     assert all(len(r.json()["predictions"]) == 256 for r in responses)
     assert srv.proc.wait(timeout=30) == 0
     srv.stop()
+
+
+def test_two_workers_serve_and_stop_cleanly(model_repo):
+    srv = Server(model_repo, "--workers", "2")
+    srv.wait_ready()
+    info = httpx.get(f"{srv.url}/v1/models/sentiment-lstm").json()
+    assert info["threads"] == max(1, len(__import__("os").sched_getaffinity(0)) // 2)
+    assert httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"}).status_code == 200
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=60) == 0
+    srv.stop()
