@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, free_port
 
@@ -19,7 +20,10 @@ MAX_IMAGE_MB = 350
 
 
 def sh(*cmd, timeout=120, check=True, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=check, env=env)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +87,22 @@ def test_container_serves_as_non_root_and_stops_cleanly(image):
         sh("docker", "rm", "-f", name, check=False)
 
 
-def test_compose_file_is_valid_and_brings_the_api_up(image):
+def test_compose_file_is_valid_and_brings_the_api_up(image, tmp_path):
     compose = shutil.which("docker-compose")
     if compose is None:
         pytest.skip("docker-compose is not installed; docker/ci-setup.sh installs it")
     port = free_port()
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "RNNSERVE_PORT": str(port), "RNNSERVE_TEST_IMAGE": image}
-    files = ["-f", "docker-compose.yml", "-f", "tests/docker/compose.host.yml", "-p", f"rnnservetest{port}"]
     for profile in ([], ["--profile", "train"], ["--profile", "scale"]):
         sh(compose, *profile, "-f", "docker-compose.yml", "config", "-q", env=env)
+    # The real file merged with the host-network override; published ports cannot go with the host network,
+    # and an override can only add ports, so they are dropped from the rendered configuration.
+    merged = yaml.safe_load(sh(compose, "-f", "docker-compose.yml", "-f", "tests/docker/compose.host.yml",
+                               "config", env=env).stdout)
+    merged["services"]["api"].pop("ports", None)
+    rendered = tmp_path / "compose.yml"
+    rendered.write_text(yaml.safe_dump(merged))
+    files = ["-f", str(rendered), "-p", f"rnnservetest{port}"]
     try:
         sh(compose, *files, "up", "-d", "--no-build", "api", env=env, timeout=300)
         deadline = time.monotonic() + 180
