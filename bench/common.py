@@ -6,6 +6,7 @@ import csv
 import gzip
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -63,3 +64,14 @@ def reviews(n: int | None = None) -> list[str]:
 
 def machine() -> str:
     return f"{os.cpu_count()} CPUs, {os.uname().machine}, Python {sys.version.split()[0]}"
+
+
+def median_ms(session, x, repeat: int) -> float:
+    """Median onnxruntime run time for input x, after one warm-up run."""
+    session.run(None, {"input_ids": x})
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        session.run(None, {"input_ids": x})
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000

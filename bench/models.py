@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, machine  # noqa: E402
+from bench.common import ROOT, machine, median_ms  # noqa: E402
 from service.package import read_package, scan_repository  # noqa: E402
 from service.session import usable_cpus  # noqa: E402
 from training.config import TUTORIAL_ACCURACY  # noqa: E402
@@ -28,16 +26,6 @@ from training.config import TUTORIAL_ACCURACY  # noqa: E402
 REFERENCE = {"imdb-lstm": "88.5% (LSTM tutorial, maxlen 500)", "imdb-gru": "88.5% (GRU tutorial)",
              "imdb-simple-rnn": "85% (SimpleRNN tutorial)", "reuters-lstm": "84.64% (maxlen-50 subset)",
              "reuters-gru": "-", "reuters-simple-rnn": "74.96% (maxlen-50 subset)"}
-
-
-def latency_ms(session, x, repeat: int) -> float:
-    session.run(None, {"input_ids": x})
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        session.run(None, {"input_ids": x})
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
 
 
 def main() -> int:
@@ -54,7 +42,7 @@ def main() -> int:
         opts.intra_op_num_threads = usable_cpus()
         session = ort.InferenceSession(str(path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         vocab = pkg.tokenizer.vocab_size
-        lat = {b: latency_ms(session, rng.integers(1, vocab, (b, pkg.maxlen)).astype(np.int64), args.repeat)
+        lat = {b: median_ms(session, rng.integers(1, vocab, (b, pkg.maxlen)).astype(np.int64), args.repeat)
                for b in (1, 64)}
         test = meta["metrics"]["test"]
         arch = meta["architecture"]

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -24,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from bench.common import ROOT, machine  # noqa: E402
+from bench.common import ROOT, machine, median_ms  # noqa: E402
 from service.session import usable_cpus  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.export import convert, convert_loop  # noqa: E402
@@ -37,16 +35,6 @@ def session(proto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = usable_cpus()
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def median_ms(sess, x: np.ndarray, repeat: int) -> float:
-    sess.run(None, {"input_ids": x})
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        sess.run(None, {"input_ids": x})
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
 
 
 def ids(batch: int, length: int, width: int, rng) -> np.ndarray:
