@@ -20,7 +20,8 @@ COPY training /src/training
 RUN if ls /wheelhouse/*.whl >/dev/null 2>&1; then FIND="--no-index --find-links /wheelhouse"; else FIND=""; fi \
  && /opt/venv/bin/pip install $FIND --no-deps --no-build-isolation /src \
  && /opt/venv/bin/pip uninstall -y setuptools wheel pip \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + \
+ && find /opt/venv/lib -type d -name tests -path "*site-packages/*" -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE} AS runtime
 # A plain passwd entry: minimal bases (debootstrap minbase) have no useradd.
