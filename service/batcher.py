@@ -66,7 +66,7 @@ class Batcher:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            raise Overloaded(f"model {self.name!r} queue is full ({self._queue.maxsize} requests); retry later")
+            raise Overloaded(f"model {self.name!r} queue is full ({self._queue.maxsize} requests); retry later") from None
         return await item.future
 
     async def _next_batch(self) -> list[_Item]:

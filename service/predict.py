@@ -31,7 +31,7 @@ def to_predictions(labels: list[str], probs: np.ndarray, stats: list[TokenStats]
     k = min(top_k, len(labels))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     out = []
-    for row, (p, idx, st) in enumerate(zip(probs.tolist(), order.tolist(), stats)):
+    for p, idx, st in zip(probs.tolist(), order.tolist(), stats):
         pred = {
             "label": labels[idx[0]],
             "score": p[idx[0]],

@@ -106,7 +106,7 @@ class Registry:
         name, version = path.parent.name, path.name
         try:
             package, model = await asyncio.to_thread(self._load_sync, path)
-        except (PackageError, Exception) as exc:  # noqa: BLE001 - any bad package is reported, never fatal
+        except Exception as exc:  # noqa: BLE001 - any bad package is reported, never fatal
             reason = str(exc) if isinstance(exc, PackageError) else f"{type(exc).__name__}: {exc}"
             log.error("model package failed to load", extra={"model": name, "version": version, "reason": reason})
             self.failures.setdefault(name, {})[version] = reason

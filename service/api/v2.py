@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from service import __version__
 from service.api.deps import RegistryDep, SettingsDep
 from service.api.schemas import V2Error
-from service.errors import BadRequest, InvalidInput, NotReady
+from service.errors import BadRequest, InvalidInput
 from service.predict import check_limits, classify
 from service.registry import LoadedModel
 
