@@ -17,6 +17,11 @@ from typing import Iterable, Literal
 
 import numpy as np
 
+try:
+    from service import _fasttok
+except ImportError:  # no compiler at install time: the reference serves alone
+    _fasttok = None
+
 # keras.preprocessing.text.Tokenizer's default `filters`.
 KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 SPEC_FORMAT = "keras-word-index/1"
@@ -109,9 +114,14 @@ def word_index_to_words(word_index: dict[str, int]) -> list[str]:
 
 
 class Tokenizer:
-    """Applies a TokenizerSpec. Thread-safe: it holds no mutable state after construction."""
+    """Applies a TokenizerSpec. Thread-safe: it holds no mutable state after construction.
 
-    def __init__(self, spec: TokenizerSpec):
+    The methods here are the reference. Where the spec fits the compiled tokenizer (service/_fasttok.c:
+    ASCII filters and split character, ASCII-only or no lower-casing) and it is built, whole batches go
+    through it instead, with the GIL released; it gives the same ids, proven on both full raw training sets
+    and by property-based tests. `implementation` says which one a tokenizer uses."""
+
+    def __init__(self, spec: TokenizerSpec, fast: bool = True):
         spec.validate()
         self.spec = spec
         table = {ord(c): spec.split for c in spec.filters}
@@ -122,6 +132,25 @@ class Tokenizer:
         self._full_lower = spec.lower and not spec.lower_ascii_only
         # word -> final id (after index_from, num_words and skip_top), computed once.
         self._ids = {word: self._final_id(rank + spec.index_from) for rank, word in enumerate(spec.words, start=1)}
+        self._fast = self._compile() if fast else None
+        self.implementation = "c" if self._fast is not None else "python"
+
+    def _compile(self):
+        """The compiled tokenizer for this spec, or None where it cannot express the spec exactly."""
+        s = self.spec
+        if _fasttok is None or self._full_lower or len(s.split) != 1 or not s.split.isascii():
+            return None
+        table = bytearray(range(128))
+        for code, to in self._table.items():
+            if code > 127 or len(to) != 1 or not to.isascii():
+                return None
+            table[code] = ord(to)
+        try:
+            return _fasttok.Tokenizer(self._ids, bytes(table), ord(s.split), s.non_ascii_replacement,
+                                      None if s.start_char is None else self._final_id(s.start_char), s.oov_char,
+                                      s.oov_char if s.unknown_words == "oov" else None)
+        except ValueError:  # ids beyond int32, or a vocabulary over 4 GB
+            return None
 
     def _final_id(self, i: int) -> int:
         s = self.spec
@@ -129,25 +158,39 @@ class Tokenizer:
             return s.oov_char if s.oov_char is not None else -1  # -1: keras drops it (oov_char=None)
         return i
 
-    def split_words(self, text: str) -> list[str]:
-        """Keras's text_to_word_sequence, with the spec's lower-casing and non-ASCII rules."""
-        if self._full_lower:
-            text = text.lower()
-        words = [w for w in text.translate(self._table).split(self.spec.split) if w]
+    def word_spans(self, text: str) -> list[tuple[str, int, int]]:
+        """Keras's text_to_word_sequence with the spec's lower-casing and non-ASCII rules: each word with
+        its character span [start, end) in the original text."""
+        lowered = text.lower() if self._full_lower else text
+        sep = self.spec.split
+        words, pos = [], 0
+        for piece in lowered.translate(self._table).split(sep):
+            if piece:
+                words.append((piece, pos, pos + len(piece)))
+            pos += len(piece) + len(sep)
+        if len(lowered) != len(text):  # full lower-casing lengthened some characters (e.g. "İ" -> "i̇")
+            origin = [i for i, c in enumerate(text) for _ in c.lower()] + [len(text)]
+            words = [(w, origin[a], origin[b - 1] + 1) for w, a, b in words]
         repl = self.spec.non_ascii_replacement
         if repl is not None:
-            words = [w if w.isascii() else "".join(c if c.isascii() else repl for c in w) for w in words]
+            words = [(w if w.isascii() else "".join(c if c.isascii() else repl for c in w), a, b)
+                     for w, a, b in words]
         return words
 
-    def encode(self, text: str) -> tuple[list[int], int]:
-        """Text -> unpadded id list (start_char first) and the count of OOV or dropped words."""
+    def split_words(self, text: str) -> list[str]:
+        return [w for w, _, _ in self.word_spans(text)]
+
+    def encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+        """Text -> unpadded ids (start_char first), the count of OOV or dropped words, and the character
+        span of each id in the text (the start token's is (0, 0))."""
         s = self.spec
         # keras.datasets applies the num_words/skip_top rule to start_char as well.
         ids = [] if s.start_char is None else [self._final_id(s.start_char)]
+        spans = [(0, 0)] * len(ids)
         oov = 0
         unknown = s.oov_char if s.unknown_words == "oov" else None
         get = self._ids.get
-        for word in self.split_words(text):
+        for word, start, end in self.word_spans(text):
             i = get(word, unknown)
             if i is None or i == -1:
                 oov += 1
@@ -155,6 +198,12 @@ class Tokenizer:
             if i == s.oov_char:
                 oov += 1
             ids.append(i)
+            spans.append((start, end))
+        return ids, oov, spans
+
+    def encode(self, text: str) -> tuple[list[int], int]:
+        """Text -> unpadded id list (start_char first) and the count of OOV or dropped words."""
+        ids, oov, _ = self.encode_spans(text)
         return ids, oov
 
     def pad(self, sequences: list[list[int]], maxlen: int | None = None, dynamic: bool = False) -> np.ndarray:
@@ -177,16 +226,31 @@ class Tokenizer:
                 out[row, : len(seq)] = seq
         return out
 
-    def __call__(self, texts: Iterable[str], maxlen: int | None = None,
+    def __call__(self, texts: list[str], maxlen: int | None = None,
                  dynamic: bool = False) -> tuple[np.ndarray, list[TokenStats]]:
         """Texts -> (padded id matrix, per-text stats)."""
         maxlen = maxlen or self.spec.maxlen
-        seqs, stats = [], []
-        for text in texts:
-            ids, oov = self.encode(text)
-            seqs.append(ids)
-            stats.append(TokenStats(tokens=min(len(ids), maxlen), oov=oov, truncated=len(ids) > maxlen))
-        return self.pad(seqs, maxlen, dynamic), stats
+        if self._fast is None:
+            encoded = [self.encode(text) for text in texts]
+            counts = [(len(ids), oov) for ids, oov in encoded]
+            x = self.pad([ids for ids, _ in encoded], maxlen, dynamic)
+        else:
+            x, counts = self._fast_batch(list(texts), maxlen, dynamic)
+        return x, [TokenStats(tokens=min(n, maxlen), oov=oov, truncated=n > maxlen) for n, oov in counts]
+
+    def _fast_batch(self, texts: list[str], maxlen: int, dynamic: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        x = np.zeros((len(texts), maxlen), dtype=np.int64)
+        counts = np.zeros((len(texts), 2), dtype=np.int64)
+        pre_pad = self.spec.padding == "pre"
+        for row in self._fast.encode_batch(texts, x, counts, maxlen, pre_pad, self.spec.truncating == "pre"):
+            ids, oov = self.encode(texts[row])  # a text the compiled path cannot read (a lone surrogate)
+            x[row] = self.pad([ids], maxlen)[0]
+            counts[row] = len(ids), oov
+        counts = counts.tolist()
+        if dynamic:
+            width = max(1, min(maxlen, max((n for n, _ in counts), default=1)))
+            x = np.ascontiguousarray(x[:, maxlen - width:] if pre_pad else x[:, :width])
+        return x, counts
 
 
 def build_vocabulary(texts: Iterable[str], spec_template: TokenizerSpec) -> list[str]:

@@ -1,0 +1,96 @@
+"""The compiled tokenizer gives the reference's ids, OOV counts, spans and padded rows: on both full raw
+training sets and, property-based, on arbitrary Unicode under every rule of the spec."""
+
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from service import tokenizer as tokmod
+from service.tokenizer import Tokenizer, TokenizerSpec
+from training.data import imdb_raw_train_in_keras_order, load_keras_dataset, reuters_raw_train
+
+if tokmod._fasttok is None:
+    pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the reference serves alone")
+
+WORDS = ["", "the", "movie", "good", "bad", "café", "caf?", "σας", "i̇", "a\rb", "x\xa0y", "\x00", "😀", "e\u0301", "??"]
+SPECIAL = "ΣİıAZaz \xa0\r\n\t\x00😀\u0301éÉ?!.,'\"-_" + "".join(WORDS)
+texts = st.text(alphabet=st.one_of(st.sampled_from(SPECIAL), st.characters()), max_size=60)
+
+
+def both(spec: TokenizerSpec) -> tuple[Tokenizer, Tokenizer]:
+    fast, ref = Tokenizer(spec), Tokenizer(spec, fast=False)
+    assert fast.implementation == "c" and ref.implementation == "python"
+    return fast, ref
+
+
+def assert_same(spec: TokenizerSpec, batch: list[str], dynamic: bool = False) -> None:
+    fast, ref = both(spec)
+    for text in batch:
+        got = fast._fast.encode(text, spans=True)
+        if got is not None:  # None: a lone surrogate, which the batch path hands to the reference
+            assert (got[0], got[1], [tuple(s) for s in got[2]]) == ref.encode_spans(text), repr(text)
+    x_fast, stats_fast = fast(batch, dynamic=dynamic)
+    x_ref, stats_ref = ref(batch, dynamic=dynamic)
+    assert x_fast.dtype == x_ref.dtype == np.int64 and x_fast.flags.c_contiguous
+    assert x_fast.tolist() == x_ref.tolist()
+    assert stats_fast == stats_ref
+
+
+@pytest.mark.parametrize("dataset", ["imdb", "reuters"])
+def test_full_raw_training_sets_give_identical_ids(data_dir, dataset):
+    if dataset == "imdb":
+        ds = load_keras_dataset("imdb", data_dir, num_words=10000)
+        texts, _ = imdb_raw_train_in_keras_order(data_dir)
+    else:
+        ds = load_keras_dataset("reuters", data_dir)
+        texts, _ = reuters_raw_train(data_dir)
+    texts = list(texts)
+    fast, ref = both(ds.tokenizer)
+    mismatches = sum(fast._fast.encode(t)[:2] != tuple(ref.encode(t)) for t in texts)
+    assert mismatches == 0 and len(texts) in (25000, 8982)
+    for dynamic in (False, True):
+        assert_same(ds.tokenizer, texts[:2000], dynamic)
+
+
+SPECS = st.builds(
+    lambda num_words, unknown, replacement, start, padding, truncating, maxlen, lower: TokenizerSpec(
+        words=WORDS, num_words=num_words, unknown_words=unknown, non_ascii_replacement=replacement,
+        start_char=start, padding=padding, truncating=truncating, maxlen=maxlen, lower=lower),
+    st.sampled_from([None, 6, 9]), st.sampled_from(["drop", "oov"]), st.sampled_from([None, "?", "??", "é", ""]),
+    st.sampled_from([1, None]), st.sampled_from(["pre", "post"]), st.sampled_from(["pre", "post"]),
+    st.integers(1, 8), st.booleans())
+
+
+@settings(max_examples=400, deadline=None)
+@given(spec=SPECS, batch=st.lists(texts, min_size=1, max_size=6), dynamic=st.booleans())
+def test_arbitrary_unicode_matches_the_reference(spec, batch, dynamic):
+    assert_same(spec, batch, dynamic)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=texts, replacement=st.sampled_from([None, "?"]))
+def test_spans_index_the_original_text(text, replacement):
+    tok = Tokenizer(TokenizerSpec(words=WORDS, non_ascii_replacement=replacement))
+    for word, start, end in tok.word_spans(text):
+        piece = text[start:end].translate(tok._table)
+        if replacement:
+            piece = "".join(c if c.isascii() else replacement for c in piece)
+        assert piece == word
+
+
+def test_spans_of_repeated_words_and_punctuation():
+    tok = Tokenizer(TokenizerSpec(words=WORDS))
+    text = "The movie... THE movie, café!"
+    ids, oov, spans = tok._fast.encode(text, spans=True)
+    assert [text[a:b] for a, b in spans] == ["", "The", "movie", "THE", "movie", "café"]
+    assert ids == [1, 5, 6, 5, 6, 9] and oov == 0
+
+
+def test_specs_the_compiled_path_cannot_express_use_the_reference():
+    full_lower = Tokenizer(TokenizerSpec(words=WORDS, lower_ascii_only=False))
+    unicode_filter = Tokenizer(TokenizerSpec(words=WORDS, filters="!…"))
+    assert full_lower.implementation == unicode_filter.implementation == "python"
+    assert full_lower.encode("İ the ΣΑΣ")[0] == [1, 12, 5, 11]  # "i̇", "the", "σας" (final sigma)
+    assert [s for _, *s in full_lower.word_spans("İx the")] == [[0, 2], [3, 6]]
