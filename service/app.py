@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service import __version__, logs
 from service.api import health, repository, score, v1, v2
+from service.api.body import json_response, validation_error
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.package import PackageError
@@ -32,18 +32,7 @@ def error_response(request: Request, status: int, code: str, message: str, heade
         body = {"error": message}
     else:
         body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _describe_validation(exc: RequestValidationError) -> tuple[int, str]:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return 400, "request body is not valid JSON"
-    parts = []
-    for e in errors:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-        parts.append(f"{loc or 'body'}: {e.get('msg')}")
-    return 422, "; ".join(parts)
+    return json_response(body, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -87,13 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(request, exc.status, exc.code, exc.message, exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        content_type = request.headers.get("content-type", "")
-        if content_type and "json" not in content_type and request.method == "POST":
-            return error_response(request, 415, HTTP_CODES[415],
-                                  f"send the body as JSON with Content-Type: application/json, not {content_type!r}")
-        status, message = _describe_validation(exc)
-        return error_response(request, status, HTTP_CODES[status], message)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        error = validation_error(exc.errors())
+        return error_response(request, error.status, error.code, error.message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):

@@ -2,7 +2,8 @@
 
 Event-driven: wait for the first request, drain what is queued, and wait out the rest of max_delay only
 while the batch is not full. One batch runs at a time in a worker thread, and the next one fills
-meanwhile, so under load batches grow by themselves even with max_delay = 0.
+meanwhile, so under load batches grow by themselves even with max_delay = 0. Items are lists (of raw
+texts, for the runtime); run_batch gets their concatenation and returns a result sliceable by row.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
-
-import numpy as np
+from typing import Any, Callable
 
 from service.errors import Overloaded
 
@@ -23,7 +22,7 @@ log = logging.getLogger("rnnserve.batcher")
 
 @dataclass
 class _Item:
-    rows: np.ndarray
+    rows: list
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -36,9 +35,8 @@ class BatchSizeMismatch(RuntimeError):
 
 
 class Batcher:
-    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 64,
-                 max_delay_s: float = 0.001, max_queue: int = 2048, observer: BatchObserver | None = None,
-                 name: str = "model"):
+    def __init__(self, run_batch: Callable[[list], Any], max_batch_size: int = 64, max_delay_s: float = 0.0,
+                 max_queue: int = 2048, observer: BatchObserver | None = None, name: str = "model"):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -50,18 +48,10 @@ class Batcher:
         self._busy = False  # a batch is being collected or run
         self.name = name
 
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
-
-    def start(self) -> None:
+    async def submit(self, rows: list) -> Any:
+        """Rows -> run_batch's result for exactly these rows. Raises Overloaded when the queue is full."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
-
-    async def submit(self, rows: np.ndarray) -> np.ndarray:
-        """Rows [n, ...] -> model outputs [n, ...] for exactly these rows. Raises Overloaded when full."""
-        if self._task is None:
-            self.start()
         item = _Item(rows, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(item)
@@ -94,36 +84,45 @@ class Batcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            batch = [it for it in batch if not it.future.done()]  # callers that gave up
-            if not batch:
-                self._busy = False
-                continue
-            started = time.monotonic()
-            waits = [started - it.enqueued for it in batch]
+            batch = [it for it in await self._next_batch() if not it.future.done()]  # skip callers that gave up
             try:
-                x = batch[0].rows if len(batch) == 1 else _stack([it.rows for it in batch])
-                out = await loop.run_in_executor(self._executor, self._run_batch, x)
-                if len(out) != len(x):
-                    raise BatchSizeMismatch(f"model returned {len(out)} rows for {len(x)} inputs")
-            except Exception as exc:  # noqa: BLE001 - fail this batch's callers only, keep serving
-                log.exception("batch failed", extra={"model": self.name, "rows": sum(len(i.rows) for i in batch)})
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(exc)
+                if batch:
+                    await self._run(batch)
+            except Exception as exc:  # a bug outside one batch's run: fail its callers, never the loop
+                log.exception("batcher error", extra={"model": self.name})
+                _fail(batch, exc)
+            finally:
                 self._busy = False
-                continue
-            if self._observer:
-                self._observer(len(x), waits, time.monotonic() - started)
-            offset = 0
+
+    async def _run(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        rows = [r for it in batch for r in it.rows]
+        try:
+            out = await self._call(rows)
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("batch failed", extra={"model": self.name, "rows": len(rows)})
+                _fail(batch, exc)
+                return
+            # One bad request must not fail its neighbours: run each alone, so only the bad one fails.
             for it in batch:
-                n = len(it.rows)
-                if not it.future.done():
-                    it.future.set_result(out[offset:offset + n])
-                offset += n
-            self._busy = False
+                await self._run([it])
+            return
+        if self._observer:
+            self._observer(len(rows), [started - it.enqueued for it in batch], time.monotonic() - started)
+        offset = 0
+        for it in batch:
+            n = len(it.rows)
+            if not it.future.done():
+                it.future.set_result(out[offset:offset + n])
+            offset += n
+
+    async def _call(self, rows: list) -> Any:
+        out = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
+        if len(out) != len(rows):
+            raise BatchSizeMismatch(f"model returned {len(out)} rows for {len(rows)} inputs")
+        return out
 
     @property
     def idle(self) -> bool:
@@ -141,24 +140,19 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for it in ([self._carry] if self._carry else []) + _drain(self._queue):
-            if not it.future.done():
-                it.future.set_exception(Overloaded(f"model {self.name!r} is shutting down"))
+        _fail(([self._carry] if self._carry else []) + _drain(self._queue),
+              Overloaded(f"model {self.name!r} is shutting down"))
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the worker thread (after its current batch); for offline use, where no loop ran."""
         self._executor.shutdown(wait=True)
 
 
-def _stack(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate row blocks; blocks narrower than the widest (dynamic-length models, whose rows
-    are padded after their tokens) get zeros on the right."""
-    width = max(p.shape[1] for p in parts)
-    if all(p.shape[1] == width for p in parts):
-        return np.concatenate(parts)
-    out = np.zeros((sum(len(p) for p in parts), width), dtype=parts[0].dtype)
-    offset = 0
-    for p in parts:
-        out[offset:offset + len(p), :p.shape[1]] = p
-        offset += len(p)
-    return out
+def _fail(items: list[_Item], exc: BaseException) -> None:
+    for it in items:
+        if not it.future.done():
+            it.future.set_exception(exc)
 
 
 def _drain(queue: asyncio.Queue) -> list[_Item]:

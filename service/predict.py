@@ -1,15 +1,11 @@
-"""Texts -> predictions for one loaded model: validate limits, tokenize, infer, shape the answer.
-
-Shared by the /v1 and /v2 handlers (and file scoring), so every surface gives the same results.
-"""
+"""Shaping /v1 answers, and the request limits every text-taking surface checks before any work."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from service.errors import PayloadTooLarge
-from service.registry import LoadedModel
-from service.tokenizer import TokenStats
+from service.runtime import Classified
 
 
 def check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
@@ -20,18 +16,12 @@ def check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
             raise PayloadTooLarge(f"text {i} has {len(text)} characters; the limit is {max_chars}")
 
 
-async def classify(model: LoadedModel, texts: list[str]) -> tuple[np.ndarray, list[TokenStats]]:
-    ids, stats = model.tokenize(texts)
-    probs = await model.infer(ids)
-    return probs, stats
-
-
-def to_predictions(labels: list[str], probs: np.ndarray, stats: list[TokenStats], top_k: int = 1,
+def to_predictions(labels: list[str], result: Classified, top_k: int = 1,
                    return_probabilities: bool = False) -> list[dict]:
     k = min(top_k, len(labels))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-result.probs, axis=1, kind="stable")[:, :k]
     out = []
-    for p, idx, st in zip(probs.tolist(), order.tolist(), stats):
+    for p, idx, st in zip(result.probs.tolist(), order.tolist(), result.stats):
         pred = {
             "label": labels[idx[0]],
             "score": p[idx[0]],

@@ -1,4 +1,4 @@
-"""Model registry: NAME -> VERSION -> loaded model (package + tokenizer + session + batcher).
+"""Model registry: names and versions of loaded TextClassifiers, loading, reloading and unloading.
 
 A package that fails validation or loading is recorded with its reason; the others keep serving.
 """
@@ -10,80 +10,21 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from service.batcher import Batcher
 from service.errors import NotFound, NotReady
 from service.metrics import Metrics
-from service.package import NAME_RE, VERSION_RE, Package, PackageError, check_io, read_package, scan_repository
-from service.session import OnnxModel, usable_cpus
+from service.package import NAME_RE, VERSION_RE, PackageError, scan_repository
+from service.runtime import RuntimeOptions, TextClassifier
+from service.session import usable_cpus
 from service.settings import Settings
-from service.tokenizer import TokenStats, Tokenizer
 
 log = logging.getLogger("rnnserve.registry")
-
-
-@dataclass
-class LoadedModel:
-    package: Package
-    tokenizer: Tokenizer
-    model: OnnxModel
-    batcher: Batcher
-
-    @property
-    def name(self) -> str:
-        return self.package.name
-
-    @property
-    def version(self) -> int:
-        return self.package.version
-
-    @property
-    def labels(self) -> list[str]:
-        return self.package.labels
-
-    @property
-    def dynamic_length(self) -> bool:
-        """Masked models ignore padding: pad to the longest text, not to maxlen (short texts cost little)."""
-        return bool(self.package.metadata.get("dynamic_length", False))
-
-    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, list[TokenStats]]:
-        return self.tokenizer(texts, dynamic=self.dynamic_length)
-
-    async def infer(self, ids: np.ndarray) -> np.ndarray:
-        """Class probabilities for padded ids, through the batcher in chunks of at most max_batch_size."""
-        step = self.batcher.max_batch_size
-        if len(ids) <= step:
-            return await self.batcher.submit(ids)
-        parts = await asyncio.gather(*(self.batcher.submit(ids[i:i + step]) for i in range(0, len(ids), step)))
-        return np.concatenate(parts)
-
-    def describe(self) -> dict:
-        meta = self.package.metadata
-        return {
-            "name": self.name,
-            "version": self.version,
-            "state": "ready",
-            "task": meta.get("task", "text-classification"),
-            "labels": self.labels,
-            "architecture": meta.get("architecture", {}),
-            "maxlen": self.package.maxlen,
-            "padding": self.package.tokenizer.padding,
-            "truncating": self.package.tokenizer.truncating,
-            "vocab_size": self.package.tokenizer.vocab_size,
-            "dataset": meta.get("dataset", {}),
-            "metrics": meta.get("metrics", {}),
-            "provider": self.model.provider,
-            "threads": self.model.threads,
-            "max_batch_size": self.batcher.max_batch_size,
-        }
 
 
 @dataclass
 class Registry:
     settings: Settings
     metrics: Metrics
-    models: dict[str, dict[int, LoadedModel]] = field(default_factory=dict)
+    models: dict[str, dict[int, TextClassifier]] = field(default_factory=dict)
     failures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> version -> reason
     loaded_once: bool = False
 
@@ -91,44 +32,34 @@ class Registry:
     def ready(self) -> bool:
         return self.loaded_once
 
-    def _load_sync(self, path: Path) -> tuple[Package, OnnxModel]:
-        package = read_package(path)
+    def options(self) -> RuntimeOptions:
+        s = self.settings
         # Worker processes share the CPUs: each sizes its onnxruntime threads to its share.
-        threads = self.settings.intra_op_threads or max(1, usable_cpus() // self.settings.workers)
-        model = OnnxModel(path / "model.onnx", self.settings.provider, threads)
-        check_io(package, model.inputs(), model.outputs())
-        if self.settings.warmup:
-            model.warm_up(package.maxlen)
-        return package, model
+        return RuntimeOptions(provider=s.provider, intra_op_threads=s.intra_op_threads or max(1, usable_cpus() // s.workers),
+                              max_batch_size=s.max_batch_size, max_batch_delay_ms=s.max_batch_delay_ms,
+                              max_queue=s.max_queue, warmup=s.warmup)
 
-    async def load_path(self, path: Path, install: bool = True) -> LoadedModel | None:
+    async def load_path(self, path: Path, install: bool = True) -> TextClassifier | None:
         """Validate, load and warm one package; install=False leaves the swap to the caller."""
         name, version = path.parent.name, path.name
         try:
-            package, model = await asyncio.to_thread(self._load_sync, path)
+            model = await asyncio.to_thread(TextClassifier.open, path, self.options(),
+                                            self.metrics.batch_observer(name))
         except Exception as exc:  # noqa: BLE001 - any bad package is reported, never fatal
             reason = str(exc) if isinstance(exc, PackageError) else f"{type(exc).__name__}: {exc}"
             log.error("model package failed to load", extra={"model": name, "version": version, "reason": reason})
             self.failures.setdefault(name, {})[version] = reason
             self._update_gauges()
             return None
-        serving = package.metadata.get("serving", {})
-        batcher = Batcher(model.run,
-                          max_batch_size=int(serving.get("max_batch_size", self.settings.max_batch_size)),
-                          max_delay_s=float(serving.get("max_batch_delay_ms", self.settings.max_batch_delay_ms)) / 1000,
-                          max_queue=self.settings.max_queue, observer=self.metrics.batch_observer(name),
-                          name=f"{name}/{version}")
-        batcher.start()
-        loaded = LoadedModel(package, Tokenizer(package.tokenizer), model, batcher)
         if install:
-            self.models.setdefault(name, {})[package.version] = loaded
+            self.models.setdefault(name, {})[model.version] = model
         self.failures.get(name, {}).pop(version, None)
         if not self.failures.get(name, True):
             del self.failures[name]
         self._update_gauges()
-        log.info("model loaded", extra={"model": name, "version": version, "provider": model.provider,
-                                        "threads": model.threads})
-        return loaded
+        log.info("model loaded", extra={"model": name, "version": version, "provider": model.session.provider,
+                                        "threads": model.session.threads, "tokenizer": model.tokenizer.implementation})
+        return model
 
     async def load_all(self) -> None:
         root = self.settings.models_dir
@@ -164,7 +95,7 @@ class Registry:
         self._update_gauges()
         for version, handle in old.items():
             if new.get(version) is not handle:
-                await handle.batcher.close(self.settings.shutdown_grace_s)
+                await handle.close(self.settings.shutdown_grace_s)
         if name in self.failures:
             reasons = "; ".join(f"v{v}: {r}" for v, r in self.failures[name].items())
             raise PackageError(f"model {name!r} did not load cleanly ({reasons})"
@@ -178,7 +109,7 @@ class Registry:
             raise NotFound(f"model {name!r} is not loaded")
         self._update_gauges()
         for handle in versions.values():
-            await handle.batcher.close(self.settings.shutdown_grace_s)
+            await handle.close(self.settings.shutdown_grace_s)
 
     def index(self) -> list[dict]:
         """Triton's repository index: every version on disk or loaded, with its state."""
@@ -203,7 +134,7 @@ class Registry:
         self.metrics.models_loaded.set(sum(map(len, self.models.values())))
         self.metrics.models_failed.set(sum(map(len, self.failures.values())))
 
-    def get(self, name: str, version: str | int | None = None) -> LoadedModel:
+    def get(self, name: str, version: str | int | None = None) -> TextClassifier:
         if not NAME_RE.match(name) or (version is not None and not VERSION_RE.match(str(version))):
             raise NotFound(f"model {name!r}" + (f" version {version!r}" if version is not None else "") + " not found")
         versions = self.models.get(name)
@@ -237,4 +168,4 @@ class Registry:
     async def close(self) -> None:
         for versions in self.models.values():
             for loaded in versions.values():
-                await loaded.batcher.close(self.settings.shutdown_grace_s)
+                await loaded.close(self.settings.shutdown_grace_s)

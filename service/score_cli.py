@@ -18,8 +18,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from service.metrics import Metrics
-from service.registry import Registry
+from service.runtime import RuntimeOptions, TextClassifier
 from service.scoring import RowReader, RowWriter, score_stream
 from service.settings import Settings
 
@@ -50,33 +49,25 @@ def read_chunks(path: Path, progress: tqdm):
 
 
 async def score_local(args, fmt: str, out) -> dict:
-    package = Path(args.package)
-    settings = Settings(models_dir=package.parent.parent, max_batch_size=args.batch_size, max_batch_delay_ms=0,
-                        warmup=False, intra_op_threads=args.threads)
-    registry = Registry(settings, Metrics())
-    model = await registry.load_path(package)
-    if model is None:
-        raise CliError(f"cannot load {package}: {registry.failures[package.parent.name][package.name]}")
-    reader = RowReader(fmt, args.text_column, args.id_column, settings.max_text_chars)
+    options = RuntimeOptions(intra_op_threads=args.threads, max_batch_size=args.batch_size, warmup=False)
+    try:
+        model = await asyncio.to_thread(TextClassifier.open, args.package, options)
+    except Exception as exc:  # noqa: BLE001 - any package that cannot be opened is the user's error to read
+        raise CliError(f"cannot load {args.package}: {exc}") from None
+    reader = RowReader(fmt, args.text_column, args.id_column, Settings.model_fields["max_text_chars"].default)
     writer = RowWriter(args.output_format, model.labels, args.probabilities)
-    summary: dict = {}
-
-    async def classify(texts):
-        ids, _ = await asyncio.to_thread(model.tokenize, texts)
-        return await model.infer(ids)
 
     async def chunks():
         for data in read_chunks(Path(args.input), args.progress):
             yield data
 
     try:
-        async for text in score_stream(chunks(), reader, writer, classify, summary=False):
+        async for text in score_stream(chunks(), reader, writer, model.predict, summary=False):
             out.write(text)
             args.progress.set_postfix_str(f"{reader.rows_read} rows", refresh=False)
-        summary = {"rows": reader.rows_read}
     finally:
-        await registry.close()
-    return summary
+        await model.close()
+    return {"rows": reader.rows_read}
 
 
 def score_remote(args, fmt: str, out) -> dict:

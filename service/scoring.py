@@ -16,6 +16,8 @@ from typing import AsyncIterator, Awaitable, Callable, Literal
 
 import numpy as np
 
+from service.runtime import Classified
+
 InputFormat = Literal["csv", "jsonl", "text"]
 OutputFormat = Literal["jsonl", "csv"]
 BLOCK_ROWS = 512
@@ -170,7 +172,7 @@ def _csv_line(values: list) -> str:
     return out.getvalue()
 
 
-Classify = Callable[[list[str]], Awaitable[np.ndarray]]
+Classify = Callable[[list[str]], Awaitable[Classified]]
 
 
 async def score_stream(chunks: AsyncIterator[bytes], reader: RowReader, writer: RowWriter, classify: Classify,
@@ -208,7 +210,7 @@ async def score_stream(chunks: AsyncIterator[bytes], reader: RowReader, writer: 
                 break
             ok = [r for r in block if r.error is None]
             try:
-                probs = await classify([r.text for r in ok]) if ok else np.zeros((0, len(writer.labels)))
+                probs = (await classify([r.text for r in ok])).probs if ok else np.zeros((0, len(writer.labels)))
             except Exception as exc:  # noqa: BLE001 - a failed block becomes error rows; nothing is lost
                 for r in ok:
                     r.error = f"inference failed: {exc}"

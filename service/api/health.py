@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import RegistryDep
+from service.api.body import json_response
 from service.api.schemas import ErrorResponse, Health
 
 router = APIRouter(tags=["health"], responses={401: {"model": ErrorResponse}})
@@ -19,11 +18,12 @@ async def live() -> dict:
 
 @router.get("/health/ready", response_model=Health, responses={503: {"model": Health}},
             summary="200 once every valid model is loaded and warmed up")
-async def ready(registry: RegistryDep):
+async def ready(request: Request) -> Response:
+    registry = request.app.state.registry
     body = {"status": "ready" if registry.ready else "loading",
             "models_loaded": sum(map(len, registry.models.values())),
             "models_failed": sum(map(len, registry.failures.values()))}
-    return JSONResponse(body, status_code=200 if registry.ready else 503)
+    return json_response(body, status_code=200 if registry.ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

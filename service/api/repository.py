@@ -3,27 +3,26 @@ without a restart. Behind the API key when keys are set, like every non-health r
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from service.api.deps import RegistryDep
 from service.api.v2 import V2_ERRORS
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
 
 
 @router.post("/index", summary="Every model version in the repository, with its state")
-async def repository_index(registry: RegistryDep) -> list[dict]:
-    return registry.index()
+async def repository_index(request: Request) -> list[dict]:
+    return request.app.state.registry.index()
 
 
 @router.post("/models/{name}/load", summary="Load or reload a model: the new version is validated and warmed "
              "before it replaces the old; if it fails, the old keeps serving")
-async def load_model(name: str, registry: RegistryDep) -> dict:
-    await registry.load(name)
+async def load_model(name: str, request: Request) -> dict:
+    await request.app.state.registry.load(name)
     return {}
 
 
 @router.post("/models/{name}/unload", summary="Unload a model; requests already queued finish first")
-async def unload_model(name: str, registry: RegistryDep) -> dict:
-    await registry.unload(name)
+async def unload_model(name: str, request: Request) -> dict:
+    await request.app.state.registry.unload(name)
     return {}

@@ -12,10 +12,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from service.api.deps import RegistryDep, SettingsDep
 from service.api.v1 import ERRORS
 from service.errors import InvalidInput, PayloadTooLarge
-from service.registry import LoadedModel
+from service.runtime import TextClassifier
 from service.scoring import RowReader, RowWriter, score_stream
 from service.spool import BodySpool
 
@@ -122,7 +121,7 @@ def _input_format(request: Request, given: str | None, upload: UploadFile | None
     return fmt
 
 
-async def _score(model: LoadedModel, request: Request, settings, fmt, text_column, id_column, output,
+async def _score(model: TextClassifier, request: Request, settings, fmt, text_column, id_column, output,
                  probabilities):
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_score_bytes:
@@ -139,11 +138,7 @@ async def _score(model: LoadedModel, request: Request, settings, fmt, text_colum
     reader = RowReader(fmt, text_column, id_column, settings.max_text_chars)
     writer = RowWriter(output, model.labels, probabilities)
 
-    async def classify(texts: list[str]):
-        ids, _ = await asyncio.to_thread(model.tokenize, texts)  # off the event loop: blocks are large
-        return await model.infer(ids)
-
-    return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, classify), upload)
+    return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, model.predict), upload)
 
 
 Format = Query(None, description="Input format; by default from Content-Type or the uploaded file's name.")
@@ -155,18 +150,21 @@ Probabilities = Query(False, description="Add every label's probability to each 
 
 @router.post("/models/{name}/score", summary="Score a file of texts (CSV, JSON Lines or plain text)",
              openapi_extra=SCORE_BODY, response_model=None)
-async def score(name: str, request: Request, registry: RegistryDep, settings: SettingsDep,
+async def score(name: str, request: Request,
                 format: Literal["csv", "jsonl", "text"] | None = Format, text_column: str = TextColumn,
                 id_column: str | None = IdColumn, output: Literal["jsonl", "csv"] | None = Output,
                 probabilities: bool = Probabilities):
-    return await _score(registry.get(name), request, settings, format, text_column, id_column, output, probabilities)
+    state = request.app.state
+    return await _score(state.registry.get(name), request, state.settings, format, text_column, id_column, output,
+                        probabilities)
 
 
 @router.post("/models/{name}/versions/{version}/score", summary="Score a file with one version",
              openapi_extra=SCORE_BODY, response_model=None)
-async def score_version(name: str, version: str, request: Request, registry: RegistryDep, settings: SettingsDep,
+async def score_version(name: str, version: str, request: Request,
                         format: Literal["csv", "jsonl", "text"] | None = Format, text_column: str = TextColumn,
                         id_column: str | None = IdColumn, output: Literal["jsonl", "csv"] | None = Output,
                         probabilities: bool = Probabilities):
-    return await _score(registry.get(name, version), request, settings, format, text_column, id_column, output,
-                        probabilities)
+    state = request.app.state
+    return await _score(state.registry.get(name, version), request, state.settings, format, text_column, id_column,
+                        output, probabilities)

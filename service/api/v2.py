@@ -6,20 +6,19 @@ Input: one BYTES tensor of texts (JSON `data` or the binary tensor extension). O
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from service import __version__
-from service.api.deps import RegistryDep, SettingsDep
+from service.api.body import json_response, parse
 from service.api.schemas import V2Error
 from service.errors import BadRequest, InvalidInput
-from service.predict import check_limits, classify
-from service.registry import LoadedModel
+from service.predict import check_limits
+from service.runtime import TextClassifier
 
 V2_ERRORS = {code: {"model": V2Error} for code in (400, 401, 404, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
@@ -54,11 +53,12 @@ async def server_live() -> dict:
 
 
 @router.get("/health/ready", summary="Server readiness")
-async def server_ready(registry: RegistryDep):
-    return JSONResponse({"ready": registry.ready}, status_code=200 if registry.ready else 503)
+async def server_ready(request: Request) -> Response:
+    ready = request.app.state.registry.ready
+    return json_response({"ready": ready}, status_code=200 if ready else 503)
 
 
-def _metadata(model: LoadedModel) -> dict:
+def _metadata(model: TextClassifier) -> dict:
     return {
         "name": model.name,
         "versions": [str(model.version)],
@@ -71,46 +71,47 @@ def _metadata(model: LoadedModel) -> dict:
 
 
 @router.get("/models/{name}", summary="Model metadata")
-async def model_metadata(name: str, registry: RegistryDep) -> dict:
+async def model_metadata(name: str, request: Request) -> dict:
+    registry = request.app.state.registry
     meta = _metadata(registry.get(name))
     meta["versions"] = [str(v) for v in sorted(registry.models[name])]
     return meta
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata")
-async def model_version_metadata(name: str, version: str, registry: RegistryDep) -> dict:
-    return _metadata(registry.get(name, version))
+async def model_version_metadata(name: str, version: str, request: Request) -> dict:
+    return _metadata(request.app.state.registry.get(name, version))
 
 
 @router.get("/models/{name}/ready", summary="Model readiness")
-async def model_ready(name: str, registry: RegistryDep) -> dict:
-    model = registry.get(name)
+async def model_ready(name: str, request: Request) -> dict:
+    model = request.app.state.registry.get(name)
     return {"name": model.name, "ready": True}
 
 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
-async def model_version_ready(name: str, version: str, registry: RegistryDep) -> dict:
-    model = registry.get(name, version)
+async def model_version_ready(name: str, version: str, request: Request) -> dict:
+    model = request.app.state.registry.get(name, version)
     return {"name": model.name, "ready": True}
 
 
 @router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER_BODY)
-async def infer(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
-    return await _infer(registry.get(name), request, settings)
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(request, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version", openapi_extra=INFER_BODY)
-async def infer_version(name: str, version: str, request: Request, registry: RegistryDep,
-                        settings: SettingsDep) -> Response:
-    return await _infer(registry.get(name, version), request, settings)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(request, name, version)
 
 
-async def _infer(model: LoadedModel, request: Request, settings) -> Response:
-    body = await request.body()
-    header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
-    texts = _read_texts(header, binary)
-    check_limits(texts, settings.max_texts_per_request, settings.max_text_chars)
-    probs, _ = await classify(model, texts)
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    state = request.app.state
+    model = state.registry.get(name, version)
+    header_length = request.headers.get(HEADER_LENGTH)
+    header, texts = await parse(request, lambda body: _read_request(body, header_length))
+    check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
+    probs = (await model.predict(texts)).probs
     labels = [model.labels[i] for i in probs.argmax(axis=1)]
     probs = probs.astype(np.float32, copy=False)
     wanted = _requested_outputs(header)
@@ -131,11 +132,16 @@ async def _infer(model: LoadedModel, request: Request, settings) -> Response:
     result: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version), "outputs": outputs}
     if "id" in header:
         result["id"] = header["id"]
-    payload = json.dumps(result).encode()
+    payload = orjson.dumps(result)
     if not blobs:
         return Response(payload, media_type="application/json")
     return Response(payload + b"".join(blobs), media_type="application/octet-stream",
                     headers={HEADER_LENGTH: str(len(payload))})
+
+
+def _read_request(body: bytes, header_length: str | None) -> tuple[dict, list[str]]:
+    header, binary = _split_body(body, header_length)
+    return header, _read_texts(header, binary)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -150,8 +156,8 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
             raise BadRequest(f"{HEADER_LENGTH} {n} is outside the body of {len(body)} bytes")
         json_part, binary = body[:n], body[n:]
     try:
-        header = json.loads(json_part)
-    except (UnicodeDecodeError, ValueError) as exc:
+        header = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise InvalidInput("inference request must be a JSON object")
@@ -196,9 +202,10 @@ def _read_texts(header: dict, binary: bytes) -> list[str]:
 
 
 def _flatten(data: list) -> list:
+    """[N] data, or [N, 1] sent nested; anything deeper stays a list and is refused as a non-string."""
     out = []
     for x in data:
-        out.extend(_flatten(x) if isinstance(x, list) else [x])
+        out.extend(x if isinstance(x, list) else [x])
     return out
 
 

@@ -69,7 +69,7 @@ def test_model_listing(server):
     ({}, 422, "exactly one"),
     ({"text": "a", "top_k": 0}, 422, "top_k"),
     ({"text": "a", "colour": "red"}, 422, "colour"),
-    ([1, 2], 422, "dictionary"),
+    ([1, 2], 422, "object"),
     ({"texts": ["x"] * 257}, 413, "limit is 256"),
     ({"text": "x" * 100_001}, 413, "limit is 100000"),
 ])

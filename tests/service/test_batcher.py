@@ -1,8 +1,11 @@
-"""The batcher alone, driven by plain functions: ordering, limits, failures, cancellation, overload."""
+"""The batcher alone, driven by plain functions over lists: ordering, limits, failures, isolation,
+cancellation, overload, shutdown."""
 
 import asyncio
+import random
+import threading
+import time
 
-import numpy as np
 import pytest
 
 from service.batcher import Batcher
@@ -16,46 +19,79 @@ def run(coro):
 def test_random_sized_requests_come_back_in_order():
     sizes = []
 
-    def double(x):
-        sizes.append(len(x))
-        return x * 2
+    def double(rows):
+        sizes.append(len(rows))
+        return [2 * r for r in rows]
 
     async def main():
         b = Batcher(double, max_batch_size=16, max_delay_s=0.005)
-        rng = np.random.default_rng(0)
-        inputs = [rng.integers(0, 1000, size=(int(rng.integers(1, 6)), 3)) for _ in range(200)]
+        rng = random.Random(0)
+        inputs = [[rng.randrange(1000) for _ in range(rng.randint(1, 5))] for _ in range(200)]
         outs = await asyncio.gather(*(b.submit(x) for x in inputs))
         await b.close()
         return inputs, outs
 
     inputs, outs = run(main())
-    for x, y in zip(inputs, outs):
-        assert (y == x * 2).all()
+    assert outs == [[2 * r for r in x] for x in inputs]
     assert max(sizes) <= 16 and len(sizes) < 200
 
 
 def test_a_failing_batch_fails_only_its_callers():
-    def flaky(x):
-        if (x < 0).any():
+    def flaky(rows):
+        if any(r < 0 for r in rows):
             raise ValueError("negative")
-        return x
+        return rows
 
     async def main():
         b = Batcher(flaky, max_batch_size=1, max_delay_s=0)
-        results = await asyncio.gather(b.submit(np.array([[1]])), b.submit(np.array([[-1]])),
-                                       b.submit(np.array([[2]])), return_exceptions=True)
+        results = await asyncio.gather(b.submit([1]), b.submit([-1]), b.submit([2]), return_exceptions=True)
         await b.close()
         return results
 
     ok1, err, ok2 = run(main())
-    assert ok1.tolist() == [[1]] and ok2.tolist() == [[2]]
-    assert isinstance(err, ValueError)
+    assert ok1 == [1] and ok2 == [2] and isinstance(err, ValueError)
+
+
+def test_a_bad_request_coalesced_with_good_ones_fails_alone():
+    calls = []
+
+    def flaky(rows):
+        calls.append(list(rows))
+        if any(r < 0 for r in rows):
+            raise ValueError("negative")
+        return rows
+
+    async def main():
+        b = Batcher(flaky, max_batch_size=8, max_delay_s=0.05)
+        results = await asyncio.gather(b.submit([1, 2]), b.submit([-1]), b.submit([3]), return_exceptions=True)
+        await b.close()
+        return results
+
+    good, bad, other = run(main())
+    assert good == [1, 2] and other == [3] and isinstance(bad, ValueError)
+    assert calls[0] == [1, 2, -1, 3]  # they really shared a batch before being retried one by one
+
+
+def test_an_observer_error_fails_the_batch_but_not_the_loop():
+    def observer(*_):
+        raise RuntimeError("observer broke")
+
+    async def main():
+        b = Batcher(lambda rows: rows, max_batch_size=4, max_delay_s=0, observer=observer)
+        first = await asyncio.gather(b.submit([1]), return_exceptions=True)
+        b._observer = None
+        second = await asyncio.wait_for(b.submit([2]), 2)
+        await b.close()
+        return first, second
+
+    (err,), second = run(main())
+    assert isinstance(err, RuntimeError) and second == [2]
 
 
 def test_wrong_output_count_is_an_error():
     async def main():
-        b = Batcher(lambda x: x[:1], max_batch_size=8, max_delay_s=0.01)
-        res = await asyncio.gather(b.submit(np.ones((2, 1))), return_exceptions=True)
+        b = Batcher(lambda rows: rows[:1], max_batch_size=8, max_delay_s=0.01)
+        res = await asyncio.gather(b.submit([1, 2]), return_exceptions=True)
         await b.close()
         return res
 
@@ -64,22 +100,20 @@ def test_wrong_output_count_is_an_error():
 
 
 def test_full_queue_refuses():
-    import threading
-
     gate = threading.Event()
 
-    def slow(x):
+    def slow(rows):
         gate.wait(5)
-        return x
+        return rows
 
     async def main():
         b = Batcher(slow, max_batch_size=1, max_delay_s=0, max_queue=2)
-        first = asyncio.ensure_future(b.submit(np.ones((1, 1))))
+        first = asyncio.ensure_future(b.submit([1]))
         await asyncio.sleep(0.05)  # the first is now running
-        queued = [asyncio.ensure_future(b.submit(np.ones((1, 1)))) for _ in range(2)]
+        queued = [asyncio.ensure_future(b.submit([1])) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded):
-            await b.submit(np.ones((1, 1)))
+            await b.submit([1])
         gate.set()
         await asyncio.gather(first, *queued)
         await b.close()
@@ -89,47 +123,27 @@ def test_full_queue_refuses():
 
 def test_cancelled_waiter_does_not_break_the_loop():
     async def main():
-        b = Batcher(lambda x: x, max_batch_size=4, max_delay_s=0.02)
-        doomed = asyncio.ensure_future(b.submit(np.ones((1, 1))))
+        b = Batcher(lambda rows: rows, max_batch_size=4, max_delay_s=0.02)
+        doomed = asyncio.ensure_future(b.submit([1]))
         await asyncio.sleep(0)
         doomed.cancel()
-        out = await b.submit(np.full((1, 1), 7))
+        out = await b.submit([7])
         await b.close()
         return out
 
-    assert run(main()).tolist() == [[7]]
-
-
-def test_rows_of_different_widths_are_padded_on_the_right():
-    seen = []
-
-    def record(x):
-        seen.append(x.copy())
-        return x.sum(axis=1, keepdims=True)
-
-    async def main():
-        b = Batcher(record, max_batch_size=8, max_delay_s=0.02)
-        outs = await asyncio.gather(b.submit(np.array([[1, 2]])), b.submit(np.array([[3, 4, 5, 6]])))
-        await b.close()
-        return outs
-
-    a, c = run(main())
-    assert a.tolist() == [[3]] and c.tolist() == [[18]]
-    assert seen[-1].tolist() == [[1, 2, 0, 0], [3, 4, 5, 6]]
+    assert run(main()) == [7]
 
 
 def test_close_with_grace_finishes_queued_work():
-    import time as _time
-
-    def slow(x):
-        _time.sleep(0.02)
-        return x
+    def slow(rows):
+        time.sleep(0.02)
+        return rows
 
     async def main():
         b = Batcher(slow, max_batch_size=1, max_delay_s=0)
-        waiting = [asyncio.ensure_future(b.submit(np.full((1, 1), i))) for i in range(5)]
+        waiting = [asyncio.ensure_future(b.submit([i])) for i in range(5)]
         await asyncio.sleep(0)
         await b.close(grace_s=5)
         return await asyncio.gather(*waiting, return_exceptions=True)
 
-    assert [r.tolist() for r in run(main())] == [[[i]] for i in range(5)]
+    assert run(main()) == [[i] for i in range(5)]

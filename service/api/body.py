@@ -1,0 +1,57 @@
+"""Request bodies for the JSON endpoints: read, type-checked, parsed (large ones off the event loop),
+and answers encoded with orjson."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, TypeVar
+
+import orjson
+from fastapi import Request, Response
+from pydantic import ValidationError
+
+from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
+
+T = TypeVar("T")
+# Parsing a body this large would hold the event loop for milliseconds: do it in a thread, where the
+# interpreter's switch interval lets the loop answer other requests in between.
+OFF_LOOP_BYTES = 256 * 1024
+
+
+def check_json(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type and "json" not in content_type:
+        raise UnsupportedMediaType(f"send the body as JSON with Content-Type: application/json, not {content_type!r}")
+
+
+async def parse(request: Request, parser: Callable[[bytes], T]) -> T:
+    body = await request.body()
+    if len(body) >= OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parser, body)
+    return parser(body)
+
+
+def validation_error(errors: list[dict]) -> BadRequest | InvalidInput:
+    """pydantic's (or FastAPI's) errors as one message naming each field: invalid JSON is 400, the wrong
+    shape 422."""
+    if any(e["type"] == "json_invalid" for e in errors):
+        return BadRequest("request body is not valid JSON")
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    return InvalidInput("; ".join(parts))
+
+
+def model_parser(model: type[T]) -> Callable[[bytes], T]:
+    def parse_model(body: bytes) -> T:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            raise validation_error(exc.errors(include_url=False, include_context=False, include_input=False)) from None
+
+    return parse_model
+
+
+def json_response(content, status_code: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, headers=headers, media_type="application/json")

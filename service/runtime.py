@@ -1,0 +1,162 @@
+"""TextClassifier: the one object that runs a model package (tokenizer, onnxruntime session, batcher).
+
+The HTTP server, `rnnserve-score` and every engine open packages through it, so they all give the same
+answers. Servers call `await predict(texts)`: requests queue their raw texts, and the batcher's worker
+thread tokenizes the whole batch (compiled tokenizer, GIL released) and runs onnxruntime, off the event
+loop. Offline code calls `predict_batch(texts)` synchronously.
+
+    with TextClassifier.open("models/imdb-lstm/1") as clf:
+        result = clf.predict_batch(["a moving film", "dull and far too long"])
+        clf.labels[result.probs.argmax(1)[0]]
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.batcher import Batcher, BatchObserver
+from service.package import Package, check_io, read_package
+from service.session import OnnxModel
+from service.tokenizer import TokenStats, Tokenizer
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run a package; a package's metadata "serving" section may override the batch settings."""
+
+    provider: str = "auto"  # auto | cpu | cuda
+    intra_op_threads: int = 0  # 0: the CPUs this process may use
+    max_batch_size: int = 64
+    max_batch_delay_ms: float = 0.0
+    max_queue: int = 2048
+    warmup: bool = True
+
+
+@dataclass
+class Classified:
+    """Class probabilities [N, C] and what the tokenizer did, for N texts in order."""
+
+    probs: np.ndarray
+    stats: list[TokenStats]
+
+    def __len__(self) -> int:
+        return len(self.stats)
+
+    def __getitem__(self, rows: slice) -> "Classified":
+        return Classified(self.probs[rows], self.stats[rows])
+
+    @staticmethod
+    def concat(parts: list["Classified"]) -> "Classified":
+        return Classified(np.concatenate([p.probs for p in parts]), [s for p in parts for s in p.stats])
+
+
+class TextClassifier:
+    def __init__(self, package: Package, session: OnnxModel, options: RuntimeOptions = RuntimeOptions(),
+                 observer: BatchObserver | None = None):
+        self.package, self.session = package, session
+        self.tokenizer = Tokenizer(package.tokenizer)
+        serving = package.metadata.get("serving", {})
+        self.batcher = Batcher(self.run_batch,
+                               max_batch_size=int(serving.get("max_batch_size", options.max_batch_size)),
+                               max_delay_s=float(serving.get("max_batch_delay_ms", options.max_batch_delay_ms)) / 1000,
+                               max_queue=options.max_queue, observer=observer, name=f"{self.name}/{self.version}")
+
+    @classmethod
+    def open(cls, path: str | Path, options: RuntimeOptions = RuntimeOptions(),
+             observer: BatchObserver | None = None) -> "TextClassifier":
+        """Validate the package, start its session and warm it up. Raises PackageError with the reason."""
+        path = Path(path)
+        package = read_package(path)
+        session = OnnxModel(path / "model.onnx", options.provider, options.intra_op_threads)
+        check_io(package, session.inputs(), session.outputs())
+        if options.warmup:
+            session.warm_up(package.maxlen)
+        return cls(package, session, options, observer)
+
+    @property
+    def name(self) -> str:
+        return self.package.name
+
+    @property
+    def version(self) -> int:
+        return self.package.version
+
+    @property
+    def labels(self) -> list[str]:
+        return self.package.labels
+
+    @property
+    def dynamic_length(self) -> bool:
+        """Masked models ignore padding: pad to the longest text, not to maxlen (short texts cost little)."""
+        return bool(self.package.metadata.get("dynamic_length", False))
+
+    def run_batch(self, texts: list[str]) -> Classified:
+        """Tokenize and classify texts in one onnxruntime run (the batcher's worker thread calls this)."""
+        ids, stats = self.tokenizer(texts, dynamic=self.dynamic_length)
+        return Classified(self.session.run(ids), stats)
+
+    def _chunks(self, texts: list[str]) -> tuple[list[list[str]], np.ndarray | None]:
+        """Texts in runs of at most max_batch_size. For masked models, sorted by length first (undone by the
+        returned order), so each run pads to texts of like length instead of the longest of all."""
+        step = self.batcher.max_batch_size
+        order = None
+        if self.dynamic_length and len(texts) > step:
+            order = np.argsort([len(t) for t in texts], kind="stable")
+            texts = [texts[i] for i in order]
+        return [texts[i:i + step] for i in range(0, len(texts), step)], order
+
+    @staticmethod
+    def _join(parts: list[Classified], order: np.ndarray | None) -> Classified:
+        out = parts[0] if len(parts) == 1 else Classified.concat(parts)
+        if order is None:
+            return out
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return Classified(out.probs[back], [out.stats[i] for i in back])
+
+    async def predict(self, texts: list[str]) -> Classified:
+        """Classify texts through the batcher, coalesced with concurrent callers. Raises Overloaded when full."""
+        chunks, order = self._chunks(texts)
+        if len(chunks) == 1:
+            return await self.batcher.submit(chunks[0])
+        return self._join(await asyncio.gather(*(self.batcher.submit(c) for c in chunks)), order)
+
+    def predict_batch(self, texts: list[str]) -> Classified:
+        """Classify texts here and now, in runs of max_batch_size (offline use: no event loop needed)."""
+        chunks, order = self._chunks(texts)
+        return self._join([self.run_batch(c) for c in chunks], order)
+
+    def describe(self) -> dict:
+        meta = self.package.metadata
+        return {
+            "name": self.name,
+            "version": self.version,
+            "state": "ready",
+            "task": meta.get("task", "text-classification"),
+            "labels": self.labels,
+            "architecture": meta.get("architecture", {}),
+            "maxlen": self.package.maxlen,
+            "padding": self.package.tokenizer.padding,
+            "truncating": self.package.tokenizer.truncating,
+            "vocab_size": self.package.tokenizer.vocab_size,
+            "dataset": meta.get("dataset", {}),
+            "metrics": meta.get("metrics", {}),
+            "provider": self.session.provider,
+            "threads": self.session.threads,
+            "tokenizer": self.tokenizer.implementation,
+            "max_batch_size": self.batcher.max_batch_size,
+        }
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Let queued batches finish (up to grace_s), fail what is left, stop the worker thread."""
+        await self.batcher.close(grace_s)
+
+    def __enter__(self) -> "TextClassifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.batcher.shutdown()
