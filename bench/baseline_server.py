@@ -1,9 +1,11 @@
-"""The comparison point: a plain FastAPI + onnxruntime endpoint, same tokenizer, no batching.
+"""The comparison point: what a user would otherwise write. A plain FastAPI + onnxruntime endpoint (sync
+`def`, no batching) with the pure-Python reference tokenizer (the user has no compiled one), on uvicorn.
 
-    python bench/baseline_server.py models/imdb-lstm/1 --port 8001
+    python bench/baseline_server.py models/imdb-lstm/1 --port 8001 [--workers 2]
 """
 
 import argparse
+import os
 
 import onnxruntime as ort
 import uvicorn
@@ -18,9 +20,9 @@ class Body(BaseModel):
     text: str
 
 
-def build(package_dir: str) -> FastAPI:
-    pkg = read_package(package_dir)
-    tok = Tokenizer(pkg.tokenizer)
+def build() -> FastAPI:
+    pkg = read_package(os.environ["BASELINE_PACKAGE"])
+    tok = Tokenizer(pkg.tokenizer, fast=False)
     sess = ort.InferenceSession(str(pkg.path / "model.onnx"), providers=["CPUExecutionProvider"])
     app = FastAPI()
 
@@ -41,5 +43,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("package")
     ap.add_argument("--port", type=int, default=8001)
+    ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
-    uvicorn.run(build(args.package), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    os.environ["BASELINE_PACKAGE"] = args.package
+    uvicorn.run("bench.baseline_server:build", factory=True, workers=args.workers, host="127.0.0.1", port=args.port,
+                log_level="warning", access_log=False)

@@ -1,4 +1,4 @@
-"""`rnnserve` / `python -m service`: serve the model repository with uvicorn."""
+"""`rnnserve` / `python -m service`: serve the model repository with uvicorn (default) or Granian."""
 
 from __future__ import annotations
 
@@ -6,12 +6,42 @@ import os
 import signal
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from service import logs
-from service.app import create_app
 from service.settings import Settings
+
+APP_FACTORY = "service.app:create_app"
+
+
+def serve_granian(settings: Settings, workers: int) -> None:
+    try:
+        from granian.constants import Interfaces
+        from granian.server import Server
+    except ImportError:
+        sys.exit("error: --server granian needs Granian: pip install 'rnnserve[granian]'")
+
+    # Granian's own log lines (start, workers, errors) in the service's JSON format; access lines come from
+    # the service's middleware, with request ids.
+    formatter = ({"()": "service.logs.JsonFormatter"} if settings.log_json else
+                 {"()": "logging.Formatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"})
+    handler = {"formatter": "generic", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    dictconfig = {"formatters": {"generic": formatter}, "handlers": {"console": handler, "access": handler}}
+    Server(APP_FACTORY, factory=True, interface=Interfaces.ASGI, address=settings.host, port=settings.port,
+           workers=workers, log_level=settings.log_level.lower(), log_dictconfig=dictconfig, log_access=False,
+           workers_kill_timeout=max(1, int(settings.shutdown_grace_s)) + 5, backlog=2048).serve()
+
+
+def serve_uvicorn(settings: Settings, workers: int) -> None:
+    import uvicorn
+
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handlers it found;
+    # by then every request has finished, so those handlers let the process exit 0 (docker stop is clean).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(APP_FACTORY, factory=True, workers=workers if workers > 1 else None, host=settings.host,
+                port=settings.port, log_config=None, access_log=False, http="httptools",
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,17 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.models_dir.is_dir():
         print(f"error: model repository {settings.models_dir} does not exist", file=sys.stderr)
         return 2
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handlers it found;
-    # by then every request has finished, so those handlers let the process exit 0 (docker stop is clean).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    common = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
-                  timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)
-    else:  # each worker process builds its app from the environment
-        os.environ.update(settings.to_env())
-        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+    workers = settings.worker_count()
+    # Every worker process builds its app from the environment, so both servers get the same settings.
+    os.environ.update(settings.to_env() | {"RNNSERVE_WORKERS": str(workers)})
+    (serve_granian if settings.server == "granian" else serve_uvicorn)(settings, workers)
     return 0
 
 

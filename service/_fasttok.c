@@ -1,4 +1,4 @@
-/* The compiled tokenizer: one pass over a text's UTF-8 bytes (translate, split, look up, pad), with the GIL
+/* The compiled tokenizer: one pass over a text's code points (translate, split, look up, pad), with the GIL
  * released for whole batches. It implements the subset of tokenizer specs that map ASCII bytes one to one
  * (Keras's filters, ASCII-only lower-casing, a one-byte split character) plus Reuters' per-character
  * non-ASCII replacement; service/tokenizer.py decides when a spec fits and otherwise uses its pure-Python
@@ -111,10 +111,10 @@ static int grow(void **buf, size_t *cap, size_t need, size_t item) {
     return 0;
 }
 
-/* Room for every id and word byte a text of n bytes can give, so the scan itself never checks capacity:
- * at most one word per two bytes (plus the start id), and a word byte becomes at most repl_len bytes. */
+/* Room for every id and word byte a text of n characters can give, so the scan never checks capacity: at
+ * most one word per two characters (plus the start id), each character at most 4 UTF-8 bytes or repl_len. */
 static int reserve(const Tok *t, Scratch *sc, size_t n) {
-    size_t ids = n / 2 + 2, bytes = n * (t->repl_len > 1 ? (size_t)t->repl_len : 1) + 8;  /* 8: tail_of's slack */
+    size_t ids = n / 2 + 2, bytes = n * (t->repl_len > 4 ? (size_t)t->repl_len : 4) + 8;  /* 8: tail_of's slack */
     if (grow((void **)&sc->ids, &sc->idcap, ids, sizeof(int64_t))) return -1;
     if (sc->want_spans && grow((void **)&sc->spans, &sc->spancap, ids, 2 * sizeof(int64_t))) return -1;
     return grow((void **)&sc->word, &sc->wcap, bytes, 1);
@@ -143,40 +143,80 @@ static inline void end_word(const Tok *t, Scratch *sc, int64_t start, int64_t en
     push_id(sc, id, start, end);
 }
 
-/* One text's UTF-8 bytes -> ids (start id first) in sc, and its OOV count. Runs without the GIL. */
-static int encode_utf8(const Tok *t, const unsigned char *s, Py_ssize_t n, Scratch *sc, int64_t *oov) {
-    if (reserve(t, sc, (size_t)n)) return -1;
-    sc->n = sc->wlen = sc->in_word = 0;
-    *oov = 0;
-    if (t->has_start) push_id(sc, t->start_id, 0, 0);
-    unsigned char *word = sc->word;
-    int64_t ch = 0, word_start = 0;  /* character (code point) offsets into the original text */
-    for (Py_ssize_t i = 0; i < n; ch++) {
-        unsigned char b = s[i];
-        if (b < 0x80) {
-            unsigned char m = t->map[b];
-            i++;
-            if (m == t->sep) {
-                end_word(t, sc, word_start, ch, oov);
-                continue;
-            }
-            if (!sc->in_word) word_start = ch, sc->in_word = 1;
-            word[sc->wlen++] = m;
-            continue;
-        }
-        Py_ssize_t len = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;  /* Python's UTF-8 is always well formed */
-        if (!sc->in_word) word_start = ch, sc->in_word = 1;
-        if (t->repl) {
-            memcpy(word + sc->wlen, t->repl, t->repl_len);
-            sc->wlen += t->repl_len;
-        } else {
-            memcpy(word + sc->wlen, s + i, len);
-            sc->wlen += len;
-        }
-        i += len;
+static inline size_t utf8_put(unsigned char *out, Py_UCS4 c) {
+    if (c < 0x800) {
+        out[0] = 0xC0 | (c >> 6), out[1] = 0x80 | (c & 0x3F);
+        return 2;
     }
-    end_word(t, sc, word_start, ch, oov);
+    if (c < 0x10000) {
+        out[0] = 0xE0 | (c >> 12), out[1] = 0x80 | ((c >> 6) & 0x3F), out[2] = 0x80 | (c & 0x3F);
+        return 3;
+    }
+    out[0] = 0xF0 | (c >> 18), out[1] = 0x80 | ((c >> 12) & 0x3F), out[2] = 0x80 | ((c >> 6) & 0x3F);
+    out[3] = 0x80 | (c & 0x3F);
+    return 4;
+}
+
+/* One text's code points, read straight from the str's own storage (1, 2 or 4 bytes each; immutable, so
+ * safe without the GIL) -> ids (start id first) in sc, and its OOV count; words are keyed by their UTF-8.
+ * Returns 1 for a text with a lone surrogate, which UTF-8 cannot carry: the reference takes it. */
+#define SCAN(NAME, T)                                                                          \
+    static int NAME(const Tok *t, const T *s, Py_ssize_t n, Scratch *sc, int64_t *oov) {       \
+        if (reserve(t, sc, (size_t)n)) return -1;                                              \
+        sc->n = sc->wlen = sc->in_word = 0;                                                    \
+        *oov = 0;                                                                              \
+        if (t->has_start) push_id(sc, t->start_id, 0, 0);                                      \
+        unsigned char *word = sc->word;                                                        \
+        Py_ssize_t word_start = 0;                                                             \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                   \
+            Py_UCS4 c = s[i];                                                                  \
+            if (c < 0x80) {                                                                    \
+                unsigned char m = t->map[c];                                                   \
+                if (m == t->sep) {                                                             \
+                    end_word(t, sc, word_start, i, oov);                                       \
+                    continue;                                                                  \
+                }                                                                              \
+                if (!sc->in_word) word_start = i, sc->in_word = 1;                             \
+                word[sc->wlen++] = m;                                                          \
+                continue;                                                                      \
+            }                                                                                  \
+            if (c >= 0xD800 && c <= 0xDFFF) return 1;                                          \
+            if (!sc->in_word) word_start = i, sc->in_word = 1;                                 \
+            if (t->repl) {                                                                     \
+                memcpy(word + sc->wlen, t->repl, t->repl_len);                                 \
+                sc->wlen += t->repl_len;                                                       \
+            } else {                                                                           \
+                sc->wlen += utf8_put(word + sc->wlen, c);                                      \
+            }                                                                                  \
+        }                                                                                      \
+        end_word(t, sc, word_start, n, oov);                                                   \
+        return 0;                                                                              \
+    }
+
+SCAN(scan1, Py_UCS1)
+SCAN(scan2, Py_UCS2)
+SCAN(scan4, Py_UCS4)
+
+typedef struct {
+    int kind;
+    const void *data;
+    Py_ssize_t len;
+} Text;
+
+static int text_of(PyObject *text, Text *out) {
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text)) return -1;
+#endif
+    *out = (Text){PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
     return 0;
+}
+
+static int encode_text(const Tok *t, const Text *x, Scratch *sc, int64_t *oov) {
+    switch (x->kind) {
+    case PyUnicode_1BYTE_KIND: return scan1(t, x->data, x->len, sc, oov);
+    case PyUnicode_2BYTE_KIND: return scan2(t, x->data, x->len, sc, oov);
+    default: return scan4(t, x->data, x->len, sc, oov);
+    }
 }
 
 static void scratch_free(Scratch *sc) {
@@ -272,24 +312,22 @@ static PyObject *list_of(const int64_t *v, size_t n) {
     return out;
 }
 
-/* encode(text, spans=False) -> (ids, oov, spans or None), or None when the text cannot be UTF-8 encoded
- * (a lone surrogate): the caller then uses the reference. */
+/* encode(text, spans=False) -> (ids, oov, spans or None), or None for a text with a lone surrogate: the
+ * caller then uses the reference. */
 static PyObject *Tok_encode(Tok *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"text", "spans", NULL};
     PyObject *text;
     int want_spans = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "U|p", names, &text, &want_spans)) return NULL;
-    Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(text, &n);
-    if (!s) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
+    Text x;
+    if (text_of(text, &x)) return NULL;
     Scratch sc = {.want_spans = want_spans};
     int64_t oov;
-    if (encode_utf8(self, (const unsigned char *)s, n, &sc, &oov)) {
+    int status = encode_text(self, &x, &sc, &oov);
+    if (status) {
         scratch_free(&sc);
-        return PyErr_NoMemory();
+        if (status < 0) return PyErr_NoMemory();
+        Py_RETURN_NONE;
     }
     PyObject *ids = list_of(sc.ids, sc.n), *spans = NULL;
     if (ids && want_spans) {
@@ -322,9 +360,9 @@ static PyObject *Tok_encode_batch(Tok *self, PyObject *args) {
         return NULL;
     Py_ssize_t rows = PyList_GET_SIZE(texts);
     PyObject *result = NULL, *held = PyList_GetSlice(texts, 0, rows);  /* our own references while unlocked */
-    const char **ptrs = calloc(rows ? rows : 1, sizeof(char *));
-    Py_ssize_t *lens = calloc(rows ? rows : 1, sizeof(Py_ssize_t));
-    if (!held || !ptrs || !lens) {
+    Text *xs = calloc(rows ? rows : 1, sizeof(Text));
+    char *referred = calloc(rows ? rows : 1, 1);  /* rows left to the reference */
+    if (!held || !xs || !referred) {
         if (held) PyErr_NoMemory();
         goto done;
     }
@@ -338,17 +376,20 @@ static PyObject *Tok_encode_batch(Tok *self, PyObject *args) {
             PyErr_Format(PyExc_TypeError, "text %zd is not a str", r);
             goto done;
         }
-        ptrs[r] = PyUnicode_AsUTF8AndSize(text, &lens[r]);
-        if (!ptrs[r]) PyErr_Clear();
+        if (text_of(text, &xs[r])) goto done;
     }
     int failed = 0;
     int64_t *dst = out.buf, *cnt = counts.buf;
     Py_BEGIN_ALLOW_THREADS
     Scratch sc = {0};
-    for (Py_ssize_t r = 0; r < rows && !failed; r++) {
-        if (!ptrs[r]) continue;
+    for (Py_ssize_t r = 0; r < rows; r++) {
         int64_t oov;
-        if (encode_utf8(self, (const unsigned char *)ptrs[r], lens[r], &sc, &oov)) {
+        int status = encode_text(self, &xs[r], &sc, &oov);
+        if (status > 0) {
+            referred[r] = 1;
+            continue;
+        }
+        if (status < 0) {
             failed = 1;
             break;
         }
@@ -367,14 +408,14 @@ static PyObject *Tok_encode_batch(Tok *self, PyObject *args) {
     }
     result = PyList_New(0);
     for (Py_ssize_t r = 0; result && r < rows; r++) {
-        if (ptrs[r]) continue;
+        if (!referred[r]) continue;
         PyObject *i = PyLong_FromSsize_t(r);
         if (!i || PyList_Append(result, i)) Py_CLEAR(result);
         Py_XDECREF(i);
     }
 done:
-    free(ptrs);
-    free(lens);
+    free(xs);
+    free(referred);
     Py_XDECREF(held);
     PyBuffer_Release(&out);
     PyBuffer_Release(&counts);

@@ -45,6 +45,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task | None = None
         self._carry: _Item | None = None  # an item that did not fit the previous batch
+        self._batch: list[_Item] = []  # the batch being run
         self._busy = False  # a batch is being collected or run
         self.name = name
 
@@ -86,6 +87,7 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             batch = [it for it in await self._next_batch() if not it.future.done()]  # skip callers that gave up
+            self._batch = batch
             try:
                 if batch:
                     await self._run(batch)
@@ -140,7 +142,7 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        _fail(([self._carry] if self._carry else []) + _drain(self._queue),
+        _fail(self._batch + ([self._carry] if self._carry else []) + _drain(self._queue),
               Overloaded(f"model {self.name!r} is shutting down"))
         self.shutdown()
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hmac
 import itertools
-import json
 import logging
 import os
 import time
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
+from service.api.errors import error_response
 from service.logs import request_id
 from service.metrics import Metrics
 
@@ -60,7 +61,7 @@ class ServiceMiddleware:
 
         try:
             if self.api_keys and scope["path"] not in self.open_paths and not self._authorized(scope):
-                await _unauthorized(scope, send_with_id)
+                await _unauthorized(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
@@ -90,14 +91,10 @@ class ServiceMiddleware:
         return any([hmac.compare_digest(given, key) for key in self.api_keys]) if given else False
 
 
-async def _unauthorized(scope, send) -> None:
+async def _unauthorized(scope, receive, send) -> None:
     message = "missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY"
-    error = message if scope["path"].startswith("/v2") else {"code": "unauthorized", "message": message}
-    body = json.dumps({"error": error}).encode()
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", b"Bearer")]})
-    await send({"type": "http.response.body", "body": body})
+    response = error_response(Request(scope), 401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+    await response(scope, receive, send)
 
 
 def _header(scope, name: bytes) -> str | None:

@@ -6,6 +6,7 @@ A package that fails validation or loading is recorded with its reason; the othe
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from service.errors import NotFound, NotReady
 from service.metrics import Metrics
 from service.package import NAME_RE, VERSION_RE, PackageError, scan_repository
 from service.runtime import RuntimeOptions, TextClassifier
-from service.session import usable_cpus
+from service.cpus import usable_cpus
 from service.settings import Settings
 
 log = logging.getLogger("rnnserve.registry")
@@ -35,8 +36,8 @@ class Registry:
     def options(self) -> RuntimeOptions:
         s = self.settings
         # Worker processes share the CPUs: each sizes its onnxruntime threads to its share.
-        return RuntimeOptions(provider=s.provider, intra_op_threads=s.intra_op_threads or max(1, usable_cpus() // s.workers),
-                              max_batch_size=s.max_batch_size, max_batch_delay_ms=s.max_batch_delay_ms,
+        threads = s.intra_op_threads or max(1, usable_cpus() // s.worker_count())
+        return RuntimeOptions(provider=s.provider, intra_op_threads=threads, max_batch_size=s.max_batch_size, max_batch_delay_ms=s.max_batch_delay_ms,
                               max_queue=s.max_queue, warmup=s.warmup)
 
     async def load_path(self, path: Path, install: bool = True) -> TextClassifier | None:
@@ -68,6 +69,7 @@ class Registry:
         for path in scan_repository(root):
             await self.load_path(path)
         self.loaded_once = True
+        _refreeze()
         log.info("model repository loaded", extra={"loaded": sum(map(len, self.models.values())),
                                                    "failed": sum(map(len, self.failures.values()))})
 
@@ -96,6 +98,7 @@ class Registry:
         for version, handle in old.items():
             if new.get(version) is not handle:
                 await handle.close(self.settings.shutdown_grace_s)
+        _refreeze()
         if name in self.failures:
             reasons = "; ".join(f"v{v}: {r}" for v, r in self.failures[name].items())
             raise PackageError(f"model {name!r} did not load cleanly ({reasons})"
@@ -110,6 +113,7 @@ class Registry:
         self._update_gauges()
         for handle in versions.values():
             await handle.close(self.settings.shutdown_grace_s)
+        _refreeze()
 
     def index(self) -> list[dict]:
         """Triton's repository index: every version on disk or loaded, with its state."""
@@ -169,3 +173,13 @@ class Registry:
         for versions in self.models.values():
             for loaded in versions.values():
                 await loaded.close(self.settings.shutdown_grace_s)
+
+
+def _refreeze() -> None:
+    """Keep the loaded models out of the garbage collector's sight. Their vocabularies are up to a million
+    long-lived objects, and every full collection walked them all holding the GIL for tens of milliseconds,
+    stalling requests; frozen, they are never walked. Unfrozen and collected first, so unloaded models'
+    reference cycles are freed rather than frozen."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()

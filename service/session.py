@@ -3,44 +3,18 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from service.cpus import usable_cpus
+
 log = logging.getLogger("rnnserve.session")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (containers)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    if quota:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
-
-
-def _cgroup_quota() -> float | None:
-    try:  # cgroup v2
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return None if quota <= 0 else quota / period
-    except (OSError, ValueError):
-        return None
 
 
 _arena_lock = threading.Lock()

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cpus import usable_cpus
+
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -20,8 +22,11 @@ class Settings(BaseSettings):
     models_dir: Path = Field(BUNDLED_MODELS, description="Model repository: NAME/VERSION/ package directories.")
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
-    workers: int = Field(1, ge=1, description="Server processes, each with every model and its own batcher. More "
-                         "than one spreads the per-request Python work over cores (memory grows per process).")
+    server: Literal["uvicorn", "granian"] = Field("uvicorn", description="HTTP server: uvicorn with httptools and "
+                                                  "uvloop (the faster here, bench/load.py), or Granian (the [granian] "
+                                                  "extra).")
+    workers: int = Field(0, ge=0, description="Server processes, each with every model and its own batcher; 0: one "
+                         "per CPU this process may use (affinity and cgroup quota). Memory grows per process.")
     provider: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="onnxruntime provider: auto uses CUDA when onnxruntime-gpu and a GPU are present.")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0: the usable CPUs divided "
@@ -47,6 +52,11 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Python log level.")
     log_json: bool = Field(True, description="One JSON object per log line.")
     access_log: bool = Field(True, description="Log one line per request.")
+    telemetry: bool = Field(False, description="FastAPI's OpenTelemetry instrumentation (traces, metrics, logs to a "
+                            "configured OpenTelemetry SDK). Off, no request pays for checking whether it is set up.")
+
+    def worker_count(self) -> int:
+        return self.workers or usable_cpus()
 
     def keys(self) -> list[str]:
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -1,5 +1,6 @@
-"""Shared fixtures: the real data directory, tiny real model packages made by the training code,
-and a real uvicorn server on a free loopback port."""
+"""Shared fixtures: the real data directory, tiny real model packages made by the training code, the real
+ASGI app in-process (most API tests), and a real server on a free loopback port (signals, workers,
+concurrency over real sockets, tritonclient)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,8 +98,9 @@ class Server:
     def __init__(self, models_dir: Path, *args: str, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        workers = [] if "--workers" in args else ["--workers", "1"]  # one process unless a test says otherwise
         cmd = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--port", str(self.port),
-               "--no-access-log", *args]
+               "--no-access-log", *workers, *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -129,6 +132,32 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.stdout.read()
+
+
+def in_process(models_dir: Path, **settings) -> TestClient:
+    """The real app with real models, driven in-process through Starlette's TestClient (lifespan included);
+    use it as a context manager."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    return TestClient(create_app(Settings(models_dir=models_dir, access_log=False, **settings)),
+                      raise_server_exceptions=False)
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/health/ready").status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError("models did not load")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def api(model_repo):
+    """The app over the two tiny packages, in-process."""
+    with in_process(model_repo) as client:
+        wait_ready(client)
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from service import __version__
 from service.api.body import json_response, parse
 from service.api.schemas import V2Error
-from service.errors import BadRequest, InvalidInput
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge
 from service.predict import check_limits
 from service.runtime import TextClassifier
 
@@ -109,7 +109,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     state = request.app.state
     model = state.registry.get(name, version)
     header_length = request.headers.get(HEADER_LENGTH)
-    header, texts = await parse(request, lambda body: _read_request(body, header_length))
+    limit = state.settings.max_texts_per_request
+    header, texts = await parse(request, lambda body: _read_request(body, header_length, limit))
     check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
     probs = (await model.predict(texts)).probs
     labels = [model.labels[i] for i in probs.argmax(axis=1)]
@@ -139,9 +140,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                     headers={HEADER_LENGTH: str(len(payload))})
 
 
-def _read_request(body: bytes, header_length: str | None) -> tuple[dict, list[str]]:
+def _read_request(body: bytes, header_length: str | None, max_texts: int) -> tuple[dict, list[str]]:
     header, binary = _split_body(body, header_length)
-    return header, _read_texts(header, binary)
+    return header, _read_texts(header, binary, max_texts)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -164,7 +165,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return header, binary
 
 
-def _read_texts(header: dict, binary: bytes) -> list[str]:
+def _read_texts(header: dict, binary: bytes, max_texts: int) -> list[str]:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"expected exactly one input tensor named {INPUT_NAME!r}")
@@ -177,12 +178,14 @@ def _read_texts(header: dict, binary: bytes) -> list[str]:
     if (not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape)
             or any(d != 1 for d in shape[1:])):
         raise InvalidInput(f"input shape must be [N] or [N, 1], got {shape!r}")
+    if shape[0] > max_texts:  # before decoding anything: counting is cheap, decoding millions of elements is not
+        raise PayloadTooLarge(f"{shape[0]} texts in one request; the limit is {max_texts}")
     params = tensor.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
         if not isinstance(size, int) or size != len(binary):
             raise BadRequest(f"binary_data_size {size!r} does not match the {len(binary)} binary bytes sent")
-        raw = _decode_bytes(binary)
+        raw = _decode_bytes(binary, shape[0])
         try:
             texts = [b.decode("utf-8") for b in raw]
         except UnicodeDecodeError:
@@ -227,10 +230,13 @@ def _requested_outputs(header: dict) -> list[tuple[str, bool]]:
     return wanted
 
 
-def _decode_bytes(buf: bytes) -> list[bytes]:
-    """Triton's BYTES serialisation: each element is a little-endian uint32 length, then the bytes."""
+def _decode_bytes(buf: bytes, expected: int) -> list[bytes]:
+    """Triton's BYTES serialisation: each element is a little-endian uint32 length, then the bytes. Stops
+    at the first element beyond the `expected` count the shape declared."""
     out, i = [], 0
     while i < len(buf):
+        if len(out) == expected:
+            raise InvalidInput(f"shape says {expected} texts but the binary data holds more")
         if i + 4 > len(buf):
             raise BadRequest("truncated BYTES tensor")
         (n,) = struct.unpack_from("<I", buf, i)

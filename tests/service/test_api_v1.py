@@ -1,6 +1,5 @@
-"""/v1 over real HTTP against a real uvicorn server and real ONNX packages."""
+"""/v1 through the real ASGI app in-process (Starlette TestClient) with real ONNX packages."""
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -18,12 +17,12 @@ def offline_predict(package_dir, texts):
 
 
 @pytest.mark.parametrize("model", ["sentiment-lstm", "topics-gru"])
-def test_http_predictions_equal_offline_onnxruntime(server, model_repo, model):
+def test_http_predictions_equal_offline_onnxruntime(api, model_repo, model):
     texts, _ = real_reviews(20)
     texts += ["", "!!!", "A film. " * 300, "ünïcödé wörds 東京"]
     probs, labels = offline_predict(model_repo / model / "1", texts)
-    r = httpx.post(f"{server.url}/v1/models/{model}/predict",
-                   json={"texts": texts, "return_probabilities": True, "top_k": 2}, timeout=30)
+    r = api.post(f"/v1/models/{model}/predict",
+                   json={"texts": texts, "return_probabilities": True, "top_k": 2})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == model and body["version"] == 1
@@ -38,24 +37,24 @@ def test_http_predictions_equal_offline_onnxruntime(server, model_repo, model):
     assert preds[0]["tokens"]["kept"] > 1
 
 
-def test_single_text_and_token_stats(server):
-    r = httpx.post(f"{server.url}/v1/models/sentiment-lstm/predict", json={"text": "zzzqqq unknownword film"})
+def test_single_text_and_token_stats(api):
+    r = api.post(f"/v1/models/sentiment-lstm/predict", json={"text": "zzzqqq unknownword film"})
     assert r.status_code == 200
     (pred,) = r.json()["predictions"]
     assert pred["tokens"]["oov"] >= 2 and "probabilities" not in pred
 
 
-def test_versioned_route_and_request_id_echo(server):
-    r = httpx.post(f"{server.url}/v1/models/sentiment-lstm/versions/1/predict", json={"text": "good"},
+def test_versioned_route_and_request_id_echo(api):
+    r = api.post(f"/v1/models/sentiment-lstm/versions/1/predict", json={"text": "good"},
                    headers={"X-Request-ID": "abc-123"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
 
 
-def test_model_listing(server):
-    models = httpx.get(f"{server.url}/v1/models").json()["models"]
+def test_model_listing(api):
+    models = api.get(f"/v1/models").json()["models"]
     by_name = {m["name"]: m for m in models}
     assert set(by_name) == {"sentiment-lstm", "topics-gru"}
-    m = httpx.get(f"{server.url}/v1/models/topics-gru").json()
+    m = api.get(f"/v1/models/topics-gru").json()
     assert m["labels"] == ["alpha", "beta", "gamma"]
     assert m["provider"] == "CPUExecutionProvider" and m["maxlen"] == 40 and m["state"] == "ready"
     assert m["architecture"]["cell"] == "gru" and "accuracy" in m["metrics"]["test"]
@@ -73,8 +72,8 @@ def test_model_listing(server):
     ({"texts": ["x"] * 257}, 413, "limit is 256"),
     ({"text": "x" * 100_001}, 413, "limit is 100000"),
 ])
-def test_bad_json_bodies(server, body, status, fragment):
-    r = httpx.post(f"{server.url}/v1/models/sentiment-lstm/predict", json=body)
+def test_bad_json_bodies(api, body, status, fragment):
+    r = api.post(f"/v1/models/sentiment-lstm/predict", json=body)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] and fragment in err["message"]
@@ -86,8 +85,8 @@ def test_bad_json_bodies(server, body, status, fragment):
     (b'{"text": "a"}', {"content-type": "text/plain"}, 415),
     (b"x" * (8 * 1024 * 1024 + 1), {"content-type": "application/json"}, 413),
 ])
-def test_bad_raw_bodies(server, content, headers, status):
-    r = httpx.post(f"{server.url}/v1/models/sentiment-lstm/predict", content=content, headers=headers)
+def test_bad_raw_bodies(api, content, headers, status):
+    r = api.post(f"/v1/models/sentiment-lstm/predict", content=content, headers=headers)
     assert r.status_code == status, r.text
     assert set(r.json()["error"]) == {"code", "message"}
 
@@ -98,19 +97,19 @@ def test_bad_raw_bodies(server, content, headers, status):
     ("/v1/models/sentiment-lstm/versions/abc/predict", 404),
     ("/v1/models/..%2F..%2Fetc/predict", 404),
 ])
-def test_unknown_models_and_versions(server, path, status):
-    r = httpx.post(server.url + path, json={"text": "x"})
+def test_unknown_models_and_versions(api, path, status):
+    r = api.post(path, json={"text": "x"})
     assert r.status_code == status and r.json()["error"]["code"] == "not_found"
 
 
-def test_empty_string_is_valid(server):
-    r = httpx.post(f"{server.url}/v1/models/sentiment-lstm/predict", json={"texts": ["", " "]})
+def test_empty_string_is_valid(api):
+    r = api.post(f"/v1/models/sentiment-lstm/predict", json={"texts": ["", " "]})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2
 
 
-def test_metrics_exposed(server):
-    httpx.post(f"{server.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"})
-    text = httpx.get(f"{server.url}/metrics").text
+def test_metrics_exposed(api):
+    api.post(f"/v1/models/sentiment-lstm/predict", json={"text": "fine"})
+    text = api.get(f"/metrics").text
     for name in ("rnnserve_requests_total", "rnnserve_request_errors_total", "rnnserve_request_latency_seconds",
                  "rnnserve_batch_size", "rnnserve_queue_wait_seconds", "rnnserve_inference_seconds",
                  "rnnserve_models_loaded 2.0"):

@@ -69,3 +69,26 @@ def test_errors_use_v2_shape(client, server):
     r = httpx.post(f"{server.url}/v2/models/sentiment-lstm/infer", content=b'{"inputs": []}xx',
                    headers={"Inference-Header-Content-Length": "999"})
     assert r.status_code == 400
+
+
+def test_text_count_is_checked_before_decoding(api):
+    """A binary tensor declaring more texts than the limit is refused from its shape, before any decoding;
+    one that holds more elements than its shape declares is refused at the first extra element."""
+    header = b'{"inputs": [{"name": "text", "shape": [%d], "datatype": "BYTES", "parameters": {"binary_data_size": %d}}]}'
+    many = b"\x00\x00\x00\x00" * 300_000
+    body = header % (300_000, len(many))
+    r = api.post("/v2/models/sentiment-lstm/infer", content=body + many,
+                 headers={"Inference-Header-Content-Length": str(len(body))})
+    assert r.status_code == 413 and "limit is 256" in r.json()["error"]
+    body = header % (2, len(many))
+    r = api.post("/v2/models/sentiment-lstm/infer", content=body + many,
+                 headers={"Inference-Header-Content-Length": str(len(body))})
+    assert r.status_code == 422 and "holds more" in r.json()["error"]
+
+
+def test_deeply_nested_json_is_a_client_error(api):
+    r = api.post("/v2/models/sentiment-lstm/infer", content=b"[" * 5000, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "x-request-id" in r.headers
+    nested = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [[["deep"]]]}]}
+    r = api.post("/v2/models/sentiment-lstm/infer", json=nested)
+    assert r.status_code == 422 and isinstance(r.json()["error"], str)

@@ -147,3 +147,24 @@ def test_close_with_grace_finishes_queued_work():
         return await asyncio.gather(*waiting, return_exceptions=True)
 
     assert run(main()) == [[i] for i in range(5)]
+
+
+def test_close_without_grace_answers_the_running_batch():
+    gate = threading.Event()
+
+    def stuck(rows):
+        gate.wait(5)
+        return rows
+
+    async def main():
+        b = Batcher(stuck, max_batch_size=1, max_delay_s=0)
+        running = asyncio.ensure_future(b.submit([1]))
+        await asyncio.sleep(0.05)  # now inside the worker thread
+        closing = asyncio.ensure_future(b.close(grace_s=0))
+        result = await asyncio.wait_for(asyncio.gather(running, return_exceptions=True), 2)
+        gate.set()
+        await closing
+        return result
+
+    (err,) = run(main())
+    assert isinstance(err, Overloaded) and "shutting down" in str(err)

@@ -12,8 +12,8 @@ import pytest
 from tests.conftest import Server, real_reviews
 
 
-def test_auth_off_by_default(server):
-    assert httpx.get(f"{server.url}/v1/models").status_code == 200
+def test_auth_off_by_default(api):
+    assert api.get("/v1/models").status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +69,14 @@ def test_keys_never_logged(secured):
     "/v1/models/sentiment-lstm/versions/-1/predict",
     "/v2/models/..%2Fsentiment-lstm/infer",
 ])
-def test_path_traversal_is_not_found(server, path):
-    r = httpx.post(server.url + path, json={"text": "x"})
+def test_path_traversal_is_not_found(api, path):
+    r = api.post(path, json={"text": "x"})
     assert r.status_code == 404
 
 
 @pytest.mark.parametrize("name", ["..", "..%2F..%2Ftmp", ".hidden", "a..b"])
-def test_repository_load_refuses_paths_outside(server, name):
-    assert httpx.post(f"{server.url}/v2/repository/models/{name}/load").status_code == 404
+def test_repository_load_refuses_paths_outside(api, name):
+    assert api.post(f"/v2/repository/models/{name}/load").status_code == 404
 
 
 def test_score_upload_limit(model_repo):

@@ -1,0 +1,72 @@
+"""The TextClassifier runtime in-process: open, predict (async, batched) and predict_batch (offline) give
+onnxruntime's own answers; close fails what is left; bad packages and overload raise clear errors."""
+
+import asyncio
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.errors import Overloaded
+from service.package import PackageError
+from service.runtime import RuntimeOptions, TextClassifier
+from service.tokenizer import Tokenizer
+from tests.conftest import real_reviews
+
+
+def direct(package_dir, texts):
+    """onnxruntime on the reference tokenizer's maxlen rows: what the model itself says."""
+    clf_tok = Tokenizer(TextClassifier.open(package_dir, RuntimeOptions(warmup=False)).package.tokenizer, fast=False)
+    x, _ = clf_tok(texts)
+    sess = ort.InferenceSession(str(package_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return sess.run(["probabilities"], {"input_ids": x})[0]
+
+
+@pytest.mark.parametrize("model", ["sentiment-lstm", "topics-gru"])
+def test_predict_and_predict_batch_equal_onnxruntime(model_repo, model):
+    texts, _ = real_reviews(80)
+    texts = [t[: 20 + 13 * i] for i, t in enumerate(texts)]  # mixed lengths: masked rows get sorted and padded
+    expected = direct(model_repo / model / "1", texts)
+    with TextClassifier.open(model_repo / model / "1", RuntimeOptions(max_batch_size=16)) as clf:
+        offline = clf.predict_batch(texts)
+        assert clf.tokenizer.implementation in ("c", "python")
+    assert np.allclose(offline.probs, expected, atol=1e-6) and len(offline.stats) == len(texts)
+
+    async def served():
+        clf = TextClassifier.open(model_repo / model / "1", RuntimeOptions(max_batch_size=16))
+        try:
+            whole, *singles = await asyncio.gather(clf.predict(texts), *(clf.predict([t]) for t in texts[:10]))
+        finally:
+            await clf.close()
+        return whole, singles
+
+    whole, singles = asyncio.run(served())
+    assert np.allclose(whole.probs, expected, atol=1e-6)
+    assert [s.tokens for s in whole.stats] == [s.tokens for s in offline.stats]
+    assert np.allclose(np.concatenate([s.probs for s in singles]), expected[:10], atol=1e-6)
+
+
+def test_overload_and_close_answer_every_caller(model_repo):
+    async def main():
+        clf = TextClassifier.open(model_repo / "sentiment-lstm" / "1", RuntimeOptions(max_batch_size=1, max_queue=4))
+        calls = [asyncio.ensure_future(clf.predict([f"text {i}"])) for i in range(6)]
+        await asyncio.sleep(0)  # all six submit: four fit the queue, two are refused
+        await clf.close(grace_s=0)
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+
+    results = [r if isinstance(r, Exception) else "ok" for r in asyncio.run(main())]
+    assert [str(r) for r in results[4:]] == ["model 'sentiment-lstm/1' queue is full (4 requests); retry later"] * 2
+    assert [str(r) for r in results[:4]] == ["model 'sentiment-lstm/1' is shutting down"] * 4
+
+
+def test_open_refuses_bad_packages_with_reasons(model_repo, tmp_path):
+    broken = tmp_path / "broken" / "1"
+    shutil.copytree(model_repo / "sentiment-lstm" / "1", broken)
+    meta = json.loads((broken / "metadata.json").read_text())
+    (broken / "metadata.json").write_text(json.dumps(meta | {"labels": ["only-one"]}))
+    with pytest.raises(PackageError, match="two or more"):
+        TextClassifier.open(broken)
+    with pytest.raises(PackageError, match="missing"):
+        TextClassifier.open(tmp_path / "nothing" / "1")
