@@ -7,6 +7,8 @@ import numpy as np
 from service.errors import PayloadTooLarge
 from service.runtime import Classified
 
+MAX_TEXT_CHARS = 100_000  # the default limit on one text, for the server and the command-line scorer
+
 
 def check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
     if len(texts) > max_texts:

@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 from tqdm import tqdm
 
 from service.runtime import RuntimeOptions, TextClassifier
+from service.predict import MAX_TEXT_CHARS
 from service.scoring import RowReader, RowWriter, score_stream
-from service.settings import Settings
 
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "text"}
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "text": "text/plain"}
@@ -54,7 +53,7 @@ async def score_local(args, fmt: str, out) -> dict:
         model = await asyncio.to_thread(TextClassifier.open, args.package, options)
     except Exception as exc:  # noqa: BLE001 - any package that cannot be opened is the user's error to read
         raise CliError(f"cannot load {args.package}: {exc}") from None
-    reader = RowReader(fmt, args.text_column, args.id_column, Settings.model_fields["max_text_chars"].default)
+    reader = RowReader(fmt, args.text_column, args.id_column, MAX_TEXT_CHARS)
     writer = RowWriter(args.output_format, model.labels, args.probabilities)
 
     async def chunks():
@@ -71,6 +70,8 @@ async def score_local(args, fmt: str, out) -> dict:
 
 
 def score_remote(args, fmt: str, out) -> dict:
+    import httpx  # here, not at the top: local scoring starts faster without it
+
     params = {"format": fmt, "text_column": args.text_column, "output": args.output_format,
               "probabilities": str(args.probabilities).lower()}
     if args.id_column:
@@ -78,23 +79,26 @@ def score_remote(args, fmt: str, out) -> dict:
     url = f"{args.url.rstrip('/')}/v1/models/{args.model}/score"
     summary: dict = {}
     rows = 0
-    with httpx.Client(timeout=httpx.Timeout(30, read=None)) as client:
-        with client.stream("POST", url, params=params, content=read_chunks(Path(args.input), args.progress),
-                           headers={"content-type": CONTENT_TYPES[fmt]}) as r:
-            if r.status_code != 200:
-                r.read()
-                raise CliError(f"server answered {r.status_code}: {r.text}")
-            for line in r.iter_lines():
-                if line.startswith('{"summary"'):
-                    summary = json.loads(line)["summary"]
-                    continue
-                if line.startswith("# summary"):
-                    summary = dict(kv.split("=", 1) for kv in line[len("# summary "):].split())
-                    continue
-                out.write(line + "\n")
-                rows += 1
-                if rows % 1000 == 0:
-                    args.progress.set_postfix_str(f"{rows} rows", refresh=False)
+    try:
+        with httpx.Client(timeout=httpx.Timeout(30, read=None)) as client:
+            with client.stream("POST", url, params=params, content=read_chunks(Path(args.input), args.progress),
+                               headers={"content-type": CONTENT_TYPES[fmt]}) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise CliError(f"server answered {r.status_code}: {r.text}")
+                for line in r.iter_lines():
+                    if line.startswith('{"summary"'):
+                        summary = json.loads(line)["summary"]
+                        continue
+                    if line.startswith("# summary"):
+                        summary = dict(kv.split("=", 1) for kv in line[len("# summary "):].split())
+                        continue
+                    out.write(line + "\n")
+                    rows += 1
+                    if rows % 1000 == 0:
+                        args.progress.set_postfix_str(f"{rows} rows", refresh=False)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach {url}: {exc}") from None
     return summary or {"rows": rows}
 
 
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = int(summary.get("rows", 0))
         print(f"scored {rows} rows in {seconds:.1f} s ({rows / max(seconds, 1e-9):.0f} rows/s)", file=sys.stderr)
         return 0
-    except (CliError, httpx.HTTPError, OSError) as exc:
+    except (CliError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

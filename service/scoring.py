@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Literal
 
 import numpy as np
+import orjson
 
 from service.runtime import Classified
 
@@ -85,7 +86,10 @@ class RowReader:
         if not isinstance(obj, dict):
             return self._row(None, error="line is not a JSON object")
         id_ = obj.get(self.id_column or "id")
-        id_ = id_ if isinstance(id_, (str, int)) and not isinstance(id_, bool) else None
+        if isinstance(id_, int) and not isinstance(id_, bool):
+            id_ = id_ if -2**63 <= id_ < 2**63 else str(id_)  # JSON writers take 64-bit integers
+        elif not isinstance(id_, str):
+            id_ = None
         text = obj.get(self.text_column)
         if not isinstance(text, str):
             return self._row(id_, error=f"no string field {self.text_column!r}")
@@ -151,7 +155,7 @@ class RowWriter:
                     entry |= {"label": self.labels[best], "score": float(p[best])}
                     if self.probabilities:
                         entry["probabilities"] = dict(zip(self.labels, p.tolist()))
-                out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                out.write(orjson.dumps(entry).decode() + "\n")
             elif p is None:
                 writer.writerow([row.number, row.id, "", "", row.error] + [""] * (len(self.labels) * self.probabilities))
             else:

@@ -52,6 +52,9 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads or usable_cpus()
         opts.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: with several worker processes on few cores, spinning
+        # threads took the CPU the other workers needed (c=64 with 2 threads per worker: 3,571 vs 6,177 req/s).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         share_cpu_arena()
         opts.add_session_config_entry("session.use_env_allocators", "1")

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpus import usable_cpus
+from service.predict import MAX_TEXT_CHARS
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -37,7 +38,7 @@ class Settings(BaseSettings):
                                       "request waits for nothing.")
     max_queue: int = Field(2048, ge=1, description="Queued requests per model before 503 + Retry-After.")
     max_texts_per_request: int = Field(256, ge=1, description="Texts in one predict/infer request (else 413).")
-    max_text_chars: int = Field(100_000, ge=1, description="Characters in one text (else 413).")
+    max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1, description="Characters in one text (else 413).")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
     max_score_bytes: int = Field(4 * 1024**3, ge=1, description="Upload size for file scoring (else 413).")
     warmup: bool = Field(True, description="Run each model once at load; readiness waits for it.")
