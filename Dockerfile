@@ -1,11 +1,14 @@
 # The serving image: the service, its dependencies and the bundled models; no TensorFlow, no compilers.
 #   docker build -t rnnserve .
 #   docker run -p 8000:8000 rnnserve
+# The build stage compiles the C tokenizer, so its image has a C compiler and Python's headers; the runtime
+# stage copies the virtual environment onto a base without them (both must have the same Python).
 # Offline builds: --build-arg WHEELHOUSE=wheelhouse (a folder of wheels made with `pip download`),
-# and --build-arg BASE_IMAGE=... for a base image with python3 and venv.
+# --build-arg BASE_IMAGE=... (python3 and venv) and --build-arg BUILD_IMAGE=... (the same plus a compiler).
 ARG BASE_IMAGE=python:3.11-slim
+ARG BUILD_IMAGE=python:3.11
 
-FROM ${BASE_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ARG WHEELHOUSE=docker/no-wheelhouse
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY ${WHEELHOUSE} /wheelhouse
@@ -15,10 +18,12 @@ COPY pyproject.toml README.md /src/
 RUN cd /src && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" > /tmp/requirements.txt \
  && if ls /wheelhouse/*.whl >/dev/null 2>&1; then FIND="--no-index --find-links /wheelhouse"; else FIND=""; fi \
  && /opt/venv/bin/pip install $FIND -r /tmp/requirements.txt "setuptools>=68" wheel
+COPY setup.py /src/
 COPY service /src/service
 COPY training /src/training
 RUN if ls /wheelhouse/*.whl >/dev/null 2>&1; then FIND="--no-index --find-links /wheelhouse"; else FIND=""; fi \
  && /opt/venv/bin/pip install $FIND --no-deps --no-build-isolation /src \
+ && /opt/venv/bin/python -c "from service.tokenizer import _fasttok; assert _fasttok, 'tokenizer not compiled'" \
  && /opt/venv/bin/pip uninstall -y setuptools wheel pip \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + \
  && find /opt/venv/lib -type d -name tests -path "*site-packages/*" -prune -exec rm -rf {} +

@@ -1,7 +1,7 @@
 """The comparison point: what a user would otherwise write. A plain FastAPI + onnxruntime endpoint (sync
 `def`, no batching) with the pure-Python reference tokenizer (the user has no compiled one), on uvicorn.
 
-    python bench/baseline_server.py models/imdb-lstm/1 --port 8001 [--workers 2]
+    python -m bench.baseline_server models/imdb-lstm/1 --port 8001 [--workers 2]
 """
 
 import argparse

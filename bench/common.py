@@ -48,6 +48,29 @@ def stop_server(proc) -> None:
         proc.kill()
 
 
+def server_pids(pid: int) -> list[int]:
+    """A server process and its worker children."""
+    return [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == pid]
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """One process's status field in MB: VmRSS (now) or VmHWM (peak)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    except OSError:  # it has just exited
+        pass
+    return 0.0
+
+
+def _ppid(proc_dir: Path) -> int | None:
+    try:
+        return int(proc_dir.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def reviews(n: int | None = None) -> list[str]:
     """Raw IMDB training reviews (all 25,000 when n is None)."""
     path = DATA_DIR / "raw" / "imdb_train.csv.gz"

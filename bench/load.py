@@ -1,9 +1,12 @@
-"""Load benchmark with wrk: single-text requests at concurrency 1, 16, 64 and 64-text batch requests.
+"""Load benchmark with wrk, side by side in one run: the baseline a user would otherwise write (plain FastAPI +
+onnxruntime, no batching, pure-Python tokenizer; 1 and 2 uvicorn workers) and this service (default settings,
+and with Granian), same model, same reviews. Single-text requests at c=1, 16, 64, and 64-text batches.
 
-    python bench/load.py [--model imdb-lstm] [--models-dir models] [--duration 10] [--baseline]
+    python bench/load.py [--model imdb-lstm-tutorial] [--duration 10] [--no-granian]
 
-Needs `wrk` (Debian/Ubuntu: apt-get install wrk). Requests carry real IMDB reviews (the first 500
-of the raw training set, chosen at random per request). Prints a table and writes bench/results/load.json.
+Needs `wrk` (apt-get install wrk). Requests carry real IMDB reviews of 800-1,000 characters (50 of them,
+picked at random per request). Prints a table with each cell's ratio to the best baseline and writes
+bench/results/load.json.
 """
 
 from __future__ import annotations
@@ -33,8 +36,7 @@ end
 
 
 def lua_script(bodies: list[str]) -> str:
-    quoted = ",".join("[==[" + b + "]==]" for b in bodies)
-    return LUA % quoted
+    return LUA % ",".join("[==[" + b + "]==]" for b in bodies)
 
 
 def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict:
@@ -52,11 +54,11 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def scenarios(url: str, duration: int, tmp: Path, texts: list[str], batches: bool = True) -> list[dict]:
+def scenarios(url: str, duration: int, tmp: Path, texts: list[str], batches: bool) -> list[dict]:
     single = tmp / "single.lua"
     single.write_text(lua_script([json.dumps({"text": t}) for t in texts]))
     batch = tmp / "batch.lua"
-    batch.write_text(lua_script([json.dumps({"texts": texts[i:i + 64]}) for i in range(0, len(texts) - 64, 64)]))
+    batch.write_text(lua_script([json.dumps({"texts": (texts * 2)[i:i + 64]}) for i in range(len(texts))]))
     results = []
     subprocess.run(["wrk", "-t1", "-c8", "-d2s", "-s", str(single), url], capture_output=True)  # warm-up
     for c in (1, 16, 64):
@@ -69,40 +71,52 @@ def scenarios(url: str, duration: int, tmp: Path, texts: list[str], batches: boo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="imdb-lstm")
+    ap.add_argument("--model", default="imdb-lstm-tutorial")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--duration", type=int, default=10, help="seconds per scenario")
-    ap.add_argument("--baseline", action="store_true", help="also run the plain FastAPI + onnxruntime baseline")
-    ap.add_argument("--server-arg", action="append", default=[], help="extra flag for the service (repeatable)")
+    ap.add_argument("--no-granian", action="store_true", help="skip the Granian run")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
-    texts = reviews(500)
-    servers = {"rnnserve": lambda port: [sys.executable, "-m", "service", "--models-dir", args.models_dir,
-                                         "--port", str(port), "--no-access-log", "--log-level", "warning",
-                                         *args.server_arg]}
-    if args.baseline:
-        package = max((Path(args.models_dir) / args.model).iterdir(), key=lambda p: int(p.name))
-        servers["baseline (no batching)"] = lambda port: [sys.executable, "bench/baseline_server.py", str(package),
-                                                          "--port", str(port)]
+    texts = [t for t in reviews(2000) if 800 <= len(t) <= 1000][:50]
+    package = max((Path(args.models_dir) / args.model).iterdir(), key=lambda p: int(p.name))
+    service = [sys.executable, "-m", "service", "--models-dir", args.models_dir, "--no-access-log",
+               "--log-level", "warning", "--port"]
+    baseline = [sys.executable, "-m", "bench.baseline_server", str(package), "--port"]
+    servers = {
+        "baseline, 1 worker": (lambda port: baseline + [str(port)], True),
+        "baseline, 2 workers": (lambda port: baseline + [str(port), "--workers", "2"], True),
+        "rnnserve (defaults)": (lambda port: service + [str(port)], False),
+    }
+    if not args.no_granian:
+        servers["rnnserve, --server granian"] = (lambda port: service + [str(port), "--server", "granian"], False)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model, "duration_s": args.duration, "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cmd in servers.items():
+        for name, (cmd, is_baseline) in servers.items():
             port = free_port()
             proc = start_server(cmd(port), port)
             try:
                 # the baseline takes one text per request, so it has no batch scenario
                 report["results"][name] = scenarios(f"http://127.0.0.1:{port}/v1/models/{args.model}/predict",
-                                                    args.duration, Path(tmp), texts, batches=name == "rnnserve")
+                                                    args.duration, Path(tmp), texts, batches=not is_baseline)
             finally:
                 stop_server(proc)
+    best = {}
+    for name, rows in report["results"].items():
+        if name.startswith("baseline"):
+            for r in rows:
+                best[r["scenario"]] = max(best.get(r["scenario"], 0), r["requests_per_s"])
     print(f"{report['machine']}, model {args.model}, {args.duration}s per scenario")
-    print(f"{'server':24} {'scenario':24} {'req/s':>9} {'texts/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'server':28} {'scenario':22} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{'vs best baseline':>16}")
     for name, rows in report["results"].items():
         for r in rows:
-            print(f"{name:24} {r['scenario']:24} {r['requests_per_s']:9.0f} {r.get('texts_per_s', r['requests_per_s']):9.0f} "
-                  f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:7d}")
+            ratio = r["requests_per_s"] / best[r["scenario"]] if r["scenario"] in best else None
+            r["vs_best_baseline"] = ratio
+            print(f"{name:28} {r['scenario']:22} {r['requests_per_s']:8.0f} "
+                  f"{r.get('texts_per_s', r['requests_per_s']):8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+                  f"{r['errors']:6d} {'' if ratio is None else f'{ratio:.2f}x':>16}")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "load.json").write_text(json.dumps(report, indent=2))

@@ -20,14 +20,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import DATA_DIR, ROOT, free_port, machine, reviews, start_server, stop_server  # noqa: E402
-
-
-def rss_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from bench.common import (DATA_DIR, ROOT, free_port, machine, reviews, rss_mb, server_pids,  # noqa: E402
+                          start_server, stop_server)
 
 
 def stream_score(url: str, body, content_type: str) -> tuple[int, float]:
@@ -76,11 +70,13 @@ def main() -> int:
         stream_score(url, chunks(csv_bytes[:2_000_000]), "text/csv")  # warm-up
         rows, seconds = stream_score(url, chunks(csv_bytes), "text/csv")
         results["endpoint, 25,000 reviews"] = {"rows": rows, "seconds": seconds, "texts_per_s": rows / seconds}
-        rss_before = rss_mb(proc.pid, "VmRSS")
+        pids = server_pids(proc.pid)
+        rss_before = sum(rss_mb(p) for p in pids)
         rows, seconds = stream_score(url, generated_rows(args.rows, reviews(5000)), "application/x-ndjson")
         results[f"endpoint, generated {args.rows:,} rows"] = {
             "rows": rows, "seconds": seconds, "texts_per_s": rows / seconds,
-            "server_rss_before_mb": rss_before, "server_peak_rss_mb": rss_mb(proc.pid, "VmHWM")}
+            "server_rss_before_mb": rss_before, "server_peak_rss_mb": sum(rss_mb(p, "VmHWM") for p in pids),
+            "largest_process_peak_mb": max(rss_mb(p, "VmHWM") for p in pids), "processes": len(pids)}
     finally:
         stop_server(proc)
     package = max((Path(args.models_dir) / args.model).iterdir(), key=lambda p: int(p.name))
@@ -95,7 +91,8 @@ def main() -> int:
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model, "results": results}
     for name, r in results.items():
-        extra = f", server peak RSS {r['server_peak_rss_mb']:.0f} MB (before {r['server_rss_before_mb']:.0f} MB)" \
+        extra = f", server peak RSS {r['server_peak_rss_mb']:.0f} MB over {r['processes']} processes (before " \
+                f"{r['server_rss_before_mb']:.0f} MB; largest process {r['largest_process_peak_mb']:.0f} MB)" \
             if "server_peak_rss_mb" in r else ""
         print(f"{name:55} {r['rows']:>9,} rows {r['seconds']:7.1f} s {r['texts_per_s']:9.0f} texts/s{extra}")
     (ROOT / "bench" / "results").mkdir(exist_ok=True)

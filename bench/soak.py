@@ -16,9 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, free_port, machine, reviews, start_server, stop_server  # noqa: E402
+from bench.common import ROOT, free_port, machine, reviews, rss_mb, server_pids, start_server, stop_server  # noqa: E402
 from bench.load import lua_script, run_wrk  # noqa: E402
-from bench.score import rss_mb  # noqa: E402
 
 DELAY = """
 delay_ms = %f
@@ -50,9 +49,9 @@ def main() -> int:
             # 64 connections each wait `delay` after every answer: rate ~= 64 / (latency + delay)
             delay_ms = max(0.0, 64 / target * 1000 - (peak["p50_ms"] or 0))
             script.write_text(body + DELAY % delay_ms)
-            rss_start = rss_mb(proc.pid, "VmRSS")
+            rss_start = sum(rss_mb(p) for p in server_pids(proc.pid))
             soak = run_wrk(url, script, 64, int(args.minutes * 60))
-            rss_end = rss_mb(proc.pid, "VmRSS")
+            rss_end = sum(rss_mb(p) for p in server_pids(proc.pid))
     finally:
         stop_server(proc)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),

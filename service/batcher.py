@@ -57,7 +57,8 @@ class Batcher:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            raise Overloaded(f"model {self.name!r} queue is full ({self._queue.maxsize} requests); retry later") from None
+            raise Overloaded(f"model {self.name!r} queue is full ({self._queue.maxsize} requests); "
+                             "retry later") from None
         return await item.future
 
     async def _next_batch(self) -> list[_Item]:

@@ -27,6 +27,24 @@ class Metrics:
         self.texts = Counter("rnnserve_texts_total", "Texts classified", ["model"], registry=r)
         self.models_loaded = Gauge("rnnserve_models_loaded", "Model versions loaded and ready", registry=r)
         self.models_failed = Gauge("rnnserve_models_failed", "Model packages that failed to load", registry=r)
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
+
+    def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        """Count one HTTP request. The labelled children are looked up once per (model, endpoint, status), a
+        bounded set, instead of on every request."""
+        key = (model, endpoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            code = str(status)
+            children = self._request_children[key] = (
+                self.requests.labels(model, endpoint, code),
+                self.errors.labels(model, endpoint, code) if status >= 400 else None,
+                self.latency.labels(model, endpoint))
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     def batch_observer(self, model: str):
         size, wait, run = (m.labels(model=model) for m in (self.batch_size, self.queue_wait, self.inference))

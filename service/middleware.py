@@ -70,15 +70,11 @@ class ServiceMiddleware:
             endpoint = getattr(route, "path", "unmatched")
             name = scope.get("path_params", {}).get("name", "")
             model = name if name and self.known_models(name) else ""
-            self.metrics.requests.labels(model, endpoint, str(status)).inc()
-            if status >= 400:
-                self.metrics.errors.labels(model, endpoint, str(status)).inc()
-            self.metrics.latency.labels(model, endpoint).observe(seconds)
+            self.metrics.request_done(model, endpoint, status, seconds)
             if self.access_log:
                 log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
                                            "ms": round(seconds * 1000, 2)})
             request_id.reset(token)
-
 
     def _authorized(self, scope) -> bool:
         given = b""

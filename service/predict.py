@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from service.errors import PayloadTooLarge
 from service.runtime import Classified
 
@@ -21,9 +19,10 @@ def check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
 def to_predictions(labels: list[str], result: Classified, top_k: int = 1,
                    return_probabilities: bool = False) -> list[dict]:
     k = min(top_k, len(labels))
-    order = np.argsort(-result.probs, axis=1, kind="stable")[:, :k]
     out = []
-    for p, idx, st in zip(result.probs.tolist(), order.tolist(), result.stats):
+    for p, st in zip(result.probs.tolist(), result.stats):
+        # Python's sort is stable with reverse=True too: ties keep the lower label index first, as argmax.
+        idx = sorted(range(len(p)), key=p.__getitem__, reverse=True)[:k]
         pred = {
             "label": labels[idx[0]],
             "score": p[idx[0]],

@@ -37,7 +37,8 @@ class Registry:
         s = self.settings
         # Worker processes share the CPUs: each sizes its onnxruntime threads to its share.
         threads = s.intra_op_threads or max(1, usable_cpus() // s.worker_count())
-        return RuntimeOptions(provider=s.provider, intra_op_threads=threads, max_batch_size=s.max_batch_size, max_batch_delay_ms=s.max_batch_delay_ms,
+        return RuntimeOptions(provider=s.provider, intra_op_threads=threads, max_batch_size=s.max_batch_size,
+                              max_batch_delay_ms=s.max_batch_delay_ms,
                               max_queue=s.max_queue, warmup=s.warmup)
 
     async def load_path(self, path: Path, install: bool = True) -> TextClassifier | None:

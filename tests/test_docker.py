@@ -1,7 +1,7 @@
 """The serving image, built and run for real: healthy, serving, non-root, clean stop; compose too.
 
-Needs a Docker engine, the base image `rnnserve-base` and wheelhouse/ (docker/ci-setup.sh makes all three;
-CI runs it). Containers use the host network and are reached on 127.0.0.1 only.
+Needs a Docker engine, the base images `rnnserve-base` and `rnnserve-build` and wheelhouse/ (docker/ci-setup.sh
+makes them; CI runs it). Containers use the host network and are reached on 127.0.0.1 only.
 """
 
 import json
@@ -30,11 +30,12 @@ def sh(*cmd, timeout=120, check=True, env=None) -> subprocess.CompletedProcess:
 def image():
     if not shutil.which("docker") or sh("docker", "info", check=False).returncode != 0:
         pytest.skip("no Docker engine can be reached; run docker/ci-setup.sh (CI does) to start one")
-    if sh("docker", "image", "inspect", "rnnserve-base", check=False).returncode != 0 \
+    bases = ("rnnserve-base", "rnnserve-build")
+    if any(sh("docker", "image", "inspect", base, check=False).returncode for base in bases) \
             or not (ROOT / "wheelhouse" / ".complete").exists():
-        pytest.skip("base image rnnserve-base or wheelhouse/ missing; run docker/ci-setup.sh")
+        pytest.skip("base images rnnserve-base/rnnserve-build or wheelhouse/ missing; run docker/ci-setup.sh")
     build = sh("docker", "build", "-t", IMAGE, "--build-arg", "BASE_IMAGE=rnnserve-base", "--build-arg",
-               "WHEELHOUSE=wheelhouse", ".", timeout=1200, check=False)
+               "BUILD_IMAGE=rnnserve-build", "--build-arg", "WHEELHOUSE=wheelhouse", ".", timeout=1200, check=False)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     return IMAGE
 
@@ -47,6 +48,8 @@ def test_image_is_slim_and_has_no_tensorflow(image):
     assert sh("docker", "run", "--rm", "--network", "host", image, "python3", "-c", probe).stdout.strip() == "[]"
     assert sh("docker", "run", "--rm", "--network", "host", image, "sh", "-c",
               "command -v gcc cc || true").stdout.strip() == ""
+    probe = "from service.tokenizer import _fasttok; print(_fasttok is not None)"
+    assert sh("docker", "run", "--rm", "--network", "host", image, "python3", "-c", probe).stdout.strip() == "True"
 
 
 def wait_healthy(container: str, timeout: float = 180) -> None:

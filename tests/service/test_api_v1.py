@@ -38,23 +38,23 @@ def test_http_predictions_equal_offline_onnxruntime(api, model_repo, model):
 
 
 def test_single_text_and_token_stats(api):
-    r = api.post(f"/v1/models/sentiment-lstm/predict", json={"text": "zzzqqq unknownword film"})
+    r = api.post("/v1/models/sentiment-lstm/predict", json={"text": "zzzqqq unknownword film"})
     assert r.status_code == 200
     (pred,) = r.json()["predictions"]
     assert pred["tokens"]["oov"] >= 2 and "probabilities" not in pred
 
 
 def test_versioned_route_and_request_id_echo(api):
-    r = api.post(f"/v1/models/sentiment-lstm/versions/1/predict", json={"text": "good"},
+    r = api.post("/v1/models/sentiment-lstm/versions/1/predict", json={"text": "good"},
                    headers={"X-Request-ID": "abc-123"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
 
 
 def test_model_listing(api):
-    models = api.get(f"/v1/models").json()["models"]
+    models = api.get("/v1/models").json()["models"]
     by_name = {m["name"]: m for m in models}
     assert set(by_name) == {"sentiment-lstm", "topics-gru"}
-    m = api.get(f"/v1/models/topics-gru").json()
+    m = api.get("/v1/models/topics-gru").json()
     assert m["labels"] == ["alpha", "beta", "gamma"]
     assert m["provider"] == "CPUExecutionProvider" and m["maxlen"] == 40 and m["state"] == "ready"
     assert m["architecture"]["cell"] == "gru" and "accuracy" in m["metrics"]["test"]
@@ -73,7 +73,7 @@ def test_model_listing(api):
     ({"text": "x" * 100_001}, 413, "limit is 100000"),
 ])
 def test_bad_json_bodies(api, body, status, fragment):
-    r = api.post(f"/v1/models/sentiment-lstm/predict", json=body)
+    r = api.post("/v1/models/sentiment-lstm/predict", json=body)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] and fragment in err["message"]
@@ -86,7 +86,7 @@ def test_bad_json_bodies(api, body, status, fragment):
     (b"x" * (8 * 1024 * 1024 + 1), {"content-type": "application/json"}, 413),
 ])
 def test_bad_raw_bodies(api, content, headers, status):
-    r = api.post(f"/v1/models/sentiment-lstm/predict", content=content, headers=headers)
+    r = api.post("/v1/models/sentiment-lstm/predict", content=content, headers=headers)
     assert r.status_code == status, r.text
     assert set(r.json()["error"]) == {"code", "message"}
 
@@ -103,13 +103,13 @@ def test_unknown_models_and_versions(api, path, status):
 
 
 def test_empty_string_is_valid(api):
-    r = api.post(f"/v1/models/sentiment-lstm/predict", json={"texts": ["", " "]})
+    r = api.post("/v1/models/sentiment-lstm/predict", json={"texts": ["", " "]})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2
 
 
 def test_metrics_exposed(api):
-    api.post(f"/v1/models/sentiment-lstm/predict", json={"text": "fine"})
-    text = api.get(f"/metrics").text
+    api.post("/v1/models/sentiment-lstm/predict", json={"text": "fine"})
+    text = api.get("/metrics").text
     for name in ("rnnserve_requests_total", "rnnserve_request_errors_total", "rnnserve_request_latency_seconds",
                  "rnnserve_batch_size", "rnnserve_queue_wait_seconds", "rnnserve_inference_seconds",
                  "rnnserve_models_loaded 2.0"):

@@ -74,7 +74,8 @@ def test_errors_use_v2_shape(client, server):
 def test_text_count_is_checked_before_decoding(api):
     """A binary tensor declaring more texts than the limit is refused from its shape, before any decoding;
     one that holds more elements than its shape declares is refused at the first extra element."""
-    header = b'{"inputs": [{"name": "text", "shape": [%d], "datatype": "BYTES", "parameters": {"binary_data_size": %d}}]}'
+    header = (b'{"inputs": [{"name": "text", "shape": [%d], "datatype": "BYTES", '
+              b'"parameters": {"binary_data_size": %d}}]}')
     many = b"\x00\x00\x00\x00" * 300_000
     body = header % (300_000, len(many))
     r = api.post("/v2/models/sentiment-lstm/infer", content=body + many,

@@ -192,3 +192,16 @@ def test_two_workers_serve_and_stop_cleanly(model_repo):
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(timeout=60) == 0
     srv.stop()
+
+
+def test_granian_serves_logs_as_json_and_stops_cleanly(model_repo):
+    srv = Server(model_repo, "--server", "granian", "--workers", "2", "--access-log")
+    srv.wait_ready()
+    r = httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"},
+                   headers={"X-Request-ID": "g-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "g-1"
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=60) == 0
+    lines = [json.loads(line) for line in srv.stop().splitlines() if line.startswith("{")]
+    assert any(e["logger"].startswith("_granian") for e in lines)  # Granian's own lines in the service's format
+    assert any(e.get("request_id") == "g-1" and e.get("path") == "/v1/models/sentiment-lstm/predict" for e in lines)

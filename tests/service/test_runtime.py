@@ -9,7 +9,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.errors import Overloaded
 from service.package import PackageError
 from service.runtime import RuntimeOptions, TextClassifier
 from service.tokenizer import Tokenizer
