@@ -116,10 +116,11 @@ def word_index_to_words(word_index: dict[str, int]) -> list[str]:
 class Tokenizer:
     """Applies a TokenizerSpec. Thread-safe: it holds no mutable state after construction.
 
-    The methods here are the reference. Where the spec fits the compiled tokenizer (service/_fasttok.c:
-    ASCII filters and split character, ASCII-only or no lower-casing) and it is built, whole batches go
-    through it instead, with the GIL released; it gives the same ids, proven on both full raw training sets
-    and by property-based tests. `implementation` says which one a tokenizer uses."""
+    The Python code here is the reference (`word_spans`, `_reference_encode_spans`, `pad`). Where the spec fits
+    the compiled tokenizer (service/_fasttok.c: ASCII filters and split character, ASCII-only or no
+    lower-casing) and it is built, `encode`, `encode_spans` and whole batches go through it instead, the GIL
+    released; it gives the same ids, proven on both full raw training sets and by property-based tests.
+    `implementation` says which one a tokenizer uses; `fast=False` forces the reference."""
 
     def __init__(self, spec: TokenizerSpec, fast: bool = True):
         spec.validate()
@@ -183,6 +184,12 @@ class Tokenizer:
     def encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
         """Text -> unpadded ids (start_char first), the count of OOV or dropped words, and the character
         span of each id in the text (the start token's is (0, 0))."""
+        if self._fast is not None and (fast := self._fast.encode(text, spans=True)) is not None:
+            ids, oov, spans = fast
+            return ids, oov, spans
+        return self._reference_encode_spans(text)
+
+    def _reference_encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
         s = self.spec
         # keras.datasets applies the num_words/skip_top rule to start_char as well.
         ids = [] if s.start_char is None else [self._final_id(s.start_char)]
@@ -203,7 +210,9 @@ class Tokenizer:
 
     def encode(self, text: str) -> tuple[list[int], int]:
         """Text -> unpadded id list (start_char first) and the count of OOV or dropped words."""
-        ids, oov, _ = self.encode_spans(text)
+        if self._fast is not None and (fast := self._fast.encode(text)) is not None:
+            return fast[0], fast[1]
+        ids, oov, _ = self._reference_encode_spans(text)
         return ids, oov
 
     def pad(self, sequences: list[list[int]], maxlen: int | None = None, dynamic: bool = False) -> np.ndarray:
@@ -243,7 +252,7 @@ class Tokenizer:
         counts = np.zeros((len(texts), 2), dtype=np.int64)
         pre_pad = self.spec.padding == "pre"
         for row in self._fast.encode_batch(texts, x, counts, maxlen, pre_pad, self.spec.truncating == "pre"):
-            ids, oov = self.encode(texts[row])  # a text the compiled path cannot read (a lone surrogate)
+            ids, oov, _ = self._reference_encode_spans(texts[row])  # a lone surrogate: the compiled path declined
             x[row] = self.pad([ids], maxlen)[0]
             counts[row] = len(ids), oov
         counts = counts.tolist()

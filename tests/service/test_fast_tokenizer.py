@@ -29,8 +29,9 @@ def assert_same(spec: TokenizerSpec, batch: list[str], dynamic: bool = False) ->
     fast, ref = both(spec)
     for text in batch:
         got = fast._fast.encode(text, spans=True)
-        if got is not None:  # None: a lone surrogate, which the batch path hands to the reference
+        if got is not None:  # None: a lone surrogate, which the compiled path hands to the reference
             assert (got[0], got[1], [tuple(s) for s in got[2]]) == ref.encode_spans(text), repr(text)
+        assert fast.encode_spans(text) == ref.encode_spans(text) and fast.encode(text) == ref.encode(text)
     x_fast, stats_fast = fast(batch, dynamic=dynamic)
     x_ref, stats_ref = ref(batch, dynamic=dynamic)
     assert x_fast.dtype == x_ref.dtype == np.int64 and x_fast.flags.c_contiguous
