@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from service.errors import Overloaded
+from service.errors import ModelClosed, Overloaded
 
 log = logging.getLogger("rnnserve.batcher")
 
@@ -47,10 +47,14 @@ class Batcher:
         self._carry: _Item | None = None  # an item that did not fit the previous batch
         self._batch: list[_Item] = []  # the batch being run
         self._busy = False  # a batch is being collected or run
+        self._closed = False
         self.name = name
 
     async def submit(self, rows: list) -> Any:
-        """Rows -> run_batch's result for exactly these rows. Raises Overloaded when the queue is full."""
+        """Rows -> run_batch's result for exactly these rows. Raises Overloaded when the queue is full, and
+        ModelClosed once close() has begun (nothing would ever take the rows)."""
+        if self._closed:
+            raise ModelClosed(f"model {self.name!r} is shutting down")
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
         item = _Item(rows, asyncio.get_running_loop().create_future())
@@ -128,12 +132,17 @@ class Batcher:
         return out
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def idle(self) -> bool:
         return not (self._busy or self._carry or self._queue.qsize())
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Stop the batcher: first let queued and running batches finish (up to grace_s seconds),
         then callers still waiting get an error. The worker thread ends after its batch."""
+        self._closed = True
         deadline = time.monotonic() + grace_s
         while not self.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.005)  # shutdown only: a short poll beats more state on the hot path
@@ -144,7 +153,7 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
         _fail(self._batch + ([self._carry] if self._carry else []) + _drain(self._queue),
-              Overloaded(f"model {self.name!r} is shutting down"))
+              ModelClosed(f"model {self.name!r} is shutting down"))
         self.shutdown()
 
     def shutdown(self) -> None:

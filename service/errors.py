@@ -45,3 +45,7 @@ class NotReady(ServiceError):
 class Overloaded(ServiceError):
     status, code = 503, "overloaded"
     headers = {"Retry-After": "1"}
+
+
+class ModelClosed(Overloaded):
+    """The model copy was unloaded or replaced while the request waited; a retry reaches the current one."""

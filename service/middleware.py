@@ -11,7 +11,7 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from service.api.errors import error_response
+from service.api.errors import error_response, render_error
 from service.logs import request_id
 from service.metrics import Metrics
 
@@ -43,7 +43,7 @@ class ServiceMiddleware:
         if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
             rid = next(self._ids)
         token = request_id.set(rid)
-        status = 500
+        status, responded = 500, False
         limit = self.max_score_bytes if scope["path"].endswith("/score") else self.max_body_bytes
         length = _header(scope, b"content-length")
         if length and length.isdigit() and int(length) > limit:
@@ -52,9 +52,9 @@ class ServiceMiddleware:
             receive = _count_body(receive, limit)
 
         async def send_with_id(message):
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(REQUEST_ID_HEADER, rid.encode("latin-1"))]
             await send(message)
@@ -64,6 +64,11 @@ class ServiceMiddleware:
                 await _unauthorized(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if responded:  # the status is on the wire already: nothing better can be sent
+                raise
+            # Rendered here, not by Starlette's outermost handler, so a 500 carries its request id too.
+            await render_error(Request(scope), exc)(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("route")
@@ -80,7 +85,7 @@ class ServiceMiddleware:
         given = b""
         for key, value in scope["headers"]:
             if key == b"x-api-key":
-                given = value
+                given = value.strip()  # as for Bearer: surrounding spaces are not part of a key
             elif key == b"authorization" and value[:7].lower() == b"bearer ":
                 given = value[7:].strip()
         # Compare against every key in constant time; the key itself is never logged.

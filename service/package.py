@@ -19,8 +19,9 @@ INPUT_NAME = "input_ids"
 OUTPUT_NAME = "probabilities"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json", "metadata.json")
 # Names and versions come from URLs: these patterns keep every lookup inside the repository.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # no "..", no "/", no leading dot
-VERSION_RE = re.compile(r"^[0-9]{1,9}$")
+# Used with fullmatch: "$" alone would let a trailing newline through ("1\n").
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no "..", no "/", no leading dot
+VERSION_RE = re.compile(r"[0-9]{1,9}")
 
 
 class PackageError(Exception):
@@ -56,7 +57,7 @@ def read_package(path: str | Path) -> Package:
     """Validate files, metadata, checksum and tokenizer; raise PackageError with the reason."""
     path = Path(path)
     name, version = path.parent.name, path.name
-    if not NAME_RE.match(name) or not VERSION_RE.match(version):
+    if not NAME_RE.fullmatch(name) or not VERSION_RE.fullmatch(version):
         raise PackageError(f"{path}: expected MODELS/NAME/VERSION with a numeric version")
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:

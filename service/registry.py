@@ -6,6 +6,7 @@ A package that fails validation or loading is recorded with its reason; the othe
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ class Registry:
     models: dict[str, dict[int, TextClassifier]] = field(default_factory=dict)
     failures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> version -> reason
     loaded_once: bool = False
+    # One load or unload per name at a time: concurrent ones for a name each built a copy, and the copies
+    # they superseded were never closed (memory and threads leaked).
+    _locks: dict[str, asyncio.Lock] = field(default_factory=lambda: collections.defaultdict(asyncio.Lock),
+                                            init=False, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -79,9 +84,13 @@ class Registry:
         replaces the old one; requests already queued on the old one finish there. A version that fails
         keeps its old copy serving. Raises NotFound when nothing of that name is on disk."""
         self._check_name(name)
+        async with self._locks[name]:
+            await self._load(name)
+
+    async def _load(self, name: str) -> None:
         paths = scan_repository(self.settings.models_dir / name, nested=False)
         if not paths:
-            raise NotFound(f"no model {name!r} in the repository {self.settings.models_dir}")
+            raise NotFound(f"no model {name!r} in the repository")  # the path is the server's business
         self.failures.pop(name, None)
         old = dict(self.models.get(name, {}))
         new = dict(old)
@@ -89,7 +98,7 @@ class Registry:
             loaded = await self.load_path(path, install=False)
             if loaded is not None:
                 new[loaded.version] = loaded
-        on_disk = {int(p.name) for p in paths if VERSION_RE.match(p.name)}
+        on_disk = {int(p.name) for p in paths if VERSION_RE.fullmatch(p.name)}
         new = {v: m for v, m in new.items() if v in on_disk}
         if new:
             self.models[name] = new
@@ -107,6 +116,10 @@ class Registry:
 
     async def unload(self, name: str) -> None:
         self._check_name(name)
+        async with self._locks[name]:
+            await self._unload(name)
+
+    async def _unload(self, name: str) -> None:
         versions = self.models.pop(name, None)
         self.failures.pop(name, None)
         if versions is None:
@@ -132,7 +145,7 @@ class Registry:
 
     @staticmethod
     def _check_name(name: str) -> None:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise NotFound(f"model {name!r} not found")
 
     def _update_gauges(self) -> None:
@@ -140,7 +153,7 @@ class Registry:
         self.metrics.models_failed.set(sum(map(len, self.failures.values())))
 
     def get(self, name: str, version: str | int | None = None) -> TextClassifier:
-        if not NAME_RE.match(name) or (version is not None and not VERSION_RE.match(str(version))):
+        if not NAME_RE.fullmatch(name) or (version is not None and not VERSION_RE.fullmatch(str(version))):
             raise NotFound(f"model {name!r}" + (f" version {version!r}" if version is not None else "") + " not found")
         versions = self.models.get(name)
         if not versions:

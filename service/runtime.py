@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from service.batcher import Batcher, BatchObserver
-from service.package import Package, check_io, read_package
+from service.package import Package, PackageError, check_io, read_package
 from service.session import OnnxModel
 from service.tokenizer import TokenStats, Tokenizer
 
@@ -75,7 +75,14 @@ class TextClassifier:
         check_io(package, session.inputs(), session.outputs())
         if options.warmup:
             session.warm_up(package.maxlen)
-        return cls(package, session, options, observer)
+        clf = cls(package, session, options, observer)
+        try:
+            clf.session.run(np.full((1, package.maxlen), clf.tokenizer.max_id, dtype=np.int64))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error says which node refused
+            clf.batcher.shutdown()
+            raise PackageError(f"the model does not take the tokenizer's ids up to {clf.tokenizer.max_id} (an "
+                               f"embedding smaller than the vocabulary?): {str(exc)[:300]}") from None
+        return clf
 
     @property
     def name(self) -> str:

@@ -133,6 +133,9 @@ class Tokenizer:
         self._full_lower = spec.lower and not spec.lower_ascii_only
         # word -> final id (after index_from, num_words and skip_top), computed once.
         self._ids = {word: self._final_id(rank + spec.index_from) for rank, word in enumerate(spec.words, start=1)}
+        # The highest id this tokenizer can emit: the model's embedding must cover it.
+        self.max_id = max([*self._ids.values(), spec.oov_char or 0,
+                           0 if spec.start_char is None else self._final_id(spec.start_char)])
         self._fast = self._compile() if fast else None
         self.implementation = "c" if self._fast is not None else "python"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.package import INPUT_NAME, OUTPUT_NAME, PACKAGE_FORMAT
+from service.package import INPUT_NAME, NAME_RE, OUTPUT_NAME, PACKAGE_FORMAT
 from service.tokenizer import Tokenizer, TokenizerSpec
 from training.config import TrainConfig
 from training.onnx_rnn import UnsupportedLayer, attach_recurrent_stack, is_recurrent, loop_ops
@@ -127,8 +127,9 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
     missing = [f for f in RUN_FILES if not (run / f).is_file()]
     if missing:
         raise ExportError(f"{run} is not a training run directory: missing {', '.join(missing)}")
-    if not name or "/" in name or name.startswith("."):
-        raise ExportError(f"invalid model name {name!r}")
+    if not NAME_RE.fullmatch(name or ""):
+        raise ExportError(f"invalid model name {name!r}: the server serves names of letters, digits, '-', '_' "
+                          "and single dots, not starting with a dot")
     target = Path(models_dir) / name / str(version)
     if target.exists() and not overwrite:
         raise ExportError(f"{target} exists; pass --overwrite or a new --version")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 
@@ -16,7 +16,7 @@ class PredictRequest(BaseModel):
     texts: Annotated[list[StrictStr], Field(min_length=1)] | SkipJsonSchema[None] = Field(
         None, description="Texts to classify (or use `text`).")
     text: StrictStr | SkipJsonSchema[None] = Field(None, description="One text to classify (or use `texts`).")
-    top_k: int = Field(1, ge=1, le=1000, description="How many of the most probable labels to return per text.")
+    top_k: StrictInt = Field(1, ge=1, le=1000, description="How many of the most probable labels to return per text.")
     return_probabilities: StrictBool = Field(False, description="Also return every label's probability.")
 
     @model_validator(mode="after")

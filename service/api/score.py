@@ -13,8 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service.api.v1 import ERRORS
-from service.errors import InvalidInput, PayloadTooLarge
-from service.runtime import TextClassifier
+from service.errors import InvalidInput, ModelClosed, PayloadTooLarge
+from service.runtime import Classified
 from service.scoring import RowReader, RowWriter, score_stream
 from service.spool import BodySpool
 
@@ -121,8 +121,11 @@ def _input_format(request: Request, given: str | None, upload: UploadFile | None
     return fmt
 
 
-async def _score(model: TextClassifier, request: Request, settings, fmt, text_column, id_column, output,
+async def _score(request: Request, name: str, version: str | None, fmt, text_column, id_column, output,
                  probabilities):
+    registry, settings = request.app.state.registry, request.app.state.settings
+    model = registry.get(name, version)
+    pinned = model.version  # the whole file is scored by this version, whatever loads meanwhile
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_score_bytes:
         raise PayloadTooLarge(f"upload of {length} bytes exceeds the limit of {settings.max_score_bytes} bytes")
@@ -138,7 +141,16 @@ async def _score(model: TextClassifier, request: Request, settings, fmt, text_co
     reader = RowReader(fmt, text_column, id_column, settings.max_text_chars)
     writer = RowWriter(output, model.labels, probabilities)
 
-    return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, model.predict), upload)
+    async def classify(texts: list[str]) -> Classified:
+        # Each block goes to the current copy: a reload swaps copies under a long stream, and a block that
+        # reached the replaced one as it closed is retried on its successor. Once the model is unloaded,
+        # each block becomes error rows (NotFound) and the stream still ends with its summary.
+        try:
+            return await registry.get(name, pinned).predict(texts)
+        except ModelClosed:
+            return await registry.get(name, pinned).predict(texts)
+
+    return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, classify), upload)
 
 
 Format = Query(None, description="Input format; by default from Content-Type or the uploaded file's name.")
@@ -154,9 +166,7 @@ async def score(name: str, request: Request,
                 format: Literal["csv", "jsonl", "text"] | None = Format, text_column: str = TextColumn,
                 id_column: str | None = IdColumn, output: Literal["jsonl", "csv"] | None = Output,
                 probabilities: bool = Probabilities):
-    state = request.app.state
-    return await _score(state.registry.get(name), request, state.settings, format, text_column, id_column, output,
-                        probabilities)
+    return await _score(request, name, None, format, text_column, id_column, output, probabilities)
 
 
 @router.post("/models/{name}/versions/{version}/score", summary="Score a file with one version",
@@ -165,6 +175,4 @@ async def score_version(name: str, version: str, request: Request,
                         format: Literal["csv", "jsonl", "text"] | None = Format, text_column: str = TextColumn,
                         id_column: str | None = IdColumn, output: Literal["jsonl", "csv"] | None = Output,
                         probabilities: bool = Probabilities):
-    state = request.app.state
-    return await _score(state.registry.get(name, version), request, state.settings, format, text_column, id_column,
-                        output, probabilities)
+    return await _score(request, name, version, format, text_column, id_column, output, probabilities)

@@ -212,9 +212,16 @@ def _flatten(data: list) -> list:
     return out
 
 
+def _flag(params, key: str, default: bool) -> bool:
+    """A boolean parameter: JSON true or false, nothing else ("no" is not false)."""
+    value = params.get(key, default) if isinstance(params, dict) else default
+    if not isinstance(value, bool):
+        raise InvalidInput(f"parameter {key!r} must be true or false, not {value!r}")
+    return value
+
+
 def _requested_outputs(header: dict) -> list[tuple[str, bool]]:
-    params = header.get("parameters") or {}
-    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    default_binary = _flag(header.get("parameters"), "binary_data_output", False)
     outputs = header.get("outputs")
     if outputs is None:
         return [(PROBS_NAME, default_binary), (LABEL_NAME, default_binary)]
@@ -225,8 +232,7 @@ def _requested_outputs(header: dict) -> list[tuple[str, bool]]:
         name = out.get("name") if isinstance(out, dict) else None
         if name not in (PROBS_NAME, LABEL_NAME):
             raise InvalidInput(f"unknown output {name!r}; outputs are {PROBS_NAME!r} and {LABEL_NAME!r}")
-        p = out.get("parameters") or {}
-        wanted.append((name, bool(p.get("binary_data", default_binary)) if isinstance(p, dict) else default_binary))
+        wanted.append((name, _flag(out.get("parameters"), "binary_data", default_binary)))
     return wanted
 
 

@@ -1,0 +1,174 @@
+"""Defects found by trying the service as an attacker and a careless client would (issue 13): each test
+failed on the code before its fix."""
+
+import asyncio
+import json
+import shutil
+
+import httpx
+import pytest
+
+from service.errors import ModelClosed
+from service.metrics import Metrics
+from service.package import PackageError
+from service.registry import Registry
+from service.runtime import RuntimeOptions, TextClassifier
+from service.settings import Settings
+from tests.conftest import Server, in_process, wait_ready
+
+NDJSON = {"content-type": "application/x-ndjson"}
+
+
+@pytest.fixture()
+def live_repo(model_repo, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo, repo)
+    return repo
+
+
+def ndjson_rows(n: int, on_row=None):
+    """n JSON Lines rows in blocks of 250; on_row(i) is called before row i (to act mid-upload)."""
+    block = []
+    for i in range(n):
+        if on_row:
+            on_row(i)
+        block.append(json.dumps({"id": i, "text": f"a fine film, number {i}"}).encode() + b"\n")
+        if len(block) == 250:
+            yield b"".join(block)
+            block = []
+    if block:
+        yield b"".join(block)
+
+
+def test_reload_and_unload_during_a_streaming_score_lose_no_row(live_repo):
+    srv = Server(live_repo)
+    try:
+        srv.wait_ready()
+        url = f"{srv.url}/v1/models/sentiment-lstm/score"
+        for action in ("load", "unload"):
+            def act(i, action=action):
+                if i == 3000:
+                    assert httpx.post(f"{srv.url}/v2/repository/models/sentiment-lstm/{action}",
+                                      timeout=60).status_code == 200
+
+            r = httpx.post(url, content=ndjson_rows(6000, act), headers=NDJSON, timeout=120)
+            lines = r.text.splitlines()
+            summary = json.loads(lines[-1])["summary"]
+            rows = [json.loads(line) for line in lines[:-1]]
+            assert summary["rows"] == len(rows) == 6000 and [row["row"] for row in rows] == list(range(1, 6001))
+            if action == "load":  # the stream moves to the reloaded copy: nothing fails
+                assert summary["errors"] == 0
+            else:  # unloaded: the rest are error rows, and the stream still ends with its summary
+                errors = [row["error"] for row in rows if "error" in row]
+                assert summary["errors"] == len(errors) > 0 and all("not found" in e for e in errors)
+    finally:
+        srv.stop()
+
+
+def test_hostile_json_lines_are_one_error_row_each(api):
+    bad = [b'{"id": "\\ud800", "text": "x"}', b"[" * 5000, b"[" * 2000 + b"]" * 2000]
+    good = [json.dumps({"id": i, "text": "fine"}).encode() for i in range(999)]
+    body = b"\n".join([good[0], *bad, *good[1:]]) + b"\n"
+    r = api.post("/v1/models/sentiment-lstm/score", content=body, headers=NDJSON)
+    lines = r.text.splitlines()
+    assert json.loads(lines[-1])["summary"] | {"seconds": 0} == {"rows": 1002, "scored": 999, "errors": 3,
+                                                                 "seconds": 0}
+    assert [json.loads(line).get("error", "")[:12] for line in lines[1:4]] == ["invalid JSON"] * 3
+
+
+@pytest.mark.parametrize("query,name", [("format=xml", "format"), ("output=xml", "output"),
+                                        ("probabilities=maybe", "probabilities")])
+def test_bad_score_parameters_are_422_naming_them(api, query, name):
+    r = api.post(f"/v1/models/sentiment-lstm/score?{query}", content=b"text\nfine\n",
+                 headers={"content-type": "text/csv"})
+    assert r.status_code == 422 and name in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/models/sentiment-lstm/versions/1%0a/predict", {"text": "x"}),
+    ("/v1/models/sentiment-lstm%0a/predict", {"text": "x"}),
+])
+def test_name_and_version_patterns_match_whole(api, path, body):
+    assert api.post(path, json=body).status_code == 404
+
+
+@pytest.mark.parametrize("top_k", ["2", True, 1.0])
+def test_top_k_is_a_strict_integer(api, top_k):
+    r = api.post("/v1/models/sentiment-lstm/predict", json={"text": "x", "top_k": top_k})
+    assert r.status_code == 422 and "top_k" in r.json()["error"]["message"]
+
+
+def test_v2_booleans_must_be_booleans(api):
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}],
+            "outputs": [{"name": "label", "parameters": {"binary_data": "no"}}]}
+    r = api.post("/v2/models/sentiment-lstm/infer", json=body)
+    assert r.status_code == 422 and "binary_data" in r.json()["error"]
+
+
+def test_request_ids_are_capped_and_unknown_models_hide_the_repository_path(api, model_repo):
+    r = api.get("/health/live", headers={"X-Request-ID": "x" * 129})
+    assert r.headers["x-request-id"] != "x" * 129 and len(r.headers["x-request-id"]) <= 128
+    assert api.get("/health/live", headers={"X-Request-ID": "mine-1"}).headers["x-request-id"] == "mine-1"
+    r = api.post("/v2/repository/models/nothing-here/load")
+    assert r.status_code == 404 and str(model_repo) not in r.text
+
+
+def test_an_unexpected_error_is_a_json_500_with_the_request_id(model_repo):
+    with in_process(model_repo) as client:
+        wait_ready(client)
+
+        async def broken():
+            raise RuntimeError("a bug")
+
+        client.app.add_api_route("/test-only/broken", broken)
+        r = client.get("/test-only/broken", headers={"X-Request-ID": "trace-500"})
+    assert r.status_code == 500 and r.headers["x-request-id"] == "trace-500"
+    assert r.json()["error"]["code"] == "internal_error"
+
+
+def test_concurrent_loads_of_one_model_close_every_superseded_copy(model_repo):
+    async def main():
+        registry = Registry(Settings(models_dir=model_repo, warmup=False), Metrics())
+        await registry.load_all()
+        stop, served = asyncio.Event(), {}
+
+        async def traffic():  # every copy that serves is kept, to look at afterwards
+            while not stop.is_set():
+                model = registry.get("sentiment-lstm")
+                served[id(model)] = model
+                try:
+                    await model.predict(["fine"])
+                except ModelClosed:
+                    pass
+                await asyncio.sleep(0)
+
+        runner = asyncio.create_task(traffic())
+        await asyncio.gather(*(registry.load("sentiment-lstm") for _ in range(10)))
+        await asyncio.sleep(0.05)
+        stop.set()
+        await runner
+        installed = registry.get("sentiment-lstm")
+        still_open = [m for m in served.values() if not m.batcher.closed]
+        await registry.close()
+        return still_open, installed, len(served)
+
+    still_open, installed, served = asyncio.run(main())
+    assert served >= 2 and still_open == [installed]
+
+
+def test_a_model_whose_embedding_misses_tokenizer_ids_is_refused_at_load(model_repo, tmp_path):
+    package = tmp_path / "mismatch" / "1"
+    shutil.copytree(model_repo / "sentiment-lstm" / "1", package)
+    spec = json.loads((package / "tokenizer.json").read_text())
+    assert spec["num_words"] and len(spec["words"]) + spec["index_from"] > spec["num_words"]
+    (package / "tokenizer.json").write_text(json.dumps(spec | {"num_words": None}))  # ids beyond the embedding
+    with pytest.raises(PackageError, match="does not take the tokenizer's ids"):
+        TextClassifier.open(package, RuntimeOptions(warmup=False))
+
+
+def test_export_refuses_names_the_server_would_refuse(model_repo, tmp_path):
+    from training.export import ExportError, export_run
+
+    for name in ("bad\nname", "a..b", ".hidden", "x/y"):
+        with pytest.raises(ExportError, match="invalid model name"):
+            export_run(model_repo.parent / "runs" / "sentiment-lstm", tmp_path, name, 1)
