@@ -13,9 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service.api.v1 import ERRORS
-from service.errors import InvalidInput, ModelClosed, PayloadTooLarge
+from service.errors import InvalidInput, ModelClosed, PayloadTooLarge, ServiceError
 from service.runtime import Classified
-from service.scoring import RowReader, RowWriter, score_stream
+from service.scoring import RowReader, RowWriter, maybe_gunzip, score_stream
 from service.spool import BodySpool
 
 log = logging.getLogger("rnnserve.score")
@@ -41,8 +41,8 @@ class ScoreResponse(Response):
     and the client's disconnect are both seen, and a disconnect cancels the scoring at once. The body
     goes through a BodySpool, so reading it never waits for the client to read the answer."""
 
-    def __init__(self, media_type: str, run, upload: UploadFile | None):
-        self.media_type, self.run, self.upload = media_type, run, upload
+    def __init__(self, media_type: str, run, upload: UploadFile | None, max_bytes: int):
+        self.media_type, self.run, self.upload, self.max_bytes = media_type, run, upload, max_bytes
         self.status_code, self.background = 200, None
 
     async def __call__(self, scope, receive, send):
@@ -59,7 +59,7 @@ class ScoreResponse(Response):
             if body_error:
                 raise body_error[0]
 
-        work = asyncio.create_task(self._stream(send, chunks()))
+        work = asyncio.create_task(self._stream(send, maybe_gunzip(chunks(), self.max_bytes)))
 
         async def pump():
             waiting_for_body = self.upload is None
@@ -99,9 +99,10 @@ class ScoreResponse(Response):
         try:
             async for text in self.run(chunks):
                 await send({"type": "http.response.body", "body": text.encode("utf-8"), "more_body": True})
-        except HTTPException as exc:  # the status is sent already: end the stream with the reason
-            log.warning("scoring stopped", extra={"reason": exc.detail})
-            tail = json.dumps({"error": exc.detail}) if "json" in self.media_type else f"# error {exc.detail}"
+        except (HTTPException, ServiceError) as exc:  # the status is sent already: end the stream with the reason
+            reason = exc.detail if isinstance(exc, HTTPException) else exc.message
+            log.warning("scoring stopped", extra={"reason": reason})
+            tail = json.dumps({"error": reason}) if "json" in self.media_type else f"# error {reason}"
             await send({"type": "http.response.body", "body": tail.encode() + b"\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -150,7 +151,8 @@ async def _score(request: Request, name: str, version: str | None, fmt, text_col
         except ModelClosed:
             return await registry.get(name, pinned).predict(texts)
 
-    return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, classify), upload)
+    return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, classify), upload,
+                         settings.max_score_bytes)
 
 
 Format = Query(None, description="Input format; by default from Content-Type or the uploaded file's name.")

@@ -172,3 +172,68 @@ def test_export_refuses_names_the_server_would_refuse(model_repo, tmp_path):
     for name in ("bad\nname", "a..b", ".hidden", "x/y"):
         with pytest.raises(ExportError, match="invalid model name"):
             export_run(model_repo.parent / "runs" / "sentiment-lstm", tmp_path, name, 1)
+
+
+def score_rows(api, body: bytes, headers: dict | None = None) -> tuple[list[dict], dict]:
+    headers = {"content-type": "text/csv"} | (headers or {})
+    r = api.post("/v1/models/sentiment-lstm/score", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    *rows, last = [json.loads(line) for line in r.text.splitlines()]
+    return rows, last.get("summary", last)
+
+
+def test_a_stray_quote_drops_no_row(api):
+    body = b"id,text\n1,a fine film\n2,he is 6\" tall\n" + b"".join(b"%d,row %d\n" % (i, i) for i in range(3, 1001))
+    rows, summary = score_rows(api, body)
+    assert summary["rows"] == len(rows) == 1000 and summary["errors"] == 0
+    body = b"id,text\n1,\"never closed\n" + b"".join(b"%d,row %d\n" % (i, i) for i in range(2, 1001))
+    rows, summary = score_rows(api, body)
+    assert summary["rows"] == len(rows) == 1000 and summary["errors"] == 1
+    assert "never closes" in rows[0]["error"] and rows[1]["id"] == "2" and rows[-1]["id"] == "1000"
+
+
+def test_an_unclosed_quote_costs_linear_work(api):
+    """20,000 rows after an unclosed quote: each line is re-read a bounded number of times, not 20,000."""
+    body = b"id,text\n1,\"open\n" + b"".join(b"%d,row\n" % i for i in range(2, 20_002))
+    rows, summary = score_rows(api, body)
+    assert summary["rows"] == 20_001 and summary["errors"] == 1
+
+
+def test_a_line_over_the_limit_is_an_error_row_and_reading_goes_on(api):
+    long_line = b"2," + b"x" * 2_000_000  # past 100,000 characters x 4 bytes + 64 KiB
+    body = b"id,text\n1,fine\n" + long_line + b"\n3,also fine\n"
+    rows, summary = score_rows(api, body)
+    assert [r.get("error", "")[:16] for r in rows] == ["", "line longer than", ""] and summary["rows"] == 3
+
+
+def test_byte_order_marks_utf16_and_blank_lines(api):
+    rows, _ = score_rows(api, "\ufefftext\nfine\nawful\n".encode("utf-8"))
+    assert [r.get("error") for r in rows] == [None, None]
+    rows, _ = score_rows(api, "id,text\n1,fine\n2,awful\n".encode("utf-16"))
+    assert [(r["id"], r.get("error")) for r in rows] == [("1", None), ("2", None)]
+    rows, summary = score_rows(api, b"text\nfine\n\n\nawful\n")  # one column: a blank line is an empty text
+    assert summary["rows"] == 4 and summary["errors"] == 0
+
+
+def test_gzip_uploads_are_decompressed_with_a_bound(api):
+    import gzip
+
+    plain = b"id,text\n" + b"".join(b"%d,a fine film\n" % i for i in range(1, 301))
+    packed = gzip.compress(plain)
+    rows, summary = score_rows(api, packed, headers={"content-encoding": "gzip"})
+    assert summary["rows"] == 300 and summary["errors"] == 0
+    r = api.post("/v1/models/sentiment-lstm/score", files={"file": ("reviews.csv.gz", packed, "application/gzip")})
+    assert json.loads(r.text.splitlines()[-1])["summary"]["rows"] == 300
+    r = api.post("/v1/models/sentiment-lstm/score", content=packed[:40] + b"\x00" * 40,
+                 headers={"content-type": "text/csv"})
+    assert "corrupt" in json.loads(r.text.splitlines()[-1])["error"]
+
+
+def test_a_gzip_bomb_stops_at_the_upload_limit(model_repo):
+    import gzip
+
+    bomb = gzip.compress(b"text\n" + b"a" * 50_000_000)  # 50 MB from about 50 KB
+    with in_process(model_repo, max_score_bytes=1_000_000) as client:
+        wait_ready(client)
+        r = client.post("/v1/models/sentiment-lstm/score", content=bomb, headers={"content-type": "text/csv"})
+    assert "exceeds the limit of 1000000 bytes" in json.loads(r.text.splitlines()[-1])["error"]
