@@ -17,6 +17,7 @@ APP_FACTORY = "service.app:create_app"
 def serve_granian(settings: Settings, workers: int) -> None:
     try:
         from granian.constants import Interfaces
+        from granian.http import HTTP1Settings
         from granian.server import Server
     except ImportError:
         sys.exit("error: --server granian needs Granian: pip install 'rnnserve[granian]'")
@@ -29,7 +30,11 @@ def serve_granian(settings: Settings, workers: int) -> None:
     dictconfig = {"formatters": {"generic": formatter}, "handlers": {"console": handler, "access": handler}}
     Server(APP_FACTORY, factory=True, interface=Interfaces.ASGI, address=settings.host, port=settings.port,
            workers=workers, log_level=settings.log_level.lower(), log_dictconfig=dictconfig, log_access=False,
-           workers_kill_timeout=max(1, int(settings.shutdown_grace_s)) + 5, backlog=2048).serve()
+           workers_kill_timeout=max(1, int(settings.shutdown_grace_s)) + 5, backlog=2048,
+           # Granian's own guards: its head buffer and read deadline; requests in flight per worker
+           http1_settings=HTTP1Settings(max_buffer_size=settings.max_header_bytes,
+                                        header_read_timeout=int(settings.header_timeout_s * 1000)),
+           backpressure=settings.max_connections).serve()
 
 
 def serve_uvicorn(settings: Settings, workers: int) -> None:
@@ -39,8 +44,10 @@ def serve_uvicorn(settings: Settings, workers: int) -> None:
     # by then every request has finished, so those handlers let the process exit 0 (docker stop is clean).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    from service.http_protocol import GuardedHttpTools
+
     uvicorn.run(APP_FACTORY, factory=True, workers=workers if workers > 1 else None, host=settings.host,
-                port=settings.port, log_config=None, access_log=False, http="httptools",
+                port=settings.port, log_config=None, access_log=False, http=GuardedHttpTools,
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
 
 

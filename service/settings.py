@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(256, ge=1, description="Texts in one predict/infer request (else 413).")
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1, description="Characters in one text (else 413).")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
+    max_header_bytes: int = Field(65_536, ge=1024, description="Request line and headers (else 431 and the "
+                                  "connection closed).")
+    header_timeout_s: float = Field(10.0, gt=0, description="How long a connection may take to send a request's "
+                                    "head; silent or trickling connections are closed.")
+    max_connections: int = Field(1000, ge=1, description="Open connections per worker; more are refused (closed "
+                                 "at once) and logged. Keep it under the process's descriptor limit.")
     max_score_bytes: int = Field(4 * 1024**3, ge=1, description="Upload size for file scoring (else 413).")
     warmup: bool = Field(True, description="Run each model once at load; readiness waits for it.")
     shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM or unload: how long requests in flight "

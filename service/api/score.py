@@ -48,6 +48,7 @@ class ScoreResponse(Response):
     async def __call__(self, scope, receive, send):
         body = BodySpool()
         body_error: list[BaseException] = []
+        client_gone = asyncio.Event()
 
         async def chunks():
             if self.upload is not None:
@@ -71,6 +72,7 @@ class ScoreResponse(Response):
                     body.close()
                     return
                 if message["type"] == "http.disconnect":
+                    client_gone.set()
                     work.cancel()
                     return
                 if waiting_for_body:
@@ -84,9 +86,17 @@ class ScoreResponse(Response):
         try:
             await work
         except asyncio.CancelledError:
-            if not work.cancelled():
-                raise
-            log.info("client disconnected; scoring stopped")
+            if client_gone.is_set():
+                log.info("client disconnected; scoring stopped")
+                return
+            # The server cancels this request (and with it the work): it is stopping and its grace period is
+            # over. Say so in the stream, so a client can tell a cut answer from a whole one, then let the
+            # cancellation go on.
+            await asyncio.gather(work, return_exceptions=True)
+            reason = "the server is shutting down; rows after the last one sent were not scored"
+            log.warning("scoring stopped", extra={"reason": reason})
+            await self._end(send, reason)
+            raise
         finally:
             pumper.cancel()
             body.discard()
@@ -102,9 +112,14 @@ class ScoreResponse(Response):
         except (HTTPException, ServiceError) as exc:  # the status is sent already: end the stream with the reason
             reason = exc.detail if isinstance(exc, HTTPException) else exc.message
             log.warning("scoring stopped", extra={"reason": reason})
-            tail = json.dumps({"error": reason}) if "json" in self.media_type else f"# error {reason}"
-            await send({"type": "http.response.body", "body": tail.encode() + b"\n", "more_body": True})
+            await self._end(send, reason)
+            return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _end(self, send, reason: str) -> None:
+        """End a stream that could not finish with a last line saying why (instead of the summary)."""
+        tail = json.dumps({"error": reason}) if "json" in self.media_type else f"# error {reason}"
+        await send({"type": "http.response.body", "body": tail.encode() + b"\n", "more_body": False})
 
 
 def _input_format(request: Request, given: str | None, upload: UploadFile | None) -> str:

@@ -4,6 +4,9 @@ failed on the code before its fix."""
 import asyncio
 import json
 import shutil
+import signal
+import socket
+import time
 
 import httpx
 import pytest
@@ -237,3 +240,61 @@ def test_a_gzip_bomb_stops_at_the_upload_limit(model_repo):
         wait_ready(client)
         r = client.post("/v1/models/sentiment-lstm/score", content=bomb, headers={"content-type": "text/csv"})
     assert "exceeds the limit of 1000000 bytes" in json.loads(r.text.splitlines()[-1])["error"]
+
+
+def raw_request(port: int, payload: bytes, timeout: float = 10) -> bytes:
+    """Send bytes on a fresh socket as far as the server takes them; return what it answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            for i in range(0, len(payload), 65536):
+                sock.sendall(payload[i:i + 65536])
+        except OSError:  # the server answered and closed while we were still sending
+            pass
+        chunks = []
+        try:
+            while data := sock.recv(65536):
+                chunks.append(data)
+        except OSError:
+            pass
+        return b"".join(chunks)
+
+
+def test_connection_guards(model_repo):
+    srv = Server(model_repo, "--header-timeout-s", "1", "--max-connections", "8")
+    try:
+        srv.wait_ready()
+        big = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n"
+        answer = raw_request(srv.port, big)
+        assert answer.startswith(b"HTTP/1.1 431") and b"exceed 65536 bytes" in answer
+        # silent connections: past the cap they are closed at once; the others when their head is late
+        silent = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(12)]
+        started = time.monotonic()
+        closed_at = []
+        for sock in silent:
+            assert sock.recv(1) == b""  # closed by the server (a refused one at once, the rest after 1 s)
+            closed_at.append(time.monotonic() - started)
+            sock.close()
+        assert max(closed_at) < 4 and httpx.get(f"{srv.url}/health/live").status_code == 200
+    finally:
+        log = srv.stop()
+    assert "connection cap reached" in log
+
+
+def test_sigterm_past_the_grace_period_ends_a_stream_with_a_reason(model_repo):
+    srv = Server(model_repo, "--shutdown-grace-s", "1")
+    try:
+        srv.wait_ready()
+        body = b"".join(ndjson_rows(100_000))
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+            # The upload stops a tenth of the way and never ends, so the stream outlasts the grace period.
+            sock.sendall(b"POST /v1/models/sentiment-lstm/score HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n" % len(body)
+                         + body[:len(body) // 10])
+            time.sleep(0.5)
+            srv.proc.send_signal(signal.SIGTERM)
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 200") and b'{"error": "the server is shutting down' in answer
+        assert srv.proc.wait(timeout=30) == 0
+    finally:
+        log = srv.stop()
+    assert "the server is shutting down" in log and "client disconnected" not in log
