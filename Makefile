@@ -10,6 +10,7 @@ serve: $(VENV)/.installed-serve
 	$(PY) -m service
 
 test: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest
 
 bench: $(VENV)/.installed-dev

@@ -72,7 +72,8 @@ def main() -> int:
                         row[f"{name}_ms"] = median_ms(sess, x, args.repeat)
                     row["speed-up"] = row["loop_ms"] / row["native_ms"]
                     rows.append(row)
-                    print(f"{cell:10} masked={masked!s:5} tokens={length:3} batch={batch:2}  loop {row['loop_ms']:8.3f} ms"
+                    print(f"{cell:10} masked={masked!s:5} tokens={length:3} batch={batch:2}  "
+                          f"loop {row['loop_ms']:8.3f} ms"
                           f"  native {row['native_ms']:8.3f} ms  x{row['speed-up']:.1f}", flush=True)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

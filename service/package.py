@@ -72,7 +72,7 @@ def read_package(path: str | Path) -> Package:
         if key not in metadata:
             raise PackageError(f"metadata.json lacks {key!r}")
     labels = metadata["labels"]
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(l, str) for l in labels):
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
         raise PackageError("metadata labels must be a list of two or more strings")
     expected = metadata["onnx"].get("sha256")
     actual = sha256_file(path / "model.onnx")

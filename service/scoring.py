@@ -221,7 +221,8 @@ class RowWriter:
                         entry["probabilities"] = dict(zip(self.labels, p.tolist()))
                 out.write(orjson.dumps(entry).decode() + "\n")
             elif p is None:
-                writer.writerow([row.number, row.id, "", "", row.error] + [""] * (len(self.labels) * self.probabilities))
+                blanks = [""] * (len(self.labels) * self.probabilities)
+                writer.writerow([row.number, row.id, "", "", row.error] + blanks)
             else:
                 best = int(p.argmax())
                 extra = [f"{x:.6g}" for x in p.tolist()] if self.probabilities else []

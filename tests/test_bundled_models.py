@@ -68,7 +68,8 @@ def test_http_equals_the_offline_pipeline_on_raw_reviews(bundled_server, name):
     r = httpx.post(f"{bundled_server.url}/v1/models/{name}/predict",
                    json={"texts": texts, "return_probabilities": True}, timeout=60)
     assert r.status_code == 200
-    http = np.array([[p["probabilities"][l] for l in ("negative", "positive")] for p in r.json()["predictions"]])
+    predictions = r.json()["predictions"]
+    http = np.array([[p["probabilities"][label] for label in ("negative", "positive")] for p in predictions])
     pkg = package(name)
     offline = onnx_predict(pkg.path, Tokenizer(pkg.tokenizer)(texts)[0])
     assert np.abs(http - offline).max() < 1e-6

@@ -129,9 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines (oneDNN, CUDA probing, CPU features) kept off the terminal.
+    They are written through absl before any log level applies, so TF_CPP_MIN_LOG_LEVEL alone cannot stop
+    them: the process's stderr points at /dev/null for the import. TF_CPP_MIN_LOG_LEVEL=0 shows them all."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1"):
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from training.export import ExportError  # noqa: PLC0415 - keeps --help free of TensorFlow start-up
+    if args.func in (cmd_train, cmd_export):
+        import_tensorflow_quietly()
+    from training.export import ExportError  # keeps --help free of TensorFlow start-up
 
     try:
         return args.func(args)

@@ -198,7 +198,8 @@ def _download(name, num_words, skip_top, maxlen, test_split, seed, start_char, o
     return train, test, word_index
 
 
-def read_text_file(path: str | Path, text_column: str = "text", label_column: str = "label") -> tuple[list[str], list[str]]:
+def read_text_file(path: str | Path, text_column: str = "text",
+                   label_column: str = "label") -> tuple[list[str], list[str]]:
     """Texts and string labels from a CSV (with header) or JSON Lines file, optionally gzipped."""
     path = Path(path)
     if not path.is_file():
@@ -257,7 +258,7 @@ def load_text_dataset(
     labels = sorted(set(raw_labels))
     if len(labels) < 2:
         raise DataError(f"{path} has only one label ({labels[0]!r}); a classifier needs two or more")
-    y = np.array([labels.index(l) for l in raw_labels], dtype=np.int64)
+    y = np.array([labels.index(label) for label in raw_labels], dtype=np.int64)
     idx = np.arange(len(texts))
     np.random.RandomState(seed).shuffle(idx)
     cut = int(len(idx) * (1 - test_split))

@@ -59,12 +59,12 @@ def convert(model, maxlen: int):
     import onnx
     import tensorflow as tf
 
-    layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
-    recurrent = [i for i, l in enumerate(layers) if is_recurrent(l)]
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    recurrent = [i for i, layer in enumerate(layers) if is_recurrent(layer)]
     if not recurrent or recurrent != list(range(recurrent[0], recurrent[-1] + 1)):
         raise ExportError("expected one contiguous stack of recurrent layers")
     front, stack, head = layers[:recurrent[0]], layers[recurrent[0]:recurrent[-1] + 1], layers[recurrent[-1] + 1:]
-    masked = any(getattr(l, "mask_zero", False) for l in front)
+    masked = any(getattr(layer, "mask_zero", False) for layer in front)
 
     @tf.function
     def front_fn(input_ids):

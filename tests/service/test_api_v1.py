@@ -31,7 +31,7 @@ def test_http_predictions_equal_offline_onnxruntime(api, model_repo, model):
     for p, row in zip(preds, probs):
         assert p["label"] == labels[int(row.argmax())]
         assert p["score"] == pytest.approx(float(row.max()), abs=1e-6)
-        assert np.allclose([p["probabilities"][l] for l in labels], row, atol=1e-6)
+        assert np.allclose([p["probabilities"][label] for label in labels], row, atol=1e-6)
         assert len(p["top_k"]) == 2 and p["top_k"][0]["label"] == p["label"]
     assert preds[-2]["tokens"]["truncated"] is True
     assert preds[0]["tokens"]["kept"] > 1

@@ -55,4 +55,4 @@ def test_masked_model_batches_texts_of_different_lengths(server, model_repo):
 
     for row, r in zip(probs, asyncio.run(fire())):
         got = r.json()["predictions"][0]["probabilities"]
-        assert max(abs(got[l] - float(p)) for l, p in zip(labels, row)) < 1e-6
+        assert max(abs(got[label] - float(p)) for label, p in zip(labels, row)) < 1e-6

@@ -37,7 +37,8 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
 
 
 def test_own_csv_and_jsonl(tmp_path):
-    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"good film {i},pos\nbad film {i},neg\n" for i in range(20)))
+    rows = "".join(f"good film {i},pos\nbad film {i},neg\n" for i in range(20))
+    (tmp_path / "d.csv").write_text("text,label\n" + rows)
     ds = load_text_dataset(tmp_path / "d.csv", pad_to=10)
     assert ds.labels == ["neg", "pos"] and len(ds.x_train) == 32 and len(ds.x_test) == 8
     assert ds.tokenizer.words[:2] == ["film", "good"] or ds.tokenizer.words[0] == "film"
