@@ -16,7 +16,6 @@ from service.api.errors import handle_error
 from service.api.hot import HotRoutes
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.package import PackageError
 from service.middleware import ServiceMiddleware
 from service.registry import Registry
 from service.settings import Settings
@@ -62,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID"])
 
-    for exc_type in (ServiceError, RequestValidationError, HTTPException, PackageError, Exception):
+    for exc_type in (ServiceError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, handle_error)
 
     return app

@@ -17,6 +17,10 @@ class BadRequest(ServiceError):
     status, code = 400, "bad_request"
 
 
+class ClientGone(ServiceError):
+    status, code = 400, "client_disconnected"  # nobody reads it; it keeps the metrics and logs honest
+
+
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 

@@ -27,7 +27,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         settings = limits()
-        self._head_bytes, self._in_head, self._head_timer = 0, True, None
+        self._head_bytes, self._in_head, self._head_timer, self._heads = 0, True, None, 0
         if len(self.connections) > settings.max_connections:
             now = time.monotonic()
             if now - GuardedHttpTools._last_refusal_log > 10:
@@ -51,14 +51,17 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        in_head, heads = self._in_head, self._heads
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():  # all of this chunk belongs to an unfinished head
+        # A head was open before this chunk and none completed in it: all of the chunk belongs to that head.
+        if in_head and heads == self._heads and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > limits().max_header_bytes:
                 self._refuse_head()
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
+        self._heads += 1
         if self._head_timer is not None:
             self._head_timer.cancel()
         super().on_headers_complete()

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.errors import ServiceError
 from service.tokenizer import TokenizerSpec
 
 PACKAGE_FORMAT = "rnnserve-package/1"
@@ -24,8 +25,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no ".."
 VERSION_RE = re.compile(r"[0-9]{1,9}")
 
 
-class PackageError(Exception):
-    """A package failed validation; the message says why."""
+class PackageError(ServiceError):
+    """A package failed validation; the message says why (over HTTP: a failed load, 400)."""
+
+    status, code = 400, "load_failed"
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable, Literal
 import numpy as np
 import orjson
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge, ServiceError
 from service.runtime import Classified
 
 InputFormat = Literal["csv", "jsonl", "text"]
@@ -282,6 +282,22 @@ async def maybe_gunzip(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterato
                 yield out
 
 
+async def _one_by_one(rows: list[Row], classify: Classify, exc: Exception, labels: int) -> tuple[list[Row], np.ndarray]:
+    """A block failed: run its texts one at a time, so only the texts that fail alone become error rows.
+    When the model itself is gone or refusing (a service error), every row shares that answer at once."""
+    scored, probs = [], []
+    for row in rows:
+        if isinstance(exc, ServiceError) or len(rows) == 1:
+            row.error = f"inference failed: {exc}"
+            continue
+        try:
+            probs.append((await classify([row.text])).probs[0])
+            scored.append(row)
+        except Exception as alone:  # noqa: BLE001 - this text's own failure, reported in its row
+            row.error = f"inference failed: {alone}"
+    return scored, np.array(probs) if probs else np.zeros((0, labels))
+
+
 async def score_stream(chunks: AsyncIterator[bytes], reader: RowReader, writer: RowWriter, classify: Classify,
                        block_rows: int = BLOCK_ROWS, summary: bool = True) -> AsyncIterator[str]:
     """Yield output text, block by block, in input order; then the summary. While one block is being
@@ -319,9 +335,7 @@ async def score_stream(chunks: AsyncIterator[bytes], reader: RowReader, writer: 
             try:
                 probs = (await classify([r.text for r in ok])).probs if ok else np.zeros((0, len(writer.labels)))
             except Exception as exc:  # noqa: BLE001 - a failed block becomes error rows; nothing is lost
-                for r in ok:
-                    r.error = f"inference failed: {exc}"
-                ok, probs = [], np.zeros((0, len(writer.labels)))
+                ok, probs = await _one_by_one(ok, classify, exc, len(writer.labels))
             counts["rows"] += len(block)
             counts["scored"] += len(ok)
             counts["errors"] += len(block) - len(ok)

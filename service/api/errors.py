@@ -11,7 +11,6 @@ from starlette.exceptions import HTTPException
 
 from service.api.body import json_response, validation_error
 from service.errors import ServiceError
-from service.package import PackageError
 
 log = logging.getLogger("rnnserve.app")
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -35,8 +34,6 @@ def render_error(request: Request, exc: Exception) -> Response:
             message = "request body could not be parsed (invalid UTF-8 or JSON?)"
         return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), message,
                               getattr(exc, "headers", None))
-    if isinstance(exc, PackageError):
-        return error_response(request, 400, "load_failed", str(exc))
     log.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
     return error_response(request, 500, "internal_error", "internal server error; see the logs for this request id")
 

@@ -10,10 +10,11 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from service.api.v1 import ERRORS
-from service.errors import InvalidInput, ModelClosed, PayloadTooLarge, ServiceError
+from service.errors import ClientGone, InvalidInput, ModelClosed, PayloadTooLarge, ServiceError
 from service.runtime import Classified
 from service.scoring import RowReader, RowWriter, maybe_gunzip, score_stream
 from service.spool import BodySpool
@@ -147,7 +148,10 @@ async def _score(request: Request, name: str, version: str | None, fmt, text_col
         raise PayloadTooLarge(f"upload of {length} bytes exceeds the limit of {settings.max_score_bytes} bytes")
     upload = None
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=8)
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except ClientDisconnect:  # an abandoned upload is the client's doing, not a server error
+            raise ClientGone("the client closed the connection during the upload") from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidInput("multipart upload needs a file field named 'file'")

@@ -5,6 +5,7 @@ import json
 import shutil
 import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -197,8 +198,13 @@ def test_two_workers_serve_and_stop_cleanly(model_repo):
 def test_granian_serves_logs_as_json_and_stops_cleanly(model_repo):
     srv = Server(model_repo, "--server", "granian", "--workers", "2", "--access-log")
     srv.wait_ready()
-    r = httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"},
-                   headers={"X-Request-ID": "g-1"})
+    deadline = time.monotonic() + 30
+    while True:  # readiness answered from one worker; the other may still be loading (503, Retry-After)
+        r = httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"},
+                       headers={"X-Request-ID": "g-1"})
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert r.status_code == 200 and r.headers["x-request-id"] == "g-1"
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(timeout=60) == 0

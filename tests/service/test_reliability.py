@@ -16,6 +16,7 @@ from service.metrics import Metrics
 from service.package import PackageError
 from service.registry import Registry
 from service.runtime import RuntimeOptions, TextClassifier
+from service.scoring import RowReader, RowWriter, score_stream
 from service.settings import Settings
 from tests.conftest import Server, in_process, wait_ready
 
@@ -298,3 +299,62 @@ def test_sigterm_past_the_grace_period_ends_a_stream_with_a_reason(model_repo):
     finally:
         log = srv.stop()
     assert "the server is shutting down" in log and "client disconnected" not in log
+
+
+def test_an_abandoned_multipart_upload_is_no_server_error(model_repo):
+    srv = Server(model_repo)
+    try:
+        srv.wait_ready()
+        part = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"r.csv\"\r\n"
+                b"Content-Type: text/csv\r\n\r\ntext\n" + b"a fine film\n" * 1000)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/models/sentiment-lstm/score HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" + part)
+            time.sleep(0.3)
+        time.sleep(0.5)
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert 'endpoint="/v1/models/{name}/score",model="sentiment-lstm",status="400"' in metrics
+        assert 'status="500"' not in metrics
+    finally:
+        log = srv.stop()
+    assert "Traceback" not in log
+
+
+def test_a_text_that_fails_alone_does_not_fail_its_block(model_repo, tmp_path):
+    """A package that slipped past load validation (built here without it) fails on rare words only: in a
+    scored file, only the rows with such words become error rows."""
+    package = tmp_path / "mismatch" / "1"
+    shutil.copytree(model_repo / "sentiment-lstm" / "1", package)
+    spec = json.loads((package / "tokenizer.json").read_text())
+    (package / "tokenizer.json").write_text(json.dumps(spec | {"num_words": None}))
+    rare = spec["words"][spec["num_words"] + 100]  # its id is past the embedding
+    body = f"id,text\n1,a fine film\n2,{rare}\n3,a dull film\n".encode()
+
+    async def main():
+        from service.package import read_package
+        from service.session import OnnxModel
+
+        clf = TextClassifier(read_package(package), OnnxModel(package / "model.onnx", "cpu", 1))
+
+        async def chunks():
+            yield body
+
+        out = [text async for text in score_stream(chunks(), RowReader("csv"), RowWriter("jsonl", clf.labels),
+                                                   clf.predict)]
+        await clf.close()
+        return [json.loads(line) for line in "".join(out).splitlines()]
+
+    *rows, summary = asyncio.run(main())
+    assert [("error" in r) for r in rows] == [False, True, False] and summary["summary"]["errors"] == 1
+
+
+def test_large_bodies_in_one_chunk_with_their_head_are_not_mistaken_for_large_heads(model_repo):
+    srv = Server(model_repo)
+    try:
+        srv.wait_ready()
+        body = json.dumps({"texts": ["a fine film " * 1000] * 40}).encode()  # 480 KB, sent with its head
+        head = (b"POST /v1/models/sentiment-lstm/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        assert raw_request(srv.port, head + body).startswith(b"HTTP/1.1 200")
+    finally:
+        srv.stop()
