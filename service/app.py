@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(repository.router)
     hot = [r for router in (v1.router, v2.router) for r in router.routes
-           if r.endpoint in (v1.predict, v1.predict_version, v2.infer, v2.infer_version)]
+           if r.endpoint in (v1.predict, v2.infer)]
     app.add_middleware(HotRoutes, routes=hot)
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        max_score_bytes=settings.max_score_bytes,

@@ -52,7 +52,7 @@ class Batcher:
 
     async def submit(self, rows: list) -> Any:
         """Rows -> run_batch's result for exactly these rows. Raises Overloaded when the queue is full, and
-        ModelClosed once close() has begun (nothing would ever take the rows)."""
+        ModelClosed once close() has stopped the batcher (nothing would ever take the rows)."""
         if self._closed:
             raise ModelClosed(f"model {self.name!r} is shutting down")
         if self._task is None:
@@ -141,11 +141,13 @@ class Batcher:
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Stop the batcher: first let queued and running batches finish (up to grace_s seconds),
-        then callers still waiting get an error. The worker thread ends after its batch."""
-        self._closed = True
+        then callers still waiting get an error. The worker thread ends after its batch. Requests that still
+        reach this copy during the grace period (a reload swaps copies under them) are served; after it,
+        they are refused at once."""
         deadline = time.monotonic() + grace_s
         while not self.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.005)  # shutdown only: a short poll beats more state on the hot path
+        self._closed = True
         if self._task:
             self._task.cancel()
             try:

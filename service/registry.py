@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import NotFound, NotReady
+from service.errors import ModelClosed, NotFound, NotReady
 from service.metrics import Metrics
 from service.package import NAME_RE, VERSION_RE, PackageError, scan_repository
-from service.runtime import RuntimeOptions, TextClassifier
+from service.runtime import Classified, RuntimeOptions, TextClassifier
 from service.cpus import usable_cpus
 from service.settings import Settings
 
@@ -168,6 +168,17 @@ class Registry:
         if int(version) not in versions:
             raise NotFound(f"model {name!r} has no loaded version {version}; loaded: {sorted(versions)}")
         return versions[int(version)]
+
+    async def predict(self, name: str, version: str | int | None,
+                      texts: list[str]) -> tuple[TextClassifier, Classified]:
+        """Classify with the current copy of a model version. A request that reached a copy just as a reload
+        replaced and closed it is run again on its successor, so reloads fail no request."""
+        model = self.get(name, version)
+        try:
+            return model, await model.predict(texts)
+        except ModelClosed:
+            model = self.get(name, version)
+            return model, await model.predict(texts)
 
     def names(self) -> list[str]:
         return sorted(set(self.models) | set(self.failures))

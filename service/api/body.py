@@ -18,6 +18,16 @@ T = TypeVar("T")
 OFF_LOOP_BYTES = 256 * 1024
 
 
+# One handler serves an operation's two routes (newest version, and /versions/{version}); it reads the version
+# from the path, so the versioned route declares that parameter for OpenAPI here.
+VERSION_PARAMETER = {"parameters": [{"name": "version", "in": "path", "required": True,
+                                     "schema": {"type": "string"}, "description": "A loaded version number."}]}
+
+
+def path_version(request: Request) -> str | None:
+    return request.path_params.get("version")
+
+
 def check_json(request: Request) -> None:
     content_type = request.headers.get("content-type")
     if content_type and "json" not in content_type:

@@ -26,7 +26,8 @@ class HotRoutes:
                     scope["route"], scope["path_params"] = route, m.groupdict()
                     request = Request(scope, receive)
                     try:
-                        response = await route.endpoint(request=request, **scope["path_params"])
+                        # hot endpoints take the model name; a version they read from the path params
+                        response = await route.endpoint(name=scope["path_params"]["name"], request=request)
                     except Exception as exc:  # noqa: BLE001 - every failure gets the one error model's answer
                         response = render_error(request, exc)
                     return await response(scope, receive, send)

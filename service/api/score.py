@@ -13,8 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from service.api.body import VERSION_PARAMETER, path_version
 from service.api.v1 import ERRORS
-from service.errors import ClientGone, InvalidInput, ModelClosed, PayloadTooLarge, ServiceError
+from service.errors import ClientGone, InvalidInput, PayloadTooLarge, ServiceError
 from service.runtime import Classified
 from service.scoring import RowReader, RowWriter, maybe_gunzip, score_stream
 from service.spool import BodySpool
@@ -162,13 +163,9 @@ async def _score(request: Request, name: str, version: str | None, fmt, text_col
     writer = RowWriter(output, model.labels, probabilities)
 
     async def classify(texts: list[str]) -> Classified:
-        # Each block goes to the current copy: a reload swaps copies under a long stream, and a block that
-        # reached the replaced one as it closed is retried on its successor. Once the model is unloaded,
-        # each block becomes error rows (NotFound) and the stream still ends with its summary.
-        try:
-            return await registry.get(name, pinned).predict(texts)
-        except ModelClosed:
-            return await registry.get(name, pinned).predict(texts)
+        # Each block goes to the current copy: a reload swaps copies under a long stream. Once the model is
+        # unloaded, each block becomes error rows (NotFound) and the stream still ends with its summary.
+        return (await registry.predict(name, pinned, texts))[1]
 
     return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, classify), upload,
                          settings.max_score_bytes)
@@ -183,17 +180,11 @@ Probabilities = Query(False, description="Add every label's probability to each 
 
 @router.post("/models/{name}/score", summary="Score a file of texts (CSV, JSON Lines or plain text)",
              openapi_extra=SCORE_BODY, response_model=None)
+@router.post("/models/{name}/versions/{version}/score", summary="Score a file with one version",
+             openapi_extra=SCORE_BODY | VERSION_PARAMETER, response_model=None)
 async def score(name: str, request: Request,
                 format: Literal["csv", "jsonl", "text"] | None = Format, text_column: str = TextColumn,
                 id_column: str | None = IdColumn, output: Literal["jsonl", "csv"] | None = Output,
                 probabilities: bool = Probabilities):
-    return await _score(request, name, None, format, text_column, id_column, output, probabilities)
-
-
-@router.post("/models/{name}/versions/{version}/score", summary="Score a file with one version",
-             openapi_extra=SCORE_BODY, response_model=None)
-async def score_version(name: str, version: str, request: Request,
-                        format: Literal["csv", "jsonl", "text"] | None = Format, text_column: str = TextColumn,
-                        id_column: str | None = IdColumn, output: Literal["jsonl", "csv"] | None = Output,
-                        probabilities: bool = Probabilities):
-    return await _score(request, name, version, format, text_column, id_column, output, probabilities)
+    return await _score(request, name, path_version(request), format, text_column, id_column, output,
+                        probabilities)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.body import check_json, json_response, model_parser, parse
+from service.api.body import VERSION_PARAMETER, check_json, json_response, model_parser, parse, path_version
 from service.api.schemas import ErrorResponse, ModelList, PredictRequest, PredictResponse
 from service.predict import check_limits, to_predictions
 
@@ -30,25 +30,18 @@ async def get_model(name: str, request: Request) -> dict:
     return request.app.state.registry.describe(name)
 
 
-async def _predict(request: Request, name: str, version: str | None) -> Response:
-    state = request.app.state
-    model = state.registry.get(name, version)
+@router.post("/models/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True,
+             openapi_extra=PREDICT_BODY, summary="Classify texts with the newest version")
+@router.post("/models/{name}/versions/{version}/predict", response_model=PredictResponse,
+             response_model_exclude_none=True, openapi_extra=PREDICT_BODY | VERSION_PARAMETER,
+             summary="Classify texts with one version")
+async def predict(name: str, request: Request) -> Response:
+    state, version = request.app.state, path_version(request)
+    state.registry.get(name, version)  # an unknown model is a 404 before the body is read
     check_json(request)
     body = await parse(request, parse_predict)
     texts = body.all_texts
     check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
-    result = await model.predict(texts)
+    model, result = await state.registry.predict(name, version, texts)
     return json_response({"model": model.name, "version": model.version,
                           "predictions": to_predictions(model.labels, result, body.top_k, body.return_probabilities)})
-
-
-@router.post("/models/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True,
-             openapi_extra=PREDICT_BODY, summary="Classify texts with the newest version")
-async def predict(name: str, request: Request) -> Response:
-    return await _predict(request, name, None)
-
-
-@router.post("/models/{name}/versions/{version}/predict", response_model=PredictResponse,
-             response_model_exclude_none=True, openapi_extra=PREDICT_BODY, summary="Classify texts with one version")
-async def predict_version(name: str, version: str, request: Request) -> Response:
-    return await _predict(request, name, version)

@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from service import __version__
-from service.api.body import json_response, parse
+from service.api.body import VERSION_PARAMETER, json_response, parse, path_version
 from service.api.schemas import V2Error
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge
 from service.predict import check_limits
@@ -71,48 +71,35 @@ def _metadata(model: TextClassifier) -> dict:
 
 
 @router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata", openapi_extra=VERSION_PARAMETER)
 async def model_metadata(name: str, request: Request) -> dict:
-    registry = request.app.state.registry
-    meta = _metadata(registry.get(name))
-    meta["versions"] = [str(v) for v in sorted(registry.models[name])]
+    registry, version = request.app.state.registry, path_version(request)
+    meta = _metadata(registry.get(name, version))
+    if version is None:
+        meta["versions"] = [str(v) for v in sorted(registry.models[name])]
     return meta
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
-async def model_version_metadata(name: str, version: str, request: Request) -> dict:
-    return _metadata(request.app.state.registry.get(name, version))
-
-
 @router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness",
+            openapi_extra=VERSION_PARAMETER)
 async def model_ready(name: str, request: Request) -> dict:
-    model = request.app.state.registry.get(name)
-    return {"name": model.name, "ready": True}
-
-
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
-async def model_version_ready(name: str, version: str, request: Request) -> dict:
-    model = request.app.state.registry.get(name, version)
+    model = request.app.state.registry.get(name, path_version(request))
     return {"name": model.name, "ready": True}
 
 
 @router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER_BODY)
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version",
+             openapi_extra=INFER_BODY | VERSION_PARAMETER)
 async def infer(name: str, request: Request) -> Response:
-    return await _infer(request, name, None)
-
-
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version", openapi_extra=INFER_BODY)
-async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await _infer(request, name, version)
-
-
-async def _infer(request: Request, name: str, version: str | None) -> Response:
-    state = request.app.state
-    model = state.registry.get(name, version)
+    state, version = request.app.state, path_version(request)
+    state.registry.get(name, version)  # an unknown model is a 404 before the body is read
     header_length = request.headers.get(HEADER_LENGTH)
     limit = state.settings.max_texts_per_request
     header, texts = await parse(request, lambda body: _read_request(body, header_length, limit))
     check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
-    probs = (await model.predict(texts)).probs
+    model, result = await state.registry.predict(name, version, texts)
+    probs = result.probs
     labels = [model.labels[i] for i in probs.argmax(axis=1)]
     probs = probs.astype(np.float32, copy=False)
     wanted = _requested_outputs(header)
