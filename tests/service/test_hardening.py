@@ -36,6 +36,7 @@ def secured(model_repo, tmp_path_factory):
     ({"Authorization": "Bearer env-key-1"}, 200),
     ({"authorization": "bearer env-key-2"}, 200),
     ({"X-API-Key": "file-key"}, 200),
+    ({"X-API-Key": " file-key "}, 200),  # trimmed, as a Bearer key is
 ])
 def test_auth_on(secured, headers, status):
     r = httpx.post(f"{secured.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"}, headers=headers)
