@@ -36,13 +36,22 @@ def secured(model_repo, tmp_path_factory):
     ({"Authorization": "Bearer env-key-1"}, 200),
     ({"authorization": "bearer env-key-2"}, 200),
     ({"X-API-Key": "file-key"}, 200),
-    ({"X-API-Key": " file-key "}, 200),  # trimmed, as a Bearer key is
 ])
 def test_auth_on(secured, headers, status):
     r = httpx.post(f"{secured.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"}, headers=headers)
     assert r.status_code == status
     if status == 401:
         assert r.json()["error"]["code"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_api_key_with_trailing_spaces_is_trimmed_as_bearer_keys_are(secured):
+    import socket
+
+    for header in (b"X-API-Key: file-key   ", b"Authorization: Bearer file-key   "):
+        with socket.create_connection(("127.0.0.1", secured.port), timeout=10) as sock:
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n")
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 200"), (header, answer[:200])
 
 
 def test_auth_exemptions_and_protected_surfaces(secured):
