@@ -1,4 +1,4 @@
-"""create_app(settings): the FastAPI app, its lifespan (background model loading) and error rendering."""
+"""create_app(settings): the FastAPI app, its lifespan (background model loading), middleware and error handlers."""
 
 from __future__ import annotations
 
