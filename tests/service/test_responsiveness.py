@@ -2,6 +2,7 @@
 liveness probes keep being answered (a real server, real sockets)."""
 
 import json
+import statistics
 import threading
 import time
 
@@ -40,9 +41,12 @@ def test_liveness_answers_during_maximum_size_predicts(model_repo):
         worker.join()
         during = [ms for t, ms in probes if any(a <= t <= b for a, b in spans)]
         longest = max(b - a for a, b in spans)
+        typical = statistics.median(during)
         print(f"\n{len(during)} probes during the big requests (each up to {longest * 1000:.0f} ms): "
-              f"slowest {max(during) * 1000:.1f} ms")
-        # Probes keep flowing while the big requests run, and none waits for most of one of them.
-        assert len(during) >= 5 and max(during) < max(0.05, longest / 3)
+              f"median {typical * 1000:.1f} ms, slowest {max(during) * 1000:.1f} ms")
+        # Probes keep flowing while the big requests run, and a typical one waits for a small part of one of
+        # them (a loop blocked by parsing or tokenizing would make most probes wait for most of it). The median,
+        # not the maximum: on a shared two-core machine one probe can lose the CPU to another process.
+        assert len(during) >= 5 and typical < max(0.02, longest / 10)
     finally:
         srv.stop()
