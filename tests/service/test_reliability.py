@@ -311,10 +311,11 @@ def test_an_abandoned_multipart_upload_is_no_server_error(model_repo):
             sock.sendall(b"POST /v1/models/sentiment-lstm/score HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n"
                          b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" + part)
             time.sleep(0.3)
-        time.sleep(0.5)
-        metrics = httpx.get(f"{srv.url}/metrics").text
-        assert 'endpoint="/v1/models/{name}/score",model="sentiment-lstm",status="400"' in metrics
-        assert 'status="500"' not in metrics
+        counted = 'endpoint="/v1/models/{name}/score",model="sentiment-lstm",status="400"'
+        deadline = time.monotonic() + 10
+        while counted not in (metrics := httpx.get(f"{srv.url}/metrics").text) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counted in metrics and 'status="500"' not in metrics
     finally:
         log = srv.stop()
     assert "Traceback" not in log
