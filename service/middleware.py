@@ -23,10 +23,12 @@ OPEN_PATHS = {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/re
 
 class ServiceMiddleware:
     def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_score_bytes: int, known_models,
-                 access_log: bool = True, api_keys: list[str] = (), metrics_public: bool = True):
+                 access_log: bool = True, api_keys: list[str] = (), metrics_public: bool = True,
+                 open_prefixes: tuple[str, ...] = ()):
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
         self.open_paths = OPEN_PATHS | ({"/metrics"} if metrics_public else set())
+        self.open_prefixes = open_prefixes  # static files that hold no data (the page, which asks for a key)
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.max_score_bytes = max_score_bytes  # file scoring streams its body, so it may be far larger
@@ -60,7 +62,7 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            if self.api_keys and scope["path"] not in self.open_paths and not self._authorized(scope):
+            if self.api_keys and not self._open(scope["path"]) and not self._authorized(scope):
                 await _unauthorized(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
@@ -80,6 +82,9 @@ class ServiceMiddleware:
                 log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
                                            "ms": round(seconds * 1000, 2)})
             request_id.reset(token)
+
+    def _open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     def _authorized(self, scope) -> bool:
         given = b""

@@ -23,6 +23,7 @@ REQUIRED_FILES = ("model.onnx", "tokenizer.json", "metadata.json")
 # Used with fullmatch: "$" alone would let a trailing newline through ("1\n").
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no "..", no "/", no leading dot
 VERSION_RE = re.compile(r"[0-9]{1,9}")
+PLOT_RE = re.compile(r"[A-Za-z0-9_-]+\.png")  # the training plots a package may carry, served to the page
 
 
 class PackageError(ServiceError):
@@ -46,6 +47,13 @@ class Package:
     @property
     def maxlen(self) -> int:
         return self.metadata["maxlen"]
+
+    @property
+    def plots(self) -> list[str]:
+        """The package's own PNG files: plain files inside its directory (a link leading out of it is no plot)."""
+        root = self.path.resolve()
+        return sorted(p.name for p in self.path.iterdir() if PLOT_RE.fullmatch(p.name) and p.is_file()
+                      and p.resolve().parent == root)
 
 
 def sha256_file(path: Path) -> str:

@@ -11,6 +11,7 @@ import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 from service.errors import ModelClosed, NotFound, NotReady
 from service.metrics import Metrics
@@ -20,6 +21,7 @@ from service.cpus import usable_cpus
 from service.settings import Settings
 
 log = logging.getLogger("rnnserve.registry")
+T = TypeVar("T")
 
 
 @dataclass
@@ -169,16 +171,20 @@ class Registry:
             raise NotFound(f"model {name!r} has no loaded version {version}; loaded: {sorted(versions)}")
         return versions[int(version)]
 
-    async def predict(self, name: str, version: str | int | None,
-                      texts: list[str]) -> tuple[TextClassifier, Classified]:
-        """Classify with the current copy of a model version. A request that reached a copy just as a reload
-        replaced and closed it is run again on its successor, so reloads fail no request."""
+    async def call(self, name: str, version: str | int | None,
+                   work: Callable[[TextClassifier], Awaitable[T]]) -> tuple[TextClassifier, T]:
+        """Run work(model) on the current copy of a model version. A request that reached a copy just as a
+        reload replaced and closed it is run again on its successor, so reloads fail no request."""
         model = self.get(name, version)
         try:
-            return model, await model.predict(texts)
+            return model, await work(model)
         except ModelClosed:
             model = self.get(name, version)
-            return model, await model.predict(texts)
+            return model, await work(model)
+
+    async def predict(self, name: str, version: str | int | None,
+                      texts: list[str]) -> tuple[TextClassifier, Classified]:
+        return await self.call(name, version, lambda model: model.predict(texts))
 
     def names(self) -> list[str]:
         return sorted(set(self.models) | set(self.failures))

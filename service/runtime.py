@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service import explain
 from service.batcher import Batcher, BatchObserver
 from service.package import Package, PackageError, check_io, read_package
 from service.session import OnnxModel
@@ -52,6 +53,18 @@ class Classified:
     @staticmethod
     def concat(parts: list["Classified"]) -> "Classified":
         return Classified(np.concatenate([p.probs for p in parts]), [s for p in parts for s in p.stats])
+
+
+@dataclass
+class Explanation:
+    """The text's own prediction, the label explained (its index), and every word with its contribution."""
+
+    prediction: Classified
+    label: int
+    words: list[explain.Word]
+    method: str
+    window: int
+    runs: int  # texts run: the text and each variant
 
 
 class TextClassifier:
@@ -125,12 +138,31 @@ class TextClassifier:
         back[order] = np.arange(len(order))
         return Classified(out.probs[back], [out.stats[i] for i in back])
 
-    async def predict(self, texts: list[str]) -> Classified:
-        """Classify texts through the batcher, coalesced with concurrent callers. Raises Overloaded when full."""
+    async def predict(self, texts: list[str], fair: bool = False) -> Classified:
+        """Classify texts through the batcher, coalesced with concurrent callers. Raises Overloaded when full.
+
+        fair: queue one run of max_batch_size at a time, so other callers' requests go between the runs of a
+        large job instead of waiting behind all of them."""
         chunks, order = self._chunks(texts)
         if len(chunks) == 1:
             return await self.batcher.submit(chunks[0])
+        if fair:
+            return self._join([await self.batcher.submit(c) for c in chunks], order)
         return self._join(await asyncio.gather(*(self.batcher.submit(c) for c in chunks)), order)
+
+    async def explain(self, text: str, label: int | None = None, method: str = "occlusion",
+                      window: int = 5) -> Explanation:
+        """Each word's contribution to one label's probability (the predicted label by default), by occlusion
+        (service/explain.py). The text and its variants run through the batcher fairly: an explanation shares
+        the model with /predict traffic rather than holding it."""
+        words = explain.read_words(self.tokenizer, text)
+        groups = explain.occlusion_groups(words, method, window)
+        result = await self.predict([text] + explain.variants(self.tokenizer, text, words, groups), fair=True)
+        probs = result.probs
+        if label is None:
+            label = int(probs[0].argmax())
+        explain.attribute(words, groups, float(probs[0, label]), probs[1:, label].tolist())
+        return Explanation(result[:1], label, words, method, window if method == "window" else 1, len(result))
 
     def predict_batch(self, texts: list[str]) -> Classified:
         """Classify texts here and now, in runs of max_batch_size (offline use: no event loop needed)."""
@@ -156,6 +188,7 @@ class TextClassifier:
             "threads": self.session.threads,
             "tokenizer": self.tokenizer.implementation,
             "max_batch_size": self.batcher.max_batch_size,
+            "plots": self.package.plots,
         }
 
     async def close(self, grace_s: float = 0.0) -> None:

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(2048, ge=1, description="Queued requests per model before 503 + Retry-After.")
     max_texts_per_request: int = Field(256, ge=1, description="Texts in one predict/infer request (else 413).")
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1, description="Characters in one text (else 413).")
+    max_explain_words: int = Field(1000, ge=1, description="Words in one text to explain (else 413); an "
+                                   "explanation runs the model once per word it sees, up to maxlen.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
     max_header_bytes: int = Field(65_536, ge=1024, description="Request line and headers (else 431 and the "
                                   "connection closed).")
@@ -47,6 +49,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1, description="Open connections per worker; more are refused (closed "
                                  "at once) and logged. Keep it under the process's descriptor limit.")
     max_score_bytes: int = Field(4 * 1024**3, ge=1, description="Upload size for file scoring (else 413).")
+    ui: bool = Field(True, description="Serve the built-in page at /ui (/ redirects there); off for locked-down "
+                     "deployments.")
     warmup: bool = Field(True, description="Run each model once at load; readiness waits for it.")
     shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM or unload: how long requests in flight "
                                     "and queued batches may take to finish.")

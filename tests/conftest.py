@@ -161,6 +161,17 @@ def api(model_repo):
 
 
 @pytest.fixture(scope="session")
+def bundled_server():
+    """A real server over the bundled packages in models/."""
+    from service.settings import BUNDLED_MODELS
+
+    srv = Server(BUNDLED_MODELS)
+    srv.wait_ready(timeout=120)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def server(model_repo):
     srv = Server(model_repo)
     srv.wait_ready()

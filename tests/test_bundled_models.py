@@ -10,7 +10,7 @@ import pytest
 from service.package import read_package
 from service.settings import BUNDLED_MODELS
 from service.tokenizer import Tokenizer
-from tests.conftest import Server, real_reviews
+from tests.conftest import real_reviews
 from training.evaluate import evaluate_package, onnx_predict
 
 # Test-split accuracy each bundled model must reach: issue 5's target, or, where the README reports that the
@@ -46,14 +46,6 @@ def test_packages_are_native_and_small(name):
     assert "Loop" not in ops and {"RNN", "GRU", "LSTM"} & set(ops)
     size = sum(f.stat().st_size for f in pkg.path.iterdir())
     assert size < 25 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def bundled_server():
-    srv = Server(BUNDLED_MODELS)
-    srv.wait_ready(timeout=120)
-    yield srv
-    srv.stop()
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS) + ["imdb-lstm-tutorial"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -30,6 +30,20 @@ class PredictRequest(BaseModel):
         return self.texts if self.texts is not None else [self.text]
 
 
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"text": "A wonderful, moving film, though far too long."}]})
+
+    text: StrictStr = Field(description="The text to explain.")
+    label: StrictStr | SkipJsonSchema[None] = Field(None, description="The label to explain (default: the "
+                                                    "predicted one).")
+    method: Literal["occlusion", "window"] = Field("occlusion", description="occlusion: leave out each word in "
+                                                   "turn (one run per word the model sees); window: leave out "
+                                                   "runs of `window` words (fewer runs, for long texts), each "
+                                                   "word getting an equal share of its run's change.")
+    window: StrictInt = Field(5, ge=2, le=100, description="Words per run for method=window.")
+
+
 class LabelProbability(BaseModel):
     label: str
     probability: float
@@ -53,6 +67,30 @@ class PredictResponse(BaseModel):
     model: str
     version: int
     predictions: list[Prediction]
+
+
+class ExplainedWord(BaseModel):
+    text: str = Field(description="The word as written: the request's text[start:end].")
+    start: int = Field(description="Character offset of the word in the text (Python string indices).")
+    end: int
+    id: int | None = Field(description="Its token id; null when the model does not see it.")
+    status: Literal["kept", "oov", "dropped", "truncated"] = Field(
+        description="kept; oov: kept as the out-of-vocabulary id; dropped: unknown to the vocabulary and "
+                    "left out; truncated: cut because the text is longer than the model's maxlen.")
+    contribution: float = Field(description="p(label | text) - p(label | text without this word): positive "
+                                "words support the label. 0 for words the model does not see.")
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    version: int
+    prediction: Prediction = Field(description="The text's prediction, as /predict gives it, with every "
+                                   "label's probability.")
+    label: str = Field(description="The label whose probability the contributions explain.")
+    method: Literal["occlusion", "window"]
+    window: int = Field(description="Words left out per run (1 for occlusion).")
+    runs: int = Field(description="Texts the model ran: the text and each variant.")
+    words: list[ExplainedWord]
 
 
 class ErrorBody(BaseModel):

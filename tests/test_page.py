@@ -1,0 +1,177 @@
+"""The built-in page and /docs in a real browser: Debian's Chromium driven by Playwright, against a real server.
+
+Every request the browser makes is checked: one leaving 127.0.0.1 fails the test (the page and the docs must
+work air-gapped), as does any console error or uncaught exception."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import Server, in_process, real_reviews
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is in the [dev] extra")
+CHROMIUM = os.environ.get("RNNSERVE_CHROMIUM") or next(
+    filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+# RNNSERVE_SCREENSHOTS=docs refreshes the README's screenshot; by default it goes to a temporary folder.
+SCREENSHOTS = os.environ.get("RNNSERVE_SCREENSHOTS")
+REVIEW = ("One of the best films I have seen this year: a moving story, superb acting and a wonderful score. "
+          "The middle drags a little and the ending is predictable, but I would gladly watch it again.")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no Chromium: install Debian's chromium (apt-get install chromium) or set RNNSERVE_CHROMIUM")
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless=new"])
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page whose every request and console error is recorded; requests off the loopback are refused."""
+
+    def __init__(self, browser, server: Server, allowed_errors: tuple[str, ...] = ()):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        self.page = self.context.new_page()
+        self.outside, self.errors = [], []
+        self.allowed_errors = allowed_errors
+        self.page.route("**/*", self._route)
+        self.page.on("console", lambda m: m.type == "error" and self._error(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        self.url = server.url
+
+    def _route(self, route) -> None:
+        host = urlsplit(route.request.url).hostname
+        if route.request.url.startswith(("data:", "blob:")) or host == "127.0.0.1":
+            route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            route.abort()
+
+    def _error(self, text: str) -> None:
+        if not any(a in text for a in self.allowed_errors):
+            self.errors.append(text)
+
+    def check_clean(self) -> None:
+        assert self.outside == [], f"requests left the machine: {self.outside}"
+        assert self.errors == [], f"console errors: {self.errors}"
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def watched(browser, bundled_server):
+    w = Watched(browser, bundled_server)
+    yield w
+    w.close()
+
+
+def test_the_page_lists_models_and_explains_a_prediction(watched, bundled_server, tmp_path):
+    page = watched.page
+    page.goto(bundled_server.url + "/")  # redirects to /ui/
+    assert page.url == bundled_server.url + "/ui/"
+    models = httpx.get(bundled_server.url + "/v1/models").json()["models"]
+    page.wait_for_function(f"document.querySelectorAll('.card').length === {len(models)}")
+    plots = sum(len(m["plots"]) for m in models)
+    assert plots >= 2 * len(models)
+    page.wait_for_function(f"[...document.images].filter(i => i.complete && i.naturalWidth > 0).length === {plots}")
+    assert "87.9%" in page.locator(".card", has_text="imdb-lstm v1").first.inner_text()  # its test accuracy
+
+    page.select_option("#model-select", "imdb-lstm")
+    page.fill("#text", REVIEW)
+    page.click("#explain-form button")
+    page.wait_for_selector("#highlighted .word")
+    expected = httpx.post(bundled_server.url + "/v1/models/imdb-lstm/explain", json={"text": REVIEW}).json()
+    assert page.inner_text("#verdict").startswith(expected["label"])
+    assert page.locator("#bars .bar").count() == 2
+    words = page.locator("#highlighted .word")
+    assert words.count() == len(expected["words"])
+    assert page.inner_text("#highlighted") == REVIEW  # the text itself, words and what lies between them
+    shown = [float(v) for v in words.evaluate_all("ws => ws.map(w => w.dataset.contribution)")]
+    assert shown == pytest.approx([w["contribution"] for w in expected["words"]], abs=1e-6)
+    strongest = max(range(len(shown)), key=lambda i: abs(shown[i]))
+    assert "rgba" in words.nth(strongest).evaluate("w => getComputedStyle(w).backgroundColor")
+    page.locator("#classify").screenshot(path=Path(SCREENSHOTS or tmp_path) / "page.png")
+    watched.check_clean()
+
+
+def test_api_docs_render_offline(watched, bundled_server):
+    page = watched.page
+    page.goto(bundled_server.url + "/docs")
+    page.wait_for_selector(".opblock")
+    operations = sum(len(ops) for ops in httpx.get(bundled_server.url + "/openapi.json").json()["paths"].values())
+    page.wait_for_function(f"document.querySelectorAll('.opblock').length === {operations}")
+    assert page.locator(".opblock", has_text="/v1/models/{name}/explain").count() >= 1
+    assert httpx.get(bundled_server.url + "/redoc").status_code == 404  # ReDoc would fetch its logo from a CDN
+    watched.check_clean()
+
+
+def test_a_file_scored_from_the_page(watched, bundled_server, tmp_path):
+    texts, _ = real_reviews(10)
+    path = tmp_path / "reviews.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "text"])
+        writer.writerows((f"r{i}", t) for i, t in enumerate(texts))
+    page = watched.page
+    page.goto(bundled_server.url + "/ui/")
+    page.wait_for_selector("#model-select option[value='imdb-gru']", state="attached")
+    page.select_option("#model-select", "imdb-gru")
+    page.set_input_files("#score-file", str(path))
+    page.click("#score-form button")
+    page.wait_for_selector("#score-download", state="visible")
+    assert page.inner_text("#score-status").startswith(f"Done: {len(texts)} rows, {len(texts)} scored, 0 errors")
+    with page.expect_download() as download:
+        page.click("#score-download")
+    lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines[:-1]]
+    assert json.loads(lines[-1])["summary"]["rows"] == len(texts)
+    predicted = httpx.post(bundled_server.url + "/v1/models/imdb-gru/predict", json={"texts": texts})
+    predicted = predicted.json()["predictions"]
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(len(texts))]
+    assert [r["label"] for r in rows] == [p["label"] for p in predicted]
+    watched.check_clean()
+
+
+def test_the_page_asks_for_an_api_key_when_keys_are_set(browser, model_repo):
+    srv = Server(model_repo, env={"RNNSERVE_API_KEYS": "right-key"})
+    try:
+        srv.wait_ready()
+        # The page's calls without (or with a wrong) key are answered 401, which the browser logs.
+        w = Watched(browser, srv, allowed_errors=("401",))
+        page = w.page
+        page.goto(srv.url + "/ui/")
+        page.wait_for_selector("#key-prompt", state="visible")
+        assert page.locator(".card").count() == 0
+        page.fill("#key-input", "wrong-key")
+        page.click("#key-form button")
+        page.wait_for_selector("#key-error:has-text('refused')")
+        page.fill("#key-input", "right-key")
+        page.click("#key-form button")
+        page.wait_for_function("document.querySelectorAll('.card').length === 2")
+        assert page.locator("#key-prompt").is_hidden()
+        assert page.evaluate("sessionStorage.getItem('rnnserve-api-key')") == "right-key"
+        assert page.evaluate("localStorage.length") == 0  # kept for the tab's session only
+        page.fill("#text", REVIEW)
+        page.click("#explain-form button")
+        page.wait_for_selector("#highlighted .word")
+        w.check_clean()
+        w.close()
+    finally:
+        srv.stop()
+
+
+def test_the_page_can_be_switched_off(model_repo):
+    with in_process(model_repo, ui=False) as client:
+        assert client.get("/ui/").status_code == 404 and client.get("/").status_code == 404
+        assert client.get("/docs").status_code == 200
