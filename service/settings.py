@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(2048, ge=1, description="Queued requests per model before 503 + Retry-After.")
     max_texts_per_request: int = Field(256, ge=1, description="Texts in one predict/infer request (else 413).")
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1, description="Characters in one text (else 413).")
-    max_explain_words: int = Field(1000, ge=1, description="Words in one text to explain (else 413); an "
+    max_explain_words: int = Field(2000, ge=1, description="Words in one text to explain (else 413); an "
                                    "explanation runs the model once per word it sees, up to maxlen.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
     max_header_bytes: int = Field(65_536, ge=1024, description="Request line and headers (else 431 and the "

@@ -135,7 +135,7 @@ def test_words_the_model_never_sees_are_reported():
     ({"text": "fine", "method": "shap"}, 422, "invalid_input"),
     ({"text": "fine", "method": "window", "window": 1}, 422, "invalid_input"),
     ({"text": 3}, 422, "invalid_input"),
-    ({"text": "word " * 1001}, 413, "payload_too_large"),
+    ({"text": "word " * 2001}, 413, "payload_too_large"),
     ({"text": "x" * 100_001}, 413, "payload_too_large"),
 ])
 def test_bad_requests_get_clear_errors(api, body, status, code):
