@@ -1,6 +1,8 @@
 # Two commands on a fresh machine: `make serve` (the service on the bundled models) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
+# checkov, the manifests' policy scan, in a venv of its own: its pins clash with the project's.
+TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 
@@ -9,7 +11,7 @@ DATA_DIR ?= $(abspath ../shared/data)
 serve: $(VENV)/.installed-serve
 	$(PY) -m service
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(TOOLS)/.installed
 	$(VENV)/bin/ruff check .
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest
 
@@ -28,8 +30,13 @@ $(VENV)/.installed-serve: pyproject.toml
 $(VENV)/.installed-dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[train,dev]"
+	$(PY) -m pip install -q -e ".[train,dev,ray]"
 	touch $@ $(VENV)/.installed-serve
 
+$(TOOLS)/.installed:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q "checkov>=3.2,<4"
+	touch $@
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TOOLS) runs .pytest_cache

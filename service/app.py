@@ -30,7 +30,9 @@ UI_DIR = Path(__file__).resolve().parent / "ui"
 DOCS_STATIC = "/docs/static"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, wait_for_models: bool = False) -> FastAPI:
+    """wait_for_models: startup ends only once the models are loaded (for hosts that route traffic to an app
+    as soon as it has started, such as Ray Serve); by default they load in the background."""
     if settings is None:  # a worker process (or an ASGI server given the factory): settings from the environment
         settings = Settings()
         logs.configure(settings.log_level, settings.log_json)
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Load in the background: liveness answers at once, readiness waits for the models.
         loading = asyncio.create_task(registry.load_all())
         app.state.loading = loading
+        if wait_for_models:
+            await loading
         try:
             yield
         finally:

@@ -3,6 +3,7 @@ or against a running server with --url. Writes JSON Lines or CSV, one row per in
 
     rnnserve-score reviews.csv --package models/imdb-lstm/1 -o scores.jsonl
     rnnserve-score reviews.csv --url http://127.0.0.1:8000 --model imdb-lstm -o scores.csv --output-format csv
+    rnnserve-score reviews.csv --package models/imdb-lstm/1 --engine ray --actors 2 -o scores/   # Ray Data
 """
 
 from __future__ import annotations
@@ -102,22 +103,51 @@ def score_remote(args, fmt: str, out) -> dict:
     return summary or {"rows": rows}
 
 
+def score_ray(args, fmt: str | None) -> dict:
+    """Ray Data (the [ray] extra): a directory of Parquet or JSON Lines files, rows numbered as in the input."""
+    try:
+        import ray
+
+        from service.engines.ray_data import score_files
+    except ImportError as exc:
+        raise CliError(f"--engine ray needs Ray: pip install 'rnnserve[ray]' ({exc})") from None
+    if not args.output:
+        raise CliError("--engine ray writes a directory of files: pass -o DIRECTORY")
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+    try:
+        return score_files(args.input, args.package, args.output, args.output_format, args.actors,
+                           args.text_column, args.id_column, fmt, args.probabilities, max(1, args.threads),
+                           args.batch_size)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        ray.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rnnserve-score", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("input", help="CSV (with header), JSON Lines or plain text; .gz is read too")
+    ap.add_argument("input", help="CSV (with header), JSON Lines or plain text; .gz is read too. With --engine "
+                    "ray also Parquet, a directory, or any URI pyarrow reads (s3://...)")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--package", help="score locally with this package directory, e.g. models/imdb-lstm/1")
     where.add_argument("--url", help="score on a running server, e.g. http://127.0.0.1:8000 (needs --model)")
     ap.add_argument("--model", help="model name on the server")
     ap.add_argument("-o", "--output", help="output file (default stdout)")
     ap.add_argument("--format", choices=["csv", "jsonl", "text"], help="input format (default from the file name)")
-    ap.add_argument("--output-format", choices=["jsonl", "csv"], default="jsonl")
+    ap.add_argument("--output-format", choices=["jsonl", "csv", "parquet"], default="jsonl",
+                    help="parquet: --engine ray only (which writes a directory of files in the format)")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="with --package: score in this process, or on Ray Data (the [ray] extra)")
+    ap.add_argument("--address", default=None, help="ray: the cluster to join (default: RAY_ADDRESS, else a "
+                    "new local one)")
+    ap.add_argument("--actors", type=int, default=1, help="ray: scoring actors, one CPU and one runtime each")
     ap.add_argument("--text-column", default="text")
     ap.add_argument("--id-column", default=None)
     ap.add_argument("--probabilities", action="store_true", help="add every label's probability")
     ap.add_argument("--batch-size", type=int, default=256, help="local: texts per onnxruntime run")
-    ap.add_argument("--threads", type=int, default=0, help="local: onnxruntime threads (0: usable CPUs)")
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (local, 0: usable CPUs; ray: per "
+                    "actor, 0 means 1)")
     return ap
 
 
@@ -125,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = Path(args.input)
     try:
+        if args.engine == "ray":
+            if not args.package:
+                raise CliError("--engine ray needs --package")
+            started = time.perf_counter()
+            summary = score_ray(args, args.format)
+            seconds = time.perf_counter() - started
+            print(f"scored {summary['rows']} rows ({summary['errors']} errors) in {seconds:.1f} s "
+                  f"({summary['rows'] / max(seconds, 1e-9):.0f} rows/s) into {args.output}", file=sys.stderr)
+            return 0
+        if args.output_format == "parquet":
+            raise CliError("--output-format parquet needs --engine ray")
         if not path.is_file():
             raise CliError(f"input file {path} does not exist")
         if args.url and not args.model:
