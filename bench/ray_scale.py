@@ -3,8 +3,9 @@
 - Ray Data scoring of a generated 1,000,000-row JSON Lines file (real reviews, cycled) with 1 and 2 actors,
   against the local `rnnserve-score` (rows/s end to end, process and cluster start included; peak memory
   summed over the whole process tree, Ray's shared object store counted in each process that maps it);
-- Ray Serve (deploy/ray/serve.yaml with 1 or 2 fixed replicas) against the plain service (1 or 2 workers):
-  single-text /v1 predict requests with wrk, c=64.
+- Ray Serve (deploy/ray/serve.yaml with 1 or 2 fixed replicas; by default and, where haproxy is installed, in
+  Ray's high-throughput mode) against the plain service (1 or 2 workers): single-text /v1 predict requests
+  with wrk, c=64.
 
     python bench/ray_scale.py [--model imdb-lstm] [--rows 1000000] [--duration 15] [--skip-data] [--skip-serve]
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -94,6 +96,25 @@ def data_runs(package: Path, rows: int, tmp: Path) -> list[dict]:
     return results
 
 
+def stop_all(proc: subprocess.Popen) -> None:
+    """Stop a server and wait for its whole process tree (`serve run`'s local Ray cluster, its HAProxy) to be
+    gone, so the next run starts on a quiet machine with its ports free."""
+    pids = tree(proc.pid)
+    proc.send_signal(signal.SIGINT)  # serve run shuts its application and local cluster down on Ctrl-C
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        stop_server(proc)
+    deadline = time.monotonic() + 30
+    while (alive := [p for p in pids if Path(f"/proc/{p}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def serve_config(tmp: Path, port: int, replicas: int) -> Path:
     config = yaml.safe_load((ROOT / "deploy" / "ray" / "serve.yaml").read_text())
     config["http_options"]["port"] = port
@@ -110,12 +131,16 @@ def serve_runs(model: str, duration: int, tmp: Path) -> list[dict]:
     script.write_text(lua_script([json.dumps({"text": t}) for t in
                                   [t for t in reviews(2000) if 800 <= len(t) <= 1000][:50]]))
     service = [sys.executable, "-m", "service", "--no-access-log", "--log-level", "warning"]
+    serve = str(Path(sys.executable).parent / "serve")
     runs = {"plain service, 1 worker": lambda port: service + ["--workers", "1", "--port", str(port)],
-            "plain service, 2 workers": lambda port: service + ["--workers", "2", "--port", str(port)],
-            "Ray Serve, 1 replica": lambda port: [str(Path(sys.executable).parent / "serve"), "run",
-                                                  str(serve_config(tmp, port, 1))],
-            "Ray Serve, 2 replicas": lambda port: [str(Path(sys.executable).parent / "serve"), "run",
-                                                   str(serve_config(tmp, port, 2))]}
+            "plain service, 2 workers": lambda port: service + ["--workers", "2", "--port", str(port)]}
+    for replicas in (1, 2):
+        runs[f"Ray Serve, {replicas} replica{'s' * (replicas > 1)}"] = \
+            lambda port, n=replicas: [serve, "run", str(serve_config(tmp, port, n))]
+        if shutil.which("haproxy"):  # Ray's high-throughput mode (Ray >= 2.56): HAProxy ingress, direct gRPC
+            runs[f"Ray Serve, {replicas} replica{'s' * (replicas > 1)}, HAProxy mode"] = \
+                lambda port, n=replicas: ["env", "RAY_SERVE_ENABLE_HA_PROXY=1", "RAY_SERVE_THROUGHPUT_OPTIMIZED=1",
+                                          serve, "run", str(serve_config(tmp, port, n))]
     results = []
     for name, cmd in runs.items():
         port = free_port()
@@ -125,11 +150,7 @@ def serve_runs(model: str, duration: int, tmp: Path) -> list[dict]:
             subprocess.run(["wrk", "-t2", "-c64", "-d5s", "-s", str(script), url], capture_output=True)  # warm-up
             r = {"run": name, **run_wrk(url, script, 64, duration)}
         finally:
-            proc.send_signal(signal.SIGINT)  # serve run shuts its application and local cluster down on Ctrl-C
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                stop_server(proc)
+            stop_all(proc)
         results.append(r)
         print(f"{name:34} c=64 {r['requests_per_s']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
               f"  errors {r['errors']}", flush=True)
