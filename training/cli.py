@@ -61,6 +61,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from training.reproduce import markdown, reproduce
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name != "seed" and getattr(args, f.name) is not None}
+    presets = args.presets or list(TUTORIAL_ACCURACY)
+    for name in presets:
+        preset_config(name)  # an unknown preset is an error before hours of training
+    rows = reproduce(presets, args.seeds, args.out, args.data_dir, **overrides)
+    print(f"wrote {Path(args.out) / 'reproduce.md'} and reproduce.json")
+    print(markdown(rows), end="")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
@@ -106,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("reproduce", help="train presets with several seeds: test accuracy mean, sd, min, max "
+                       "beside the tutorials' figures")
+    p.add_argument("presets", nargs="*", help="presets (default: every tutorial preset)")
+    p.add_argument("--seeds", type=int, default=5, help="runs per preset, seeds 1337, 1338, ...")
+    p.add_argument("--out", default="runs/reproduce", help="run directories and reproduce.{json,md}")
+    p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("export", help="convert a run to ONNX, check parity, write a model package")
     p.add_argument("run_dir")
     p.add_argument("--name", required=True, help="package name, e.g. imdb-lstm")
@@ -149,7 +172,7 @@ def import_tensorflow_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.func in (cmd_train, cmd_export):
+    if args.func in (cmd_train, cmd_export, cmd_reproduce):
         import_tensorflow_quietly()
     from training.export import ExportError  # keeps --help free of TensorFlow start-up
 

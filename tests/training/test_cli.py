@@ -17,7 +17,7 @@ def run_cli(*args, env=None):
                           env={**base, **(env or {})}, timeout=600)
 
 
-@pytest.mark.parametrize("sub", ["train", "export", "evaluate", "presets"])
+@pytest.mark.parametrize("sub", ["train", "reproduce", "export", "evaluate", "presets"])
 def test_help(sub):
     r = run_cli(sub, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
@@ -57,3 +57,18 @@ def test_train_export_evaluate_end_to_end(reviews_csv, tmp_path):
     result = json.loads(r.stdout)
     assert result["measured"]["examples"] == 60
     assert abs(result["accuracy_delta_points"]) < 0.01
+
+
+def test_reproduce_trains_each_preset_with_each_seed(data_dir, tmp_path):
+    out = tmp_path / "reproduce"
+    r = run_cli("reproduce", "reuters-tutorial-simple-rnn", "--seeds", "2", "--epochs", "1", "--units", "8",
+                "--data-dir", str(data_dir), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["preset"] == "reuters-tutorial-simple-rnn" and row["seeds"] == [1337, 1338]
+    assert row["reported"] == 0.7496 and len(row["accuracies"]) == 2
+    assert row["min"] <= row["mean"] <= row["max"] and row["sd"] >= 0
+    for seed in row["seeds"]:
+        assert json.loads((out / row["preset"] / f"seed-{seed}" / "config.json").read_text())["seed"] == seed
+    assert "| reuters-tutorial-simple-rnn | 2 |" in (out / "reproduce.md").read_text()
+    assert run_cli("reproduce", "no-such-preset").returncode == 2
