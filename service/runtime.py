@@ -20,6 +20,7 @@ import numpy as np
 
 from service import explain
 from service.batcher import Batcher, BatchObserver
+from service.errors import PayloadTooLarge
 from service.package import Package, PackageError, check_io, read_package
 from service.session import OnnxModel
 from service.tokenizer import TokenStats, Tokenizer
@@ -150,12 +151,14 @@ class TextClassifier:
             return self._join([await self.batcher.submit(c) for c in chunks], order)
         return self._join(await asyncio.gather(*(self.batcher.submit(c) for c in chunks)), order)
 
-    async def explain(self, text: str, label: int | None = None, method: str = "occlusion",
-                      window: int = 5) -> Explanation:
+    async def explain(self, text: str, label: int | None = None, method: str = "occlusion", window: int = 5,
+                      max_words: int | None = None) -> Explanation:
         """Each word's contribution to one label's probability (the predicted label by default), by occlusion
         (service/explain.py). The text and its variants run through the batcher fairly: an explanation shares
-        the model with /predict traffic rather than holding it."""
+        the model with /predict traffic rather than holding it. Raises PayloadTooLarge past max_words."""
         words = explain.read_words(self.tokenizer, text)
+        if max_words is not None and len(words) > max_words:
+            raise PayloadTooLarge(f"the text has {len(words)} words; at most {max_words} can be explained")
         groups = explain.occlusion_groups(words, method, window)
         result = await self.predict([text] + explain.variants(self.tokenizer, text, words, groups), fair=True)
         probs = result.probs

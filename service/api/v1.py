@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 from service.api.body import VERSION_PARAMETER, check_json, json_response, model_parser, parse, path_version
 from service.api.schemas import (ErrorResponse, ExplainRequest, ExplainResponse, ModelList, PredictRequest,
                                  PredictResponse)
-from service.errors import InvalidInput, NotFound, PayloadTooLarge
+from service.errors import InvalidInput, NotFound
 from service.predict import check_limits, to_predictions
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
@@ -77,13 +77,9 @@ async def explain(name: str, request: Request) -> Response:
     check_limits([body.text], 1, state.settings.max_text_chars)
     if body.label is not None and body.label not in model.labels:
         raise InvalidInput(f"label {body.label!r} is not one of the model's labels: {model.labels}")
-    words = len(model.tokenizer.word_spans(body.text))
-    if words > state.settings.max_explain_words:
-        raise PayloadTooLarge(f"the text has {words} words; at most {state.settings.max_explain_words} "
-                              "can be explained")
     label = None if body.label is None else model.labels.index(body.label)
-    model, out = await state.registry.call(
-        name, version, lambda m: m.explain(body.text, label, body.method, body.window))
+    model, out = await state.registry.call(name, version, lambda m: m.explain(
+        body.text, label, body.method, body.window, max_words=state.settings.max_explain_words))
     prediction = to_predictions(model.labels, out.prediction, top_k=len(model.labels), return_probabilities=True)
     return json_response({"model": model.name, "version": model.version, "prediction": prediction[0],
                           "label": model.labels[out.label], "method": out.method, "window": out.window,

@@ -101,19 +101,18 @@ class TextFiles(ray.data.Datasource):
             table = pq.ParquetFile(fh)
             names = table.schema_arrow.names
             id_column = self.id_column or ("id" if "id" in names else None)
-            if self.text_column not in names:
-                error = f"no column {self.text_column!r}; columns are {names}"
+            has_text = self.text_column in names
+            no_text = f"no string in column {self.text_column!r}" if has_text else \
+                f"no column {self.text_column!r}; columns are {names}"
             for batch in table.iter_batches(BLOCK_ROWS, columns=[c for c in (self.text_column, id_column)
                                                                  if c in names]):
-                texts = batch.column(self.text_column).to_pylist() if self.text_column in names \
-                    else [None] * batch.num_rows
+                texts = batch.column(self.text_column).to_pylist() if has_text else [None] * batch.num_rows
                 ids = batch.column(id_column).to_pylist() if id_column else [None] * batch.num_rows
                 for text, id_ in zip(texts, ids):
                     number += 1
                     id_ = number if id_ is None else id_
                     if not isinstance(text, str):
-                        yield Row(number, id_, error=error if self.text_column not in names
-                                  else f"no string in column {self.text_column!r}")
+                        yield Row(number, id_, error=no_text)
                     elif len(text) > self.max_chars:
                         yield Row(number, id_, error=f"text has {len(text)} characters; the limit is {self.max_chars}")
                     else:
