@@ -53,6 +53,19 @@ def server_pids(pid: int) -> list[int]:
     return [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == pid]
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (a Ray driver starts its cluster's processes beneath it)."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and (parent := _ppid(p)) is not None:
+            children.setdefault(parent, []).append(int(p.name))
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        todo += children.get(out[-1], [])
+    return out
+
+
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     """One process's status field in MB: VmRSS (now) or VmHWM (peak)."""
     try:

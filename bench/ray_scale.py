@@ -30,26 +30,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, free_port, machine, reviews, rss_mb, start_server, stop_server  # noqa: E402
+from bench.common import (ROOT, free_port, machine, process_tree, reviews, rss_mb, start_server,  # noqa: E402
+                          stop_server)
 from bench.load import lua_script, run_wrk  # noqa: E402
 from bench.score import generated_rows  # noqa: E402
-
-
-def tree(pid: int) -> list[int]:
-    """A process and all its descendants (a Ray driver starts the cluster's processes beneath it)."""
-    children: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                parent = int(p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(p.name))
-    out, todo = [], [pid]
-    while todo:
-        out.append(todo.pop())
-        todo += children.get(out[-1], [])
-    return out
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:
@@ -60,7 +44,7 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     def sample():
         nonlocal peak
         while proc.poll() is None:
-            peak = max(peak, sum(rss_mb(p) for p in tree(proc.pid)))
+            peak = max(peak, sum(rss_mb(p) for p in process_tree(proc.pid)))
             time.sleep(0.2)
 
     started = time.perf_counter()
@@ -99,7 +83,7 @@ def data_runs(package: Path, rows: int, tmp: Path) -> list[dict]:
 def stop_all(proc: subprocess.Popen) -> None:
     """Stop a server and wait for its whole process tree (`serve run`'s local Ray cluster, its HAProxy) to be
     gone, so the next run starts on a quiet machine with its ports free."""
-    pids = tree(proc.pid)
+    pids = process_tree(proc.pid)
     proc.send_signal(signal.SIGINT)  # serve run shuts its application and local cluster down on Ctrl-C
     try:
         proc.wait(timeout=60)

@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from service.runtime import RuntimeOptions, TextClassifier
 from service.predict import MAX_TEXT_CHARS
-from service.scoring import RowReader, RowWriter, score_stream
+from service.scoring import RowReader, RowWriter, format_of, score_stream
 
-SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "text"}
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "text": "text/plain"}
 CHUNK = 1 << 20
 
@@ -34,7 +33,7 @@ class CliError(Exception):
 def input_format(path: Path, given: str | None) -> str:
     if given:
         return given
-    fmt = SUFFIXES.get(Path(path.name.removesuffix(".gz")).suffix)
+    fmt = format_of(path.name)
     if fmt is None:
         raise CliError(f"cannot tell the format of {path.name}; pass --format csv|jsonl|text")
     return fmt

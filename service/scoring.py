@@ -25,6 +25,13 @@ from service.runtime import Classified
 InputFormat = Literal["csv", "jsonl", "text"]
 OutputFormat = Literal["jsonl", "csv"]
 BLOCK_ROWS = 512
+SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "text"}
+
+
+def format_of(name: str, formats: dict[str, str] = SUFFIX_FORMATS) -> str | None:
+    """A file's input format from its name (a .gz suffix looked through), or None."""
+    base = name.removesuffix(".gz")
+    return next((fmt for suffix, fmt in formats.items() if base.endswith(suffix)), None)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from service.api.body import VERSION_PARAMETER, path_version
 from service.api.v1 import ERRORS
 from service.errors import ClientGone, InvalidInput, PayloadTooLarge, ServiceError
 from service.runtime import Classified
-from service.scoring import RowReader, RowWriter, maybe_gunzip, score_stream
+from service.scoring import RowReader, RowWriter, format_of, maybe_gunzip, score_stream
 from service.spool import BodySpool
 
 log = logging.getLogger("rnnserve.score")
@@ -26,7 +26,6 @@ router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
 CONTENT_FORMATS = {"text/csv": "csv", "application/csv": "csv", "application/x-ndjson": "jsonl",
                    "application/jsonl": "jsonl", "application/x-jsonlines": "jsonl", "application/jsonlines": "jsonl",
                    "text/plain": "text"}
-SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "text"}
 MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 SCORE_BODY = {"requestBody": {"required": True, "content": {
     "text/csv": {"schema": {"type": "string", "format": "binary"}},
@@ -127,10 +126,8 @@ class ScoreResponse(Response):
 def _input_format(request: Request, given: str | None, upload: UploadFile | None) -> str:
     if given:
         return given
-    if upload is not None and upload.filename:
-        for suffix, fmt in SUFFIX_FORMATS.items():
-            if upload.filename.removesuffix(".gz").endswith(suffix):
-                return fmt
+    if upload is not None and upload.filename and (fmt := format_of(upload.filename)):
+        return fmt
     content_type = (upload.content_type if upload is not None else request.headers.get("content-type", ""))
     fmt = CONTENT_FORMATS.get((content_type or "").split(";")[0].strip().lower())
     if fmt is None:

@@ -27,15 +27,15 @@ from ray.data.expressions import col
 
 from service.predict import MAX_TEXT_CHARS
 from service.runtime import RuntimeOptions, TextClassifier
-from service.scoring import Row, RowReader
+from service.scoring import SUFFIX_FORMATS, Row, RowReader, format_of
 
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "text", ".parquet": "parquet"}
+FORMATS = SUFFIX_FORMATS | {".parquet": "parquet"}
 CHUNK = 1 << 20
 BLOCK_ROWS = 4096
 
 
 def input_format(path: str) -> str:
-    fmt = FORMATS.get(Path(path.removesuffix(".gz")).suffix)
+    fmt = format_of(path, FORMATS)
     if fmt is None:
         raise ValueError(f"cannot tell the format of {path}; name it .csv, .jsonl, .txt or .parquet (or .gz)")
     return fmt
