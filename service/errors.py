@@ -53,3 +53,18 @@ class Overloaded(ServiceError):
 
 class ModelClosed(Overloaded):
     """The model copy was unloaded or replaced while the request waited; a retry reaches the current one."""
+
+
+class WrongTask(ServiceError):
+    """The operation does not fit the model's task (e.g. texts sent to a numeric-sequence model)."""
+
+    status, code = 422, "wrong_task"
+    USE = {"text-classification": "POST /v1/models/{name}/predict with texts",
+           "sequence-classification": "POST /v1/models/{name}/predict with sequences",
+           "sequence-regression": "POST /v1/models/{name}/predict with sequences",
+           "text-generation": "POST /v1/models/{name}/generate with a prompt"}
+
+    def __init__(self, model, tasks: tuple[str, ...]):
+        use = self.USE.get(model.task, "").format(name=model.name)
+        super().__init__(f"model {model.name!r} is a {model.task} model, and this operation needs "
+                         f"{' or '.join(tasks)}" + (f"; use {use}" if use else ""))

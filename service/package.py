@@ -18,7 +18,13 @@ from service.tokenizer import TokenizerSpec
 PACKAGE_FORMAT = "rnnserve-package/1"
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "probabilities"
-REQUIRED_FILES = ("model.onnx", "tokenizer.json", "metadata.json")
+SEQUENCE_INPUT = "sequences"  # numeric-sequence packages: float32 [N, T, F]
+VALUES_OUTPUT = "values"  # sequence regression: [N, 1], or [N, T, 1] per step
+LOGITS_OUTPUT = "logits"  # language models: the next character's logits [N, vocab]
+REQUIRED_FILES = ("model.onnx", "metadata.json")  # and tokenizer.json for the tasks that read text
+TEXT_TASKS = ("text-classification", "text-generation")
+TASKS = (*TEXT_TASKS, "sequence-classification", "sequence-regression")
+CLASSIFICATION_TASKS = ("text-classification", "sequence-classification")
 # Names and versions come from URLs: these patterns keep every lookup inside the repository.
 # Used with fullmatch: "$" alone would let a trailing newline through ("1\n").
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no "..", no "/", no leading dot
@@ -38,7 +44,11 @@ class Package:
     version: int
     path: Path
     metadata: dict
-    tokenizer: TokenizerSpec
+    tokenizer: TokenizerSpec | None  # None for numeric-sequence packages
+
+    @property
+    def task(self) -> str:
+        return self.metadata.get("task", "text-classification")
 
     @property
     def labels(self) -> list[str]:
@@ -82,30 +92,53 @@ def read_package(path: str | Path) -> Package:
     for key in ("labels", "maxlen", "onnx", "input", "output"):
         if key not in metadata:
             raise PackageError(f"metadata.json lacks {key!r}")
+    task = metadata.get("task", "text-classification")
+    if task not in TASKS:
+        raise PackageError(f"unknown task {task!r}; this server runs {', '.join(TASKS)}")
     labels = metadata["labels"]
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
-        raise PackageError("metadata labels must be a list of two or more strings")
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise PackageError("metadata labels must be a list of strings")
+    if task in CLASSIFICATION_TASKS and len(labels) < 2:
+        raise PackageError("a classifier's metadata labels must name two or more classes")
+    if task not in TEXT_TASKS:
+        shape = metadata["input"].get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape[1:])):
+            raise PackageError(f"a sequence package declares its input shape [null, T, F]; got {shape!r}")
+    elif not (path / "tokenizer.json").is_file():
+        raise PackageError("missing tokenizer.json")
     expected = metadata["onnx"].get("sha256")
     actual = sha256_file(path / "model.onnx")
     if expected != actual:
         raise PackageError(f"model.onnx sha256 {actual[:12]}... does not match metadata ({str(expected)[:12]}...)")
-    try:
-        spec = TokenizerSpec.load(path / "tokenizer.json")
-    except (OSError, ValueError, TypeError) as exc:
-        raise PackageError(f"tokenizer.json is invalid: {exc}") from exc
-    if spec.maxlen != metadata["maxlen"]:
-        raise PackageError(f"tokenizer maxlen {spec.maxlen} differs from metadata maxlen {metadata['maxlen']}")
+    spec = None
+    if task in TEXT_TASKS:
+        try:
+            spec = TokenizerSpec.load(path / "tokenizer.json")
+        except (OSError, ValueError, TypeError) as exc:
+            raise PackageError(f"tokenizer.json is invalid: {exc}") from exc
+        if spec.maxlen != metadata["maxlen"]:
+            raise PackageError(f"tokenizer maxlen {spec.maxlen} differs from metadata maxlen {metadata['maxlen']}")
     return Package(name=name, version=int(version), path=path, metadata=metadata, tokenizer=spec)
 
 
 def check_io(package: Package, inputs: list, outputs: list) -> None:
     """Compare an ONNX session's declared inputs/outputs with the metadata (duck-typed NodeArgs)."""
+    meta = package.metadata
     by_name_in = {i.name: i for i in inputs}
     by_name_out = {o.name: o for o in outputs}
-    if list(by_name_in) != [INPUT_NAME]:
-        raise PackageError(f"model inputs are {list(by_name_in)}, expected [{INPUT_NAME!r}]")
-    if OUTPUT_NAME not in by_name_out:
-        raise PackageError(f"model outputs {list(by_name_out)} lack {OUTPUT_NAME!r}")
+    states = meta.get("state", [])
+    want_in = [meta["input"]["name"], *(s["input"] for s in states)]
+    want_out = [meta["output"]["name"], *(s["output"] for s in states)]
+    if list(by_name_in) != want_in:
+        raise PackageError(f"model inputs are {list(by_name_in)}, expected {want_in}")
+    if not set(want_out) <= set(by_name_out):
+        raise PackageError(f"model outputs {list(by_name_out)} lack {sorted(set(want_out) - set(by_name_out))}")
+    if package.task != "text-classification":
+        shape = by_name_in[want_in[0]].shape
+        if package.task != "text-generation" and [d if isinstance(d, int) else None for d in shape[1:]] != \
+                meta["input"]["shape"][1:]:
+            raise PackageError(f"model input shape {shape} differs from the metadata's {meta['input']['shape']}")
+        return
     in_shape = by_name_in[INPUT_NAME].shape
     out_shape = by_name_out[OUTPUT_NAME].shape
     if len(in_shape) != 2 or (isinstance(in_shape[1], int) and in_shape[1] != package.maxlen):

@@ -1,4 +1,4 @@
-"""Model registry: names and versions of loaded TextClassifiers, loading, reloading and unloading.
+"""Model registry: names and versions of loaded model runtimes, loading, reloading and unloading.
 
 A package that fails validation or loading is recorded with its reason; the others keep serving.
 """
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
 
-from service.errors import ModelClosed, NotFound, NotReady
+from service.errors import ModelClosed, NotFound, NotReady, WrongTask
 from service.metrics import Metrics
 from service.package import NAME_RE, VERSION_RE, PackageError, scan_repository
-from service.runtime import Classified, RuntimeOptions, TextClassifier
+from service.loader import open_model
+from service.runtime import Classified, ModelRuntime, RuntimeOptions
 from service.cpus import usable_cpus
 from service.settings import Settings
 
@@ -28,7 +29,7 @@ T = TypeVar("T")
 class Registry:
     settings: Settings
     metrics: Metrics
-    models: dict[str, dict[int, TextClassifier]] = field(default_factory=dict)
+    models: dict[str, dict[int, ModelRuntime]] = field(default_factory=dict)
     failures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> version -> reason
     loaded_once: bool = False
     # One load or unload per name at a time: concurrent ones for a name each built a copy, and the copies
@@ -48,11 +49,11 @@ class Registry:
                               max_batch_delay_ms=s.max_batch_delay_ms,
                               max_queue=s.max_queue, warmup=s.warmup)
 
-    async def load_path(self, path: Path, install: bool = True) -> TextClassifier | None:
+    async def load_path(self, path: Path, install: bool = True) -> ModelRuntime | None:
         """Validate, load and warm one package; install=False leaves the swap to the caller."""
         name, version = path.parent.name, path.name
         try:
-            model = await asyncio.to_thread(TextClassifier.open, path, self.options(),
+            model = await asyncio.to_thread(open_model, path, self.options(),
                                             self.metrics.batch_observer(name))
         except Exception as exc:  # noqa: BLE001 - any bad package is reported, never fatal
             reason = str(exc) if isinstance(exc, PackageError) else f"{type(exc).__name__}: {exc}"
@@ -66,8 +67,8 @@ class Registry:
         if not self.failures.get(name, True):
             del self.failures[name]
         self._update_gauges()
-        log.info("model loaded", extra={"model": name, "version": version, "provider": model.session.provider,
-                                        "threads": model.session.threads, "tokenizer": model.tokenizer.implementation})
+        log.info("model loaded", extra={"model": name, "version": version, "task": model.task,
+                                        "provider": model.session.provider, "threads": model.session.threads})
         return model
 
     async def load_all(self) -> None:
@@ -154,7 +155,14 @@ class Registry:
         self.metrics.models_loaded.set(sum(map(len, self.models.values())))
         self.metrics.models_failed.set(sum(map(len, self.failures.values())))
 
-    def get(self, name: str, version: str | int | None = None) -> TextClassifier:
+    def get(self, name: str, version: str | int | None = None, tasks: tuple[str, ...] | None = None) -> ModelRuntime:
+        """The loaded model; with tasks, WrongTask (422) unless it runs one of them."""
+        model = self._get(name, version)
+        if tasks is not None and model.task not in tasks:
+            raise WrongTask(model, tasks)
+        return model
+
+    def _get(self, name: str, version: str | int | None = None) -> ModelRuntime:
         if not NAME_RE.fullmatch(name) or (version is not None and not VERSION_RE.fullmatch(str(version))):
             raise NotFound(f"model {name!r}" + (f" version {version!r}" if version is not None else "") + " not found")
         versions = self.models.get(name)
@@ -172,7 +180,7 @@ class Registry:
         return versions[int(version)]
 
     async def call(self, name: str, version: str | int | None,
-                   work: Callable[[TextClassifier], Awaitable[T]]) -> tuple[TextClassifier, T]:
+                   work: Callable[[ModelRuntime], Awaitable[T]]) -> tuple[ModelRuntime, T]:
         """Run work(model) on the current copy of a model version. A request that reached a copy just as a
         reload replaced and closed it is run again on its successor, so reloads fail no request."""
         model = self.get(name, version)
@@ -183,7 +191,7 @@ class Registry:
             return model, await work(model)
 
     async def predict(self, name: str, version: str | int | None,
-                      texts: list[str]) -> tuple[TextClassifier, Classified]:
+                      texts: list[str]) -> tuple[ModelRuntime, Classified]:
         return await self.call(name, version, lambda model: model.predict(texts))
 
     def names(self) -> list[str]:

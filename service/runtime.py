@@ -1,6 +1,9 @@
-"""TextClassifier: the one object that runs a model package (tokenizer, onnxruntime session, batcher).
+"""The runtimes: one object runs one model package. ModelRuntime holds what they share (package, onnxruntime
+session, warm-up, describe, close); TextClassifier (tokenizer, batcher) runs text classifiers here,
+SequenceModel (service/sequence_model.py) numeric-sequence models and TextGenerator (service/generator.py)
+character language models. `open_model` (service/loader.py) picks one by the package's task.
 
-The HTTP server, `rnnserve-score` and every engine open packages through it, so they all give the same
+The HTTP server, `rnnserve-score` and every engine open packages through them, so they all give the same
 answers. Servers call `await predict(texts)`: requests queue their raw texts, and the batcher's worker
 thread tokenizes the whole batch (compiled tokenizer, GIL released) and runs onnxruntime, off the event
 loop. Offline code calls `predict_batch(texts)` synchronously.
@@ -68,11 +71,14 @@ class Explanation:
     runs: int  # texts run: the text and each variant
 
 
-class TextClassifier:
+class ModelRuntime:
+    """One package and its onnxruntime session; subclasses add the task's input handling and batching."""
+
+    tasks: tuple[str, ...] = ()  # the package tasks this runtime runs
+
     def __init__(self, package: Package, session: OnnxModel, options: RuntimeOptions = RuntimeOptions(),
                  observer: BatchObserver | None = None):
         self.package, self.session = package, session
-        self.tokenizer = Tokenizer(package.tokenizer)
         serving = package.metadata.get("serving", {})
         self.batcher = Batcher(self.run_batch,
                                max_batch_size=int(serving.get("max_batch_size", options.max_batch_size)),
@@ -81,22 +87,30 @@ class TextClassifier:
 
     @classmethod
     def open(cls, path: str | Path, options: RuntimeOptions = RuntimeOptions(),
-             observer: BatchObserver | None = None) -> "TextClassifier":
-        """Validate the package, start its session and warm it up. Raises PackageError with the reason."""
+             observer: BatchObserver | None = None):
+        """Validate the package, start its session, check it and warm it up. Raises PackageError with the
+        reason."""
         path = Path(path)
         package = read_package(path)
-        session = OnnxModel(path / "model.onnx", options.provider, options.intra_op_threads)
+        if package.task not in cls.tasks:
+            raise PackageError(f"{package.name} is a {package.task} package; {cls.__name__} runs "
+                               f"{' and '.join(cls.tasks)} packages")
+        session = OnnxModel(path / "model.onnx", options.provider, options.intra_op_threads,
+                            package.metadata["input"]["name"], package.metadata["output"]["name"])
         check_io(package, session.inputs(), session.outputs())
-        if options.warmup:
-            session.warm_up(package.maxlen)
-        clf = cls(package, session, options, observer)
+        runtime = cls(package, session, options, observer)
         try:
-            clf.session.run(np.full((1, package.maxlen), clf.tokenizer.max_id, dtype=np.int64))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error says which node refused
-            clf.batcher.shutdown()
-            raise PackageError(f"the model does not take the tokenizer's ids up to {clf.tokenizer.max_id} (an "
-                               f"embedding smaller than the vocabulary?): {str(exc)[:300]}") from None
-        return clf
+            runtime.check(options.warmup)
+        except BaseException:
+            runtime.batcher.shutdown()
+            raise
+        return runtime
+
+    def check(self, warm_up: bool) -> None:
+        """Run the model once on inputs at the edge of what it will get (and warm it up)."""
+
+    def run_batch(self, rows: list):
+        raise NotImplementedError
 
     @property
     def name(self) -> str:
@@ -109,6 +123,56 @@ class TextClassifier:
     @property
     def labels(self) -> list[str]:
         return self.package.labels
+
+    @property
+    def task(self) -> str:
+        return self.package.task
+
+    def describe(self) -> dict:
+        meta = self.package.metadata
+        return {
+            "name": self.name,
+            "version": self.version,
+            "state": "ready",
+            "task": self.task,
+            "labels": self.labels,
+            "architecture": meta.get("architecture", {}),
+            "maxlen": self.package.maxlen,
+            "dataset": meta.get("dataset", {}),
+            "metrics": meta.get("metrics", {}),
+            "provider": self.session.provider,
+            "threads": self.session.threads,
+            "max_batch_size": self.batcher.max_batch_size,
+            "plots": self.package.plots,
+        }
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Let queued batches finish (up to grace_s), fail what is left, stop the worker thread."""
+        await self.batcher.close(grace_s)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.batcher.shutdown()
+
+
+class TextClassifier(ModelRuntime):
+    tasks = ("text-classification",)
+
+    def __init__(self, package: Package, session: OnnxModel, options: RuntimeOptions = RuntimeOptions(),
+                 observer: BatchObserver | None = None):
+        self.tokenizer = Tokenizer(package.tokenizer)
+        super().__init__(package, session, options, observer)
+
+    def check(self, warm_up: bool) -> None:
+        if warm_up:
+            self.session.warm_up(np.ones((1, self.package.maxlen), dtype=np.int64))
+        try:
+            self.session.run(np.full((1, self.package.maxlen), self.tokenizer.max_id, dtype=np.int64))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error says which node refused
+            raise PackageError(f"the model does not take the tokenizer's ids up to {self.tokenizer.max_id} (an "
+                               f"embedding smaller than the vocabulary?): {str(exc)[:300]}") from None
 
     @property
     def dynamic_length(self) -> bool:
@@ -173,33 +237,9 @@ class TextClassifier:
         return self._join([self.run_batch(c) for c in chunks], order)
 
     def describe(self) -> dict:
-        meta = self.package.metadata
-        return {
-            "name": self.name,
-            "version": self.version,
-            "state": "ready",
-            "task": meta.get("task", "text-classification"),
-            "labels": self.labels,
-            "architecture": meta.get("architecture", {}),
-            "maxlen": self.package.maxlen,
+        return super().describe() | {
             "padding": self.package.tokenizer.padding,
             "truncating": self.package.tokenizer.truncating,
             "vocab_size": self.package.tokenizer.vocab_size,
-            "dataset": meta.get("dataset", {}),
-            "metrics": meta.get("metrics", {}),
-            "provider": self.session.provider,
-            "threads": self.session.threads,
             "tokenizer": self.tokenizer.implementation,
-            "max_batch_size": self.batcher.max_batch_size,
-            "plots": self.package.plots,
         }
-
-    async def close(self, grace_s: float = 0.0) -> None:
-        """Let queued batches finish (up to grace_s), fail what is left, stop the worker thread."""
-        await self.batcher.close(grace_s)
-
-    def __enter__(self) -> "TextClassifier":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.batcher.shutdown()

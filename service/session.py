@@ -78,9 +78,10 @@ class OnnxModel:
     def outputs(self):
         return self.session.get_outputs()
 
-    def run(self, ids: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: ids})[0]
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: x})[0]
 
-    def warm_up(self, maxlen: int, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
+    def warm_up(self, example: np.ndarray, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
+        """Run batches of one example row repeated, so the first requests find the session's memory ready."""
         for n in batch_sizes:
-            self.run(np.ones((n, maxlen), dtype=np.int64))
+            self.run(np.repeat(example, n, axis=0))

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1, description="Characters in one text (else 413).")
     max_explain_words: int = Field(2000, ge=1, description="Words in one text to explain (else 413); an "
                                    "explanation runs the model once per word it sees, up to maxlen.")
+    max_generate_chars: int = Field(2000, ge=1, description="Characters one /generate request may ask for "
+                                    "(else 413).")
+    max_generations: int = Field(32, ge=1, description="Generations running at once per model and worker; more "
+                                 "get 503 + Retry-After.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
     max_header_bytes: int = Field(65_536, ge=1024, description="Request line and headers (else 431 and the "
                                   "connection closed).")

@@ -41,6 +41,8 @@ class TokenizerSpec:
     """Everything needed to turn text into the exact ids a model was trained on (saved as JSON)."""
 
     words: list[str]  # words[i] has rank i + 1 in the word index (most frequent first)
+    # Keras's char_level=True: every character is a token (after lower-casing); filters and split do not apply
+    char_level: bool = False
     lower: bool = True
     filters: str = KERAS_FILTERS
     split: str = " "
@@ -125,7 +127,7 @@ class Tokenizer:
     def __init__(self, spec: TokenizerSpec, fast: bool = True):
         spec.validate()
         self.spec = spec
-        table = {ord(c): spec.split for c in spec.filters}
+        table = {} if spec.char_level else {ord(c): spec.split for c in spec.filters}
         if spec.lower:
             if spec.lower_ascii_only:
                 table.update({ord(c): c.lower() for c in string.ascii_uppercase})
@@ -142,7 +144,8 @@ class Tokenizer:
     def _compile(self):
         """The compiled tokenizer for this spec, or None where it cannot express the spec exactly."""
         s = self.spec
-        if _fasttok is None or self._full_lower or len(s.split) != 1 or not s.split.isascii():
+        if (_fasttok is None or s.char_level or self._full_lower or len(s.split) != 1
+                or not s.split.isascii()):
             return None
         table = bytearray(range(128))
         for code, to in self._table.items():
@@ -163,15 +166,18 @@ class Tokenizer:
         return i
 
     def word_spans(self, text: str) -> list[tuple[str, int, int]]:
-        """Keras's text_to_word_sequence with the spec's lower-casing and non-ASCII rules: each word with
-        its character span [start, end) in the original text."""
+        """Keras's text_to_word_sequence (or, char_level, its characters) with the spec's lower-casing and
+        non-ASCII rules: each word with its character span [start, end) in the original text."""
         lowered = text.lower() if self._full_lower else text
-        sep = self.spec.split
-        words, pos = [], 0
-        for piece in lowered.translate(self._table).split(sep):
-            if piece:
-                words.append((piece, pos, pos + len(piece)))
-            pos += len(piece) + len(sep)
+        if self.spec.char_level:
+            words = [(c, i, i + 1) for i, c in enumerate(lowered.translate(self._table))]
+        else:
+            sep = self.spec.split
+            words, pos = [], 0
+            for piece in lowered.translate(self._table).split(sep):
+                if piece:
+                    words.append((piece, pos, pos + len(piece)))
+                pos += len(piece) + len(sep)
         if len(lowered) != len(text):  # full lower-casing lengthened some characters (e.g. "İ" -> "i̇")
             origin = [i for i, c in enumerate(text) for _ in c.lower()] + [len(text)]
             words = [(w, origin[a], origin[b - 1] + 1) for w, a, b in words]

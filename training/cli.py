@@ -49,9 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     name = args.name or args.preset or Path(cfg.dataset).stem
     out = Path(args.out or Path("runs") / name)
-    metrics = train(cfg, out, args.data_dir, verbose=1 if args.progress else 2)
+    if args.validation_only and args.export:
+        raise ConfigError("--validation-only leaves the test split out, and a package reports its test figures: "
+                          "drop --export, or --validation-only for the final run")
+    metrics = train(cfg, out, args.data_dir, verbose=1 if args.progress else 2,
+                    evaluate_test=not args.validation_only)
     print(json.dumps({"run_dir": str(out), **metrics}, indent=2))
-    if args.preset in TUTORIAL_ACCURACY:
+    if args.preset in TUTORIAL_ACCURACY and "test" in metrics:
         print(f"tutorial reports {TUTORIAL_ACCURACY[args.preset]:.2%}; this run {metrics['test']['accuracy']:.2%}")
     if args.export:
         from training.export import export_run
@@ -115,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default="models")
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--overwrite", action="store_true", help="replace an existing package version")
+    p.add_argument("--validation-only", action="store_true",
+                   help="report the validation split only and leave the test split untouched (for choosing "
+                        "between configurations; evaluate the chosen one on the test split once)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stdout.isatty(),
                    help="Keras progress bars (default: when on a terminal; else one line per epoch)")
     _add_config_flags(p)

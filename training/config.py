@@ -12,15 +12,24 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
+    # What is trained: "text" classifies text; "sequences" maps numeric sequences [T, F] to a class or a value
+    # (training/sequences.py); "lm" is a character language model over a text corpus (training/lm.py).
+    task: Literal["text", "sequences", "lm"] = "text"
     # data
-    dataset: str = "imdb"  # imdb, reuters, or a path to a CSV/JSONL file of labelled text
+    # text: imdb, reuters, or a CSV/JSONL file of labelled text; sequences: waves-next, waves-kind, waves-steps
+    # (synthetic) or a CSV/NPZ file; lm: a .txt file, or a CSV/JSONL file whose text_column is the corpus
+    dataset: str = "imdb"
     text_column: str = "text"
     label_column: str = "label"
+    char_level: bool = False  # own files only: characters are the tokens (Keras's Tokenizer(char_level=True))
+    features: int = 1  # sequences: values per step (F)
+    regression: bool = False  # sequences: the target column holds numbers, not class names
+    max_chars: int | None = None  # lm: train on the corpus's first max_chars characters only
     num_words: int | None = 10000  # vocabulary cut-off: rarer words become oov_char
     skip_top: int = 0
     load_maxlen: int | None = None  # keras load_data(maxlen=...): drops sequences this long or longer
     test_split: float = 0.2  # reuters and own files; IMDB has fixed 25k/25k splits
-    maxlen: int = 200  # the model's input length (pad/truncate)
+    maxlen: int = 200  # the model's input length (pad/truncate); sequences: set from the data; lm: window length
     padding: Literal["pre", "post"] = "pre"
     truncating: Literal["pre", "post"] = "pre"
     # model
@@ -35,12 +44,23 @@ class TrainConfig:
     conv_filters: int = 0  # >0 adds a Conv1D + MaxPooling1D front before the RNN
     conv_kernel: int = 5
     pool_size: int = 4
-    pooling: Literal["last", "max"] = "last"  # "max": max over all time steps of the last RNN layer
+    # "max": max over all time steps of the last RNN layer; "max_mean": max and mean over the steps the mask
+    # keeps (every step without a mask), concatenated
+    pooling: Literal["last", "max", "max_mean"] = "last"
+    embedding_dropout: float = 0.0  # spatial dropout: whole embedding channels dropped per text
     dense_units: int = 0  # >0 adds a relu Dense layer before the output
     head_dropout: float = 0.0
     # optimisation
-    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    optimizer: Literal["rmsprop", "adam", "adamw"] = "rmsprop"
     learning_rate: float = 1e-3
+    weight_decay: float = 0.004  # adamw only (Keras's default)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over all epochs' steps
+    label_smoothing: float = 0.0
+    class_weight: Literal["none", "balanced", "sqrt"] = "none"  # "sqrt": the square root of "balanced"
+    # "skipgram": the embedding starts from word vectors learnt (gensim word2vec, skip-gram) on the texts the
+    # model trains on (never the validation or test texts), then trains on
+    pretrained_embeddings: Literal["none", "skipgram"] = "none"
+    ensemble: int = 1  # >1 trains this many models (seeds seed, seed+1, ...) served as one: probabilities averaged
     batch_size: int = 128
     epochs: int = 10
     validation_split: float = 0.2  # Keras takes the last fraction of the training split
@@ -48,26 +68,45 @@ class TrainConfig:
     seed: int = 1337
 
     def validate(self) -> "TrainConfig":
-        positive = ("maxlen", "embedding_dim", "units", "layers", "batch_size", "epochs")
+        positive = ("maxlen", "embedding_dim", "units", "layers", "batch_size", "epochs", "ensemble", "features")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cell not in ("simple_rnn", "gru", "lstm"):
             raise ConfigError(f"cell must be simple_rnn, gru or lstm, got {self.cell!r}")
-        if self.optimizer not in ("rmsprop", "adam"):
-            raise ConfigError(f"optimizer must be rmsprop or adam, got {self.optimizer!r}")
+        choices = {"optimizer": ("rmsprop", "adam", "adamw"), "pooling": ("last", "max", "max_mean"),
+                   "lr_schedule": ("constant", "cosine"), "class_weight": ("none", "balanced", "sqrt"),
+                   "pretrained_embeddings": ("none", "skipgram"), "task": ("text", "sequences", "lm")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("padding", "truncating"):
             if getattr(self, name) not in ("pre", "post"):
                 raise ConfigError(f"{name} must be 'pre' or 'post'")
-        for name in ("dropout", "recurrent_dropout", "head_dropout", "validation_split"):
+        for name in ("dropout", "recurrent_dropout", "head_dropout", "embedding_dropout", "validation_split",
+                     "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.test_split < 1.0:
             raise ConfigError(f"test_split must be in (0, 1), got {self.test_split}")
-        if self.pooling not in ("last", "max"):
-            raise ConfigError(f"pooling must be 'last' or 'max', got {self.pooling!r}")
         if self.pooling == "max" and self.mask_zero:
-            raise ConfigError("pooling='max' needs mask_zero off (Keras's max pooling ignores masks)")
+            raise ConfigError("pooling='max' needs mask_zero off (Keras's max pooling ignores masks); "
+                              "pooling='max_mean' uses the mask")
+        if self.task != "text":
+            text_only = {"mask_zero": False, "char_level": False, "pretrained_embeddings": "none", "conv_filters": 0}
+            if self.task == "lm":
+                text_only |= {"bidirectional": False, "pooling": "last", "ensemble": 1, "label_smoothing": 0.0,
+                              "class_weight": "none"}
+            for name, default in text_only.items():
+                if getattr(self, name) != default:
+                    raise ConfigError(f"{name} does not apply to task={self.task!r}")
+        if self.task == "text" and self.dataset.removesuffix(".gz").endswith(".npz"):
+            raise ConfigError("an .npz dataset holds numeric sequences: add task='sequences' (--task sequences)")
+        if self.char_level and self.dataset in ("imdb", "reuters"):
+            raise ConfigError("char_level needs raw text: give a CSV/JSONL file as dataset (the Keras datasets "
+                              "ship word ids)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.mask_zero and self.conv_filters:
             raise ConfigError("mask_zero cannot be combined with a Conv1D front (Conv1D does not carry masks)")
         if self.conv_filters and self.maxlen < self.conv_kernel * self.pool_size:
@@ -129,6 +168,25 @@ PRESETS |= {
     "reuters-lstm": {**_REUTERS, "cell": "lstm"},
     "reuters-gru": {**_REUTERS, "cell": "gru"},
     "reuters-simple-rnn": {**_REUTERS, "cell": "simple_rnn"},
+}
+# The seeds' other recurrent systems (issue 16): numeric sequences and a character language model.
+PRESETS |= {
+    # The tutorial's LSTM(64) on sequences of shape (10, 1): the next value of a noisy sine wave.
+    "waves-lstm-tutorial": dict(task="sequences", dataset="waves-next", maxlen=10, features=1, cell="lstm",
+                                units=64, optimizer="adam", batch_size=32, epochs=30, validation_split=0.1,
+                                early_stopping_patience=4),
+    "waves-kind-gru": dict(task="sequences", dataset="waves-kind", maxlen=10, features=1, cell="gru", units=64,
+                           optimizer="adam", batch_size=32, epochs=30, validation_split=0.1,
+                           early_stopping_patience=4),
+    # Many-to-many: the next value after every step (return_sequences).
+    "waves-steps-lstm": dict(task="sequences", dataset="waves-steps", maxlen=10, features=1, cell="lstm",
+                             units=64, optimizer="adam", batch_size=32, epochs=30, validation_split=0.1,
+                             early_stopping_patience=4),
+    # A char-RNN (the PyTorch tutorial's vanilla RNN, here Keras) on the raw Reuters training text.
+    "reuters-char-rnn": dict(task="lm", dataset="reuters-text", max_chars=2_000_000, maxlen=100, test_split=0.1,
+                             cell="simple_rnn", embedding_dim=32, units=256, optimizer="adam",
+                             learning_rate=2e-3, batch_size=64, epochs=6, validation_split=0.05,
+                             early_stopping_patience=1),
 }
 # Served by default. imdb-lstm-tutorial is the LSTM(32), maxlen-200 model the load benchmarks use.
 BUNDLED = ("imdb-lstm", "imdb-gru", "imdb-simple-rnn", "reuters-lstm", "reuters-gru", "reuters-simple-rnn",

@@ -252,8 +252,10 @@ def load_text_dataset(
     pad_to: int = 200,
     padding: str = "pre",
     truncating: str = "pre",
+    char_level: bool = False,
 ) -> Dataset:
-    """A user's labelled text: shuffled with `seed`, split, vocabulary built on the training split only."""
+    """A user's labelled text: shuffled with `seed`, split, vocabulary built on the training split only.
+    char_level: characters are the tokens, lower-cased as Python's str.lower() does (as Keras's)."""
     texts, raw_labels = read_text_file(path, text_column, label_column)
     labels = sorted(set(raw_labels))
     if len(labels) < 2:
@@ -266,7 +268,8 @@ def load_text_dataset(
         raise DataError(f"{len(idx)} rows cannot be split with test_split={test_split}")
     train_idx, test_idx = idx[:cut], idx[cut:]
     template = TokenizerSpec(words=[], unknown_words="oov", num_words=num_words, maxlen=pad_to,
-                             padding=padding, truncating=truncating)
+                             padding=padding, truncating=truncating, char_level=char_level,
+                             lower_ascii_only=not char_level)
     template.words = build_vocabulary((texts[i] for i in train_idx), template)
     tok = Tokenizer(template)
     encode = lambda ids: [tok.encode(texts[i])[0] for i in ids]  # noqa: E731

@@ -16,12 +16,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import helper
 
-from service.package import INPUT_NAME, NAME_RE, OUTPUT_NAME, PACKAGE_FORMAT
+from service.package import (INPUT_NAME, LOGITS_OUTPUT, NAME_RE, OUTPUT_NAME, PACKAGE_FORMAT, SEQUENCE_INPUT,
+                             VALUES_OUTPUT)
 from service.tokenizer import Tokenizer, TokenizerSpec
 from training.config import TrainConfig
-from training.onnx_rnn import UnsupportedLayer, attach_recurrent_stack, is_recurrent, loop_ops
-from training.train import RUN_FILES, load_dataset
+from training.layers import MaxMeanPooling
+from training.onnx_rnn import UnsupportedLayer, attach_recurrent_stack, is_recurrent, loop_ops, stepwise_lm
+from training.train import load_dataset, member_files, run_files
 
 OPSET = 17
 
@@ -53,10 +57,10 @@ def convert_loop(model, maxlen: int):
     return _tf2onnx(serve, [tf.TensorSpec([None, maxlen], tf.int64, name=INPUT_NAME)])
 
 
-def convert(model, maxlen: int):
-    """Keras model -> ONNX with native RNN/GRU/LSTM nodes: input `input_ids` int64 [N, maxlen]
-    ([N, T], any T <= maxlen, for masked models) and output `probabilities` float32 [N, classes]."""
-    import onnx
+def convert(model, maxlen: int, features: int | None = None, output: str = OUTPUT_NAME):
+    """Keras model -> ONNX with native RNN/GRU/LSTM nodes. Text: input `input_ids` int64 [N, maxlen] ([N, T],
+    any T <= maxlen, for masked models); numeric sequences (features set): `sequences` float32 [N, maxlen,
+    features]. Output `probabilities` float32 [N, classes], or `values` [N, 1] / [N, T, 1]."""
     import tensorflow as tf
 
     layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
@@ -65,10 +69,12 @@ def convert(model, maxlen: int):
         raise ExportError("expected one contiguous stack of recurrent layers")
     front, stack, head = layers[:recurrent[0]], layers[recurrent[0]:recurrent[-1] + 1], layers[recurrent[-1] + 1:]
     masked = any(getattr(layer, "mask_zero", False) for layer in front)
+    max_mean = bool(head) and isinstance(head[0], MaxMeanPooling)  # native too: it needs the mask
+    if max_mean:
+        head = head[1:]
 
     @tf.function
-    def front_fn(input_ids):
-        x = input_ids
+    def front_fn(x):
         for layer in front:
             x = layer(x, training=False)
         return {"features": x}
@@ -78,77 +84,130 @@ def convert(model, maxlen: int):
         x = rnn_out
         for layer in head:
             x = layer(x, training=False)
-        return {OUTPUT_NAME: _widen(tf, x)}
+        return {output: _widen(tf, x) if output == OUTPUT_NAME else x}
 
     stack_out = [None, *stack[-1].output.shape[1:]]  # [N, D], or [N, T, D] before a pooling head
-    front_proto = _tf2onnx(front_fn, [tf.TensorSpec([None, None if masked else maxlen], tf.int64, name=INPUT_NAME)])
+    if max_mean:
+        stack_out = [None, 2 * stack_out[-1]]
+    if features is None:
+        input_name, input_spec = INPUT_NAME, tf.TensorSpec([None, None if masked else maxlen], tf.int64)
+    else:
+        input_name, input_spec = SEQUENCE_INPUT, tf.TensorSpec([None, maxlen, features], tf.float32)
+    front_proto = _tf2onnx(front_fn, [tf.TensorSpec(input_spec.shape, input_spec.dtype, name=input_name)])
     head_proto = _tf2onnx(head_fn, [tf.TensorSpec(stack_out, tf.float32, name="rnn_out")])
     try:
-        body = attach_recurrent_stack(front_proto, "features", stack, masked, INPUT_NAME)
+        body = attach_recurrent_stack(front_proto, "features", stack, masked, input_name, max_mean=max_mean)
     except UnsupportedLayer as exc:
         raise ExportError(str(exc)) from exc
     merged = onnx.compose.merge_models(body, head_proto, io_map=[("rnn_out", "rnn_out")], prefix2="head/")
     for node in merged.graph.node:
-        node.output[:] = [OUTPUT_NAME if o == f"head/{OUTPUT_NAME}" else o for o in node.output]
-    merged.graph.output[0].name = OUTPUT_NAME
+        node.output[:] = [output if o == f"head/{output}" else o for o in node.output]
+    merged.graph.output[0].name = output
     loops = loop_ops(merged)
     if loops:
         raise ExportError(f"export left Loop/Scan nodes in the graph: {loops}")
     return merged
 
 
-def parity_gate(model, onnx_bytes: bytes, x_keras: np.ndarray, x_onnx: np.ndarray, atol: float) -> dict:
-    """ONNX Runtime must match Keras within atol and give identical labels, else ExportError.
+def average(members: list[onnx.ModelProto]) -> onnx.ModelProto:
+    """Ensemble members (each input_ids -> probabilities) -> one graph: one input, the members side by side,
+    their probabilities averaged (ONNX Mean)."""
+    if len(members) == 1:
+        return members[0]
+    nodes, inits = [], []
+    for i, member in enumerate(members):
+        prefixed = onnx.compose.add_prefix(member, f"m{i}/")
+        for node in prefixed.graph.node:
+            node.input[:] = [INPUT_NAME if name == f"m{i}/{INPUT_NAME}" else name for name in node.input]
+        nodes += prefixed.graph.node
+        inits += prefixed.graph.initializer
+    nodes.append(helper.make_node("Mean", [f"m{i}/{OUTPUT_NAME}" for i in range(len(members))], [OUTPUT_NAME]))
+    first = members[0].graph
+    graph = helper.make_graph(nodes, "ensemble", list(first.input), list(first.output), inits)
+    return helper.make_model(graph, opset_imports=members[0].opset_import, ir_version=members[0].ir_version)
 
-    x_onnx holds the same texts as x_keras, padded the way the service pads for this package."""
+
+def parity_gate(models, onnx_bytes: bytes, x_keras: np.ndarray, x_onnx: np.ndarray, atol: float,
+                input_name: str = INPUT_NAME, output: str = OUTPUT_NAME) -> dict:
+    """ONNX Runtime must match Keras (a model, or an ensemble's list) within atol and, for probabilities, give
+    identical labels, else ExportError. x_onnx holds the same inputs as x_keras, padded the way the service
+    pads for this package."""
+    import onnxruntime as ort
+
+    from training.models import predict_proba, predict_values
+
+    classify = output == OUTPUT_NAME
+    keras_out = predict_proba(models, x_keras) if classify else predict_values(models, x_keras)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    onnx_out = session.run([output], {input_name: x_onnx})[0]
+    return _parity_report(keras_out, onnx_out, atol, classify)
+
+
+def _parity_report(keras_out: np.ndarray, onnx_out: np.ndarray, atol: float, labels: bool) -> dict:
+    diff = float(np.abs(keras_out - onnx_out).max())
+    disagree = int((keras_out.argmax(-1) != onnx_out.argmax(-1)).sum()) if labels else 0
+    report = {"examples": int(len(keras_out)), "max_abs_diff": diff, "label_disagreements": disagree, "atol": atol}
+    if diff > atol or disagree:
+        raise ExportError(f"parity gate failed on {len(keras_out)} test sequences: max |keras - onnx| = {diff:.3g} "
+                          f"(allowed {atol:g}), {disagree} predicted labels differ")
+    return report
+
+
+def lm_parity_gate(model, onnx_bytes: bytes, windows: np.ndarray, atol: float) -> dict:
+    """A language model's step-wise graph must give Keras's next-character probabilities at every step, both
+    fed a window at once and fed one character at a time with its state carried, else ExportError."""
     import onnxruntime as ort
 
     from training.models import predict_proba
 
-    keras_p = predict_proba(model, x_keras)
+    keras_p = predict_proba(model, windows)  # [N, T, V]
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    onnx_p = session.run([OUTPUT_NAME], {INPUT_NAME: x_onnx})[0]
-    diff = float(np.abs(keras_p - onnx_p).max())
-    disagree = int((keras_p.argmax(1) != onnx_p.argmax(1)).sum())
-    report = {"examples": int(len(x_keras)), "max_abs_diff": diff, "label_disagreements": disagree, "atol": atol}
-    if diff > atol or disagree:
-        raise ExportError(f"parity gate failed on {len(x_keras)} test sequences: max |keras - onnx| = {diff:.3g} "
-                          f"(allowed {atol:g}), {disagree} predicted labels differ")
-    return report
+    state = {i.name: np.zeros([d if isinstance(d, int) else len(windows) for d in i.shape], np.float32)
+             for i in session.get_inputs() if i.name != INPUT_NAME}
+    outputs = [o.name for o in session.get_outputs()]
+    whole = session.run([LOGITS_OUTPUT], {INPUT_NAME: windows, **state})[0]
+    steps = []
+    for t in range(windows.shape[1]):
+        logits, *states = session.run(outputs, {INPUT_NAME: windows[:, t:t + 1], **state})
+        state = dict(zip(state, states))  # outputs give the states in the inputs' order
+        steps.append(softmax(logits))
+    onnx_p = np.concatenate([np.stack(steps, axis=1), softmax(whole)[:, None]], axis=1)
+    return _parity_report(np.concatenate([keras_p, keras_p[:, -1:]], axis=1), onnx_p, atol, labels=True)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: int = 1,
                data_dir: str | Path | None = None, parity_examples: int = 1000, atol: float = 1e-5,
                overwrite: bool = False, native: bool = True) -> Path:
     import keras
-    import onnx
 
     run = Path(run_dir)
-    missing = [f for f in RUN_FILES if not (run / f).is_file()]
+    if not (run / "config.json").is_file():
+        raise ExportError(f"{run} is not a training run directory: missing config.json")
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    missing = [f for f in run_files(cfg) if not (run / f).is_file()]
     if missing:
-        raise ExportError(f"{run} is not a training run directory: missing {', '.join(missing)}")
+        raise ExportError(f"{run} is not a complete training run: missing {', '.join(missing)}")
     if not NAME_RE.fullmatch(name or ""):
         raise ExportError(f"invalid model name {name!r}: the server serves names of letters, digits, '-', '_' "
                           "and single dots, not starting with a dot")
     target = Path(models_dir) / name / str(version)
     if target.exists() and not overwrite:
         raise ExportError(f"{target} exists; pass --overwrite or a new --version")
-    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-    spec = TokenizerSpec.load(run / "tokenizer.json")
-    labels = json.loads((run / "labels.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    model = keras.models.load_model(run / "model.keras")
-
-    # Masked models ignore padding, so their packages pad after the tokens and only to the batch's
-    # longest text; unmasked outputs depend on the exact padding, which stays as trained.
-    dynamic = cfg.mask_zero and native
-    package_spec = replace(spec, padding="post") if dynamic else spec
-    proto = convert(model, cfg.maxlen) if native else convert_loop(model, cfg.maxlen)
+    if "test" not in metrics:
+        raise ExportError(f"{run} was trained with --validation-only: a package reports its test figures; "
+                          "train the chosen configuration again without it")
+    if cfg.task != "text" and not native:
+        raise ExportError("only text classifiers export through tf2onnx's Loop graphs (for comparison)")
+    models = [keras.models.load_model(run / f) for f in member_files(cfg)]
+    package = {"text": _text_package, "sequences": _sequence_package, "lm": _lm_package}[cfg.task]
+    proto, files, described = package(cfg, run, models, data_dir, parity_examples, atol, native)
     onnx_bytes = proto.SerializeToString()
-    ds = load_dataset(cfg, data_dir)
-    seqs = ds.x_test[:parity_examples]
-    parity = parity_gate(model, onnx_bytes, Tokenizer(spec).pad(seqs),
-                         Tokenizer(package_spec).pad(seqs, dynamic=dynamic), atol)
 
     Path(models_dir).mkdir(parents=True, exist_ok=True)
     # Staged beside the target and moved in whole: a server scanning models_dir never sees half a package
@@ -157,7 +216,8 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
         stage = Path(tmp) / "pkg"
         stage.mkdir()
         (stage / "model.onnx").write_bytes(onnx_bytes)
-        package_spec.save(stage / "tokenizer.json")
+        for filename, text in files.items():
+            (stage / filename).write_text(text, encoding="utf-8")
         for extra in ("curves.png", "confusion.png", "history.json"):
             if (run / extra).is_file():
                 shutil.copy2(run / extra, stage / extra)
@@ -165,27 +225,20 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
             "format": PACKAGE_FORMAT,
             "name": name,
             "version": version,
-            "task": "text-classification",
-            "labels": labels,
+            **described,
             "architecture": {k: getattr(cfg, k) for k in (
                 "cell", "layers", "units", "embedding_dim", "bidirectional", "mask_zero", "dropout",
-                "recurrent_dropout", "conv_filters", "conv_kernel", "pool_size", "dense_units")}
-            | {"params": metrics["params"], "vocab_size": spec.vocab_size},
+                "recurrent_dropout", "conv_filters", "conv_kernel", "pool_size", "pooling", "dense_units",
+                "pretrained_embeddings", "ensemble")} | {"params": metrics["params"]} | described["architecture"],
             "training": cfg.to_dict() | {"train_seconds": metrics["train_seconds"],
                                          "epochs_run": metrics["epochs_run"]},
-            "dataset": {"name": ds.name, "train_examples": metrics["split_sizes"]["train"],
-                        "test_examples": metrics["split_sizes"]["test"], "num_words": cfg.num_words,
-                        "load_maxlen": cfg.load_maxlen, "test_split": cfg.test_split},
-            "metrics": {"test": metrics["test"]},
-            "input": {"name": INPUT_NAME, "dtype": "int64", "shape": [None, None if dynamic else cfg.maxlen]},
-            "dynamic_length": dynamic,
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None, len(labels)]},
+            "dataset": {"name": Path(cfg.dataset).name, "train_examples": metrics["split_sizes"]["train"],
+                        "test_examples": metrics["split_sizes"]["test"], "test_split": cfg.test_split}
+            | described["dataset"],
+            "metrics": {k: metrics[k] for k in ("validation", "test") if k in metrics},
             "maxlen": cfg.maxlen,
-            "padding": package_spec.padding,
-            "truncating": package_spec.truncating,
             "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "opset": OPSET,
                      "op_types": sorted({n.op_type for n in proto.graph.node})},
-            "parity": parity,
             "versions": _library_versions(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -198,9 +251,83 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
     return target
 
 
+def _text_package(cfg, run, models, data_dir, parity_examples, atol, native):
+    spec = TokenizerSpec.load(run / "tokenizer.json")
+    labels = json.loads((run / "labels.json").read_text())
+    # Masked models ignore padding, so their packages pad after the tokens and only to the batch's
+    # longest text; unmasked outputs depend on the exact padding, which stays as trained.
+    dynamic = cfg.mask_zero and native
+    package_spec = replace(spec, padding="post") if dynamic else spec
+    proto = average([convert(m, cfg.maxlen) if native else convert_loop(m, cfg.maxlen) for m in models])
+    ds = load_dataset(cfg, data_dir)
+    seqs = ds.x_test[:parity_examples]
+    parity = parity_gate(models, proto.SerializeToString(), Tokenizer(spec).pad(seqs),
+                         Tokenizer(package_spec).pad(seqs, dynamic=dynamic), atol)
+    return proto, {"tokenizer.json": package_spec.to_json()}, {
+        "task": "text-classification",
+        "labels": labels,
+        "architecture": {"vocab_size": spec.vocab_size},
+        "dataset": {"name": ds.name, "num_words": cfg.num_words, "load_maxlen": cfg.load_maxlen},
+        "input": {"name": INPUT_NAME, "dtype": "int64", "shape": [None, None if dynamic else cfg.maxlen]},
+        "dynamic_length": dynamic,
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None, len(labels)]},
+        "padding": package_spec.padding,
+        "truncating": package_spec.truncating,
+        "parity": parity,
+    }
+
+
+def _sequence_package(cfg, run, models, data_dir, parity_examples, atol, native):
+    from training.train import prepare_sequences
+
+    spec = json.loads((run / "input.json").read_text())
+    labels = json.loads((run / "labels.json").read_text())
+    steps, features = spec["shape"]
+    output = OUTPUT_NAME if labels else VALUES_OUTPUT
+    proto = average([convert(m, steps, features, output) for m in models])
+    x = prepare_sequences(cfg).x_test[:parity_examples]  # normalised as the service normalises
+    parity = parity_gate(models, proto.SerializeToString(), x, x, atol, SEQUENCE_INPUT, output)
+    out_shape = [None, len(labels)] if labels else [None, steps, 1] if spec["per_step"] else [None, 1]
+    return proto, {}, {
+        "task": spec["task"],
+        "labels": labels,
+        "architecture": {},
+        "dataset": {},
+        "input": {"name": SEQUENCE_INPUT, "dtype": "float32", "shape": [None, steps, features],
+                  "normalization": spec["normalization"]},
+        "output": {"name": output, "dtype": "float32", "shape": out_shape},
+        "parity": parity,
+    }
+
+
+def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):
+    from training.lm import prepare_lm
+
+    spec = TokenizerSpec.load(run / "tokenizer.json")
+    (model,) = models
+    try:
+        proto = stepwise_lm(model, OPSET)
+    except UnsupportedLayer as exc:
+        raise ExportError(str(exc)) from exc
+    windows = prepare_lm(cfg, data_dir).x_test[: min(parity_examples, 64)]
+    parity = lm_parity_gate(model, proto.SerializeToString(), windows, atol)
+    states = [{"input": i.name, "output": o.name, "shape": [d.dim_value or None for d in
+                                                           i.type.tensor_type.shape.dim]}
+              for i, o in zip(proto.graph.input[1:], proto.graph.output[1:])]
+    return proto, {"tokenizer.json": spec.to_json()}, {
+        "task": "text-generation",
+        "labels": [],
+        "architecture": {"vocab_size": spec.vocab_size},
+        "dataset": {"characters": len(spec.words)},
+        "input": {"name": INPUT_NAME, "dtype": "int64", "shape": [None, None]},
+        "output": {"name": LOGITS_OUTPUT, "dtype": "float32", "shape": [None, spec.vocab_size]},
+        "state": states,
+        "parity": parity,
+    }
+
+
 def _library_versions() -> dict[str, str]:
     import keras
-    import onnx
     import onnxruntime
     import tensorflow as tf
     import tf2onnx

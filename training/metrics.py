@@ -1,4 +1,4 @@
-"""Classification metrics in numpy (accuracy, macro-F1, confusion matrix) and their plots."""
+"""Metrics in numpy (accuracy, macro-F1, confusion matrix; regression errors) and their plots."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
+def regression_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict:
+    """Mean squared and absolute error and R² over every predicted value (every step, for per-step targets)."""
+    y, p = np.asarray(y_true, np.float64).ravel(), np.asarray(pred, np.float64).ravel()
+    total = float(((y - y.mean()) ** 2).sum())
+    return {"mse": float(((y - p) ** 2).mean()), "mae": float(np.abs(y - p).mean()),
+            "r2": 1.0 - float(((y - p) ** 2).sum()) / total if total > 0 else 0.0, "examples": int(len(y_true))}
+
+
 def plot_history(history: dict, path: Path) -> None:
     import matplotlib
 
@@ -36,7 +44,7 @@ def plot_history(history: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("accuracy", "loss")):
+    for ax, key in zip(axes, ("mae" if "mae" in history else "accuracy", "loss")):
         epochs = range(1, len(history.get(key, [])) + 1)
         ax.plot(epochs, history.get(key, []), "o-", label="train")
         if f"val_{key}" in history:

@@ -117,9 +117,42 @@ def recurrent_nodes(layers, x: str, seq_lens: str | None, prefix: str = "rnn"):
     return nodes, inits, f"{prefix}/out"
 
 
+def max_mean_nodes(y: str, valid: str | None, out: str, prefix: str = "pool"):
+    """MaxMeanPooling (training/layers.py) on y [N, T, D] -> out [N, 2D]: max and mean over the steps where
+    valid [N, T] (bool) holds, or over every step; a row without a valid step gives zeros."""
+    if valid is None:
+        nodes = [helper.make_node("ReduceMax", [y], [f"{prefix}/max"], axes=[1], keepdims=0),
+                 helper.make_node("ReduceMean", [y], [f"{prefix}/mean"], axes=[1], keepdims=0),
+                 helper.make_node("Concat", [f"{prefix}/max", f"{prefix}/mean"], [out], axis=1)]
+        return nodes, []
+    consts = {"axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64),
+              "one": np.array(1.0, np.float32), "zero": np.array(0.0, np.float32),
+              "ninf": np.array(-np.inf, np.float32)}
+    inits = [numpy_helper.from_array(v, f"{prefix}/{k}") for k, v in consts.items()]
+    c = {k: f"{prefix}/{k}" for k in consts}
+    n = {k: f"{prefix}/{k}" for k in ("valid3", "keep", "count", "sum", "denominator", "mean", "masked", "highest",
+                                      "any", "max")}
+    nodes = [
+        helper.make_node("Unsqueeze", [valid, c["axis2"]], [n["valid3"]]),  # [N, T, 1]
+        helper.make_node("Cast", [n["valid3"]], [n["keep"]], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", [n["keep"], c["axis1"]], [n["count"]], keepdims=0),  # [N, 1]
+        helper.make_node("Mul", [y, n["keep"]], [f"{prefix}/kept"]),
+        helper.make_node("ReduceSum", [f"{prefix}/kept", c["axis1"]], [n["sum"]], keepdims=0),
+        helper.make_node("Max", [n["count"], c["one"]], [n["denominator"]]),
+        helper.make_node("Div", [n["sum"], n["denominator"]], [n["mean"]]),
+        helper.make_node("Where", [n["valid3"], y, c["ninf"]], [n["masked"]]),
+        helper.make_node("ReduceMax", [n["masked"]], [n["highest"]], axes=[1], keepdims=0),
+        helper.make_node("Greater", [n["count"], c["zero"]], [n["any"]]),
+        helper.make_node("Where", [n["any"], n["highest"], c["zero"]], [n["max"]]),
+        helper.make_node("Concat", [n["max"], n["mean"]], [out], axis=1),
+    ]
+    return nodes, inits
+
+
 def attach_recurrent_stack(front: onnx.ModelProto, front_output: str, layers, masked: bool,
-                           ids_input: str, out_name: str = "rnn_out") -> onnx.ModelProto:
-    """Append the recurrent stack to the front graph; the model's only output becomes out_name [N, D]."""
+                           ids_input: str, out_name: str = "rnn_out", max_mean: bool = False) -> onnx.ModelProto:
+    """Append the recurrent stack (and a MaxMeanPooling after it when max_mean) to the front graph; the
+    model's only output becomes out_name."""
     g = front.graph
     nodes = [helper.make_node("Transpose", [front_output], ["rnn/x"], perm=[1, 0, 2])]
     inits = []
@@ -132,12 +165,67 @@ def attach_recurrent_stack(front: onnx.ModelProto, front_output: str, layers, ma
                   helper.make_node("ReduceSum", ["rnn/valid_i", "rnn/axis1"], ["rnn/lens"], keepdims=0)]
         seq_lens = "rnn/lens"
     rnn_nodes, rnn_inits, out = recurrent_nodes(layers, "rnn/x", seq_lens)
-    nodes += rnn_nodes + [helper.make_node("Identity", [out], [out_name])]
+    nodes += rnn_nodes
+    if max_mean:
+        pool_nodes, pool_inits = max_mean_nodes(out, "rnn/valid" if masked else None, "pool/out")
+        nodes += pool_nodes
+        inits += pool_inits
+        out = "pool/out"
+    nodes.append(helper.make_node("Identity", [out], [out_name]))
     g.node.extend(nodes)
     g.initializer.extend(inits + rnn_inits)
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None))
     return front
+
+
+def stepwise_lm(model, opset: int) -> onnx.ModelProto:
+    """A Keras character LM (Embedding, recurrent layers returning sequences, Dense softmax) as a step-wise
+    graph: `input_ids` [N, T] (T >= 1) and each layer's state (`state_in_i` [1, N, H], LSTMs also `cell_in_i`)
+    -> `logits` [N, V] after the last step and the states after it (`state_out_i`, `cell_out_i`). A prompt
+    runs in one call; generation then feeds one character at a time, never recomputing the prefix."""
+    layers = [layer for layer in model.layers if type(layer).__name__ not in ("InputLayer", "Dropout")]
+    embedding, *stack, dense = layers
+    if (type(embedding).__name__ != "Embedding" or type(dense).__name__ != "Dense" or not stack
+            or getattr(dense.activation, "__name__", "") != "softmax"):
+        raise UnsupportedLayer("a language model is Embedding, recurrent layers, Dense with softmax")
+    inits = [numpy_helper.from_array(embedding.get_weights()[0].astype(np.float32), "lm/embedding"),
+             numpy_helper.from_array(np.array([0], np.int64), "lm/axis0")]
+    if len(stack) > 1:
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "lm/axis1"))
+    nodes = [helper.make_node("Gather", ["lm/embedding", "input_ids"], ["lm/emb"]),  # [N, T, E]
+             helper.make_node("Transpose", ["lm/emb"], ["lm/x0"], perm=[1, 0, 2])]  # [T, N, E]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "T"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", dense.units])]
+    x = "lm/x0"
+    for i, layer in enumerate(stack):
+        if not is_recurrent(layer) or hasattr(layer, "forward_layer") or not layer.return_sequences:
+            raise UnsupportedLayer(f"{layer.name}: a language model's layers are one-way, returning sequences")
+        kind = type(layer).__name__
+        w, r, b, acts, attrs = direction_weights(layer)
+        for label, arr in (("W", w), ("R", r), ("B", b)):
+            inits.append(numpy_helper.from_array(arr[None].astype(np.float32), f"lm/{i}/{label}"))
+        names = ["state"] + (["cell"] if kind == "LSTM" else [])
+        for n in names:
+            inputs.append(helper.make_tensor_value_info(f"{n}_in_{i}", TensorProto.FLOAT, [1, "N", layer.units]))
+            outputs.append(helper.make_tensor_value_info(f"{n}_out_{i}", TensorProto.FLOAT, [1, "N", layer.units]))
+        node_inputs = [x, f"lm/{i}/W", f"lm/{i}/R", f"lm/{i}/B", "", f"state_in_{i}"]
+        node_inputs += [f"cell_in_{i}"] if kind == "LSTM" else []
+        nodes.append(helper.make_node(OPS[kind], node_inputs, [f"lm/{i}/Y"] + [f"{n}_out_{i}" for n in names],
+                                      name=f"lm/{i}", hidden_size=layer.units, direction="forward",
+                                      activations=acts, **attrs))
+        if i < len(stack) - 1:  # Y [T, 1, N, H] -> [T, N, H], the next layer's input
+            nodes.append(helper.make_node("Squeeze", [f"lm/{i}/Y", "lm/axis1"], [f"lm/{i}/out"]))
+            x = f"lm/{i}/out"
+    kernel, bias = dense.get_weights()
+    inits += [numpy_helper.from_array(kernel.astype(np.float32), "lm/dense/W"),
+              numpy_helper.from_array(bias.astype(np.float32), "lm/dense/b")]
+    last = f"state_out_{len(stack) - 1}"  # the top layer's output after the last step: [1, N, H]
+    nodes += [helper.make_node("Squeeze", [last, "lm/axis0"], ["lm/last"]),
+              helper.make_node("MatMul", ["lm/last", "lm/dense/W"], ["lm/dense"]),
+              helper.make_node("Add", ["lm/dense", "lm/dense/b"], ["logits"])]
+    graph = helper.make_graph(nodes, "char_lm", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def loop_ops(model: onnx.ModelProto) -> list[str]:

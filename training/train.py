@@ -1,4 +1,5 @@
-"""Train one classifier and write a run directory: the Keras model, its tokenizer, history, metrics, plots."""
+"""Train one model and write a run directory: the Keras model(s), what turns input into the model's input
+(tokenizer.json, or input.json for numeric sequences), labels, history, metrics, plots."""
 
 from __future__ import annotations
 
@@ -6,16 +7,24 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from service.tokenizer import Tokenizer
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.data import Dataset, load_keras_dataset, load_text_dataset
-from training.metrics import classification_metrics, confusion_matrix, plot_confusion, plot_history
+from training.metrics import (classification_metrics, confusion_matrix, plot_confusion, plot_history,
+                              regression_metrics)
 
-RUN_FILES = ("model.keras", "config.json", "tokenizer.json", "labels.json", "history.json", "metrics.json")
+
+def run_files(cfg: TrainConfig) -> list[str]:
+    """What export needs from a run directory of this configuration."""
+    inputs = {"text": ["tokenizer.json", "labels.json"], "sequences": ["input.json", "labels.json"],
+              "lm": ["tokenizer.json"]}[cfg.task]
+    return ["config.json", "history.json", "metrics.json", *inputs, *member_files(cfg)]
 
 
 def load_dataset(cfg: TrainConfig, data_dir: str | Path | None) -> Dataset:
@@ -24,7 +33,7 @@ def load_dataset(cfg: TrainConfig, data_dir: str | Path | None) -> Dataset:
         return load_keras_dataset(cfg.dataset, data_dir, num_words=cfg.num_words, skip_top=cfg.skip_top,
                                   maxlen=cfg.load_maxlen, test_split=cfg.test_split, **common)
     return load_text_dataset(cfg.dataset, cfg.text_column, cfg.label_column, num_words=cfg.num_words,
-                             test_split=cfg.test_split, **common)
+                             test_split=cfg.test_split, char_level=cfg.char_level, **common)
 
 
 def seed_everything(seed: int) -> None:
@@ -36,44 +45,148 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, verbose: int = 1) -> dict:
-    """Fit, evaluate on the test split and save everything export needs into out_dir."""
-    import keras
+def member_files(cfg: TrainConfig) -> list[str]:
+    """The Keras model files of a run: model.keras, then model-1.keras ... for an ensemble's other members."""
+    return ["model.keras"] + [f"model-{i}.keras" for i in range(1, cfg.ensemble)]
 
+
+def split_validation(cfg: TrainConfig, x: np.ndarray, y: np.ndarray):
+    """Keras's validation_split: the last fraction of the training split, taken before any shuffling."""
+    at = int(len(x) * (1.0 - cfg.validation_split))
+    return (x[:at], y[:at]), (x[at:], y[at:])
+
+
+def class_weights(cfg: TrainConfig, y: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    if cfg.class_weight == "none":
+        return None
+    counts = np.bincount(y, minlength=num_classes)
+    balanced = np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 1.0)
+    weights = np.sqrt(balanced) if cfg.class_weight == "sqrt" else balanced
+    return {c: float(w) for c, w in enumerate(weights)}
+
+
+@dataclass
+class Prepared:
+    """A task's data, ready for Keras, and how to build, score and describe its models."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    build: Callable[..., Any]  # (steps_per_epoch, embeddings) -> compiled keras.Model
+    labels: list[str] | None  # class names (their weights and confusion matrix); None: values, characters
+    predict: Callable[[Any, np.ndarray], np.ndarray]  # (a model or an ensemble's list, x) -> outputs
+    score: Callable[[np.ndarray, np.ndarray], dict]  # (targets, outputs) -> metrics
+    files: dict[str, str] = field(default_factory=dict)  # run-directory files: name -> text
+    embedding_texts: list[list[int]] | None = None  # token ids for skip-gram (text only)
+    vocab_size: int = 0
+
+
+def prepare_text(cfg: TrainConfig, data_dir) -> Prepared:
     from training.models import build_model, predict_proba
+
+    ds = load_dataset(cfg, data_dir)
+    tok = Tokenizer(ds.tokenizer)
+    n_fit = int(len(ds.x_train) * (1.0 - cfg.validation_split))
+    return Prepared(tok.pad(ds.x_train), ds.y_train, tok.pad(ds.x_test), ds.y_test,
+                    lambda steps, emb: build_model(cfg, ds.tokenizer.vocab_size, ds.num_classes, steps, emb),
+                    ds.labels, predict_proba, classification_metrics,
+                    {"tokenizer.json": ds.tokenizer.to_json(), "labels.json": json.dumps(ds.labels)},
+                    ds.x_train[:n_fit], ds.tokenizer.vocab_size)
+
+
+def prepare_sequences(cfg: TrainConfig) -> Prepared:
+    from service.sequences import normalize
+    from training.models import build_sequence_model, predict_proba, predict_values
+    from training.sequences import load_sequence_dataset, normalization
+
+    ds = load_sequence_dataset(cfg.dataset, cfg.maxlen, cfg.features, cfg.label_column, cfg.regression,
+                               cfg.test_split)
+    steps, features = ds.shape
+    if (steps, features) != (cfg.maxlen, cfg.features):
+        raise ConfigError(f"the sequences are [T, F] = [{steps}, {features}]: set maxlen={steps} and "
+                          f"features={features}")
+    (x_fit, _), _ = split_validation(cfg, ds.x_train, ds.y_train)
+    stats = normalization(x_fit)  # from the sequences trained on only
+    outputs = len(ds.labels) if ds.labels else 1
+    spec = {"shape": [steps, features], "normalization": stats, "per_step": ds.per_step, "task": ds.task}
+    return Prepared(normalize(ds.x_train, stats), ds.y_train, normalize(ds.x_test, stats), ds.y_test,
+                    lambda steps_per_epoch, emb: build_sequence_model(cfg, outputs, ds.per_step, steps_per_epoch),
+                    ds.labels, predict_proba if ds.labels else predict_values,
+                    classification_metrics if ds.labels else regression_metrics,
+                    {"input.json": json.dumps(spec), "labels.json": json.dumps(ds.labels or [])})
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, verbose: int = 1,
+          evaluate_test: bool = True) -> dict:
+    """Fit (each ensemble member in turn), evaluate on the validation split and, unless told not to, on the
+    test split; save everything export needs into out_dir."""
+    from training.embeddings import skipgram_embeddings
 
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    ds = load_dataset(cfg, data_dir)
-    tok = Tokenizer(ds.tokenizer)
-    x_train, x_test = tok.pad(ds.x_train), tok.pad(ds.x_test)
-    model = build_model(cfg, ds.tokenizer.vocab_size, ds.num_classes)
-    callbacks = []
-    if cfg.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience,
-                                                       restore_best_weights=True))
+    if cfg.task == "lm":
+        from training.lm import prepare_lm
+
+        data = prepare_lm(cfg, data_dir)
+    else:
+        data = prepare_sequences(cfg) if cfg.task == "sequences" else prepare_text(cfg, data_dir)
+    (x_fit, y_fit), (x_val, y_val) = split_validation(cfg, data.x_train, data.y_train)
     started = time.perf_counter()
-    history = model.fit(x_train, ds.y_train, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                        validation_split=cfg.validation_split or None, callbacks=callbacks, verbose=verbose)
-    train_seconds = time.perf_counter() - started
-    probs = predict_proba(model, x_test)
-    test = classification_metrics(ds.y_test, probs)
+    embeddings = None
+    if cfg.pretrained_embeddings == "skipgram":
+        embeddings = skipgram_embeddings(data.embedding_texts, data.vocab_size, cfg.embedding_dim, cfg.seed)
+    weights = class_weights(cfg, y_fit, len(data.labels)) if data.labels else None
+    models, histories = fit_members(cfg, out, data, (x_fit, y_fit), (x_val, y_val), embeddings, weights, verbose)
     metrics = {
-        "test": test,
-        "train_seconds": round(train_seconds, 1),
-        "epochs_run": len(history.history.get("loss", [])),
-        "params": int(model.count_params()),
-        "split_sizes": {"train": len(ds.x_train), "test": len(ds.x_test)},
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "epochs_run": sum(len(h.get("loss", [])) for h in histories),
+        "params": int(sum(m.count_params() for m in models)),
+        "split_sizes": {"train": len(data.x_train), "fit": len(x_fit), "validation": len(x_val),
+                        "test": len(data.x_test)},
     }
-    model.save(out / "model.keras")
-    ds.tokenizer.save(out / "tokenizer.json")
+    if len(x_val):
+        metrics["validation"] = data.score(y_val, data.predict(models, x_val))
+        if len(models) > 1:
+            metrics["validation_members"] = [data.score(y_val, data.predict(m, x_val)) for m in models]
+    if evaluate_test:
+        out_test = data.predict(models, data.x_test)
+        metrics["test"] = data.score(data.y_test, out_test)
+        if data.labels:
+            plot_confusion(confusion_matrix(data.y_test, out_test.argmax(1), len(data.labels)), data.labels,
+                           out / "confusion.png")
+    for name, text in data.files.items():
+        (out / name).write_text(text, encoding="utf-8")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    (out / "labels.json").write_text(json.dumps(ds.labels))
-    hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    (out / "history.json").write_text(json.dumps(hist, indent=2))
+    (out / "history.json").write_text(json.dumps(histories[0], indent=2))  # the curves show the first member
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_history(hist, out / "curves.png")
-    plot_confusion(confusion_matrix(ds.y_test, probs.argmax(1), ds.num_classes), ds.labels, out / "confusion.png")
+    plot_history(histories[0], out / "curves.png")
     return metrics
+
+
+def fit_members(cfg: TrainConfig, out: Path, data: Prepared, fit, val, embeddings, weights, verbose):
+    """Train cfg.ensemble models (seeds seed, seed + 1, ...) and save each; early stopping on val_loss."""
+    import keras
+
+    onehot = cfg.label_smoothing > 0 and data.labels and len(data.labels) > 2  # smoothing wants one-hot targets
+
+    def targets(y):
+        return keras.utils.to_categorical(y, len(data.labels)) if onehot else y
+
+    models, histories = [], []
+    for i, filename in enumerate(member_files(cfg)):
+        seed_everything(cfg.seed + i)
+        model = data.build(-(-len(fit[0]) // cfg.batch_size), embeddings)
+        callbacks = []
+        if cfg.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True))
+        history = model.fit(fit[0], targets(fit[1]), batch_size=cfg.batch_size, epochs=cfg.epochs,
+                            validation_data=(val[0], targets(val[1])) if len(val[0]) else None,
+                            class_weight=weights, callbacks=callbacks, verbose=verbose)
+        model.save(out / filename)
+        models.append(model)
+        histories.append({k: [float(v) for v in vs] for k, vs in history.history.items()})
+    return models, histories

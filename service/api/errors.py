@@ -17,6 +17,10 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "m
               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input", 503: "not_ready"}
 
 
+def error_body(exc: ServiceError) -> dict:
+    return {"error": {"code": exc.code, "message": exc.message}}
+
+
 def error_response(request: Request, status: int, code: str, message: str, headers: dict | None = None) -> Response:
     body = {"error": message} if request.url.path.startswith("/v2") else {"error": {"code": code, "message": message}}
     return json_response(body, status_code=status, headers=headers)

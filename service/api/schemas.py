@@ -10,19 +10,22 @@ from pydantic.json_schema import SkipJsonSchema
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "oneOf": [{"required": ["texts"]}, {"required": ["text"]}],
-        "examples": [{"texts": ["a wonderful, moving film", "dull and far too long"], "top_k": 2}]})
+        "oneOf": [{"required": ["texts"]}, {"required": ["text"]}, {"required": ["sequences"]}],
+        "examples": [{"texts": ["a wonderful, moving film", "dull and far too long"], "top_k": 2},
+                     {"sequences": [[[0.1], [0.5], [0.8], [0.9], [0.7], [0.3], [-0.1], [-0.5], [-0.8], [-0.9]]]}]})
 
     texts: Annotated[list[StrictStr], Field(min_length=1)] | SkipJsonSchema[None] = Field(
-        None, description="Texts to classify (or use `text`).")
+        None, description="Texts to classify (or use `text`), for text classifiers.")
     text: StrictStr | SkipJsonSchema[None] = Field(None, description="One text to classify (or use `texts`).")
+    sequences: list[list[list[float]]] | list[list[float]] | SkipJsonSchema[None] = Field(None, description="For numeric-sequence models: N sequences of T steps of F numbers, [N][T][F] "
+                "([N][T] when F is 1), as the model's `input` says.")
     top_k: StrictInt = Field(1, ge=1, le=1000, description="How many of the most probable labels to return per text.")
     return_probabilities: StrictBool = Field(False, description="Also return every label's probability.")
 
     @model_validator(mode="after")
     def exactly_one_input(self) -> "PredictRequest":
-        if (self.texts is None) == (self.text is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
+        if sum(x is not None for x in (self.texts, self.text, self.sequences)) != 1:
+            raise ValueError("give exactly one of 'text', 'texts' or 'sequences'")
         return self
 
     @property
@@ -44,6 +47,31 @@ class ExplainRequest(BaseModel):
     window: StrictInt = Field(5, ge=2, le=100, description="Words per run for method=window.")
 
 
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"prompt": "The company said ", "max_chars": 120, "temperature": 0.6, "seed": 7}]})
+
+    prompt: StrictStr = Field(description="The text to continue (at least one character).")
+    max_chars: StrictInt = Field(200, ge=1, description="Characters to generate (at most the server's "
+                                 "MAX_GENERATE_CHARS, else 413).")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 always takes the most "
+                               "probable character.")
+    top_k: StrictInt = Field(0, ge=0, description="Sample among the k most probable characters only (0: all).")
+    seed: StrictInt | SkipJsonSchema[None] = Field(None, ge=0, description="Random seed: the same seed, prompt "
+                                                   "and settings give the same text.")
+    stream: StrictBool = Field(False, description="Send the characters as server-sent events as they come "
+                               "(text/event-stream) instead of one JSON answer.")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    version: int
+    prompt: str
+    text: str = Field(description="The generated continuation (without the prompt).")
+    chars: int
+    seed: int | None
+
+
 class LabelProbability(BaseModel):
     label: str
     probability: float
@@ -56,11 +84,14 @@ class TokenInfo(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str
-    score: float = Field(description="Probability of `label`.")
-    top_k: list[LabelProbability]
+    label: str | SkipJsonSchema[None] = Field(None, description="The most probable class (classifiers).")
+    score: float | SkipJsonSchema[None] = Field(None, description="Probability of `label`.")
+    top_k: list[LabelProbability] | SkipJsonSchema[None] = None
     probabilities: dict[str, float] | SkipJsonSchema[None] = None
-    tokens: TokenInfo
+    tokens: TokenInfo | SkipJsonSchema[None] = Field(None, description="Text classifiers: what the tokenizer did.")
+    value: float | SkipJsonSchema[None] = Field(None, description="Sequence regression: the predicted value.")
+    values: list[float] | SkipJsonSchema[None] = Field(None, description="Per-step sequence regression: one "
+                                                       "value per step.")
 
 
 class PredictResponse(BaseModel):

@@ -1,4 +1,5 @@
-"""/v1: the service's own JSON API: model listing and text classification.
+"""/v1: the service's own JSON API: model listing, classification (texts or numeric sequences), regression,
+explanations and text generation.
 
 The predict handlers read their body themselves (pydantic-core straight from bytes, orjson out) rather
 than through FastAPI's dependency and body machinery: the same validation for a fraction of the cost per
@@ -6,14 +7,19 @@ request. The request model still documents the body in OpenAPI."""
 
 from __future__ import annotations
 
+from typing import AsyncIterator
+
+import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from service.api.body import VERSION_PARAMETER, check_json, json_response, model_parser, parse, path_version
-from service.api.schemas import (ErrorResponse, ExplainRequest, ExplainResponse, ModelList, PredictRequest,
-                                 PredictResponse)
-from service.errors import InvalidInput, NotFound
-from service.predict import check_limits, to_predictions
+from service.api.errors import error_body
+from service.api.schemas import (ErrorResponse, ExplainRequest, ExplainResponse, GenerateRequest, GenerateResponse,
+                                 ModelList, PredictRequest, PredictResponse)
+from service.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceError
+from service.generator import Sampling
+from service.predict import check_limits, class_predictions, to_predictions, value_predictions
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
@@ -21,6 +27,10 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json"
     "schema": PredictRequest.model_json_schema()}}}}
 parse_predict = model_parser(PredictRequest)
 parse_explain = model_parser(ExplainRequest)
+parse_generate = model_parser(GenerateRequest)
+GENERATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": GenerateRequest.model_json_schema()}}}}
+PREDICT_TASKS = ("text-classification", "sequence-classification", "sequence-regression")
 EXPLAIN_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": ExplainRequest.model_json_schema()}}}}
 
@@ -55,14 +65,68 @@ async def plot(name: str, filename: str, request: Request) -> FileResponse:
              summary="Classify texts with one version")
 async def predict(name: str, request: Request) -> Response:
     state, version = request.app.state, path_version(request)
-    state.registry.get(name, version)  # an unknown model is a 404 before the body is read
+    model = state.registry.get(name, version, PREDICT_TASKS)  # an unknown model is a 404 before the body is read
     check_json(request)
     body = await parse(request, parse_predict)
-    texts = body.all_texts
-    check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
-    model, result = await state.registry.predict(name, version, texts)
-    return json_response({"model": model.name, "version": model.version,
-                          "predictions": to_predictions(model.labels, result, body.top_k, body.return_probabilities)})
+    if model.task == "text-classification":
+        if body.sequences is not None:
+            raise InvalidInput(f"model {name!r} classifies text: send 'texts' or 'text', not 'sequences'")
+        texts = body.all_texts
+        check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
+        model, result = await state.registry.predict(name, version, texts)
+        predictions = to_predictions(model.labels, result, body.top_k, body.return_probabilities)
+    else:
+        if body.sequences is None:
+            steps, features = model.shape
+            raise InvalidInput(f"model {name!r} takes numeric sequences: send 'sequences' shaped "
+                               f"[N][{steps}][{features}], not texts")
+        if len(body.sequences) > state.settings.max_texts_per_request:
+            raise PayloadTooLarge(f"{len(body.sequences)} sequences in one request; the limit is "
+                                  f"{state.settings.max_texts_per_request}")
+        x = model.as_input(body.sequences)
+        model, out = await state.registry.call(name, version, lambda m: m.predict(x))
+        predictions = (class_predictions(model.labels, out, body.top_k, body.return_probabilities) if model.labels
+                       else value_predictions(out))
+    return json_response({"model": model.name, "version": model.version, "predictions": predictions})
+
+
+@router.post("/models/{name}/generate", response_model=GenerateResponse, openapi_extra=GENERATE_BODY,
+             responses={200: {"content": {"text/event-stream": {}}}},
+             summary="Continue a prompt with a character language model (JSON, or server-sent events)")
+@router.post("/models/{name}/versions/{version}/generate", response_model=GenerateResponse,
+             openapi_extra=GENERATE_BODY | VERSION_PARAMETER, responses={200: {"content": {"text/event-stream": {}}}},
+             summary="Generate with one version")
+async def generate(name: str, request: Request) -> Response:
+    state, version = request.app.state, path_version(request)
+    model = state.registry.get(name, version, ("text-generation",))
+    check_json(request)
+    body = await parse(request, parse_generate)
+    check_limits([body.prompt], 1, state.settings.max_text_chars)
+    how = Sampling(body.max_chars, body.temperature, body.top_k, body.seed)
+    chars = model.generate(body.prompt, how, state.settings.max_generate_chars, state.settings.max_generations)
+    first = await anext(chars)  # the limits and the prompt's errors answer here, before any event is sent
+    if body.stream:
+        return StreamingResponse(_events(first, chars), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    text = first + "".join([c async for c in chars])
+    return json_response({"model": model.name, "version": model.version, "prompt": body.prompt, "text": text,
+                          "chars": len(text), "seed": body.seed})
+
+
+async def _events(first: str, chars) -> AsyncIterator[bytes]:
+    """Server-sent events: one `data: {"text": c}` per character, then `event: done` with the whole text, or
+    `event: error` with the one error model's body if the generation fails midway."""
+    text = [first]
+    yield b"data: " + orjson.dumps({"text": first}) + b"\n\n"
+    try:
+        async for c in chars:
+            text.append(c)
+            yield b"data: " + orjson.dumps({"text": c}) + b"\n\n"
+    except ServiceError as exc:
+        yield b"event: error\ndata: " + orjson.dumps(error_body(exc)) + b"\n\n"
+        return
+    whole = "".join(text)
+    yield b"event: done\ndata: " + orjson.dumps({"text": whole, "chars": len(whole)}) + b"\n\n"
 
 
 @router.post("/models/{name}/explain", response_model=ExplainResponse, openapi_extra=EXPLAIN_BODY,
@@ -71,7 +135,7 @@ async def predict(name: str, request: Request) -> Response:
              openapi_extra=EXPLAIN_BODY | VERSION_PARAMETER, summary="Explain with one version")
 async def explain(name: str, request: Request) -> Response:
     state, version = request.app.state, path_version(request)
-    model = state.registry.get(name, version)
+    model = state.registry.get(name, version, ("text-classification",))
     check_json(request)
     body = await parse(request, parse_explain)
     check_limits([body.text], 1, state.settings.max_text_chars)

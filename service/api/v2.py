@@ -1,7 +1,9 @@
 """Open Inference Protocol (KServe V2) over HTTP, as Triton speaks it, so `tritonclient.http` works unchanged.
 
-Input: one BYTES tensor of texts (JSON `data` or the binary tensor extension). Outputs: `probabilities`
-(FP32 [N, C]) and `label` (BYTES [N]), as JSON or binary as the client asks. Errors are `{"error": msg}`.
+Text classifiers take one BYTES tensor `text` [N]; numeric-sequence models one FP32 tensor `sequences`
+[N, T, F] (JSON `data`, flat or nested, or the binary tensor extension). Outputs: classifiers `probabilities`
+(FP32 [N, C]) and `label` (BYTES [N]); regression `values` (FP32 [N, 1] or [N, T, 1]); as JSON or binary as
+the client asks. Errors are `{"error": msg}`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from service.api.body import VERSION_PARAMETER, json_response, parse, path_versi
 from service.api.schemas import V2Error
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge
 from service.predict import check_limits
-from service.runtime import TextClassifier
+from service.runtime import ModelRuntime
 
 V2_ERRORS = {code: {"model": V2Error} for code in (400, 401, 404, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAME, PROBS_NAME, LABEL_NAME = "text", "probabilities", "label"
+SEQUENCES_NAME, VALUES_NAME = "sequences", "values"
+TASKS = ("text-classification", "sequence-classification", "sequence-regression")
 
 INFER_BODY = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -34,7 +38,8 @@ INFER_BODY = {
             "inputs": {"type": "array", "minItems": 1, "items": {
                 "type": "object", "required": ["name", "shape", "datatype"],
                 "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-                               "datatype": {"type": "string", "enum": ["BYTES"]}, "parameters": {"type": "object"},
+                               "datatype": {"type": "string", "enum": ["BYTES", "FP32"]},
+                               "parameters": {"type": "object"},
                                "data": {"type": "array", "items": {}}}}},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
                 "name": {"type": "string"}, "parameters": {"type": "object"}}}},
@@ -58,23 +63,27 @@ async def server_ready(request: Request) -> Response:
     return json_response({"ready": ready}, status_code=200 if ready else 503)
 
 
-def _metadata(model: TextClassifier) -> dict:
-    return {
-        "name": model.name,
-        "versions": [str(model.version)],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, len(model.labels)]},
-                    {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}],
-        "parameters": {"labels": model.labels, "maxlen": model.package.maxlen},
-    }
+def _metadata(model: ModelRuntime) -> dict:
+    if model.task == "text-classification":
+        inputs = [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+    else:
+        inputs = [{"name": SEQUENCES_NAME, "datatype": "FP32", "shape": [-1, *model.shape]}]
+    if model.labels:
+        outputs = [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, len(model.labels)]},
+                   {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}]
+    else:
+        out_shape = model.package.metadata["output"]["shape"][1:]
+        outputs = [{"name": VALUES_NAME, "datatype": "FP32", "shape": [-1, *out_shape]}]
+    return {"name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx", "inputs": inputs,
+            "outputs": outputs, "parameters": {"task": model.task, "labels": model.labels,
+                                               "maxlen": model.package.maxlen}}
 
 
 @router.get("/models/{name}", summary="Model metadata")
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata", openapi_extra=VERSION_PARAMETER)
 async def model_metadata(name: str, request: Request) -> dict:
     registry, version = request.app.state.registry, path_version(request)
-    meta = _metadata(registry.get(name, version))
+    meta = _metadata(registry.get(name, version, TASKS))
     if version is None:
         meta["versions"] = [str(v) for v in sorted(registry.models[name])]
     return meta
@@ -84,7 +93,7 @@ async def model_metadata(name: str, request: Request) -> dict:
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness",
             openapi_extra=VERSION_PARAMETER)
 async def model_ready(name: str, request: Request) -> dict:
-    model = request.app.state.registry.get(name, path_version(request))
+    model = request.app.state.registry.get(name, path_version(request), TASKS)
     return {"name": model.name, "ready": True}
 
 
@@ -93,24 +102,32 @@ async def model_ready(name: str, request: Request) -> dict:
              openapi_extra=INFER_BODY | VERSION_PARAMETER)
 async def infer(name: str, request: Request) -> Response:
     state, version = request.app.state, path_version(request)
-    state.registry.get(name, version)  # an unknown model is a 404 before the body is read
+    model = state.registry.get(name, version, TASKS)  # an unknown model is a 404 before the body is read
     header_length = request.headers.get(HEADER_LENGTH)
     limit = state.settings.max_texts_per_request
-    header, texts = await parse(request, lambda body: _read_request(body, header_length, limit))
-    check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
-    model, result = await state.registry.predict(name, version, texts)
-    probs = result.probs
-    labels = [model.labels[i] for i in probs.argmax(axis=1)]
-    probs = probs.astype(np.float32, copy=False)
-    wanted = _requested_outputs(header)
+    if model.task == "text-classification":
+        header, texts = await parse(request, lambda body: _read_request(body, header_length, limit))
+        check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
+        model, result = await state.registry.predict(name, version, texts)
+        probs = result.probs
+    else:
+        shape = model.shape
+        header, x = await parse(request, lambda body: _read_sequence_request(body, header_length, shape, limit))
+        model, probs = await state.registry.call(name, version, lambda m: m.predict(m.as_input(x)))
+    if model.labels:
+        tensors = {PROBS_NAME: probs.astype(np.float32, copy=False),
+                   LABEL_NAME: [model.labels[i] for i in probs.argmax(axis=1)]}
+    else:
+        tensors = {VALUES_NAME: probs.astype(np.float32, copy=False)}
     outputs, blobs = [], []
-    for out_name, binary_out in wanted:
-        if out_name == PROBS_NAME:
-            tensor = {"name": PROBS_NAME, "datatype": "FP32", "shape": list(probs.shape)}
-            raw, data = probs.astype("<f4").tobytes(), probs.ravel().tolist()
+    for out_name, binary_out in _requested_outputs(header, list(tensors)):
+        value = tensors[out_name]
+        if isinstance(value, np.ndarray):
+            tensor = {"name": out_name, "datatype": "FP32", "shape": list(value.shape)}
+            raw, data = value.astype("<f4").tobytes(), value.ravel().tolist()
         else:
-            tensor = {"name": LABEL_NAME, "datatype": "BYTES", "shape": [len(labels)]}
-            raw, data = _encode_bytes(labels), labels
+            tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(value)]}
+            raw, data = _encode_bytes(value), value
         if binary_out:
             tensor["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
@@ -130,6 +147,55 @@ async def infer(name: str, request: Request) -> Response:
 def _read_request(body: bytes, header_length: str | None, max_texts: int) -> tuple[dict, list[str]]:
     header, binary = _split_body(body, header_length)
     return header, _read_texts(header, binary, max_texts)
+
+
+def _read_sequence_request(body: bytes, header_length: str | None, shape: tuple[int, int],
+                           max_rows: int) -> tuple[dict, np.ndarray]:
+    """One FP32 tensor `sequences` [N, T, F]: JSON data (flat, row-major, or nested) or binary little-endian."""
+    header, binary = _split_body(body, header_length)
+    tensor = _one_input(header, SEQUENCES_NAME, "FP32")
+    declared = tensor.get("shape")
+    if not (isinstance(declared, list) and len(declared) == 3 and all(type(d) is int for d in declared)
+            and declared[0] >= 1 and tuple(declared[1:]) == tuple(shape)):
+        raise InvalidInput(f"input shape must be [N, {shape[0]}, {shape[1]}] with N >= 1, got {declared!r}")
+    if declared[0] > max_rows:  # before decoding anything
+        raise PayloadTooLarge(f"{declared[0]} sequences in one request; the limit is {max_rows}")
+    count = declared[0] * shape[0] * shape[1]
+    size = _binary_size(tensor, binary)
+    if size is not None:
+        if size != count * 4:
+            raise InvalidInput(f"shape {declared} needs {count * 4} bytes of FP32, got {size}")
+        return header, np.frombuffer(binary, dtype="<f4").reshape(declared)
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {SEQUENCES_NAME!r} needs 'data' (or binary data)")
+    try:
+        values = np.asarray(data, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise InvalidInput("'data' of an FP32 input must be numbers (flat, or nested as the shape)") from None
+    if values.size != count:
+        raise InvalidInput(f"shape {declared} says {count} numbers but {values.size} were sent")
+    return header, values.reshape(declared)
+
+
+def _one_input(header: dict, name: str, datatype: str) -> dict:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput(f"expected exactly one input tensor named {name!r}")
+    tensor = inputs[0]
+    if tensor.get("name") != name:
+        raise InvalidInput(f"unexpected input {tensor.get('name')!r}; this model takes {name!r}")
+    if tensor.get("datatype") != datatype:
+        raise InvalidInput(f"input {name!r} must have datatype {datatype}, not {tensor.get('datatype')!r}")
+    return tensor
+
+
+def _binary_size(tensor: dict, binary: bytes) -> int | None:
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None and (not isinstance(size, int) or size != len(binary)):
+        raise BadRequest(f"binary_data_size {size!r} does not match the {len(binary)} binary bytes sent")
+    return size
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -153,25 +219,14 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
 
 
 def _read_texts(header: dict, binary: bytes, max_texts: int) -> list[str]:
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInput(f"expected exactly one input tensor named {INPUT_NAME!r}")
-    tensor = inputs[0]
-    if tensor.get("name") != INPUT_NAME:
-        raise InvalidInput(f"unexpected input {tensor.get('name')!r}; this model takes {INPUT_NAME!r}")
-    if tensor.get("datatype") != "BYTES":
-        raise InvalidInput(f"input {INPUT_NAME!r} must have datatype BYTES, not {tensor.get('datatype')!r}")
+    tensor = _one_input(header, INPUT_NAME, "BYTES")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape)
             or any(d != 1 for d in shape[1:])):
         raise InvalidInput(f"input shape must be [N] or [N, 1], got {shape!r}")
     if shape[0] > max_texts:  # before decoding anything: counting is cheap, decoding millions of elements is not
         raise PayloadTooLarge(f"{shape[0]} texts in one request; the limit is {max_texts}")
-    params = tensor.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
-    if size is not None:
-        if not isinstance(size, int) or size != len(binary):
-            raise BadRequest(f"binary_data_size {size!r} does not match the {len(binary)} binary bytes sent")
+    if _binary_size(tensor, binary) is not None:
         raw = _decode_bytes(binary, shape[0])
         try:
             texts = [b.decode("utf-8") for b in raw]
@@ -207,18 +262,18 @@ def _flag(params, key: str, default: bool) -> bool:
     return value
 
 
-def _requested_outputs(header: dict) -> list[tuple[str, bool]]:
+def _requested_outputs(header: dict, names: list[str]) -> list[tuple[str, bool]]:
     default_binary = _flag(header.get("parameters"), "binary_data_output", False)
     outputs = header.get("outputs")
     if outputs is None:
-        return [(PROBS_NAME, default_binary), (LABEL_NAME, default_binary)]
+        return [(name, default_binary) for name in names]
     if not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list")
     wanted = []
     for out in outputs:
         name = out.get("name") if isinstance(out, dict) else None
-        if name not in (PROBS_NAME, LABEL_NAME):
-            raise InvalidInput(f"unknown output {name!r}; outputs are {PROBS_NAME!r} and {LABEL_NAME!r}")
+        if name not in names:
+            raise InvalidInput(f"unknown output {name!r}; outputs are {' and '.join(map(repr, names))}")
         wanted.append((name, _flag(out.get("parameters"), "binary_data", default_binary)))
     return wanted
 

@@ -68,7 +68,10 @@ def test_reproduce_trains_each_preset_with_each_seed(data_dir, tmp_path):
     assert row["preset"] == "reuters-tutorial-simple-rnn" and row["seeds"] == [1337, 1338]
     assert row["reported"] == 0.7496 and len(row["accuracies"]) == 2
     assert row["min"] <= row["mean"] <= row["max"] and row["sd"] >= 0
-    for seed in row["seeds"]:
-        assert json.loads((out / row["preset"] / f"seed-{seed}" / "config.json").read_text())["seed"] == seed
+    for seed, best in zip(row["seeds"], row["best_validation"]):
+        run_dir = out / row["preset"] / f"seed-{seed}"
+        assert json.loads((run_dir / "config.json").read_text())["seed"] == seed
+        assert best == json.loads((run_dir / "history.json").read_text())["val_accuracy"][0]  # one epoch
+    assert row["best_validation_mean"] == sum(row["best_validation"]) / 2
     assert "| reuters-tutorial-simple-rnn | 2 |" in (out / "reproduce.md").read_text()
     assert run_cli("reproduce", "no-such-preset").returncode == 2

@@ -22,6 +22,12 @@ VARIANTS = {
     "masked-bi-gru": dict(cell="gru", mask_zero=True, bidirectional=True),
     "conv-lstm": dict(cell="lstm", conv_filters=8, conv_kernel=3, pool_size=2),
     "max-pooled-bi-gru": dict(cell="gru", bidirectional=True, layers=2, pooling="max"),
+    "masked-max-mean-bi-lstm": dict(cell="lstm", bidirectional=True, mask_zero=True, pooling="max_mean",
+                                    embedding_dropout=0.2),
+    "max-mean-gru-adamw": dict(cell="gru", pooling="max_mean", optimizer="adamw", lr_schedule="cosine",
+                               label_smoothing=0.1, class_weight="balanced"),
+    "skipgram-ensemble": dict(cell="lstm", mask_zero=True, pooling="max_mean", pretrained_embeddings="skipgram",
+                              ensemble=3),
     "head-dropout": dict(cell="simple_rnn", dense_units=8, head_dropout=0.3, dropout=0.2, recurrent_dropout=0.2,
                          optimizer="adam", padding="post", truncating="post"),
 }
@@ -39,6 +45,8 @@ def test_architecture_exports_with_parity(variant, reviews_csv, tmp_path):
     native = {"simple_rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[VARIANTS[variant]["cell"]]
     ops = meta["onnx"]["op_types"]
     assert native in ops and "Loop" not in ops and "Scan" not in ops
+    members = VARIANTS[variant].get("ensemble", 1)
+    assert meta["architecture"]["ensemble"] == members and ("Mean" in ops) == (members > 1)
     masked = VARIANTS[variant].get("mask_zero", False)
     assert meta["dynamic_length"] is masked and meta["input"]["shape"][1] == (None if masked else 40)
     assert meta["labels"] == ["negative", "positive"]
