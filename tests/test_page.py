@@ -175,3 +175,54 @@ def test_the_page_can_be_switched_off(model_repo):
     with in_process(model_repo, ui=False) as client:
         assert client.get("/ui/").status_code == 404 and client.get("/").status_code == 404
         assert client.get("/docs").status_code == 200
+
+
+def test_each_task_gets_its_form(browser, task_repo, tmp_path):
+    """Numeric sequences get a sequence form whose answers equal the API's; a language model gets a generate
+    form that streams the text the API gives for the same seed; a text classifier keeps its own forms."""
+    srv = Server(task_repo)
+    try:
+        srv.wait_ready()
+        w = Watched(browser, srv)
+        page = w.page
+        page.goto(srv.url + "/ui/")
+        page.wait_for_function("document.querySelectorAll('.card').length === 5")
+        assert "test MSE" in page.locator(".card", has_text="waves-next v1").inner_text()
+        assert "bits per char" in page.locator(".card", has_text="lm v1").inner_text()
+
+        page.select_option("#model-select", "waves-kind")
+        assert page.locator("#sequences").is_visible() and page.locator("#classify").is_hidden()
+        assert page.locator("#generate").is_hidden() and page.locator("#score").is_hidden()
+        rows = [[round(0.9 * ((t % 4) - 1.5), 2) for t in range(10)], [0.1 * t for t in range(10)]]
+        page.fill("#sequence-input", "\n".join(", ".join(map(str, r)) for r in rows))
+        page.click("#sequence-form button")
+        page.wait_for_selector("#sequence-result tbody tr")
+        api = httpx.post(srv.url + "/v1/models/waves-kind/predict", json={"sequences": rows}).json()
+        shown = page.locator("#sequence-result tbody tr td:nth-child(2)").all_inner_texts()
+        assert [s.split(" (")[0] for s in shown] == [p["label"] for p in api["predictions"]]
+
+        page.select_option("#model-select", "waves-steps")
+        page.fill("#sequence-input", " ".join(map(str, rows[1])))
+        page.click("#sequence-form button")
+        page.wait_for_function("document.querySelector('#sequence-result tbody td:nth-child(2)')"
+                               ".textContent.split(', ').length === 10")
+
+        page.select_option("#model-select", "lm")
+        assert page.locator("#generate").is_visible() and page.locator("#sequences").is_hidden()
+        page.fill("#prompt", "The company said ")
+        page.fill("#max-chars", "150")
+        page.fill("#seed", "5")
+        page.click("#generate-form button")
+        page.wait_for_selector("#generated[data-done]", state="attached")
+        api = httpx.post(srv.url + "/v1/models/lm/generate", json={"prompt": "The company said ", "max_chars": 150,
+                                                                    "temperature": 0.7, "top_k": 0, "seed": 5})
+        assert page.inner_text("#generated-text") == api.json()["text"]
+        page.locator("#generate").screenshot(path=Path(SCREENSHOTS or tmp_path) / "generate.png")
+
+        page.select_option("#model-select", "chars")
+        assert page.locator("#classify").is_visible() and page.locator("#score").is_visible()
+        assert page.locator("#generate").is_hidden()
+        w.check_clean()
+        w.close()
+    finally:
+        srv.stop()

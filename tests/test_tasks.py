@@ -14,37 +14,7 @@ import pytest
 
 from service.package import read_package
 from service.sequences import normalize
-from tests.conftest import DATA_DIR, Server, in_process, wait_ready
-
-SEQUENCE_MODELS = {  # name -> synthetic data set
-    "waves-next": "waves-next", "waves-kind": "waves-kind", "waves-steps": "waves-steps"}
-TINY = dict(units=8, epochs=2, batch_size=64, optimizer="adam", validation_split=0.1, seed=3)
-
-
-def _train_export(models, name, **cfg):
-    from training.config import TrainConfig
-    from training.export import export_run
-    from training.train import train
-
-    run = models.parent / "runs" / name
-    train(TrainConfig.from_dict(cfg), run, DATA_DIR, verbose=0)
-    return export_run(run, models, name, 1, DATA_DIR, parity_examples=200)
-
-
-@pytest.fixture(scope="session")
-def task_repo(tmp_path_factory, reviews_csv):
-    models = tmp_path_factory.mktemp("tasks") / "models"
-    for name, dataset in SEQUENCE_MODELS.items():
-        _train_export(models, name, task="sequences", dataset=dataset, maxlen=10, cell="lstm", **TINY)
-    _train_export(models, "chars", dataset=str(reviews_csv), char_level=True, maxlen=300, cell="gru",
-                  mask_zero=True, embedding_dim=8, **TINY)
-    corpus = DATA_DIR / "raw" / "reuters_train_raw.csv.gz"
-    if not corpus.is_file():
-        pytest.skip(f"{corpus} is absent (set RNNSERVE_DATA_DIR)")
-    _train_export(models, "lm", task="lm", dataset=str(corpus), max_chars=40_000, maxlen=40, cell="lstm",
-                  layers=2, embedding_dim=16, test_split=0.1, **TINY)
-    return models
-
+from tests.conftest import SEQUENCE_MODELS, Server, in_process, wait_ready
 
 @pytest.fixture(scope="module")
 def client(task_repo):

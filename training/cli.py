@@ -79,6 +79,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    from training.train import test_run
+
+    metrics = test_run(args.run_dir, args.data_dir)
+    print(json.dumps({"run_dir": args.run_dir, "validation": metrics.get("validation"), "test": metrics["test"]},
+                     indent=2))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
@@ -135,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
     _add_config_flags(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("test", help="evaluate a --validation-only run on the test split (once, for the "
+                       "configuration chosen on validation), so it can be exported")
+    p.add_argument("run_dir")
+    p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("export", help="convert a run to ONNX, check parity, write a model package")
     p.add_argument("run_dir")

@@ -117,6 +117,38 @@ def prepare_sequences(cfg: TrainConfig) -> Prepared:
                     {"input.json": json.dumps(spec), "labels.json": json.dumps(ds.labels or [])})
 
 
+def prepare(cfg: TrainConfig, data_dir) -> Prepared:
+    if cfg.task == "lm":
+        from training.lm import prepare_lm
+
+        return prepare_lm(cfg, data_dir)
+    return prepare_sequences(cfg) if cfg.task == "sequences" else prepare_text(cfg, data_dir)
+
+
+def test_models(data: Prepared, models, out: Path) -> dict:
+    """Test-split metrics (and, for classifiers, the confusion matrix plot)."""
+    out_test = data.predict(models, data.x_test)
+    if data.labels:
+        plot_confusion(confusion_matrix(data.y_test, out_test.argmax(1), len(data.labels)), data.labels,
+                       out / "confusion.png")
+    return data.score(data.y_test, out_test)
+
+
+def test_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dict:
+    """Evaluate a --validation-only run on the test split: once, for the configuration chosen on validation."""
+    import keras
+
+    run = Path(run_dir)
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    metrics = json.loads((run / "metrics.json").read_text())
+    if "test" in metrics:
+        raise ConfigError(f"{run} has been evaluated on the test split already")
+    models = [keras.models.load_model(run / f) for f in member_files(cfg)]
+    metrics["test"] = test_models(prepare(cfg, data_dir), models, run)
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, verbose: int = 1,
           evaluate_test: bool = True) -> dict:
     """Fit (each ensemble member in turn), evaluate on the validation split and, unless told not to, on the
@@ -127,12 +159,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    if cfg.task == "lm":
-        from training.lm import prepare_lm
-
-        data = prepare_lm(cfg, data_dir)
-    else:
-        data = prepare_sequences(cfg) if cfg.task == "sequences" else prepare_text(cfg, data_dir)
+    data = prepare(cfg, data_dir)
     (x_fit, y_fit), (x_val, y_val) = split_validation(cfg, data.x_train, data.y_train)
     started = time.perf_counter()
     embeddings = None
@@ -152,11 +179,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
         if len(models) > 1:
             metrics["validation_members"] = [data.score(y_val, data.predict(m, x_val)) for m in models]
     if evaluate_test:
-        out_test = data.predict(models, data.x_test)
-        metrics["test"] = data.score(data.y_test, out_test)
-        if data.labels:
-            plot_confusion(confusion_matrix(data.y_test, out_test.argmax(1), len(data.labels)), data.labels,
-                           out / "confusion.png")
+        metrics["test"] = test_models(data, models, out)
     for name, text in data.files.items():
         (out / name).write_text(text, encoding="utf-8")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))

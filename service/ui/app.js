@@ -42,6 +42,33 @@ function el(tag, attrs = {}, ...children) {
 
 function percent(p) { return `${(100 * p).toFixed(1)}%`; }
 
+const byName = new Map(); // name -> its description, for the form that matches its task
+const TASK_HINTS = {
+  "text-classification": "classifies text: explain a text, or score a file",
+  "sequence-classification": "classifies numeric sequences",
+  "sequence-regression": "predicts values from numeric sequences",
+  "text-generation": "continues a prompt, one character at a time",
+};
+
+function testFigure(m) {
+  const test = (m.metrics || {}).test || {};
+  if (test.accuracy !== undefined && m.task !== "text-generation") return ["test accuracy", `${percent(test.accuracy)} of ${test.examples}`];
+  if (test.bits_per_char !== undefined) return ["test bits per char", `${test.bits_per_char.toFixed(3)} (next char right ${percent(test.accuracy)})`];
+  if (test.mse !== undefined) return ["test MSE", `${test.mse.toFixed(4)} (R² ${test.r2.toFixed(3)})`];
+  return ["test", "n/a"];
+}
+
+// Show the forms of the chosen model's task only.
+function showForms() {
+  const m = byName.get($("model-select").value);
+  if (!m) return;
+  for (const section of document.querySelectorAll("section[data-task]")) {
+    section.hidden = !section.dataset.task.split(" ").includes(m.task);
+  }
+  $("task-hint").textContent = `${m.task}: ${TASK_HINTS[m.task] || ""}`;
+  if (m.input) $("sequence-shape").textContent = `${m.input.steps} x ${m.input.features}`;
+}
+
 // Models: one card each, with the package's plots fetched like any API call (the key travels in a header).
 async function loadModels() {
   const { models } = await (await api("../v1/models")).json();
@@ -55,16 +82,19 @@ async function loadModels() {
                      el("p", { className: "error", textContent: `not loaded: ${reasons}` })));
       continue;
     }
+    byName.set(m.name, m);
     select.append(el("option", { value: m.name, textContent: `${m.name} (v${m.version})` }));
     const arch = m.architecture || {};
-    const test = (m.metrics || {}).test || {};
     const facts = [
-      ["task", m.task], ["labels", m.labels.length > 6 ? `${m.labels.length} classes` : m.labels.join(", ")],
-      ["model", [arch.bidirectional ? "bidirectional" : "", arch.layers > 1 ? `${arch.layers} x` : "",
-                 (arch.cell || "").toUpperCase(), arch.units ? `(${arch.units})` : ""].filter(Boolean).join(" ")],
-      ["test accuracy", test.accuracy === undefined ? "n/a" : `${percent(test.accuracy)} of ${test.examples}`],
-      ["max length", `${m.maxlen} tokens`], ["runs on", `${m.provider}, ${m.threads} threads`],
+      ["task", m.task],
+      ["model", [arch.ensemble > 1 ? `${arch.ensemble} x` : "", arch.bidirectional ? "bidirectional" : "",
+                 arch.layers > 1 ? `${arch.layers} x` : "", (arch.cell || "").toUpperCase(),
+                 arch.units ? `(${arch.units})` : ""].filter(Boolean).join(" ")],
+      testFigure(m),
+      m.input ? ["input", `${m.input.steps} steps x ${m.input.features} features`] : ["max length", `${m.maxlen} tokens`],
+      ["runs on", `${m.provider}, ${m.threads} threads`],
     ];
+    if (m.labels.length) facts.splice(1, 0, ["labels", m.labels.length > 6 ? `${m.labels.length} classes` : m.labels.join(", ")]);
     const dl = el("dl");
     for (const [k, v] of facts) dl.append(el("dt", { textContent: k }), el("dd", { textContent: v }));
     const card = el("div", { className: "card" }, el("h3", { textContent: `${m.name} v${m.version}` }), dl);
@@ -78,6 +108,7 @@ async function loadModels() {
     }
   }
   $("key-prompt").hidden = true;
+  showForms();
 }
 
 // Explanation: the verdict, a bar per class, and the text with each word shaded by its contribution.
@@ -178,6 +209,77 @@ function score(event) {
   xhr.send(form);
 }
 
+// Numeric sequences: one per line, T x F numbers each, sent as [N][T][F].
+async function predictSequences(event) {
+  event.preventDefault();
+  const m = byName.get($("model-select").value), button = event.submitter;
+  $("sequence-error").textContent = "";
+  const lines = $("sequence-input").value.split("\n").map((l) => l.trim()).filter(Boolean);
+  const sequences = lines.map((line) => {
+    const numbers = line.split(/[\s,]+/).map(Number);
+    const steps = [];
+    for (let t = 0; t < numbers.length; t += m.input.features) steps.push(numbers.slice(t, t + m.input.features));
+    return steps;
+  });
+  button.disabled = true;
+  try {
+    const response = await api(`../v1/models/${encodeURIComponent(m.name)}/predict`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sequences, top_k: 3 }),
+    });
+    const body = $("sequence-result").tBodies[0];
+    body.replaceChildren();
+    (await response.json()).predictions.forEach((p, i) => {
+      const shown = p.label !== undefined ? `${p.label} (${p.top_k.map((k) => `${k.label} ${percent(k.probability)}`).join(", ")})`
+        : p.value !== undefined ? p.value.toFixed(4) : p.values.map((v) => v.toFixed(3)).join(", ");
+      body.append(el("tr", {}, el("td", { textContent: i + 1 }), el("td", { textContent: shown })));
+    });
+    $("sequence-result").hidden = false;
+  } catch (e) {
+    $("sequence-error").textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// Generation: server-sent events read from the response body as they arrive, each character shown at once.
+async function generate(event) {
+  event.preventDefault();
+  const button = event.submitter, out = $("generated-text");
+  const seed = $("seed").value === "" ? undefined : Number($("seed").value);
+  const request = { prompt: $("prompt").value, max_chars: Number($("max-chars").value),
+                    temperature: Number($("temperature").value), top_k: Number($("top-k").value), seed, stream: true };
+  $("generate-error").textContent = "";
+  $("generated-prompt").textContent = request.prompt;
+  out.textContent = "";
+  delete $("generated").dataset.done;
+  $("generated").hidden = false;
+  button.disabled = true;
+  try {
+    const response = await api(`../v1/models/${encodeURIComponent($("model-select").value)}/generate`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request),
+    });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      const events = buffer.split("\n\n");
+      buffer = events.pop();
+      for (const e of events) {
+        const data = JSON.parse(e.slice(e.indexOf("data: ") + 6));
+        if (e.startsWith("event: error")) throw new ApiError(500, data.error.message);
+        if (e.startsWith("event: done")) $("generated").dataset.done = "true";
+        else out.textContent += data.text;
+      }
+    }
+  } catch (e) {
+    $("generate-error").textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 function showLoadError(e) {
   if (e.status !== 401) $("model-list").replaceChildren(el("p", { className: "error", textContent: e.message }));
 }
@@ -189,5 +291,8 @@ $("key-form").addEventListener("submit", (event) => {
   loadModels().catch(showLoadError);
 });
 $("explain-form").addEventListener("submit", explain);
+$("sequence-form").addEventListener("submit", predictSequences);
+$("generate-form").addEventListener("submit", generate);
+$("model-select").addEventListener("change", showForms);
 $("score-form").addEventListener("submit", score);
 loadModels().catch(showLoadError);

@@ -17,7 +17,7 @@ def run_cli(*args, env=None):
                           env={**base, **(env or {})}, timeout=600)
 
 
-@pytest.mark.parametrize("sub", ["train", "reproduce", "export", "evaluate", "presets"])
+@pytest.mark.parametrize("sub", ["train", "reproduce", "test", "export", "evaluate", "presets"])
 def test_help(sub):
     r = run_cli(sub, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
@@ -56,7 +56,7 @@ def test_train_export_evaluate_end_to_end(reviews_csv, tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["measured"]["examples"] == 60
-    assert abs(result["accuracy_delta_points"]) < 0.01
+    assert abs(result["delta"]["accuracy"]) < 1e-4
 
 
 def test_reproduce_trains_each_preset_with_each_seed(data_dir, tmp_path):
@@ -75,3 +75,20 @@ def test_reproduce_trains_each_preset_with_each_seed(data_dir, tmp_path):
     assert row["best_validation_mean"] == sum(row["best_validation"]) / 2
     assert "| reuters-tutorial-simple-rnn | 2 |" in (out / "reproduce.md").read_text()
     assert run_cli("reproduce", "no-such-preset").returncode == 2
+
+
+def test_validation_only_run_is_tested_once_then_exported(reviews_csv, tmp_path):
+    run, models = tmp_path / "run", tmp_path / "models"
+    r = run_cli("train", "--dataset", str(reviews_csv), "--units", "8", "--embedding-dim", "8", "--maxlen", "40",
+                "--epochs", "1", "--validation-only", "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "validation" in metrics and "test" not in metrics and not (run / "confusion.png").exists()
+    r = run_cli("export", str(run), "--name", "v", "--models-dir", str(models))
+    assert r.returncode == 2 and "--validation-only" in r.stderr
+    r = run_cli("test", str(run))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["test"]["examples"] == 60 and (run / "confusion.png").is_file()
+    assert run_cli("test", str(run)).returncode == 2  # the test split is touched once
+    assert run_cli("export", str(run), "--name", "v", "--models-dir", str(models)).returncode == 0
+    assert run_cli("train", "--dataset", str(reviews_csv), "--validation-only", "--export", "x").returncode == 2
