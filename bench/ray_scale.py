@@ -7,7 +7,7 @@
   Ray's high-throughput mode) against the plain service (1 or 2 workers): single-text /v1 predict requests
   with wrk, c=64.
 
-    python bench/ray_scale.py [--model imdb-lstm] [--rows 1000000] [--duration 15] [--skip-data] [--skip-serve]
+    python bench/ray_scale.py [--model imdb-lstm-small] [--rows 1000000] [--duration 15] [--skip-data] [--skip-serve]
 
 Needs the [ray] extra and wrk. Writes bench/results/ray_scale.json.
 """
@@ -143,7 +143,7 @@ def serve_runs(model: str, duration: int, tmp: Path) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="imdb-lstm")
+    ap.add_argument("--model", default="imdb-lstm-small")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--duration", type=int, default=15, help="seconds of load per server")
     ap.add_argument("--skip-data", action="store_true")

@@ -1,7 +1,7 @@
 """File-scoring benchmark: texts/s end to end for the endpoint and the CLI on the 25,000 raw IMDB
 reviews, and the server's peak RSS while it scores a generated 1,000,000-row upload.
 
-    python bench/score.py [--model imdb-lstm] [--models-dir models] [--rows 1000000]
+    python bench/score.py [--model imdb-lstm-small] [--models-dir models] [--rows 1000000]
 
 Prints a table and writes bench/results/score.json.
 """
@@ -55,7 +55,7 @@ def generated_rows(n: int, texts: list[str]):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="imdb-lstm")
+    ap.add_argument("--model", default="imdb-lstm-small")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the generated file for the RSS run")
     args = ap.parse_args()

@@ -1,7 +1,7 @@
 """Tokenizer speed: the pure-Python reference against the compiled tokenizer, single-threaded, on 5,000 raw
-IMDB training reviews with the bundled imdb-lstm package's spec (ids padded into the int64 matrix, as served).
+IMDB training reviews with the bundled imdb-lstm-small package's spec (ids padded into the int64 matrix, as served).
 
-    python bench/tokenizer.py [--package models/imdb-lstm/1] [--reviews 5000]
+    python bench/tokenizer.py [--package models/imdb-lstm-small/1] [--reviews 5000]
 
 Target: <= 10 us per review for the compiled one. Writes bench/results/tokenizer.json.
 """
@@ -34,7 +34,7 @@ def us_per_text(tok: Tokenizer, texts: list[str], batch: int, repeat: int = 3) -
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--package", default=str(ROOT / "models" / "imdb-lstm" / "1"))
+    ap.add_argument("--package", default=str(ROOT / "models" / "imdb-lstm-small" / "1"))
     ap.add_argument("--reviews", type=int, default=5000)
     args = ap.parse_args()
     spec = read_package(args.package).tokenizer

@@ -85,13 +85,13 @@ def test_the_page_lists_models_and_explains_a_prediction(watched, bundled_server
     plots = sum(len(m["plots"]) for m in models)
     assert plots >= 2 * len(models)
     page.wait_for_function(f"[...document.images].filter(i => i.complete && i.naturalWidth > 0).length === {plots}")
-    assert "87.9%" in page.locator(".card", has_text="imdb-lstm v1").first.inner_text()  # its test accuracy
+    assert "87.9%" in page.locator(".card", has_text="imdb-lstm-small v1").first.inner_text()  # its test accuracy
 
-    page.select_option("#model-select", "imdb-lstm")
+    page.select_option("#model-select", "imdb-lstm-small")
     page.fill("#text", REVIEW)
     page.click("#explain-form button")
     page.wait_for_selector("#highlighted .word")
-    expected = httpx.post(bundled_server.url + "/v1/models/imdb-lstm/explain", json={"text": REVIEW}).json()
+    expected = httpx.post(bundled_server.url + "/v1/models/imdb-lstm-small/explain", json={"text": REVIEW}).json()
     assert page.inner_text("#verdict").startswith(expected["label"])
     assert page.locator("#bars .bar").count() == 2
     words = page.locator("#highlighted .word")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every bundled model package in models/ from the data directory (fixed seeds).
-# About an hour on a 2-core CPU; run it in the background and watch the log:
+# About two hours on a 2-core CPU (the ensembles most of it); run it in the background and watch the log:
 #   RNNSERVE_DATA_DIR=../shared/data nohup bash training/bundled_models.sh > runs/bundled.log 2>&1 &
 # Pass preset names to train only those.
 set -euo pipefail

@@ -242,6 +242,16 @@ def _json_row(line: str, n: int) -> dict:
     return row
 
 
+def shuffled_split(n: int, test_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices shuffled with seed, then cut: the first (1 - test_split) train, the rest test."""
+    idx = np.arange(n)
+    np.random.RandomState(seed).shuffle(idx)
+    cut = int(n * (1 - test_split))
+    if cut == 0 or cut == n:
+        raise DataError(f"{n} rows cannot be split with test_split={test_split}")
+    return idx[:cut], idx[cut:]
+
+
 def load_text_dataset(
     path: str | Path,
     text_column: str = "text",
@@ -261,12 +271,7 @@ def load_text_dataset(
     if len(labels) < 2:
         raise DataError(f"{path} has only one label ({labels[0]!r}); a classifier needs two or more")
     y = np.array([labels.index(label) for label in raw_labels], dtype=np.int64)
-    idx = np.arange(len(texts))
-    np.random.RandomState(seed).shuffle(idx)
-    cut = int(len(idx) * (1 - test_split))
-    if cut == 0 or cut == len(idx):
-        raise DataError(f"{len(idx)} rows cannot be split with test_split={test_split}")
-    train_idx, test_idx = idx[:cut], idx[cut:]
+    train_idx, test_idx = shuffled_split(len(texts), test_split, seed)
     template = TokenizerSpec(words=[], unknown_words="oov", num_words=num_words, maxlen=pad_to,
                              padding=padding, truncating=truncating, char_level=char_level,
                              lower_ascii_only=not char_level)

@@ -172,7 +172,9 @@ def lm_parity_gate(model, onnx_bytes: bytes, windows: np.ndarray, atol: float) -
         state = dict(zip(state, states))  # outputs give the states in the inputs' order
         steps.append(softmax(logits))
     onnx_p = np.concatenate([np.stack(steps, axis=1), softmax(whole)[:, None]], axis=1)
-    return _parity_report(np.concatenate([keras_p, keras_p[:, -1:]], axis=1), onnx_p, atol, labels=True)
+    # Probabilities within atol is the check: the most probable character of a near tie may differ by rounding,
+    # and sampling does not take the most probable one anyway.
+    return _parity_report(np.concatenate([keras_p, keras_p[:, -1:]], axis=1), onnx_p, atol, labels=False)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -309,7 +311,7 @@ def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):
         proto = stepwise_lm(model, OPSET)
     except UnsupportedLayer as exc:
         raise ExportError(str(exc)) from exc
-    windows = prepare_lm(cfg, data_dir).x_test[: min(parity_examples, 64)]
+    windows = prepare_lm(cfg, data_dir).x_test[: min(parity_examples, 100)]  # x every step: 10,000 checks
     parity = lm_parity_gate(model, proto.SerializeToString(), windows, atol)
     states = [{"input": i.name, "output": o.name, "shape": [d.dim_value or None for d in
                                                            i.type.tensor_type.shape.dim]}

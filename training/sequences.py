@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import KERAS_SEED, DataError
+from training.data import KERAS_SEED, DataError, shuffled_split
 
 WAVE_KINDS = ["sine", "square", "triangle", "sawtooth"]
 # name -> what the synthetic set asks: the next value, the wave's kind, or the next value at every step
@@ -74,12 +74,7 @@ def synthetic(name: str, length: int, test_split: float, seed: int) -> SequenceD
 
 
 def _split(name, x, y, labels, test_split, seed) -> SequenceData:
-    idx = np.arange(len(x))
-    np.random.RandomState(seed).shuffle(idx)
-    cut = int(len(idx) * (1 - test_split))
-    if cut == 0 or cut == len(idx):
-        raise DataError(f"{len(idx)} sequences cannot be split with test_split={test_split}")
-    train, test = idx[:cut], idx[cut:]
+    train, test = shuffled_split(len(x), test_split, seed)
     return SequenceData(name, x[train], y[train], x[test], y[test], labels)
 
 

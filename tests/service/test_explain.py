@@ -16,7 +16,7 @@ from service.runtime import RuntimeOptions, TextClassifier
 from service.tokenizer import Tokenizer, TokenizerSpec
 from tests.conftest import ROOT, real_reviews
 
-IMDB = ROOT / "models" / "imdb-lstm" / "1"
+IMDB = ROOT / "models" / "imdb-lstm-small" / "1"
 TEXTS = [
     "A wonderful, moving film... though far too long!",
     "Bad bad BAD. The plot (if any) was dull; the acting? Worse. bad",  # repeated words, punctuation
