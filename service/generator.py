@@ -44,6 +44,7 @@ class TextGenerator(ModelRuntime):
         super().__init__(package, session, options, observer)
 
     def check(self, warm_up: bool) -> None:
+        """One step on the highest id, which also warms the session (cheap: no warm-up batches needed)."""
         out = self.run_batch([(np.array([self.tokenizer.max_id]), self.zero_state())])
         if out[0][0].shape != (len(self.chars) + self.first_id,):
             raise PackageError(f"the model's logits do not cover the tokenizer's {len(self.chars)} characters")
@@ -98,10 +99,11 @@ class TextGenerator(ModelRuntime):
         self.active += 1  # no await since the check: concurrent requests cannot both pass it
         try:
             (logits, state), = await self.batcher.submit([(ids, self.zero_state())])
-            for _ in range(how.max_chars):
+            for n in range(how.max_chars):
                 i = self.sample(logits, how, rng)
                 yield self.chars[i - self.first_id]
-                (logits, state), = await self.batcher.submit([(np.array([i]), state)])
+                if n + 1 < how.max_chars:  # the last character needs no step after it
+                    (logits, state), = await self.batcher.submit([(np.array([i]), state)])
         finally:
             self.active -= 1
 
