@@ -103,6 +103,7 @@ def test_v2_takes_fp32_tensors_json_and_binary(client, task_repo):
     ("/v1/models/waves-next/explain", {"text": "a film"}, 422, "sequence-regression model"),
     ("/v1/models/lm/predict", {"texts": ["a"]}, 422, "/v1/models/lm/generate"),
     ("/v1/models/chars/generate", {"prompt": "a"}, 422, "text-classification model"),
+    ("/v1/models/waves-kind/score", {"text": "a"}, 422, "sequence-classification model"),
     ("/v1/models/lm/generate", {"prompt": ""}, 422, "prompt is empty"),
     ("/v1/models/lm/generate", {"prompt": "a", "max_chars": 301}, 413, "limit of 300"),
     ("/v1/models/lm/generate", {"prompt": "a", "temperature": -1}, 422, "temperature"),

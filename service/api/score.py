@@ -139,7 +139,7 @@ def _input_format(request: Request, given: str | None, upload: UploadFile | None
 async def _score(request: Request, name: str, version: str | None, fmt, text_column, id_column, output,
                  probabilities):
     registry, settings = request.app.state.registry, request.app.state.settings
-    model = registry.get(name, version)
+    model = registry.get(name, version, ("text-classification",))
     pinned = model.version  # the whole file is scored by this version, whatever loads meanwhile
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_score_bytes:
