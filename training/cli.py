@@ -80,9 +80,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from training.train import test_run
+    from training.train import evaluate_run_on_test
 
-    metrics = test_run(args.run_dir, args.data_dir)
+    metrics = evaluate_run_on_test(args.run_dir, args.data_dir)
     print(json.dumps({"run_dir": args.run_dir, "validation": metrics.get("validation"), "test": metrics["test"]},
                      indent=2))
     return 0

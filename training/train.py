@@ -125,7 +125,7 @@ def prepare(cfg: TrainConfig, data_dir) -> Prepared:
     return prepare_sequences(cfg) if cfg.task == "sequences" else prepare_text(cfg, data_dir)
 
 
-def test_models(data: Prepared, models, out: Path) -> dict:
+def score_test_split(data: Prepared, models, out: Path) -> dict:
     """Test-split metrics (and, for classifiers, the confusion matrix plot)."""
     out_test = data.predict(models, data.x_test)
     if data.labels:
@@ -134,7 +134,7 @@ def test_models(data: Prepared, models, out: Path) -> dict:
     return data.score(data.y_test, out_test)
 
 
-def test_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dict:
+def evaluate_run_on_test(run_dir: str | Path, data_dir: str | Path | None = None) -> dict:
     """Evaluate a --validation-only run on the test split: once, for the configuration chosen on validation."""
     import keras
 
@@ -144,7 +144,7 @@ def test_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dict:
     if "test" in metrics:
         raise ConfigError(f"{run} has been evaluated on the test split already")
     models = [keras.models.load_model(run / f) for f in member_files(cfg)]
-    metrics["test"] = test_models(prepare(cfg, data_dir), models, run)
+    metrics["test"] = score_test_split(prepare(cfg, data_dir), models, run)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -179,7 +179,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
         if len(models) > 1:
             metrics["validation_members"] = [data.score(y_val, data.predict(m, x_val)) for m in models]
     if evaluate_test:
-        metrics["test"] = test_models(data, models, out)
+        metrics["test"] = score_test_split(data, models, out)
     for name, text in data.files.items():
         (out / name).write_text(text, encoding="utf-8")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
