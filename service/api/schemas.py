@@ -17,8 +17,9 @@ class PredictRequest(BaseModel):
     texts: Annotated[list[StrictStr], Field(min_length=1)] | SkipJsonSchema[None] = Field(
         None, description="Texts to classify (or use `text`), for text classifiers.")
     text: StrictStr | SkipJsonSchema[None] = Field(None, description="One text to classify (or use `texts`).")
-    sequences: list[list[list[float]]] | list[list[float]] | SkipJsonSchema[None] = Field(None, description="For numeric-sequence models: N sequences of T steps of F numbers, [N][T][F] "
-                "([N][T] when F is 1), as the model's `input` says.")
+    sequences: list[list[list[float]]] | list[list[float]] | SkipJsonSchema[None] = Field(
+        None, description="For numeric-sequence models: N sequences of T steps of F numbers, [N][T][F] "
+        "([N][T] when F is 1), as the model's `input` says.")
     top_k: StrictInt = Field(1, ge=1, le=1000, description="How many of the most probable labels to return per text.")
     return_probabilities: StrictBool = Field(False, description="Also return every label's probability.")
 
