@@ -16,7 +16,9 @@ import yaml
 from tests.conftest import ROOT, free_port
 
 IMAGE = "rnnserve:test"
-MAX_IMAGE_MB = 350
+# 350 MB was the target with 54 MB of bundled packages; the four ensembles of issue 15 added about 40 MB of
+# weights (README, Docker), so the limit keeps the 350 MB of everything else plus today's packages.
+MAX_IMAGE_MB = 400
 
 
 def sh(*cmd, timeout=120, check=True, env=None) -> subprocess.CompletedProcess:
