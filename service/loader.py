@@ -16,7 +16,7 @@ RUNTIMES: dict[str, type[ModelRuntime]] = {task: cls for cls in (TextClassifier,
 
 def open_model(path: str | Path, options: RuntimeOptions = RuntimeOptions(),
                observer: BatchObserver | None = None) -> ModelRuntime:
-    task = read_package(path).task  # validated again by open(); cheap next to starting a session
-    if task not in RUNTIMES:
-        raise PackageError(f"no runtime for task {task!r}")
-    return RUNTIMES[task].open(path, options, observer)
+    package = read_package(path)
+    if package.task not in RUNTIMES:
+        raise PackageError(f"no runtime for task {package.task!r}")
+    return RUNTIMES[package.task].start(package, options, observer)

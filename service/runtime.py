@@ -90,8 +90,13 @@ class ModelRuntime:
              observer: BatchObserver | None = None):
         """Validate the package, start its session, check it and warm it up. Raises PackageError with the
         reason."""
-        path = Path(path)
-        package = read_package(path)
+        return cls.start(read_package(Path(path)), options, observer)
+
+    @classmethod
+    def start(cls, package: Package, options: RuntimeOptions = RuntimeOptions(),
+              observer: BatchObserver | None = None):
+        """open() for a package already read and validated."""
+        path = package.path
         if package.task not in cls.tasks:
             raise PackageError(f"{package.name} is a {package.task} package; {cls.__name__} runs "
                                f"{' and '.join(cls.tasks)} packages")
