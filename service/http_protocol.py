@@ -1,6 +1,9 @@
 """uvicorn's httptools protocol with the guards it lacks: a cap on the bytes of a request's head (431), a
 deadline for a head to arrive (connections that send nothing, or trickle, are closed), and a cap on open
-connections per worker (refused and logged). Limits come from the settings (RNNSERVE_* in each worker)."""
+connections per worker (refused and logged). Limits come from the settings (RNNSERVE_* in each worker).
+
+The head deadline runs only while the connection owes the server a head: from the connection's start, and from
+the moment the previous response has been sent. A request being computed or streamed is never cut by it."""
 
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._start_head_timer()
 
     def _start_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         self._head_timer = self.loop.call_later(limits().header_timeout_s, self._head_timeout)
 
     def _head_timeout(self) -> None:
@@ -68,8 +73,15 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_head = True  # a keep-alive connection's next head has the same deadline
-        self._start_head_timer()
+        self._in_head = True  # bytes from here on belong to the next head (the size cap counts them)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A keep-alive connection owes the next head from now: unless that head already came (pipelined) and
+        # its request runs, the deadline starts again.
+        if (self._in_head and not self.pipeline and self.cycle.response_complete
+                and not self.transport.is_closing()):
+            self._start_head_timer()
 
     def _refuse_head(self) -> None:
         limit = limits().max_header_bytes

@@ -281,6 +281,30 @@ def test_connection_guards(model_repo):
     assert "connection cap reached" in log
 
 
+def test_the_head_deadline_never_cuts_an_answer(model_repo):
+    """The deadline is for a connection to send a head: a scoring stream read by a slow client (the upload is
+    spooled, so the answer outlasts the deadline by the client's pause), and a keep-alive connection's next
+    request, run well past it; a connection that then stays silent is closed at it."""
+    srv = Server(model_repo, "--header-timeout-s", "0.3")
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            with client.stream("POST", "/v1/models/sentiment-lstm/score", headers=NDJSON,
+                               content=ndjson_rows(100_000)) as r:
+                lines = r.iter_lines()
+                first = next(lines)
+                time.sleep(1.0)  # a slow reader: megabytes of answer wait in the socket, the server's stream waits
+                lines = [first, *lines]
+            assert len(lines) == 100_001 and json.loads(lines[-1])["summary"]["rows"] == 100_000
+            assert client.get("/health/live").status_code == 200  # the same connection, kept alive
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))  # the answer, then closed at the deadline
+            assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        srv.stop()
+
+
 def test_sigterm_past_the_grace_period_ends_a_stream_with_a_reason(model_repo):
     srv = Server(model_repo, "--shutdown-grace-s", "1")
     try:
