@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+ECHO_CHARS = 80  # a client's value quoted in a message: enough to recognise it, never a megabyte sent back
+
+
+def echo(value: object) -> str:
+    """repr(value) for an error message, cut to ECHO_CHARS with the full length said."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}... ({len(text)} characters)"
+
 
 class ServiceError(Exception):
     status = 500
@@ -23,6 +31,10 @@ class ClientGone(ServiceError):
 
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status, code = 403, "forbidden"
 
 
 class NotFound(ServiceError):
@@ -66,5 +78,5 @@ class WrongTask(ServiceError):
 
     def __init__(self, model, tasks: tuple[str, ...]):
         use = self.USE.get(model.task, "").format(name=model.name)
-        super().__init__(f"model {model.name!r} is a {model.task} model, and this operation needs "
+        super().__init__(f"model {echo(model.name)} is a {model.task} model, and this operation needs "
                          f"{' or '.join(tasks)}" + (f"; use {use}" if use else ""))

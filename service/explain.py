@@ -1,9 +1,9 @@
 """Per-word explanations by occlusion: how much each word of a text moves one label's probability.
 
 Model-agnostic and exact: a word's contribution is p(label | text) - p(label | text without that word).
-The variants are the text with the word's characters replaced by the tokenizer's split character, so
-every other word tokenizes exactly as before and the variant's ids are the text's ids without that word's.
-They run as one batch of texts through the runtime, like any /predict request.
+A variant is the text's ids without that word's id (what the text with the word blanked out tokenizes to),
+padded and truncated as any text: it is built from the ids in the run that needs it, never as a string, so
+an explanation's memory does not grow with the text's length times its words.
 
 Words the model never sees (dropped as unknown, or cut by truncation) change nothing when removed: they get
 contribution 0 and cost no run. "window" occludes runs of `window` consecutive words instead of one word at
@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 from service.tokenizer import Tokenizer
 
-METHODS = ("occlusion", "window")
-
 
 @dataclass
 class Word:
@@ -26,6 +24,7 @@ class Word:
     end: int
     id: int | None  # its token id, None when the model does not see it
     status: str  # kept | oov (kept as the OOV id) | dropped (unknown word) | truncated (cut by maxlen)
+    position: int | None = None  # index of its id in the text's unpadded ids, when the model sees it
     contribution: float = 0.0
 
     def to_dict(self) -> dict:
@@ -33,8 +32,9 @@ class Word:
                 "contribution": self.contribution}
 
 
-def read_words(tokenizer: Tokenizer, text: str) -> list[Word]:
-    """Every word of the text with its span, its id and what the tokenizer did with it."""
+def read_words(tokenizer: Tokenizer, text: str) -> tuple[list[Word], list[int]]:
+    """Every word of the text with its span, its id and what the tokenizer did with it; and the text's
+    unpadded ids."""
     spec = tokenizer.spec
     ids, _, spans = tokenizer.encode_spans(text)
     cut = max(0, len(ids) - spec.maxlen)
@@ -49,8 +49,8 @@ def read_words(tokenizer: Tokenizer, text: str) -> list[Word]:
             words.append(Word(text[start:end], start, end, None, "truncated"))
         else:
             status = "oov" if ids[i] == spec.oov_char else "kept"
-            words.append(Word(text[start:end], start, end, ids[i], status))
-    return words
+            words.append(Word(text[start:end], start, end, ids[i], status, i))
+    return words, ids
 
 
 def occlusion_groups(words: list[Word], method: str, window: int) -> list[list[int]]:
@@ -60,16 +60,9 @@ def occlusion_groups(words: list[Word], method: str, window: int) -> list[list[i
     return [seen[i:i + size] for i in range(0, len(seen), size)]
 
 
-def variant(text: str, words: list[Word], group: list[int], sep: str) -> str:
-    parts, pos = [], 0
-    for i in group:
-        parts += [text[pos:words[i].start], sep]
-        pos = words[i].end
-    return "".join(parts) + text[pos:]
-
-
-def variants(tokenizer: Tokenizer, text: str, words: list[Word], groups: list[list[int]]) -> list[str]:
-    return [variant(text, words, g, tokenizer.spec.split) for g in groups]
+def left_out(words: list[Word], groups: list[list[int]]) -> list[tuple[int, ...]]:
+    """For each group, the positions of its words' ids: what its variant leaves out of the text's ids."""
+    return [tuple(words[i].position for i in group) for group in groups]
 
 
 def attribute(words: list[Word], groups: list[list[int]], full: float, without: list[float]) -> None:

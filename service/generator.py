@@ -1,8 +1,10 @@
 """TextGenerator: runs a character language-model package, one character at a time.
 
 The package's graph is step-wise (training/onnx_rnn.py `stepwise_lm`): ids and each layer's state in, the
-next character's logits and the states out. A prompt runs in one call; then every step feeds the sampled
-character and the carried state, so the prefix is never recomputed. Steps go through the model's batcher:
+next character's logits and the states out. A prompt runs in windows of PROMPT_WINDOW characters, each
+carrying the state of the one before (exact, and a generation's memory is bounded whatever the prompt's
+length); then every step feeds the sampled character and the carried state, so the prefix is never
+recomputed. Steps go through the model's batcher:
 concurrent generations share onnxruntime runs (rows of equal length are stacked), run in the batcher's
 worker thread, and other models' batchers are untouched.
 
@@ -12,6 +14,7 @@ worker thread, and other models' batchers are untouched.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -21,6 +24,11 @@ from service.errors import InvalidInput, Overloaded, PayloadTooLarge
 from service.package import PackageError
 from service.runtime import ModelRuntime
 from service.tokenizer import Tokenizer
+
+
+# Characters of a prompt per run. One run's memory grows with its length (a 100,000-character prompt in one
+# run took ~240 MB, kept by onnxruntime's arena); windows of this size cost a few MB at max_batch_size rows.
+PROMPT_WINDOW = 256
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class TextGenerator(ModelRuntime):
         self.chars = spec.words[: self.tokenizer.max_id - spec.index_from]
         self.states = package.metadata["state"]  # [{"input", "output", "shape": [1, null, H]}]
         self.active = 0
+        self._none_active = asyncio.Event()
+        self._none_active.set()
         super().__init__(package, session, options, observer)
 
     def check(self, warm_up: bool) -> None:
@@ -78,10 +88,12 @@ class TextGenerator(ModelRuntime):
         z = logits[self.first_id:].astype(np.float64)
         if how.temperature == 0:
             return self.first_id + int(z.argmax())
-        z = z / how.temperature
         if 0 < how.top_k < len(z):
             z[z < np.partition(z, -how.top_k)[-how.top_k]] = -np.inf
-        p = np.exp(z - z.max())
+        # The maximum comes off before the division: a tiny temperature then sends the others to -inf (p = 0),
+        # never inf - inf (NaN).
+        with np.errstate(over="ignore"):  # -inf is what a vanishing temperature means for the others
+            p = np.exp((z - z.max()) / how.temperature)
         return self.first_id + int(rng.choice(len(p), p=p / p.sum()))
 
     async def generate(self, prompt: str, how: Sampling, max_chars: int | None = None,
@@ -97,8 +109,11 @@ class TextGenerator(ModelRuntime):
             raise Overloaded(f"model {self.name!r} is running {self.active} generations, its limit; retry later")
         rng = np.random.default_rng(how.seed)
         self.active += 1  # no await since the check: concurrent requests cannot both pass it
+        self._none_active.clear()
         try:
-            (logits, state), = await self.batcher.submit([(ids, self.zero_state())])
+            state = self.zero_state()
+            for start in range(0, len(ids), PROMPT_WINDOW):
+                (logits, state), = await self.batcher.submit([(ids[start:start + PROMPT_WINDOW], state)])
             for n in range(how.max_chars):
                 i = self.sample(logits, how, rng)
                 yield self.chars[i - self.first_id]
@@ -106,6 +121,19 @@ class TextGenerator(ModelRuntime):
                     (logits, state), = await self.batcher.submit([(np.array([i]), state)])
         finally:
             self.active -= 1
+            if not self.active:
+                self._none_active.set()
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Generations already running finish on this copy first (up to grace_s): between two of their steps
+        the batcher is idle, so a reload or unload would otherwise cut them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        try:
+            await asyncio.wait_for(self._none_active.wait(), grace_s)
+        except TimeoutError:
+            pass
+        await super().close(max(0.0, deadline - loop.time()))
 
     def describe(self) -> dict:
         return super().describe() | {"characters": len(self.chars), "vocab_size": self.package.tokenizer.vocab_size,

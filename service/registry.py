@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
 
-from service.errors import ModelClosed, NotFound, NotReady, WrongTask
+from service.errors import ModelClosed, NotFound, NotReady, WrongTask, echo
 from service.metrics import Metrics
 from service.package import NAME_RE, VERSION_RE, PackageError, scan_repository
 from service.loader import open_model
@@ -93,7 +93,7 @@ class Registry:
     async def _load(self, name: str) -> None:
         paths = scan_repository(self.settings.models_dir / name, nested=False)
         if not paths:
-            raise NotFound(f"no model {name!r} in the repository")  # the path is the server's business
+            raise NotFound(f"no model {echo(name)} in the repository")  # the path is the server's business
         self.failures.pop(name, None)
         old = dict(self.models.get(name, {}))
         new = dict(old)
@@ -114,7 +114,7 @@ class Registry:
         _refreeze()
         if name in self.failures:
             reasons = "; ".join(f"v{v}: {r}" for v, r in self.failures[name].items())
-            raise PackageError(f"model {name!r} did not load cleanly ({reasons})"
+            raise PackageError(f"model {echo(name)} did not load cleanly ({reasons})"
                                + ("; the previous version keeps serving" if new else ""))
 
     async def unload(self, name: str) -> None:
@@ -126,7 +126,7 @@ class Registry:
         versions = self.models.pop(name, None)
         self.failures.pop(name, None)
         if versions is None:
-            raise NotFound(f"model {name!r} is not loaded")
+            raise NotFound(f"model {echo(name)} is not loaded")
         self._update_gauges()
         for handle in versions.values():
             await handle.close(self.settings.shutdown_grace_s)
@@ -149,7 +149,7 @@ class Registry:
     @staticmethod
     def _check_name(name: str) -> None:
         if not NAME_RE.fullmatch(name):
-            raise NotFound(f"model {name!r} not found")
+            raise NotFound(f"model {echo(name)} not found")
 
     def _update_gauges(self) -> None:
         self.metrics.models_loaded.set(sum(map(len, self.models.values())))
@@ -164,19 +164,20 @@ class Registry:
 
     def _get(self, name: str, version: str | int | None = None) -> ModelRuntime:
         if not NAME_RE.fullmatch(name) or (version is not None and not VERSION_RE.fullmatch(str(version))):
-            raise NotFound(f"model {name!r}" + (f" version {version!r}" if version is not None else "") + " not found")
+            of = f" version {echo(version)}" if version is not None else ""
+            raise NotFound(f"model {echo(name)}{of} not found")
         versions = self.models.get(name)
         if not versions:
             if name in self.failures:
                 reasons = "; ".join(f"v{v}: {r}" for v, r in self.failures[name].items())
-                raise NotReady(f"model {name!r} is not available: {reasons}")
+                raise NotReady(f"model {echo(name)} is not available: {reasons}")
             if not self.loaded_once:
                 raise NotReady("models are still loading")
-            raise NotFound(f"model {name!r} not found")
+            raise NotFound(f"model {echo(name)} not found")
         if version is None:
             return versions[max(versions)]
         if int(version) not in versions:
-            raise NotFound(f"model {name!r} has no loaded version {version}; loaded: {sorted(versions)}")
+            raise NotFound(f"model {echo(name)} has no loaded version {version}; loaded: {sorted(versions)}")
         return versions[int(version)]
 
     async def call(self, name: str, version: str | int | None,
@@ -201,7 +202,7 @@ class Registry:
         versions = self.models.get(name, {})
         failed = self.failures.get(name, {})
         if not versions and not failed:
-            raise NotFound(f"model {name!r} not found")
+            raise NotFound(f"model {echo(name)} not found")
         latest = versions[max(versions)].describe() if versions else {"name": name, "state": "failed"}
         return latest | {
             "versions": [v.describe() for _, v in sorted(versions.items())],

@@ -23,7 +23,7 @@ import numpy as np
 
 from service import explain
 from service.batcher import Batcher, BatchObserver
-from service.errors import PayloadTooLarge
+from service.errors import Overloaded, PayloadTooLarge
 from service.package import Package, PackageError, check_io, read_package
 from service.session import OnnxModel
 from service.tokenizer import TokenStats, Tokenizer
@@ -57,6 +57,18 @@ class Classified:
     @staticmethod
     def concat(parts: list["Classified"]) -> "Classified":
         return Classified(np.concatenate([p.probs for p in parts]), [s for p in parts for s in p.stats])
+
+
+@dataclass(frozen=True)
+class Occluded:
+    """One variant of an explanation: a text's unpadded ids with some positions left out. A row of a
+    TextClassifier batch like a text; its ids are built in the run that takes it."""
+
+    ids: np.ndarray  # int64 [L], shared by all the variants of one text
+    drop: tuple[int, ...]  # positions left out
+
+    def encode(self) -> list[int]:
+        return np.delete(self.ids, self.drop).tolist()
 
 
 @dataclass
@@ -163,11 +175,15 @@ class ModelRuntime:
 
 
 class TextClassifier(ModelRuntime):
+    """Runs a text classifier: raw texts [N] -> class probabilities [N, C] (float32) and TokenStats, through
+    the batcher (`predict`, `explain`) or here and now (`predict_batch`)."""
+
     tasks = ("text-classification",)
 
     def __init__(self, package: Package, session: OnnxModel, options: RuntimeOptions = RuntimeOptions(),
                  observer: BatchObserver | None = None):
         self.tokenizer = Tokenizer(package.tokenizer)
+        self.explaining = 0  # explanations running now
         super().__init__(package, session, options, observer)
 
     def check(self, warm_up: bool) -> None:
@@ -184,10 +200,23 @@ class TextClassifier(ModelRuntime):
         """Masked models ignore padding: pad to the longest text, not to maxlen (short texts cost little)."""
         return bool(self.package.metadata.get("dynamic_length", False))
 
-    def run_batch(self, texts: list[str]) -> Classified:
-        """Tokenize and classify texts in one onnxruntime run (the batcher's worker thread calls this)."""
-        ids, stats = self.tokenizer(texts, dynamic=self.dynamic_length)
+    def run_batch(self, rows: list[str | Occluded]) -> Classified:
+        """Tokenize and classify texts (and explanations' variants) in one onnxruntime run (the batcher's
+        worker thread calls this)."""
+        if all(type(row) is str for row in rows):
+            ids, stats = self.tokenizer(rows, dynamic=self.dynamic_length)
+        else:
+            ids, stats = self._mixed_ids(rows)
         return Classified(self.session.run(ids), stats)
+
+    def _mixed_ids(self, rows: list[str | Occluded]) -> tuple[np.ndarray, list[TokenStats]]:
+        maxlen = self.package.maxlen
+        seqs, stats = [], []
+        for row in rows:
+            seq, oov = (row.encode(), 0) if isinstance(row, Occluded) else self.tokenizer.encode(row)
+            seqs.append(seq)
+            stats.append(TokenStats(tokens=min(len(seq), maxlen), oov=oov, truncated=len(seq) > maxlen))
+        return self.tokenizer.pad(seqs, dynamic=self.dynamic_length), stats
 
     def _chunks(self, texts: list[str]) -> tuple[list[list[str]], np.ndarray | None]:
         """Texts in runs of at most max_batch_size. For masked models, sorted by length first (undone by the
@@ -208,33 +237,44 @@ class TextClassifier(ModelRuntime):
         back[order] = np.arange(len(order))
         return Classified(out.probs[back], [out.stats[i] for i in back])
 
-    async def predict(self, texts: list[str], fair: bool = False) -> Classified:
-        """Classify texts through the batcher, coalesced with concurrent callers. Raises Overloaded when full.
-
-        fair: queue one run of max_batch_size at a time, so other callers' requests go between the runs of a
-        large job instead of waiting behind all of them."""
+    async def predict(self, texts: list[str]) -> Classified:
+        """Classify texts through the batcher, coalesced with concurrent callers. Raises Overloaded when full."""
         chunks, order = self._chunks(texts)
         if len(chunks) == 1:
             return await self.batcher.submit(chunks[0])
-        if fair:
-            return self._join([await self.batcher.submit(c) for c in chunks], order)
         return self._join(await asyncio.gather(*(self.batcher.submit(c) for c in chunks)), order)
 
     async def explain(self, text: str, label: int | None = None, method: str = "occlusion", window: int = 5,
-                      max_words: int | None = None) -> Explanation:
+                      max_words: int | None = None, max_explanations: int | None = None) -> Explanation:
         """Each word's contribution to one label's probability (the predicted label by default), by occlusion
-        (service/explain.py). The text and its variants run through the batcher fairly: an explanation shares
-        the model with /predict traffic rather than holding it. Raises PayloadTooLarge past max_words."""
-        words = explain.read_words(self.tokenizer, text)
-        if max_words is not None and len(words) > max_words:
-            raise PayloadTooLarge(f"the text has {len(words)} words; at most {max_words} can be explained")
-        groups = explain.occlusion_groups(words, method, window)
-        result = await self.predict([text] + explain.variants(self.tokenizer, text, words, groups), fair=True)
+        (service/explain.py). The words are read off the event loop; the text and its variants then go
+        through the batcher one run of max_batch_size at a time, so /predict traffic goes between an
+        explanation's runs, and each run's ids are built in the run. Raises PayloadTooLarge past max_words
+        (counted before any word is read) and Overloaded with max_explanations already running."""
+        if max_explanations is not None and self.explaining >= max_explanations:
+            raise Overloaded(f"model {self.name!r} is running {self.explaining} explanations, its limit; "
+                             "retry later")
+        self.explaining += 1  # no await since the check: concurrent requests cannot both pass it
+        try:
+            words, ids = await asyncio.to_thread(self._read_words, text, max_words)
+            groups = explain.occlusion_groups(words, method, window)
+            ids = np.array(ids, np.int64)
+            rows = [text, *(Occluded(ids, drop) for drop in explain.left_out(words, groups))]
+            step = self.batcher.max_batch_size
+            result = Classified.concat([await self.batcher.submit(rows[i:i + step])
+                                        for i in range(0, len(rows), step)])
+        finally:
+            self.explaining -= 1
         probs = result.probs
         if label is None:
             label = int(probs[0].argmax())
         explain.attribute(words, groups, float(probs[0, label]), probs[1:, label].tolist())
         return Explanation(result[:1], label, words, method, window if method == "window" else 1, len(result))
+
+    def _read_words(self, text: str, max_words: int | None) -> tuple[list[explain.Word], list[int]]:
+        if max_words is not None and (n := self.tokenizer.count_words(text)) > max_words:
+            raise PayloadTooLarge(f"the text has {n} words; at most {max_words} can be explained")
+        return explain.read_words(self.tokenizer, text)
 
     def predict_batch(self, texts: list[str]) -> Classified:
         """Classify texts here and now, in runs of max_batch_size (offline use: no event loop needed)."""

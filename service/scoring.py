@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable, Literal
 import numpy as np
 import orjson
 
-from service.errors import BadRequest, PayloadTooLarge, ServiceError
+from service.errors import BadRequest, PayloadTooLarge, ServiceError, echo
 from service.runtime import Classified
 
 InputFormat = Literal["csv", "jsonl", "text"]
@@ -152,7 +152,7 @@ class RowReader:
         id_ = id_ if isinstance(id_, (str, int)) and not isinstance(id_, bool) else None
         text = obj.get(self.text_column)
         if not isinstance(text, str):
-            return [self._row(id_, error=f"no string field {self.text_column!r}")]
+            return [self._row(id_, error=f"no string field {echo(self.text_column)}")]
         return [self._row(id_, text=text)]
 
     def _csv_line(self, line: str, size: int) -> list[Row]:
@@ -194,7 +194,7 @@ class RowReader:
         if len(fields) != len(self._header):
             return [self._row(id_, error=f"row has {len(fields)} fields; the header has {len(self._header)}")]
         if self.text_column not in record:
-            return [self._row(id_, error=f"no column {self.text_column!r}; columns are {self._header}")]
+            return [self._row(id_, error=f"no column {echo(self.text_column)}; columns are {echo(self._header)}")]
         return [self._row(id_, text=record[self.text_column])]
 
 

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1, description="Characters in one text (else 413).")
     max_explain_words: int = Field(2000, ge=1, description="Words in one text to explain (else 413); an "
                                    "explanation runs the model once per word it sees, up to maxlen.")
+    max_explanations: int = Field(2, ge=1, description="Explanations running at once per model and worker; more "
+                                  "get 503 + Retry-After. Each runs the model up to maxlen + 1 times, a run at a "
+                                  "time, and /predict on the model goes between those runs.")
     max_generate_chars: int = Field(2000, ge=1, description="Characters one /generate request may ask for "
                                     "(else 413).")
     max_generations: int = Field(32, ge=1, description="Generations running at once per model and worker; more "

@@ -187,6 +187,15 @@ class Tokenizer:
                      for w, a, b in words]
         return words
 
+    def count_words(self, text: str) -> int:
+        """len(word_spans(text)), without building the words: string operations in C, for limits checked
+        before any work."""
+        lowered = text.lower() if self._full_lower else text
+        if self.spec.char_level:
+            return len(lowered)
+        pieces = lowered.translate(self._table).split(self.spec.split)
+        return len(pieces) - pieces.count("")
+
     def split_words(self, text: str) -> list[str]:
         return [w for w, _, _ in self.word_spans(text)]
 

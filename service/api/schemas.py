@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 
@@ -17,7 +17,7 @@ class PredictRequest(BaseModel):
     texts: Annotated[list[StrictStr], Field(min_length=1)] | SkipJsonSchema[None] = Field(
         None, description="Texts to classify (or use `text`), for text classifiers.")
     text: StrictStr | SkipJsonSchema[None] = Field(None, description="One text to classify (or use `texts`).")
-    sequences: list[list[list[float]]] | list[list[float]] | SkipJsonSchema[None] = Field(
+    sequences: list[list[list[StrictFloat]]] | list[list[StrictFloat]] | SkipJsonSchema[None] = Field(
         None, description="For numeric-sequence models: N sequences of T steps of F numbers, [N][T][F] "
         "([N][T] when F is 1), as the model's `input` says.")
     top_k: StrictInt = Field(1, ge=1, le=1000, description="How many of the most probable labels to return per text.")
@@ -48,6 +48,9 @@ class ExplainRequest(BaseModel):
     window: StrictInt = Field(5, ge=2, le=100, description="Words per run for method=window.")
 
 
+MAX_SEED = 2**64 - 1  # numpy's generators take any integer; JSON answers (orjson) carry up to 64 bits
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"prompt": "The company said ", "max_chars": 120, "temperature": 0.6, "seed": 7}]})
@@ -55,11 +58,12 @@ class GenerateRequest(BaseModel):
     prompt: StrictStr = Field(description="The text to continue (at least one character).")
     max_chars: StrictInt = Field(200, ge=1, description="Characters to generate (at most the server's "
                                  "MAX_GENERATE_CHARS, else 413).")
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 always takes the most "
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 always takes the most "
                                "probable character.")
     top_k: StrictInt = Field(0, ge=0, description="Sample among the k most probable characters only (0: all).")
-    seed: StrictInt | SkipJsonSchema[None] = Field(None, ge=0, description="Random seed: the same seed, prompt "
-                                                   "and settings give the same text.")
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
+        None, description="Random seed, 0 to 2^64 - 1 (null: none): the same seed, prompt and settings give the "
+        "same text.")
     stream: StrictBool = Field(False, description="Send the characters as server-sent events as they come "
                                "(text/event-stream) instead of one JSON answer.")
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from service import __version__
 from service.api.body import VERSION_PARAMETER, json_response, parse, path_version
 from service.api.schemas import V2Error
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, echo
 from service.predict import check_limits
 from service.runtime import ModelRuntime
 
@@ -157,7 +157,7 @@ def _read_sequence_request(body: bytes, header_length: str | None, shape: tuple[
     declared = tensor.get("shape")
     if not (isinstance(declared, list) and len(declared) == 3 and all(type(d) is int for d in declared)
             and declared[0] >= 1 and tuple(declared[1:]) == tuple(shape)):
-        raise InvalidInput(f"input shape must be [N, {shape[0]}, {shape[1]}] with N >= 1, got {declared!r}")
+        raise InvalidInput(f"input shape must be [N, {shape[0]}, {shape[1]}] with N >= 1, got {echo(declared)}")
     if declared[0] > max_rows:  # before decoding anything
         raise PayloadTooLarge(f"{declared[0]} sequences in one request; the limit is {max_rows}")
     count = declared[0] * shape[0] * shape[1]
@@ -169,13 +169,32 @@ def _read_sequence_request(body: bytes, header_length: str | None, shape: tuple[
     data = tensor.get("data")
     if not isinstance(data, list):
         raise InvalidInput(f"input {SEQUENCES_NAME!r} needs 'data' (or binary data)")
-    try:
-        values = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InvalidInput("'data' of an FP32 input must be numbers (flat, or nested as the shape)") from None
-    if values.size != count:
-        raise InvalidInput(f"shape {declared} says {count} numbers but {values.size} were sent")
-    return header, values.reshape(declared)
+    return header, np.array(_numbers(data, declared), dtype=np.float32).reshape(declared)
+
+
+def _numbers(data: list, shape: list[int]) -> list:
+    """FP32 `data` as the protocol allows it: flat in row-major order, or nested exactly as the shape. JSON
+    numbers only: strings and booleans are refused, not converted."""
+    if data and isinstance(data[0], list):
+        flat: list = []
+
+        def walk(x, dims: list[int]) -> None:
+            if not isinstance(x, list) or len(x) != dims[0]:
+                raise InvalidInput(f"nested 'data' must follow the shape {shape} exactly (or be flat, row-major)")
+            if len(dims) == 1:
+                flat.extend(x)
+            else:
+                for item in x:
+                    walk(item, dims[1:])
+
+        walk(data, shape)
+        data = flat
+    count = int(np.prod(shape))
+    if len(data) != count:
+        raise InvalidInput(f"shape {shape} says {count} numbers but {len(data)} were sent")
+    if not all(type(v) is float or type(v) is int for v in data):  # bool is an int subclass: type(), not isinstance
+        raise InvalidInput("'data' of an FP32 input must be JSON numbers (flat, or nested as the shape)")
+    return data
 
 
 def _one_input(header: dict, name: str, datatype: str) -> dict:
@@ -184,9 +203,9 @@ def _one_input(header: dict, name: str, datatype: str) -> dict:
         raise InvalidInput(f"expected exactly one input tensor named {name!r}")
     tensor = inputs[0]
     if tensor.get("name") != name:
-        raise InvalidInput(f"unexpected input {tensor.get('name')!r}; this model takes {name!r}")
+        raise InvalidInput(f"unexpected input {echo(tensor.get('name'))}; this model takes {name!r}")
     if tensor.get("datatype") != datatype:
-        raise InvalidInput(f"input {name!r} must have datatype {datatype}, not {tensor.get('datatype')!r}")
+        raise InvalidInput(f"input {name!r} must have datatype {datatype}, not {echo(tensor.get('datatype'))}")
     return tensor
 
 
@@ -194,7 +213,7 @@ def _binary_size(tensor: dict, binary: bytes) -> int | None:
     params = tensor.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None and (not isinstance(size, int) or size != len(binary)):
-        raise BadRequest(f"binary_data_size {size!r} does not match the {len(binary)} binary bytes sent")
+        raise BadRequest(f"binary_data_size {echo(size)} does not match the {len(binary)} binary bytes sent")
     return size
 
 
@@ -223,7 +242,7 @@ def _read_texts(header: dict, binary: bytes, max_texts: int) -> list[str]:
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape)
             or any(d != 1 for d in shape[1:])):
-        raise InvalidInput(f"input shape must be [N] or [N, 1], got {shape!r}")
+        raise InvalidInput(f"input shape must be [N] or [N, 1], got {echo(shape)}")
     if shape[0] > max_texts:  # before decoding anything: counting is cheap, decoding millions of elements is not
         raise PayloadTooLarge(f"{shape[0]} texts in one request; the limit is {max_texts}")
     if _binary_size(tensor, binary) is not None:
@@ -258,7 +277,7 @@ def _flag(params, key: str, default: bool) -> bool:
     """A boolean parameter: JSON true or false, nothing else ("no" is not false)."""
     value = params.get(key, default) if isinstance(params, dict) else default
     if not isinstance(value, bool):
-        raise InvalidInput(f"parameter {key!r} must be true or false, not {value!r}")
+        raise InvalidInput(f"parameter {key!r} must be true or false, not {echo(value)}")
     return value
 
 
@@ -273,7 +292,7 @@ def _requested_outputs(header: dict, names: list[str]) -> list[tuple[str, bool]]
     for out in outputs:
         name = out.get("name") if isinstance(out, dict) else None
         if name not in names:
-            raise InvalidInput(f"unknown output {name!r}; outputs are {' and '.join(map(repr, names))}")
+            raise InvalidInput(f"unknown output {echo(name)}; outputs are {' and '.join(map(repr, names))}")
         wanted.append((name, _flag(out.get("parameters"), "binary_data", default_binary)))
     return wanted
 
