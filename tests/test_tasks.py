@@ -82,6 +82,9 @@ def test_v2_takes_fp32_tensors_json_and_binary(client, task_repo):
     body = {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [5, 10, 1], "data": x.ravel().tolist()}]}
     out = {o["name"]: o for o in client.post("/v2/models/waves-kind/infer", json=body).json()["outputs"]}
     assert np.abs(np.array(out["probabilities"]["data"]).reshape(5, 4) - want).max() <= 1e-6
+    nested = {"inputs": [body["inputs"][0] | {"data": x.tolist()}]}  # nested exactly as the shape
+    out = {o["name"]: o for o in client.post("/v2/models/waves-kind/infer", json=nested).json()["outputs"]}
+    assert np.abs(np.array(out["probabilities"]["data"]).reshape(5, 4) - want).max() <= 1e-6
     header = json.dumps({"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [5, 10, 1],
                                      "parameters": {"binary_data_size": x.size * 4}}],
                          "outputs": [{"name": "values", "parameters": {"binary_data": True}}]}).encode()
@@ -112,6 +115,17 @@ def test_v2_takes_fp32_tensors_json_and_binary(client, task_repo):
     ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1],
                                                  "data": [0.0] * 9}]}, 422, "10 numbers"),
     ("/v2/models/lm/infer", {"inputs": []}, 422, "text-generation model"),
+    # strict numbers, and nesting that follows the declared shape (issue 21)
+    ("/v1/models/waves-next/predict", {"sequences": [[True] * 10]}, 422, "sequences"),
+    ("/v1/models/waves-next/predict", {"sequences": [["0.5"] * 10]}, 422, "sequences"),
+    ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1],
+                                                 "data": ["0.5"] * 10}]}, 422, "JSON numbers"),
+    ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1],
+                                                 "data": [True] * 10}]}, 422, "JSON numbers"),
+    ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1],
+                                                 "data": [[0.0] * 5, [0.0] * 5]}]}, 422, "follow the shape"),
+    ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1],
+                                                 "data": [[[0.0] * 10]]}]}, 422, "follow the shape"),
 ])
 def test_task_errors_are_clear_4xx(client, path, body, status, words):
     r = client.post(path, json=body)
