@@ -6,15 +6,18 @@ work air-gapped), as does any console error or uncaught exception."""
 from __future__ import annotations
 
 import csv
+import http.server
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from service.settings import BUNDLED_MODELS
 from tests.conftest import Server, in_process, real_reviews
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is in the [dev] extra")
@@ -24,6 +27,9 @@ CHROMIUM = os.environ.get("RNNSERVE_CHROMIUM") or next(
 SCREENSHOTS = os.environ.get("RNNSERVE_SCREENSHOTS")
 REVIEW = ("One of the best films I have seen this year: a moving story, superb acting and a wonderful score. "
           "The middle drags a little and the ending is predictable, but I would gladly watch it again.")
+# Characters outside the BMP: one code point each in the API's spans, two UTF-16 units each in JavaScript.
+EMOJI_REVIEW = "😀😀 Great acting, but the plot was dull and boring. 𝐒𝐮𝐩𝐞𝐫𝐛 score 👍"
+SMALL = "imdb-lstm-small"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +40,10 @@ def browser():
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless=new"])
         yield browser
         browser.close()
+
+
+# page.wait_for_function is given functions, not expressions: Playwright evaluates an expression again with
+# eval() on every poll, which the page's and the docs' Content-Security-Policy (no 'unsafe-eval') refuses.
 
 
 class Watched:
@@ -69,6 +79,14 @@ class Watched:
         self.context.close()
 
 
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory) -> Path:
+    """One small bundled classifier, copied, for tests that start their own server (or change its state)."""
+    models = tmp_path_factory.mktemp("page") / "models"
+    shutil.copytree(BUNDLED_MODELS / SMALL, models / SMALL)
+    return models
+
+
 @pytest.fixture
 def watched(browser, bundled_server):
     w = Watched(browser, bundled_server)
@@ -81,10 +99,11 @@ def test_the_page_lists_models_and_explains_a_prediction(watched, bundled_server
     page.goto(bundled_server.url + "/")  # redirects to /ui/
     assert page.url == bundled_server.url + "/ui/"
     models = httpx.get(bundled_server.url + "/v1/models").json()["models"]
-    page.wait_for_function(f"document.querySelectorAll('.card').length === {len(models)}")
+    page.wait_for_function(f"() => document.querySelectorAll('.card').length === {len(models)}")
     plots = sum(len(m["plots"]) for m in models)
     assert all("curves.png" in m["plots"] for m in models)  # classifiers have confusion.png too
-    page.wait_for_function(f"[...document.images].filter(i => i.complete && i.naturalWidth > 0).length === {plots}")
+    page.wait_for_function(f"() => [...document.images].filter(i => i.complete && i.naturalWidth > 0).length "
+                           f"=== {plots}")
     assert "87.9%" in page.locator(".card", has_text="imdb-lstm-small v1").first.inner_text()  # its test accuracy
 
     page.select_option("#model-select", "imdb-lstm-small")
@@ -110,7 +129,7 @@ def test_api_docs_render_offline(watched, bundled_server):
     page.goto(bundled_server.url + "/docs")
     page.wait_for_selector(".opblock")
     operations = sum(len(ops) for ops in httpx.get(bundled_server.url + "/openapi.json").json()["paths"].values())
-    page.wait_for_function(f"document.querySelectorAll('.opblock').length === {operations}")
+    page.wait_for_function(f"() => document.querySelectorAll('.opblock').length === {operations}")
     assert page.locator(".opblock", has_text="/v1/models/{name}/explain").count() >= 1
     assert httpx.get(bundled_server.url + "/redoc").status_code == 404  # ReDoc would fetch its logo from a CDN
     watched.check_clean()
@@ -158,7 +177,7 @@ def test_the_page_asks_for_an_api_key_when_keys_are_set(browser, model_repo):
         page.wait_for_selector("#key-error:has-text('refused')")
         page.fill("#key-input", "right-key")
         page.click("#key-form button")
-        page.wait_for_function("document.querySelectorAll('.card').length === 2")
+        page.wait_for_function("() => document.querySelectorAll('.card').length === 2")
         assert page.locator("#key-prompt").is_hidden()
         assert page.evaluate("sessionStorage.getItem('rnnserve-api-key')") == "right-key"
         assert page.evaluate("localStorage.length") == 0  # kept for the tab's session only
@@ -186,7 +205,7 @@ def test_each_task_gets_its_form(browser, task_repo, tmp_path):
         w = Watched(browser, srv)
         page = w.page
         page.goto(srv.url + "/ui/")
-        page.wait_for_function("document.querySelectorAll('.card').length === 5")
+        page.wait_for_function("() => document.querySelectorAll('.card').length === 5")
         assert "test MSE" in page.locator(".card", has_text="waves-next v1").inner_text()
         assert "bits per char" in page.locator(".card", has_text="lm v1").inner_text()
 
@@ -204,7 +223,7 @@ def test_each_task_gets_its_form(browser, task_repo, tmp_path):
         page.select_option("#model-select", "waves-steps")
         page.fill("#sequence-input", " ".join(map(str, rows[1])))
         page.click("#sequence-form button")
-        page.wait_for_function("document.querySelector('#sequence-result tbody td:nth-child(2)')"
+        page.wait_for_function("() => document.querySelector('#sequence-result tbody td:nth-child(2)')"
                                ".textContent.split(', ').length === 10")
 
         page.select_option("#model-select", "lm")
@@ -222,6 +241,111 @@ def test_each_task_gets_its_form(browser, task_repo, tmp_path):
         page.select_option("#model-select", "chars")
         assert page.locator("#classify").is_visible() and page.locator("#score").is_visible()
         assert page.locator("#generate").is_hidden()
+        w.check_clean()
+        w.close()
+    finally:
+        srv.stop()
+
+
+def test_explanations_shade_the_right_words_past_the_bmp(watched, bundled_server):
+    """The API's spans count code points; the page must not slice them as UTF-16 units (emoji are two)."""
+    page = watched.page
+    page.goto(bundled_server.url + "/ui/")
+    page.wait_for_selector(f"#model-select option[value='{SMALL}']", state="attached")
+    page.select_option("#model-select", SMALL)
+    page.fill("#text", EMOJI_REVIEW)
+    page.click("#explain-form button")
+    page.wait_for_selector("#highlighted .word")
+    expected = httpx.post(f"{bundled_server.url}/v1/models/{SMALL}/explain", json={"text": EMOJI_REVIEW}).json()
+    words = page.locator("#highlighted .word")
+    assert words.all_inner_texts() == [w["text"] for w in expected["words"]]
+    shown = [float(v) for v in words.evaluate_all("ws => ws.map(w => w.dataset.contribution)")]
+    assert shown == pytest.approx([w["contribution"] for w in expected["words"]], abs=1e-6)
+    assert page.inner_text("#highlighted") == EMOJI_REVIEW
+    watched.check_clean()
+
+
+class Elsewhere(http.server.BaseHTTPRequestHandler):
+    """Another origin on this machine (another loopback port): a page that could be any web site."""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        body = b"<!doctype html><title>another site</title><p>elsewhere</p>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def elsewhere():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_page_on_another_origin_cannot_act_on_the_service(browser, small_repo, elsewhere):
+    """Requests a page may send without a CORS preflight (no-cors: no body, or text/plain) reach the server,
+    which refuses them for their Origin: the model stays loaded. Nor can that page frame the service's page."""
+    srv = Server(small_repo)
+    try:
+        srv.wait_ready()
+        w = Watched(browser, srv, allowed_errors=("403", "frame"))  # Chromium logs the refusals
+        page = w.page
+        page.goto(elsewhere)
+        simple = [(f"/v2/repository/models/{SMALL}/unload", {}),
+                  (f"/v1/models/{SMALL}/predict", {"headers": {"Content-Type": "text/plain"},
+                                                   "body": json.dumps({"text": "a great film"})}),
+                  (f"/v1/models/{SMALL}/score", {"headers": {"Content-Type": "text/plain"}, "body": "great\n"})]
+        for path, options in simple:
+            with page.expect_response(srv.url + path) as response:
+                page.evaluate("([url, options]) => fetch(url, {...options, method: 'POST', mode: 'no-cors'})",
+                              [srv.url + path, options])
+            assert response.value.status == 403, path
+        assert httpx.get(f"{srv.url}/v2/models/{SMALL}/ready").status_code == 200
+        assert httpx.post(f"{srv.url}/v2/repository/index").json()[0]["state"] == "READY"
+
+        page.set_content(f'<iframe src="{srv.url}/ui/"></iframe>')
+        frame = page.frames[1]
+        frame.wait_for_load_state()
+        assert frame.locator("#model-select").count() == 0  # refused by frame-ancestors: an error page
+        w.close()
+    finally:
+        srv.stop()
+
+
+def test_with_api_keys_the_docs_and_the_page_open_without_one(browser, small_repo):
+    """A navigation carries no key: / still lands on the page (which asks for one), /docs renders every
+    operation, and its Authorize button takes the key that its calls then carry."""
+    srv = Server(small_repo, env={"RNNSERVE_API_KEYS": "right-key"})
+    try:
+        srv.wait_ready()
+        w = Watched(browser, srv, allowed_errors=("401",))  # the page's first calls, before it has the key
+        page = w.page
+        page.goto(srv.url + "/")
+        assert page.url == srv.url + "/ui/"
+        page.wait_for_selector("#key-prompt", state="visible")
+
+        page.goto(srv.url + "/docs")
+        operations = sum(len(ops) for ops in httpx.get(srv.url + "/openapi.json").json()["paths"].values())
+        page.wait_for_function(f"() => document.querySelectorAll('.opblock').length === {operations}")
+        page.click("button.authorize")
+        page.locator(".modal-ux input").first.fill("right-key")
+        page.locator(".modal-ux button.authorize").first.click()
+        page.locator(".modal-ux button.btn-done").first.click()
+        models = page.locator(".opblock-get", has=page.locator("[data-path='/v1/models']"))
+        models.locator(".opblock-summary").click()
+        models.locator("button.try-out__btn").click()
+        models.locator("button.execute").click()
+        status = models.locator(".live-responses-table tbody .response-col_status")
+        status.wait_for()
+        assert status.inner_text().strip() == "200"
+        assert httpx.get(srv.url + "/v1/models").status_code == 401  # the data still needs the key
         w.check_clean()
         w.close()
     finally:

@@ -28,10 +28,20 @@ def path_version(request: Request) -> str | None:
     return request.path_params.get("version")
 
 
-def check_json(request: Request) -> None:
-    content_type = request.headers.get("content-type")
-    if content_type and "json" not in content_type:
-        raise UnsupportedMediaType(f"send the body as JSON with Content-Type: application/json, not {content_type!r}")
+def check_json(request: Request, tritonclient: bool = False) -> None:
+    """A JSON body must say so: application/json or a +json type. The types a page on another origin may send
+    without a CORS preflight (text/plain, forms) and a missing type are refused, so a browser always asks first.
+    tritonclient: also what it sends, no Content-Type at all (and the binary tensor extension's
+    application/octet-stream); it sends no Origin either, and a browser's request always does, which the
+    middleware checks."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    if tritonclient and media in ("", "application/octet-stream"):
+        return
+    sent = f"not {content_type[:80]!r}" if content_type else "no Content-Type was sent"
+    raise UnsupportedMediaType(f"send the body as JSON with Content-Type: application/json ({sent})")
 
 
 async def parse(request: Request, parser: Callable[[bytes], T]) -> T:

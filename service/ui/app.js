@@ -127,10 +127,13 @@ function renderExplanation(text, out) {
   const scale = Math.max(1e-9, ...out.words.map((w) => Math.abs(w.contribution)));
   const box = $("highlighted");
   box.replaceChildren();
+  // The API's spans count code points (Python), JavaScript strings UTF-16 units (two for an emoji): map them.
+  const unit = [0];
+  for (const ch of text) unit.push(unit[unit.length - 1] + ch.length);
   let pos = 0;
   for (const w of out.words) {
-    box.append(text.slice(pos, w.start));
-    const span = el("span", { className: "word", textContent: text.slice(w.start, w.end) });
+    box.append(text.slice(pos, unit[w.start]));
+    const span = el("span", { className: "word", textContent: text.slice(unit[w.start], unit[w.end]) });
     if (w.id === null) {
       span.classList.add("unseen");
       span.title = `${w.status}: not seen by the model`;
@@ -141,7 +144,7 @@ function renderExplanation(text, out) {
     }
     span.dataset.contribution = w.contribution;
     box.append(span);
-    pos = w.end;
+    pos = unit[w.end];
   }
   box.append(text.slice(pos));
   $("result").hidden = false;
