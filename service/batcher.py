@@ -4,11 +4,14 @@ Event-driven: wait for the first request, drain what is queued, and wait out the
 while the batch is not full. One batch runs at a time in a worker thread, and the next one fills
 meanwhile, so under load batches grow by themselves even with max_delay = 0. Items are lists (of raw
 texts, for the runtime); run_batch gets their concatenation and returns a result sliceable by row.
+Background items (an explanation's runs) are taken only when no request waits: requests wait for at most
+the run in progress, not for the queued runs of long jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +27,7 @@ log = logging.getLogger("rnnserve.batcher")
 class _Item:
     rows: list
     future: asyncio.Future
+    key: tuple[int, int]  # (0 for a request | 1 for background, arrival number): the queue's order
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -40,7 +44,9 @@ class Batcher:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
+        # (item.key, item): requests first, each kind in arrival order
+        self._queue: asyncio.PriorityQueue[tuple[tuple[int, int], _Item]] = asyncio.PriorityQueue(maxsize=max_queue)
+        self._arrivals = itertools.count()
         self._observer = observer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task | None = None
@@ -50,40 +56,44 @@ class Batcher:
         self._closed = False
         self.name = name
 
-    async def submit(self, rows: list) -> Any:
+    async def submit(self, rows: list, background: bool = False) -> Any:
         """Rows -> run_batch's result for exactly these rows. Raises Overloaded when the queue is full, and
-        ModelClosed once close() has stopped the batcher (nothing would ever take the rows)."""
+        ModelClosed once close() has stopped the batcher (nothing would ever take the rows). Background rows
+        wait until no other request is queued."""
         if self._closed:
             raise ModelClosed(f"model {self.name!r} is shutting down")
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
-        item = _Item(rows, asyncio.get_running_loop().create_future())
+        item = _Item(rows, asyncio.get_running_loop().create_future(), (int(background), next(self._arrivals)))
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait((item.key, item))
         except asyncio.QueueFull:
             raise Overloaded(f"model {self.name!r} queue is full ({self._queue.maxsize} requests); "
                              "retry later") from None
         return await item.future
 
     async def _next_batch(self) -> list[_Item]:
-        first = self._carry or await self._queue.get()
+        first = self._carry or (await self._queue.get())[1]
         self._carry = None
         self._busy = True
         batch, rows = [first], len(first.rows)
         deadline = time.monotonic() + self.max_delay_s
         while rows < self.max_batch_size:
             try:
-                item = self._queue.get_nowait()
+                item = self._queue.get_nowait()[1]
             except asyncio.QueueEmpty:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    item = (await asyncio.wait_for(self._queue.get(), remaining))[1]
                 except TimeoutError:
                     break
             if rows + len(item.rows) > self.max_batch_size:
-                self._carry = item
+                if item.key[0]:  # background: back in its place, so requests that come meanwhile go first
+                    self._queue.put_nowait((item.key, item))
+                else:
+                    self._carry = item
                 break
             batch.append(item)
             rows += len(item.rows)
@@ -172,5 +182,5 @@ def _fail(items: list[_Item], exc: BaseException) -> None:
 def _drain(queue: asyncio.Queue) -> list[_Item]:
     items = []
     while not queue.empty():
-        items.append(queue.get_nowait())
+        items.append(queue.get_nowait()[1])
     return items

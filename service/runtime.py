@@ -248,8 +248,8 @@ class TextClassifier(ModelRuntime):
                       max_words: int | None = None, max_explanations: int | None = None) -> Explanation:
         """Each word's contribution to one label's probability (the predicted label by default), by occlusion
         (service/explain.py). The words are read off the event loop; the text and its variants then go
-        through the batcher one run of max_batch_size at a time, so /predict traffic goes between an
-        explanation's runs, and each run's ids are built in the run. Raises PayloadTooLarge past max_words
+        through the batcher one run of max_batch_size at a time, in the background: /predict requests go
+        before an explanation's next run. Each run's ids are built in the run. Raises PayloadTooLarge past max_words
         (counted before any word is read) and Overloaded with max_explanations already running."""
         if max_explanations is not None and self.explaining >= max_explanations:
             raise Overloaded(f"model {self.name!r} is running {self.explaining} explanations, its limit; "
@@ -261,7 +261,7 @@ class TextClassifier(ModelRuntime):
             ids = np.array(ids, np.int64)
             rows = [text, *(Occluded(ids, drop) for drop in explain.left_out(words, groups))]
             step = self.batcher.max_batch_size
-            result = Classified.concat([await self.batcher.submit(rows[i:i + step])
+            result = Classified.concat([await self.batcher.submit(rows[i:i + step], background=True)
                                         for i in range(0, len(rows), step)])
         finally:
             self.explaining -= 1

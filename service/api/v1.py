@@ -22,7 +22,7 @@ from service.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceError
 from service.generator import Sampling
 from service.predict import check_limits, class_predictions, to_predictions, value_predictions
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": PredictRequest.model_json_schema()}}}}
@@ -55,12 +55,12 @@ async def get_model(name: str, request: Request) -> dict:
 async def plot(name: str, filename: str, request: Request) -> FileResponse:
     package = request.app.state.registry.get(name, path_version(request)).package
     if filename not in package.plots:  # only the package's own plots: no other file, no path
-        raise NotFound(f"model {name!r} has no plot {filename!r}; it has {package.plots}")
+        raise NotFound(f"model {echo(name)} has no plot {echo(filename)}; it has {package.plots}")
     path = package.path / filename
     signature = b"\x89PNG\r\n\x1a\n"  # served as image/png: anything else (HTML, a script) is not passed off as one
     with open(path, "rb") as fh:
         if fh.read(len(signature)) != signature:
-            raise NotFound(f"model {name!r} has no plot {filename!r}: the file is not a PNG image")
+            raise NotFound(f"model {echo(name)} has no plot {echo(filename)}: the file is not a PNG image")
     return FileResponse(path, media_type="image/png")
 
 

@@ -16,13 +16,13 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from service import __version__
-from service.api.body import VERSION_PARAMETER, json_response, parse, path_version
+from service.api.body import VERSION_PARAMETER, check_json, json_response, parse, path_version
 from service.api.schemas import V2Error
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, echo
 from service.predict import check_limits
 from service.runtime import ModelRuntime
 
-V2_ERRORS = {code: {"model": V2Error} for code in (400, 401, 404, 413, 415, 422, 503)}
+V2_ERRORS = {code: {"model": V2Error} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAME, PROBS_NAME, LABEL_NAME = "text", "probabilities", "label"
@@ -103,6 +103,7 @@ async def model_ready(name: str, request: Request) -> dict:
 async def infer(name: str, request: Request) -> Response:
     state, version = request.app.state, path_version(request)
     model = state.registry.get(name, version, TASKS)  # an unknown model is a 404 before the body is read
+    check_json(request, tritonclient=True)
     header_length = request.headers.get(HEADER_LENGTH)
     limit = state.settings.max_texts_per_request
     if model.task == "text-classification":

@@ -168,3 +168,32 @@ def test_close_without_grace_answers_the_running_batch():
 
     (err,) = run(main())
     assert isinstance(err, Overloaded) and "shutting down" in str(err)
+
+
+def test_requests_run_before_queued_background_items():
+    """While a run holds the worker, background items (an explanation's runs) and requests queue: every
+    request runs next, before any background item, whatever their order of arrival; background items keep
+    theirs, and one that does not fit a batch of requests waits instead of going first."""
+    entered, release, runs = threading.Event(), threading.Event(), []
+
+    def record(rows):
+        if rows == ["hold"]:
+            entered.set()
+            release.wait(10)
+        runs.append(list(rows))
+        return rows
+
+    async def main():
+        b = Batcher(record, max_batch_size=4)
+        held = asyncio.ensure_future(b.submit(["hold"]))
+        await asyncio.to_thread(entered.wait, 10)
+        jobs = [b.submit(["bg1"] * 4, background=True), b.submit(["r1"]), b.submit(["bg2"] * 2, background=True),
+                b.submit(["r2", "r2"]), b.submit(["r3"])]
+        tasks = [asyncio.ensure_future(j) for j in jobs]
+        await asyncio.sleep(0)  # every submit has queued its item
+        release.set()
+        await asyncio.gather(held, *tasks)
+        await b.close()
+
+    run(main())
+    assert runs == [["hold"], ["r1", "r2", "r2", "r3"], ["bg1"] * 4, ["bg2"] * 2]

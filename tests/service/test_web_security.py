@@ -107,7 +107,6 @@ def test_json_media_types_are_read_properly(client, path, body, content_type):
     assert client.post(path, content=body, headers={"content-type": content_type}).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="needs service/api/v2.py:infer to call check_json(request, tritonclient=True)")
 def test_v2_infer_refuses_a_media_type_that_is_not_json(client):
     r = client.post(f"/v2/models/{CLASSIFIER}/infer", content=b'{"inputs": []}',
                     headers={"content-type": "text/plain; x=json"})
