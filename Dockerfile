@@ -19,11 +19,12 @@ RUN cd /src && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('py
  && if ls /wheelhouse/*.whl >/dev/null 2>&1; then FIND="--no-index --find-links /wheelhouse"; else FIND=""; fi \
  && /opt/venv/bin/pip install $FIND -r /tmp/requirements.txt "setuptools>=68" wheel
 COPY setup.py /src/
+COPY rnnserve /src/rnnserve
 COPY service /src/service
 COPY training /src/training
 RUN if ls /wheelhouse/*.whl >/dev/null 2>&1; then FIND="--no-index --find-links /wheelhouse"; else FIND=""; fi \
  && /opt/venv/bin/pip install $FIND --no-deps --no-build-isolation /src \
- && /opt/venv/bin/python -c "from service.tokenizer import _fasttok; assert _fasttok, 'tokenizer not compiled'" \
+ && /opt/venv/bin/python -c "from rnnserve.service.core.tokenizer import _fasttok; assert _fasttok, 'tokenizer not compiled'" \
  && /opt/venv/bin/pip uninstall -y setuptools wheel pip \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + \
  && find /opt/venv/lib -type d -name tests -path "*site-packages/*" -prune -exec rm -rf {} +

@@ -9,7 +9,7 @@ DATA_DIR ?= $(abspath ../shared/data)
 .PHONY: serve test bench bundled-models clean
 
 serve: $(VENV)/.installed-serve
-	$(PY) -m service
+	$(PY) -m rnnserve.service
 
 test: $(VENV)/.installed-dev $(TOOLS)/.installed
 	$(VENV)/bin/ruff check .

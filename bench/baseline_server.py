@@ -12,8 +12,8 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.package import read_package
-from service.tokenizer import Tokenizer
+from rnnserve.service.core.package import read_package
+from rnnserve.service.core.tokenizer import Tokenizer
 
 
 class Body(BaseModel):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, machine, reviews  # noqa: E402
-from service.runtime import TextClassifier  # noqa: E402
+from rnnserve.service.runtime.text import TextClassifier  # noqa: E402
 
 
 async def median_ms(call, texts: list[str]) -> float:

@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, free_port, machine, reviews, rss_mb, start_server, stop_server  # noqa: E402
-from service.tokenizer import Tokenizer, TokenizerSpec  # noqa: E402
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec  # noqa: E402
 
 
 def probe(base: str, model: str, stop, out) -> None:
@@ -80,7 +80,7 @@ def main() -> int:
     shutil.copytree(Path(args.models_dir) / args.model, repo / args.model)  # this model alone: its memory only
     port = free_port()
     limit = [] if args.max_explanations is None else ["--max-explanations", str(args.max_explanations)]
-    proc = start_server([sys.executable, "-m", "service", "--models-dir", str(repo), "--port", str(port),
+    proc = start_server([sys.executable, "-m", "rnnserve.service", "--models-dir", str(repo), "--port", str(port),
                          "--workers", "1", "--no-access-log", "--log-level", "warning", *limit], port)
     base = f"http://127.0.0.1:{port}"
     try:

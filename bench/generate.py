@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, machine  # noqa: E402
-from service.generator import Sampling, TextGenerator  # noqa: E402
-from service.runtime import RuntimeOptions  # noqa: E402
+from rnnserve.service.runtime.base import RuntimeOptions  # noqa: E402
+from rnnserve.service.runtime.generator import Sampling, TextGenerator  # noqa: E402
 
 PROMPT = "The company said it expects "
 

@@ -80,7 +80,7 @@ def main() -> int:
         sys.exit("wrk is not installed (apt-get install wrk)")
     texts = [t for t in reviews(2000) if 800 <= len(t) <= 1000][:50]
     package = max((Path(args.models_dir) / args.model).iterdir(), key=lambda p: int(p.name))
-    service = [sys.executable, "-m", "service", "--models-dir", args.models_dir, "--no-access-log",
+    service = [sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--no-access-log",
                "--log-level", "warning", "--port"]
     baseline = [sys.executable, "-m", "bench.baseline_server", str(package), "--port"]
     servers = {

@@ -18,9 +18,9 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, machine, median_ms  # noqa: E402
-from service.package import read_package, scan_repository  # noqa: E402
-from service.cpus import usable_cpus  # noqa: E402
-from training.config import TUTORIAL_ACCURACY  # noqa: E402
+from rnnserve.service.core.package import read_package, scan_repository  # noqa: E402
+from rnnserve.service.cpus import usable_cpus  # noqa: E402
+from rnnserve.training.config import TUTORIAL_ACCURACY  # noqa: E402
 
 # What each bundled model is compared with (issue targets; tutorial figures where one exists).
 REFERENCE = {"imdb-lstm": "target 89%", "imdb-gru": "target 89%", "imdb-lstm-small": "88% (LSTM tutorial)",

@@ -28,15 +28,15 @@ from bench.load import lua_script  # noqa: E402
 IDLE = ("concurrent/futures/thread.py", "asyncio/runners.py", "selectors.py", "threading.py")
 CATEGORIES = [
     ("onnxruntime", ("onnxruntime/",)),
-    ("tokenizer", ("service/tokenizer.py",)),
-    ("JSON and validation", ("pydantic", "orjson", "json/", "service/api/body.py")),
+    ("tokenizer", ("service/core/tokenizer.py",)),
+    ("JSON and validation", ("pydantic", "orjson", "json/", "service/http/body.py")),
     ("HTTP server (uvicorn, httptools, Granian)", ("uvicorn/", "httptools", "granian")),
     ("framework (FastAPI, Starlette)", ("fastapi/", "starlette/")),
     ("environment reads", ("<frozen os>",)),
     ("numpy", ("numpy/",)),
-    ("request ids, metrics, logs", ("service/middleware.py", "prometheus_client", "logging/", "service/logs.py",
+    ("request ids, metrics, logs", ("service/http/middleware.py", "prometheus_client", "logging/", "service/logs.py",
                                     "uuid")),
-    ("batcher and runtime", ("service/batcher.py", "service/runtime.py", "service/session.py")),
+    ("batcher and runtime", ("service/runtime/batcher.py", "service/runtime/text.py", "service/runtime/session.py")),
     ("other service code", ("service/",)),
     ("asyncio", ("asyncio/", "uvloop")),
 ]
@@ -65,7 +65,7 @@ def main() -> int:
     args = ap.parse_args()
     texts = [t for t in reviews(2000) if 800 <= len(t) <= 1000][:50]
     port = free_port()
-    proc = start_server([sys.executable, "-m", "service", "--models-dir", args.models_dir, "--port", str(port),
+    proc = start_server([sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--port", str(port),
                          "--workers", "1", "--no-access-log", "--log-level", "warning", *args.server_arg], port)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

@@ -30,8 +30,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (ROOT, free_port, machine, process_tree, reviews, rss_mb, start_server,  # noqa: E402
-                          stop_server)
+from bench.common import ROOT, free_port, machine, process_tree, reviews, rss_mb, start_server, stop_server  # noqa: E402
 from bench.load import lua_script, run_wrk  # noqa: E402
 from bench.score import generated_rows  # noqa: E402
 
@@ -63,7 +62,7 @@ def data_runs(package: Path, rows: int, tmp: Path) -> list[dict]:
     with open(source, "wb") as fh:
         for chunk in generated_rows(rows, reviews(5000)):
             fh.write(chunk)
-    score = [sys.executable, "-m", "service.score_cli", str(source), "--package", str(package),
+    score = [sys.executable, "-m", "rnnserve.service.scoring.cli", str(source), "--package", str(package),
              "--text-column", "review"]
     runs = {"local rnnserve-score (defaults)": score + ["-o", str(tmp / "local.jsonl")]}
     for actors in (1, 2):
@@ -114,7 +113,7 @@ def serve_runs(model: str, duration: int, tmp: Path) -> list[dict]:
     script = tmp / "single.lua"
     script.write_text(lua_script([json.dumps({"text": t}) for t in
                                   [t for t in reviews(2000) if 800 <= len(t) <= 1000][:50]]))
-    service = [sys.executable, "-m", "service", "--no-access-log", "--log-level", "warning"]
+    service = [sys.executable, "-m", "rnnserve.service", "--no-access-log", "--log-level", "warning"]
     serve = str(Path(sys.executable).parent / "serve")
     runs = {"plain service, 1 worker": lambda port: service + ["--workers", "1", "--port", str(port)],
             "plain service, 2 workers": lambda port: service + ["--workers", "2", "--port", str(port)]}

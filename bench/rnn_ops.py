@@ -23,10 +23,10 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from bench.common import ROOT, machine, median_ms  # noqa: E402
-from service.cpus import usable_cpus  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.export import convert, convert_loop  # noqa: E402
-from training.models import build_model  # noqa: E402
+from rnnserve.service.cpus import usable_cpus  # noqa: E402
+from rnnserve.training.config import TrainConfig  # noqa: E402
+from rnnserve.training.export import convert, convert_loop  # noqa: E402
+from rnnserve.training.models import build_model  # noqa: E402
 
 MAXLEN, VOCAB = 200, 10000
 

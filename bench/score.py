@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (DATA_DIR, ROOT, free_port, machine, reviews, rss_mb, server_pids,  # noqa: E402
-                          start_server, stop_server)
+from bench.common import DATA_DIR, ROOT, free_port, machine, reviews, rss_mb, server_pids, start_server, stop_server  # noqa: E402
 
 
 def stream_score(url: str, body, content_type: str) -> tuple[int, float]:
@@ -62,7 +61,7 @@ def main() -> int:
     raw = DATA_DIR / "raw" / "imdb_train.csv.gz"
     csv_bytes = gzip.decompress(raw.read_bytes())
     port = free_port()
-    proc = start_server([sys.executable, "-m", "service", "--models-dir", args.models_dir, "--port", str(port),
+    proc = start_server([sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--port", str(port),
                          "--no-access-log", "--log-level", "warning"], port)
     url = f"http://127.0.0.1:{port}/v1/models/{args.model}/score"
     results = {}
@@ -82,7 +81,7 @@ def main() -> int:
     package = max((Path(args.models_dir) / args.model).iterdir(), key=lambda p: int(p.name))
     out = Path("/tmp/rnnserve-bench-scores.jsonl")
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "service.score_cli", str(raw), "--package", str(package),
+    subprocess.run([sys.executable, "-m", "rnnserve.service.scoring.cli", str(raw), "--package", str(package),
                     "--text-column", "review", "-o", str(out)], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     rows = sum(1 for _ in out.open())

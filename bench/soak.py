@@ -36,7 +36,7 @@ def main() -> int:
     args = ap.parse_args()
     texts = reviews(500)
     port = free_port()
-    proc = start_server([sys.executable, "-m", "service", "--models-dir", args.models_dir, "--port", str(port),
+    proc = start_server([sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--port", str(port),
                          "--no-access-log", "--log-level", "warning"], port)
     url = f"http://127.0.0.1:{port}/v1/models/{args.model}/predict"
     try:

@@ -45,7 +45,7 @@ def main() -> int:
     body = json.dumps({"texts": [text[i:] + text[:i] for i in range(256)]}).encode()
     port = free_port()
     # One worker, so the probes and the big requests share one event loop (with more, they may not meet).
-    proc = start_server([sys.executable, "-m", "service", "--models-dir", args.models_dir, "--port", str(port),
+    proc = start_server([sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--port", str(port),
                          "--workers", "1", "--no-access-log", "--log-level", "warning"], port)
     base = f"http://127.0.0.1:{port}"
     spans = []

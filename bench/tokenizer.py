@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, machine, reviews  # noqa: E402
-from service.package import read_package  # noqa: E402
-from service.tokenizer import Tokenizer  # noqa: E402
+from rnnserve.service.core.package import read_package  # noqa: E402
+from rnnserve.service.core.tokenizer import Tokenizer  # noqa: E402
 
 
 def us_per_text(tok: Tokenizer, texts: list[str], batch: int, repeat: int = 3) -> float:

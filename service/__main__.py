@@ -1,4 +1,4 @@
-"""`rnnserve` / `python -m service`: serve the model repository with uvicorn (default) or Granian."""
+"""`rnnserve` / `python -m rnnserve.service`: serve the model repository with uvicorn (default) or Granian."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 
 from pydantic import ValidationError
 
-from service import logs
-from service.settings import Settings
+from rnnserve.service import logs
+from rnnserve.service.settings import Settings
 
-APP_FACTORY = "service.app:create_app"
+APP_FACTORY = "rnnserve.service.http.app:create_app"
 
 
 def serve_granian(settings: Settings, workers: int) -> None:
@@ -24,7 +24,7 @@ def serve_granian(settings: Settings, workers: int) -> None:
 
     # Granian's own log lines (start, workers, errors) in the service's JSON format; access lines come from
     # the service's middleware, with request ids.
-    formatter = ({"()": "service.logs.JsonFormatter"} if settings.log_json else
+    formatter = ({"()": "rnnserve.service.logs.JsonFormatter"} if settings.log_json else
                  {"()": "logging.Formatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"})
     handler = {"formatter": "generic", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
     dictconfig = {"formatters": {"generic": formatter}, "handlers": {"console": handler, "access": handler}}
@@ -44,7 +44,7 @@ def serve_uvicorn(settings: Settings, workers: int) -> None:
     # by then every request has finished, so those handlers let the process exit 0 (docker stop is clean).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    from service.http_protocol import GuardedHttpTools
+    from rnnserve.service.http.connection import GuardedHttpTools
 
     uvicorn.run(APP_FACTORY, factory=True, workers=workers if workers > 1 else None, host=settings.host,
                 port=settings.port, log_config=None, access_log=False, http=GuardedHttpTools,

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
 
-from service.errors import ModelClosed, NotFound, NotReady, WrongTask, echo
-from service.metrics import Metrics
-from service.package import NAME_RE, VERSION_RE, PackageError, scan_repository
-from service.loader import open_model
-from service.runtime import Classified, ModelRuntime, RuntimeOptions
-from service.cpus import usable_cpus
-from service.settings import Settings
+from rnnserve.service.core.errors import ModelClosed, NotFound, NotReady, WrongTask, echo
+from rnnserve.service.core.package import NAME_RE, VERSION_RE, PackageError, scan_repository
+from rnnserve.service.cpus import usable_cpus
+from rnnserve.service.metrics import Metrics
+from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
+from rnnserve.service.runtime.loader import open_model
+from rnnserve.service.runtime.text import Classified
+from rnnserve.service.settings import Settings
 
 log = logging.getLogger("rnnserve.registry")
 T = TypeVar("T")

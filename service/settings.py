@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.cpus import usable_cpus
-from service.predict import MAX_TEXT_CHARS
+from rnnserve.service.cpus import usable_cpus
 
+MAX_TEXT_CHARS = 100_000  # the default limit on one text, for the server and the command-line scorer
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 

@@ -4,8 +4,8 @@ concurrency over real sockets, tritonclient)."""
 
 from __future__ import annotations
 
-import gzip
 import csv
+import gzip
 import os
 import socket
 import subprocess
@@ -62,9 +62,9 @@ def reviews_csv(tmp_path_factory) -> Path:
 
 
 def train_and_export(csv_path: Path, models_dir: Path, name: str, **cfg) -> Path:
-    from training.config import TrainConfig
-    from training.export import export_run
-    from training.train import train
+    from rnnserve.training.config import TrainConfig
+    from rnnserve.training.export import export_run
+    from rnnserve.training.train import train
 
     config = TrainConfig.from_dict(dict(dataset=str(csv_path), num_words=2000, maxlen=40, embedding_dim=8, units=8,
                                         epochs=1, batch_size=32, validation_split=0.0, seed=1) | cfg)
@@ -79,9 +79,9 @@ TINY = dict(units=8, epochs=2, batch_size=64, optimizer="adam", validation_split
 
 
 def train_export_task(models, name, **cfg):
-    from training.config import TrainConfig
-    from training.export import export_run
-    from training.train import train
+    from rnnserve.training.config import TrainConfig
+    from rnnserve.training.export import export_run
+    from rnnserve.training.train import train
 
     run = models.parent / "runs" / name
     train(TrainConfig.from_dict(cfg), run, DATA_DIR, verbose=0)
@@ -125,13 +125,13 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m service` in a subprocess on a free loopback port, stopped at the end."""
+    """`python -m rnnserve.service` in a subprocess on a free loopback port, stopped at the end."""
 
     def __init__(self, models_dir: Path, *args: str, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workers = [] if "--workers" in args else ["--workers", "1"]  # one process unless a test says otherwise
-        cmd = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "rnnserve.service", "--models-dir", str(models_dir), "--port", str(self.port),
                "--no-access-log", *workers, *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -169,8 +169,8 @@ class Server:
 def in_process(models_dir: Path, **settings) -> TestClient:
     """The real app with real models, driven in-process through Starlette's TestClient (lifespan included);
     use it as a context manager."""
-    from service.app import create_app
-    from service.settings import Settings
+    from rnnserve.service.http.app import create_app
+    from rnnserve.service.settings import Settings
 
     return TestClient(create_app(Settings(models_dir=models_dir, access_log=False, **settings)),
                       raise_server_exceptions=False)
@@ -195,7 +195,7 @@ def api(model_repo):
 @pytest.fixture(scope="session")
 def bundled_server():
     """A real server over the bundled packages in models/."""
-    from service.settings import BUNDLED_MODELS
+    from rnnserve.service.settings import BUNDLED_MODELS
 
     srv = Server(BUNDLED_MODELS)
     srv.wait_ready(timeout=120)

@@ -8,11 +8,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.package import read_package
-from service.settings import BUNDLED_MODELS
-from service.tokenizer import Tokenizer
+from rnnserve.service.core.package import read_package
+from rnnserve.service.core.tokenizer import Tokenizer
+from rnnserve.service.settings import BUNDLED_MODELS
+from rnnserve.training.evaluate import evaluate_package, onnx_predict
 from tests.conftest import real_reviews
-from training.evaluate import evaluate_package, onnx_predict
 
 # Test-split accuracy each bundled model must reach: its issue's target (5, 15), or, for the model kept from
 # before, the figure it reached.
@@ -64,8 +64,8 @@ def test_the_sequence_model_and_the_language_model_figures_are_recomputed(data_d
 
 
 def test_the_bundled_sequence_model_and_language_model_over_http(bundled_server):
-    from service.sequences import normalize
-    from training.sequences import waves
+    from rnnserve.service.core.sequences import normalize
+    from rnnserve.training.sequences import waves
 
     x = waves("waves-next", 8, 10, seed=99)[0][:, :10, None]
     pkg = package("waves-lstm-tutorial")

@@ -161,6 +161,6 @@ def test_the_ray_serve_config_is_valid_for_ray():
     config = yaml.safe_load((ROOT / "deploy" / "ray" / "serve.yaml").read_text())
     config = schema.ServeDeploySchema.model_validate(config)
     (app,) = config.applications
-    assert app.import_path == "service.engines.ray_serve:app"
+    assert app.import_path == "rnnserve.service.engines.ray_serve:app"
     (deployment,) = app.deployments
     assert deployment.max_ongoing_requests >= 64 and deployment.autoscaling_config["max_replicas"] >= 2

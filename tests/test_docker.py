@@ -50,7 +50,7 @@ def test_image_is_slim_and_has_no_tensorflow(image):
     assert sh("docker", "run", "--rm", "--network", "host", image, "python3", "-c", probe).stdout.strip() == "[]"
     assert sh("docker", "run", "--rm", "--network", "host", image, "sh", "-c",
               "command -v gcc cc || true").stdout.strip() == ""
-    probe = "from service.tokenizer import _fasttok; print(_fasttok is not None)"
+    probe = "from rnnserve.service.core.tokenizer import _fasttok; print(_fasttok is not None)"
     assert sh("docker", "run", "--rm", "--network", "host", image, "python3", "-c", probe).stdout.strip() == "True"
 
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from service.settings import BUNDLED_MODELS
+from rnnserve.service.settings import BUNDLED_MODELS
 from tests.conftest import Server, in_process, real_reviews
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is in the [dev] extra")

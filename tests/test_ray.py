@@ -42,8 +42,8 @@ def cluster():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "service.score_cli", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run([sys.executable, "-m", "rnnserve.service.scoring.cli", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -72,7 +72,7 @@ def test_ray_data_scores_the_raw_reviews_exactly_as_the_local_scorer(cluster, da
 
 
 def test_ray_data_reads_json_lines_and_parquet_and_keeps_every_row(cluster, model_repo, tmp_path):
-    from service.engines.ray_data import score_files
+    from rnnserve.service.engines.ray_data import score_files
 
     lines = [{"id": "a", "text": "a wonderful film"}, {"id": "b", "text": 7}, {"id": "c"},
              {"id": "d", "text": "dull and far too long"}]

@@ -12,9 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.package import read_package
-from service.sequences import normalize
+from rnnserve.service.core.package import read_package
+from rnnserve.service.core.sequences import normalize
 from tests.conftest import SEQUENCE_MODELS, Server, in_process, wait_ready
+
 
 @pytest.fixture(scope="module")
 def client(task_repo):
@@ -32,7 +33,7 @@ def offline(package_dir, x: np.ndarray) -> np.ndarray:
 
 
 def waves(n: int, seed: int) -> np.ndarray:
-    from training.sequences import waves as make
+    from rnnserve.training.sequences import waves as make
 
     return make("waves-kind", n, 10, seed)[0][:, :10, None]
 
@@ -152,7 +153,7 @@ def test_model_list_shows_each_task(client):
 
 
 def test_char_classifier_serves_what_its_onnx_gives(client, task_repo):
-    from service.tokenizer import Tokenizer
+    from rnnserve.service.core.tokenizer import Tokenizer
 
     pkg = read_package(task_repo / "chars" / "1")
     assert pkg.tokenizer.char_level and pkg.metadata["parity"]["label_disagreements"] == 0
@@ -169,7 +170,7 @@ def keras_greedy(task_repo, prompt: str, n: int) -> str:
     """The Keras model recomputing the whole prefix at every step: what the step-wise graph must equal."""
     import keras
 
-    from service.tokenizer import Tokenizer
+    from rnnserve.service.core.tokenizer import Tokenizer
 
     spec = read_package(task_repo / "lm" / "1").tokenizer
     model = keras.models.load_model(task_repo.parent / "runs" / "lm" / "model.keras")

@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 presets=("$@")
 if [ ${#presets[@]} -eq 0 ]; then
-  mapfile -t presets < <($PY -c "from training.config import BUNDLED; print('\n'.join(BUNDLED))")
+  mapfile -t presets < <($PY -c "from rnnserve.training.config import BUNDLED; print('\n'.join(BUNDLED))")
 fi
 for preset in "${presets[@]}"; do
   echo "=== $preset $(date +%T)"
-  $PY -m training train --preset "$preset" --export "$preset" --models-dir models --overwrite --no-progress
+  $PY -m rnnserve.training train --preset "$preset" --export "$preset" --models-dir models --overwrite --no-progress
 done

@@ -1,4 +1,4 @@
-"""`rnnserve-train` / `python -m training`: train, export, evaluate, list presets."""
+"""`rnnserve-train` / `python -m rnnserve.training`: train, export, evaluate, list presets."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from training.config import PRESETS, TUTORIAL_ACCURACY, ConfigError, TrainConfig, preset_config
-from training.data import DATA_DIR_ENV, DataError
+from rnnserve.training.config import PRESETS, TUTORIAL_ACCURACY, ConfigError, TrainConfig, preset_config
+from rnnserve.training.data import DATA_DIR_ENV, DataError
 
 
 def _optional_int(value: str) -> int | None:
@@ -44,7 +44,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.train import train
+    from rnnserve.training.train import train
 
     cfg = _config_from_args(args)
     name = args.name or args.preset or Path(cfg.dataset).stem
@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.preset in TUTORIAL_ACCURACY and "test" in metrics:
         print(f"tutorial reports {TUTORIAL_ACCURACY[args.preset]:.2%}; this run {metrics['test']['accuracy']:.2%}")
     if args.export:
-        from training.export import export_run
+        from rnnserve.training.export import export_run
 
         path = export_run(out, args.models_dir, args.export, args.version, args.data_dir, overwrite=args.overwrite)
         print(f"exported {path}")
@@ -66,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from training.reproduce import markdown, reproduce
+    from rnnserve.training.reproduce import markdown, reproduce
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name != "seed" and getattr(args, f.name) is not None}
@@ -80,7 +80,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from training.train import evaluate_run_on_test
+    from rnnserve.training.train import evaluate_run_on_test
 
     metrics = evaluate_run_on_test(args.run_dir, args.data_dir)
     print(json.dumps({"run_dir": args.run_dir, "validation": metrics.get("validation"), "test": metrics["test"]},
@@ -89,7 +89,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_run
+    from rnnserve.training.export import export_run
 
     path = export_run(args.run_dir, args.models_dir, args.name, args.version, args.data_dir,
                       parity_examples=args.parity_examples, atol=args.atol, overwrite=args.overwrite,
@@ -100,7 +100,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_package
+    from rnnserve.training.evaluate import evaluate_package
 
     result = evaluate_package(args.package, args.data_dir)
     print(json.dumps(result, indent=2))
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.func in (cmd_train, cmd_export, cmd_reproduce):
         import_tensorflow_quietly()
-    from training.export import ExportError  # keeps --help free of TensorFlow start-up
+    from rnnserve.training.export import ExportError  # keeps --help free of TensorFlow start-up
 
     try:
         return args.func(args)

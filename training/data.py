@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary, word_index_to_words
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary, word_index_to_words
 
 DATA_DIR_ENV = "RNNSERVE_DATA_DIR"
 KERAS_SEED = 113

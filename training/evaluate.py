@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.package import read_package
-from service.sequences import normalize
-from service.tokenizer import Tokenizer
-from training.config import TrainConfig
-from training.metrics import classification_metrics, regression_metrics
+from rnnserve.service.core.package import read_package
+from rnnserve.service.core.sequences import normalize
+from rnnserve.service.core.tokenizer import Tokenizer
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.metrics import classification_metrics, regression_metrics
 
 
 def onnx_predict(package_dir: str | Path, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -25,7 +25,7 @@ def onnx_predict(package_dir: str | Path, x: np.ndarray, batch_size: int = 1024)
 def lm_step_probs(package_dir: str | Path, windows: np.ndarray) -> np.ndarray:
     """Next-character probabilities at every step [N, T, V], one character at a time with the state carried,
     as the service generates."""
-    from training.export import softmax
+    from rnnserve.training.export import softmax
 
     pkg = read_package(package_dir)
     session = ort.InferenceSession(str(pkg.path / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -44,19 +44,19 @@ def evaluate_package(package_dir: str | Path, data_dir: str | Path | None = None
     training = {k: v for k, v in pkg.metadata["training"].items() if k in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig.from_dict(training)
     if cfg.task == "lm":
-        from training.lm import lm_metrics, prepare_lm
+        from rnnserve.training.lm import lm_metrics, prepare_lm
 
         data = prepare_lm(cfg, data_dir)
         measured = lm_metrics(data.y_test, lm_step_probs(pkg.path, data.x_test))
     elif cfg.task == "sequences":
-        from training.sequences import load_sequence_dataset
+        from rnnserve.training.sequences import load_sequence_dataset
 
         ds = load_sequence_dataset(cfg.dataset, cfg.maxlen, cfg.features, cfg.label_column, cfg.regression,
                                    cfg.test_split)
         out = onnx_predict(pkg.path, normalize(ds.x_test, pkg.metadata["input"].get("normalization")))
         measured = classification_metrics(ds.y_test, out) if ds.labels else regression_metrics(ds.y_test, out)
     else:
-        from training.train import load_dataset
+        from rnnserve.training.train import load_dataset
 
         ds = load_dataset(cfg, data_dir)
         measured = classification_metrics(ds.y_test, onnx_predict(pkg.path, Tokenizer(pkg.tokenizer).pad(ds.x_test)))

@@ -19,13 +19,20 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from service.package import (INPUT_NAME, LOGITS_OUTPUT, NAME_RE, OUTPUT_NAME, PACKAGE_FORMAT, SEQUENCE_INPUT,
-                             VALUES_OUTPUT)
-from service.tokenizer import Tokenizer, TokenizerSpec
-from training.config import TrainConfig
-from training.layers import MaxMeanPooling
-from training.onnx_rnn import UnsupportedLayer, attach_recurrent_stack, is_recurrent, loop_ops, stepwise_lm
-from training.train import load_dataset, member_files, run_files
+from rnnserve.service.core.package import (
+    INPUT_NAME,
+    LOGITS_OUTPUT,
+    NAME_RE,
+    OUTPUT_NAME,
+    PACKAGE_FORMAT,
+    SEQUENCE_INPUT,
+    VALUES_OUTPUT,
+)
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.layers import MaxMeanPooling
+from rnnserve.training.onnx_rnn import UnsupportedLayer, attach_recurrent_stack, is_recurrent, loop_ops, stepwise_lm
+from rnnserve.training.train import load_dataset, member_files, run_files
 
 OPSET = 17
 
@@ -134,7 +141,7 @@ def parity_gate(models, onnx_bytes: bytes, x_keras: np.ndarray, x_onnx: np.ndarr
     pads for this package."""
     import onnxruntime as ort
 
-    from training.models import predict_proba, predict_values
+    from rnnserve.training.models import predict_proba, predict_values
 
     classify = output == OUTPUT_NAME
     keras_out = predict_proba(models, x_keras) if classify else predict_values(models, x_keras)
@@ -158,7 +165,7 @@ def lm_parity_gate(model, onnx_bytes: bytes, windows: np.ndarray, atol: float) -
     fed a window at once and fed one character at a time with its state carried, else ExportError."""
     import onnxruntime as ort
 
-    from training.models import predict_proba
+    from rnnserve.training.models import predict_proba
 
     keras_p = predict_proba(model, windows)  # [N, T, V]
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -280,7 +287,7 @@ def _text_package(cfg, run, models, data_dir, parity_examples, atol, native):
 
 
 def _sequence_package(cfg, run, models, data_dir, parity_examples, atol, native):
-    from training.train import prepare_sequences
+    from rnnserve.training.train import prepare_sequences
 
     spec = json.loads((run / "input.json").read_text())
     labels = json.loads((run / "labels.json").read_text())
@@ -303,7 +310,7 @@ def _sequence_package(cfg, run, models, data_dir, parity_examples, atol, native)
 
 
 def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):
-    from training.lm import prepare_lm
+    from rnnserve.training.lm import prepare_lm
 
     spec = TokenizerSpec.load(run / "tokenizer.json")
     (model,) = models

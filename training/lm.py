@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary
-from training.config import TrainConfig
-from training.data import DataError, read_text_file, resolve_data_dir
-
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.data import DataError, read_text_file, resolve_data_dir
 
 REUTERS_TEXT = ("reuters-text", "raw/reuters_train_raw.csv.gz")  # the raw Reuters training text, in a data dir
 
@@ -83,8 +82,8 @@ def lm_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def prepare_lm(cfg: TrainConfig, data_dir=None):
-    from training.models import build_lm, predict_proba
-    from training.train import Prepared
+    from rnnserve.training.models import build_lm, predict_proba
+    from rnnserve.training.train import Prepared
 
     text = read_corpus(cfg.dataset, cfg.text_column, data_dir)
     if cfg.max_chars:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import keras
 
-from training.config import TrainConfig
-from training.layers import MaxMeanPooling
+from rnnserve.training.config import TrainConfig
+from rnnserve.training.layers import MaxMeanPooling
 
 CELLS = {"simple_rnn": keras.layers.SimpleRNN, "gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
 

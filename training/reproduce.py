@@ -13,8 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
-from training.config import TUTORIAL_ACCURACY, preset_config
-from training.train import train
+from rnnserve.training.config import TUTORIAL_ACCURACY, preset_config
+from rnnserve.training.train import train
 
 FIRST_SEED = 1337  # the presets' own seed; further runs take the next ones
 

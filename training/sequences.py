@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import KERAS_SEED, DataError, shuffled_split
+from rnnserve.training.data import KERAS_SEED, DataError, shuffled_split
 
 WAVE_KINDS = ["sine", "square", "triangle", "sawtooth"]
 # name -> what the synthetic set asks: the next value, the wave's kind, or the next value at every step

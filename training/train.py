@@ -13,11 +13,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from service.tokenizer import Tokenizer
-from training.config import ConfigError, TrainConfig
-from training.data import Dataset, load_keras_dataset, load_text_dataset
-from training.metrics import (classification_metrics, confusion_matrix, plot_confusion, plot_history,
-                              regression_metrics)
+from rnnserve.service.core.tokenizer import Tokenizer
+from rnnserve.training.config import ConfigError, TrainConfig
+from rnnserve.training.data import Dataset, load_keras_dataset, load_text_dataset
+from rnnserve.training.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    plot_confusion,
+    plot_history,
+    regression_metrics,
+)
 
 
 def run_files(cfg: TrainConfig) -> list[str]:
@@ -83,7 +88,7 @@ class Prepared:
 
 
 def prepare_text(cfg: TrainConfig, data_dir) -> Prepared:
-    from training.models import build_model, predict_proba
+    from rnnserve.training.models import build_model, predict_proba
 
     ds = load_dataset(cfg, data_dir)
     tok = Tokenizer(ds.tokenizer)
@@ -96,9 +101,9 @@ def prepare_text(cfg: TrainConfig, data_dir) -> Prepared:
 
 
 def prepare_sequences(cfg: TrainConfig) -> Prepared:
-    from service.sequences import normalize
-    from training.models import build_sequence_model, predict_proba, predict_values
-    from training.sequences import load_sequence_dataset, normalization
+    from rnnserve.service.core.sequences import normalize
+    from rnnserve.training.models import build_sequence_model, predict_proba, predict_values
+    from rnnserve.training.sequences import load_sequence_dataset, normalization
 
     ds = load_sequence_dataset(cfg.dataset, cfg.maxlen, cfg.features, cfg.label_column, cfg.regression,
                                cfg.test_split)
@@ -119,7 +124,7 @@ def prepare_sequences(cfg: TrainConfig) -> Prepared:
 
 def prepare(cfg: TrainConfig, data_dir) -> Prepared:
     if cfg.task == "lm":
-        from training.lm import prepare_lm
+        from rnnserve.training.lm import prepare_lm
 
         return prepare_lm(cfg, data_dir)
     return prepare_sequences(cfg) if cfg.task == "sequences" else prepare_text(cfg, data_dir)
@@ -153,7 +158,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
           evaluate_test: bool = True) -> dict:
     """Fit (each ensemble member in turn), evaluate on the validation split and, unless told not to, on the
     test split; save everything export needs into out_dir."""
-    from training.embeddings import skipgram_embeddings
+    from rnnserve.training.embeddings import skipgram_embeddings
 
     cfg.validate()
     out = Path(out_dir)

@@ -1,6 +1,6 @@
 """Offline scoring on Ray Data: files of texts in, one scored row per input row out, across a Ray cluster.
 
-Reading uses the local scorer's own RowReader (service/scoring.py), streamed a megabyte at a time from any
+Reading uses the local scorer's own RowReader (service/scoring/pipeline.py), streamed a megabyte at a time from any
 filesystem pyarrow knows (local paths, s3://, gs://, hdfs://), so every input row, even one that cannot be
 parsed, becomes exactly one output row with its 1-based row number in its file. Parquet files are read a
 record batch at a time. Scoring is `map_batches` with a callable class: each actor opens the package once
@@ -8,7 +8,7 @@ with the runtime (TextClassifier) and classifies whole batches. Ray writes the r
 Parquet or JSON Lines files; rows carry `row` (and `file`, for several input files), so the input order is
 recovered by sorting on them.
 
-    from service.engines.ray_data import score_files
+    from rnnserve.service.engines.ray_data import score_files
     score_files("reviews.csv", "models/imdb-lstm/1", "scores/", actors=2)
 """
 
@@ -25,9 +25,10 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 
-from service.predict import MAX_TEXT_CHARS
-from service.runtime import RuntimeOptions, TextClassifier
-from service.scoring import SUFFIX_FORMATS, Row, RowReader, format_of
+from rnnserve.service.runtime.base import RuntimeOptions
+from rnnserve.service.runtime.text import TextClassifier
+from rnnserve.service.scoring.pipeline import SUFFIX_FORMATS, Row, RowReader, format_of
+from rnnserve.service.settings import MAX_TEXT_CHARS
 
 FORMATS = SUFFIX_FORMATS | {".parquet": "parquet"}
 CHUNK = 1 << 20

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from ray import serve
 
-from service import logs
-from service.app import create_app
-from service.settings import Settings
+from rnnserve.service import logs
+from rnnserve.service.http.app import create_app
+from rnnserve.service.settings import Settings
 
 
 def build_app():

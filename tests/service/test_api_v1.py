@@ -4,8 +4,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.package import read_package
-from service.tokenizer import Tokenizer
+from rnnserve.service.core.package import read_package
+from rnnserve.service.core.tokenizer import Tokenizer
 from tests.conftest import real_reviews
 
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from service.batcher import Batcher
-from service.errors import Overloaded
+from rnnserve.service.core.errors import Overloaded
+from rnnserve.service.runtime.batcher import Batcher
 
 
 def run(coro):

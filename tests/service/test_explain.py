@@ -12,8 +12,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.runtime import RuntimeOptions, TextClassifier
-from service.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.service.runtime.base import RuntimeOptions
+from rnnserve.service.runtime.text import TextClassifier
 from tests.conftest import ROOT, real_reviews
 
 IMDB = ROOT / "models" / "imdb-lstm-small" / "1"

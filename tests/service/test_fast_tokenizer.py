@@ -5,11 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from service import tokenizer as tokmod
-from service.tokenizer import Tokenizer, TokenizerSpec
-from training.data import imdb_raw_train_in_keras_order, load_keras_dataset, reuters_raw_train
+from rnnserve.service.core import tokenizer as tokmod
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.training.data import imdb_raw_train_in_keras_order, load_keras_dataset, reuters_raw_train
 
 if tokmod._fasttok is None:
     pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the reference serves alone")

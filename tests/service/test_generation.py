@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.generator import PROMPT_WINDOW, Sampling, TextGenerator
-from service.settings import BUNDLED_MODELS
+from rnnserve.service.runtime.generator import PROMPT_WINDOW, Sampling, TextGenerator
+from rnnserve.service.settings import BUNDLED_MODELS
 from tests.conftest import Server, in_process, wait_ready
 
 LM = "reuters-char-rnn"

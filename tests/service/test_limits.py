@@ -11,9 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from service.errors import Overloaded
-from service.runtime import RuntimeOptions, TextClassifier
-from service.settings import BUNDLED_MODELS
+from rnnserve.service.core.errors import Overloaded
+from rnnserve.service.runtime.base import RuntimeOptions
+from rnnserve.service.runtime.text import TextClassifier
+from rnnserve.service.settings import BUNDLED_MODELS
 from tests.conftest import Server, real_reviews
 
 SMALL, WAVES = "imdb-lstm-small", "waves-lstm-tutorial"

@@ -6,7 +6,7 @@ import shutil
 import httpx
 import pytest
 
-from service.package import PackageError, read_package
+from rnnserve.service.core.package import PackageError, read_package
 from tests.conftest import Server
 
 
@@ -74,8 +74,8 @@ def test_not_ready_until_models_loaded(model_repo):
     """The real app before its lifespan has loaded anything: live 200, ready 503, predict 503."""
     import asyncio
 
-    from service.app import create_app
-    from service.settings import Settings
+    from rnnserve.service.http.app import create_app
+    from rnnserve.service.settings import Settings
 
     async def main():
         app = create_app(Settings(models_dir=model_repo))

@@ -11,13 +11,14 @@ import time
 import httpx
 import pytest
 
-from service.errors import ModelClosed
-from service.metrics import Metrics
-from service.package import PackageError
-from service.registry import Registry
-from service.runtime import RuntimeOptions, TextClassifier
-from service.scoring import RowReader, RowWriter, score_stream
-from service.settings import Settings
+from rnnserve.service.core.errors import ModelClosed
+from rnnserve.service.core.package import PackageError
+from rnnserve.service.metrics import Metrics
+from rnnserve.service.registry import Registry
+from rnnserve.service.runtime.base import RuntimeOptions
+from rnnserve.service.runtime.text import TextClassifier
+from rnnserve.service.scoring.pipeline import RowReader, RowWriter, score_stream
+from rnnserve.service.settings import Settings
 from tests.conftest import Server, in_process, wait_ready
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -171,7 +172,7 @@ def test_a_model_whose_embedding_misses_tokenizer_ids_is_refused_at_load(model_r
 
 
 def test_export_refuses_names_the_server_would_refuse(model_repo, tmp_path):
-    from training.export import ExportError, export_run
+    from rnnserve.training.export import ExportError, export_run
 
     for name in ("bad\nname", "a..b", ".hidden", "x/y"):
         with pytest.raises(ExportError, match="invalid model name"):
@@ -356,8 +357,8 @@ def test_a_text_that_fails_alone_does_not_fail_its_block(model_repo, tmp_path):
     body = f"id,text\n1,a fine film\n2,{rare}\n3,a dull film\n".encode()
 
     async def main():
-        from service.package import read_package
-        from service.session import OnnxModel
+        from rnnserve.service.core.package import read_package
+        from rnnserve.service.runtime.session import OnnxModel
 
         clf = TextClassifier(read_package(package), OnnxModel(package / "model.onnx", "cpu", 1))
 

@@ -9,9 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.package import PackageError
-from service.runtime import RuntimeOptions, TextClassifier
-from service.tokenizer import Tokenizer
+from rnnserve.service.core.package import PackageError
+from rnnserve.service.core.tokenizer import Tokenizer
+from rnnserve.service.runtime.base import RuntimeOptions
+from rnnserve.service.runtime.text import TextClassifier
 from tests.conftest import real_reviews
 
 

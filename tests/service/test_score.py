@@ -58,9 +58,9 @@ def test_cli_scores_all_25000_reviews(server, model_repo, predict_labels, tmp_pa
     out = tmp_path / "scores.csv"
     where = ["--url", server.url, "--model", "sentiment-lstm"] if remote else \
             ["--package", str(model_repo / "sentiment-lstm" / "1")]
-    r = subprocess.run([sys.executable, "-m", "service.score_cli", str(RAW), "--text-column", "review", *where,
-                        "--output-format", "csv", "-o", str(out)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-m", "rnnserve.service.scoring.cli", str(RAW), "--text-column", "review",
+                        *where, "--output-format", "csv", "-o", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "scored 25000 rows" in r.stderr
     rows = list(csv.DictReader(out.open()))

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from service.spool import BodySpool
+from rnnserve.service.scoring.spool import BodySpool
 
 
 def test_order_is_kept_across_memory_and_file():

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from service.settings import BUNDLED_MODELS
+from rnnserve.service.settings import BUNDLED_MODELS
 from tests.conftest import in_process, wait_ready
 
 CLASSIFIER, LM, SEQUENCES = "imdb-lstm-small", "reuters-char-rnn", "waves-lstm-tutorial"

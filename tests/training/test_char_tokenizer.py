@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary
-from training.data import reuters_raw_train
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary
+from rnnserve.training.data import reuters_raw_train
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras_text = pytest.importorskip("tf_keras.preprocessing.text")

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 def run_cli(*args, env=None):
     # Without TF_CPP_MIN_LOG_LEVEL (CI sets it): the CLI itself must keep TensorFlow's C++ lines quiet.
     base = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rnnserve.training", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**base, **(env or {})}, timeout=600)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.data import DataError, load_keras_dataset, load_text_dataset, read_text_file
+from rnnserve.training.data import DataError, load_keras_dataset, load_text_dataset, read_text_file
 
 
 def test_imdb_matches_published_facts(data_dir):

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 SCRIPT = """
 import hashlib, numpy as np
-from training.embeddings import skipgram_embeddings
+from rnnserve.training.embeddings import skipgram_embeddings
 rng = np.random.default_rng(0)
 seqs = [[int(i) for i in rng.integers(4, 60, 40)] + [1, 2, 3] * 5 for _ in range(200)]
 m = skipgram_embeddings(seqs, 80, 8, seed=7)
@@ -26,7 +26,7 @@ def test_same_seed_same_vectors_in_any_process():
 
 
 def test_ids_seen_together_end_up_close():
-    from training.embeddings import skipgram_embeddings
+    from rnnserve.training.embeddings import skipgram_embeddings
 
     rng = np.random.default_rng(1)
     # ids 4 and 5 appear among the words 10-19, id 6 among the words 20-29: 4 and 5 share their contexts

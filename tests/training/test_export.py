@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.package import read_package
-from service.tokenizer import Tokenizer
+from rnnserve.service.core.package import read_package
+from rnnserve.service.core.tokenizer import Tokenizer
 from tests.conftest import train_and_export
 
 VARIANTS = {
@@ -63,7 +63,7 @@ def test_architecture_exports_with_parity(variant, reviews_csv, tmp_path):
 def test_parity_gate_fails_on_a_mismatched_model(reviews_csv, tmp_path):
     import keras
 
-    from training.export import ExportError, convert, parity_gate
+    from rnnserve.training.export import ExportError, convert, parity_gate
 
     a = train_and_export(reviews_csv, tmp_path / "models", "a", cell="gru", seed=1)
     b = train_and_export(reviews_csv, tmp_path / "models", "b", cell="gru", seed=2)
@@ -84,7 +84,7 @@ def test_parity_gate_fails_on_a_mismatched_model(reviews_csv, tmp_path):
 
 
 def test_export_refuses_to_overwrite(reviews_csv, tmp_path):
-    from training.export import ExportError, export_run
+    from rnnserve.training.export import ExportError, export_run
 
     path = train_and_export(reviews_csv, tmp_path / "models", "once", cell="gru")
     with pytest.raises(ExportError, match="exists"):
@@ -98,7 +98,7 @@ def test_masked_export_matches_keras_on_mixed_lengths(reviews_csv, tmp_path):
     the batch's longest text. Both must agree, with lengths from 1 to beyond maxlen in one batch."""
     import keras
 
-    from training.models import predict_proba
+    from rnnserve.training.models import predict_proba
 
     path = train_and_export(reviews_csv, tmp_path / "models", "masked", cell="gru", mask_zero=True,
                             bidirectional=True, layers=2)

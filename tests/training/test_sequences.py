@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from training.data import DataError
-from training.sequences import WAVE_KINDS, load_sequence_dataset, normalization, synthetic
+from rnnserve.training.data import DataError
+from rnnserve.training.sequences import WAVE_KINDS, load_sequence_dataset, normalization, synthetic
 
 
 def load(path, **kw):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from service.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary
-from training.data import imdb_raw_train_in_keras_order, load_keras_dataset, reuters_raw_train
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary
+from rnnserve.training.data import imdb_raw_train_in_keras_order, load_keras_dataset, reuters_raw_train
 
 
 def spec(**kw) -> TokenizerSpec:

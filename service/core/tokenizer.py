@@ -1,0 +1,290 @@
+"""The one tokenizer: raw text -> Keras-style token ids, padded to the model's length.
+
+Training, the export parity gate and the service all use this module, built from the spec saved in
+the model package, so the ids a model sees in production are the ids it was trained on. It needs
+only numpy. The rules reproduce `keras.preprocessing.text.Tokenizer` defaults and the
+`keras.datasets` id conventions (start_char, oov_char, index_from, num_words, skip_top).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+import numpy as np
+
+try:
+    from rnnserve.service.core import _fasttok
+except ImportError:  # no compiler at install time: the reference serves alone
+    _fasttok = None
+
+# keras.preprocessing.text.Tokenizer's default `filters`.
+KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+SPEC_FORMAT = "keras-word-index/1"
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """What happened to one text on its way to the model."""
+
+    tokens: int  # ids kept after padding/truncation, start_char included, padding excluded
+    oov: int  # words mapped to oov_char (rare words) or dropped (unknown words)
+    truncated: bool
+
+
+@dataclass
+class TokenizerSpec:
+    """Everything needed to turn text into the exact ids a model was trained on (saved as JSON)."""
+
+    words: list[str]  # words[i] has rank i + 1 in the word index (most frequent first)
+    # Keras's char_level=True: every character is a token (after lower-casing); filters and split do not apply
+    char_level: bool = False
+    lower: bool = True
+    filters: str = KERAS_FILTERS
+    split: str = " "
+    # Python 2 byte strings lowered ASCII only; Keras's published datasets were built that way.
+    lower_ascii_only: bool = True
+    # Reuters' word index stores each non-ASCII character as "?"; None keeps them.
+    non_ascii_replacement: str | None = None
+    # "drop": words absent from the index vanish (how Keras built the IMDB test split);
+    # "oov": they become oov_char (better for user data whose index is the training split's).
+    unknown_words: Literal["drop", "oov"] = "drop"
+    start_char: int | None = 1
+    oov_char: int | None = 2
+    index_from: int = 3
+    num_words: int | None = None  # ids >= num_words become oov_char, as keras.datasets does
+    skip_top: int = 0
+    maxlen: int = 200
+    padding: Literal["pre", "post"] = "pre"
+    truncating: Literal["pre", "post"] = "pre"
+    format: str = field(default=SPEC_FORMAT)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TokenizerSpec":
+        if data.get("format") != SPEC_FORMAT:
+            raise ValueError(f"unsupported tokenizer format {data.get('format')!r}, expected {SPEC_FORMAT!r}")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown tokenizer spec fields: {sorted(unknown)}")
+        spec = cls(**data)
+        spec.validate()
+        return spec
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TokenizerSpec":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    def validate(self) -> None:
+        if self.maxlen < 1:
+            raise ValueError("maxlen must be >= 1")
+        if self.padding not in ("pre", "post") or self.truncating not in ("pre", "post"):
+            raise ValueError("padding and truncating must be 'pre' or 'post'")
+        if self.unknown_words not in ("drop", "oov"):
+            raise ValueError("unknown_words must be 'drop' or 'oov'")
+        if self.unknown_words == "oov" and self.oov_char is None:
+            raise ValueError("unknown_words='oov' needs an oov_char")
+        if not isinstance(self.words, list) or not all(isinstance(w, str) for w in self.words):
+            raise ValueError("words must be a list of strings")
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the id space the embedding must cover."""
+        if self.num_words:
+            return self.num_words
+        return len(self.words) + self.index_from
+
+
+def word_index_to_words(word_index: dict[str, int]) -> list[str]:
+    """Keras's {word: rank} (ranks 1..n, no gaps) as a rank-ordered list."""
+    words = [""] * len(word_index)
+    for word, rank in word_index.items():
+        if not 1 <= rank <= len(words) or words[rank - 1]:
+            raise ValueError(f"word index is not a permutation of 1..{len(words)} (word {word!r}, rank {rank})")
+        words[rank - 1] = word
+    return words
+
+
+class Tokenizer:
+    """Applies a TokenizerSpec. Thread-safe: it holds no mutable state after construction.
+
+    The Python code here is the reference (`word_spans`, `_reference_encode_spans`, `pad`). Where the spec fits
+    the compiled tokenizer (service/core/_fasttok.c: ASCII filters and split character, ASCII-only or no
+    lower-casing) and it is built, `encode`, `encode_spans` and whole batches go through it instead, the GIL
+    released; it gives the same ids, proven on both full raw training sets and by property-based tests.
+    `implementation` says which one a tokenizer uses; `fast=False` forces the reference."""
+
+    def __init__(self, spec: TokenizerSpec, fast: bool = True):
+        spec.validate()
+        self.spec = spec
+        table = {} if spec.char_level else {ord(c): spec.split for c in spec.filters}
+        if spec.lower:
+            if spec.lower_ascii_only:
+                table.update({ord(c): c.lower() for c in string.ascii_uppercase})
+        self._table = table
+        self._full_lower = spec.lower and not spec.lower_ascii_only
+        # word -> final id (after index_from, num_words and skip_top), computed once.
+        self._ids = {word: self._final_id(rank + spec.index_from) for rank, word in enumerate(spec.words, start=1)}
+        # The highest id this tokenizer can emit: the model's embedding must cover it.
+        self.max_id = max([*self._ids.values(), spec.oov_char or 0,
+                           0 if spec.start_char is None else self._final_id(spec.start_char)])
+        self._fast = self._compile() if fast else None
+        self.implementation = "c" if self._fast is not None else "python"
+
+    def _compile(self):
+        """The compiled tokenizer for this spec, or None where it cannot express the spec exactly."""
+        s = self.spec
+        if (_fasttok is None or s.char_level or self._full_lower or len(s.split) != 1
+                or not s.split.isascii()):
+            return None
+        table = bytearray(range(128))
+        for code, to in self._table.items():
+            if code > 127 or len(to) != 1 or not to.isascii():
+                return None
+            table[code] = ord(to)
+        try:
+            return _fasttok.Tokenizer(self._ids, bytes(table), ord(s.split), s.non_ascii_replacement,
+                                      None if s.start_char is None else self._final_id(s.start_char), s.oov_char,
+                                      s.oov_char if s.unknown_words == "oov" else None)
+        except ValueError:  # ids beyond int32, or a vocabulary over 4 GB
+            return None
+
+    def _final_id(self, i: int) -> int:
+        s = self.spec
+        if (s.num_words and i >= s.num_words) or i < s.skip_top:
+            return s.oov_char if s.oov_char is not None else -1  # -1: keras drops it (oov_char=None)
+        return i
+
+    def word_spans(self, text: str) -> list[tuple[str, int, int]]:
+        """Keras's text_to_word_sequence (or, char_level, its characters) with the spec's lower-casing and
+        non-ASCII rules: each word with its character span [start, end) in the original text."""
+        lowered = text.lower() if self._full_lower else text
+        if self.spec.char_level:
+            words = [(c, i, i + 1) for i, c in enumerate(lowered.translate(self._table))]
+        else:
+            sep = self.spec.split
+            words, pos = [], 0
+            for piece in lowered.translate(self._table).split(sep):
+                if piece:
+                    words.append((piece, pos, pos + len(piece)))
+                pos += len(piece) + len(sep)
+        if len(lowered) != len(text):  # full lower-casing lengthened some characters (e.g. "İ" -> "i̇")
+            origin = [i for i, c in enumerate(text) for _ in c.lower()] + [len(text)]
+            words = [(w, origin[a], origin[b - 1] + 1) for w, a, b in words]
+        repl = self.spec.non_ascii_replacement
+        if repl is not None:
+            words = [(w if w.isascii() else "".join(c if c.isascii() else repl for c in w), a, b)
+                     for w, a, b in words]
+        return words
+
+    def count_words(self, text: str) -> int:
+        """len(word_spans(text)), without building the words: string operations in C, for limits checked
+        before any work."""
+        lowered = text.lower() if self._full_lower else text
+        if self.spec.char_level:
+            return len(lowered)
+        pieces = lowered.translate(self._table).split(self.spec.split)
+        return len(pieces) - pieces.count("")
+
+    def split_words(self, text: str) -> list[str]:
+        return [w for w, _, _ in self.word_spans(text)]
+
+    def encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+        """Text -> unpadded ids (start_char first), the count of OOV or dropped words, and the character
+        span of each id in the text (the start token's is (0, 0))."""
+        if self._fast is not None and (fast := self._fast.encode(text, spans=True)) is not None:
+            ids, oov, spans = fast
+            return ids, oov, spans
+        return self._reference_encode_spans(text)
+
+    def _reference_encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+        s = self.spec
+        # keras.datasets applies the num_words/skip_top rule to start_char as well.
+        ids = [] if s.start_char is None else [self._final_id(s.start_char)]
+        spans = [(0, 0)] * len(ids)
+        oov = 0
+        unknown = s.oov_char if s.unknown_words == "oov" else None
+        get = self._ids.get
+        for word, start, end in self.word_spans(text):
+            i = get(word, unknown)
+            if i is None or i == -1:
+                oov += 1
+                continue
+            if i == s.oov_char:
+                oov += 1
+            ids.append(i)
+            spans.append((start, end))
+        return ids, oov, spans
+
+    def encode(self, text: str) -> tuple[list[int], int]:
+        """Text -> unpadded id list (start_char first) and the count of OOV or dropped words."""
+        if self._fast is not None and (fast := self._fast.encode(text)) is not None:
+            return fast[0], fast[1]
+        ids, oov, _ = self._reference_encode_spans(text)
+        return ids, oov
+
+    def pad(self, sequences: list[list[int]], maxlen: int | None = None, dynamic: bool = False) -> np.ndarray:
+        """keras pad_sequences with the spec's sides, into an int64 matrix (pad value 0).
+
+        dynamic: pad only to the longest sequence (capped at maxlen), for models that ignore padding."""
+        maxlen = maxlen or self.spec.maxlen
+        if dynamic:
+            maxlen = max(1, min(maxlen, max((len(s) for s in sequences), default=1)))
+        out = np.zeros((len(sequences), maxlen), dtype=np.int64)
+        pre_trunc = self.spec.truncating == "pre"
+        pre_pad = self.spec.padding == "pre"
+        for row, seq in enumerate(sequences):
+            if not seq:
+                continue
+            seq = seq[-maxlen:] if pre_trunc else seq[:maxlen]
+            if pre_pad:
+                out[row, maxlen - len(seq):] = seq
+            else:
+                out[row, : len(seq)] = seq
+        return out
+
+    def __call__(self, texts: list[str], maxlen: int | None = None,
+                 dynamic: bool = False) -> tuple[np.ndarray, list[TokenStats]]:
+        """Texts -> (padded id matrix, per-text stats)."""
+        maxlen = maxlen or self.spec.maxlen
+        if self._fast is None:
+            encoded = [self.encode(text) for text in texts]
+            counts = [(len(ids), oov) for ids, oov in encoded]
+            x = self.pad([ids for ids, _ in encoded], maxlen, dynamic)
+        else:
+            x, counts = self._fast_batch(list(texts), maxlen, dynamic)
+        return x, [TokenStats(tokens=min(n, maxlen), oov=oov, truncated=n > maxlen) for n, oov in counts]
+
+    def _fast_batch(self, texts: list[str], maxlen: int, dynamic: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        x = np.zeros((len(texts), maxlen), dtype=np.int64)
+        counts = np.zeros((len(texts), 2), dtype=np.int64)
+        pre_pad = self.spec.padding == "pre"
+        for row in self._fast.encode_batch(texts, x, counts, maxlen, pre_pad, self.spec.truncating == "pre"):
+            ids, oov, _ = self._reference_encode_spans(texts[row])  # a lone surrogate: the compiled path declined
+            x[row] = self.pad([ids], maxlen)[0]
+            counts[row] = len(ids), oov
+        counts = counts.tolist()
+        if dynamic:
+            width = max(1, min(maxlen, max((n for n, _ in counts), default=1)))
+            x = np.ascontiguousarray(x[:, maxlen - width:] if pre_pad else x[:, :width])
+        return x, counts
+
+
+def build_vocabulary(texts: Iterable[str], spec_template: TokenizerSpec) -> list[str]:
+    """Rank words by count on training texts, ties by first appearance (as Keras's Tokenizer.fit_on_texts)."""
+    splitter = Tokenizer(TokenizerSpec(**{**asdict(spec_template), "words": []}))
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(splitter.split_words(text))
+    # Counter keeps insertion order and sorted() is stable, so equal counts stay in first-seen order.
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: -kv[1])]

@@ -1,0 +1,86 @@
+"""Request bodies for the JSON endpoints: read, type-checked, parsed (large ones off the event loop),
+and answers encoded with orjson."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, TypeVar
+
+import orjson
+from fastapi import Request, Response
+from pydantic import ValidationError
+
+from rnnserve.service.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+T = TypeVar("T")
+# Parsing a body this large would hold the event loop for milliseconds: do it in a thread, where the
+# interpreter's switch interval lets the loop answer other requests in between.
+OFF_LOOP_BYTES = 256 * 1024
+
+
+# One handler serves an operation's two routes (newest version, and /versions/{version}); it reads the version
+# from the path, so the versioned route declares that parameter for OpenAPI here.
+VERSION_PARAMETER = {"parameters": [{"name": "version", "in": "path", "required": True,
+                                     "schema": {"type": "string"}, "description": "A loaded version number."}]}
+
+
+def path_version(request: Request) -> str | None:
+    return request.path_params.get("version")
+
+
+def check_json(request: Request, tritonclient: bool = False) -> None:
+    """A JSON body must say so: application/json or a +json type. The types a page on another origin may send
+    without a CORS preflight (text/plain, forms) and a missing type are refused, so a browser always asks first.
+    tritonclient: also what it sends, no Content-Type at all (and the binary tensor extension's
+    application/octet-stream); it sends no Origin either, and a browser's request always does, which the
+    middleware checks."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    if tritonclient and media in ("", "application/octet-stream"):
+        return
+    sent = f"not {content_type[:80]!r}" if content_type else "no Content-Type was sent"
+    raise UnsupportedMediaType(f"send the body as JSON with Content-Type: application/json ({sent})")
+
+
+async def parse(request: Request, parser: Callable[[bytes], T]) -> T:
+    body = await request.body()
+    if len(body) >= OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parser, body)
+    return parser(body)
+
+
+def check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
+    """The request limits every text-taking route checks before any work: PayloadTooLarge (413) past them."""
+    if len(texts) > max_texts:
+        raise PayloadTooLarge(f"{len(texts)} texts in one request; the limit is {max_texts}")
+    for i, text in enumerate(texts):
+        if len(text) > max_chars:
+            raise PayloadTooLarge(f"text {i} has {len(text)} characters; the limit is {max_chars}")
+
+
+def validation_error(errors: list[dict]) -> BadRequest | InvalidInput:
+    """pydantic's (or FastAPI's) errors as one message naming each field: invalid JSON is 400, the wrong
+    shape 422."""
+    if any(e["type"] == "json_invalid" for e in errors):
+        return BadRequest("request body is not valid JSON")
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    return InvalidInput("; ".join(parts))
+
+
+def model_parser(model: type[T]) -> Callable[[bytes], T]:
+    def parse_model(body: bytes) -> T:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            raise validation_error(exc.errors(include_url=False, include_context=False, include_input=False)) from None
+
+    return parse_model
+
+
+def json_response(content, status_code: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, headers=headers, media_type="application/json")

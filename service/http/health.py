@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rnnserve.service.http.body import json_response
+from rnnserve.service.http.schemas import ErrorResponse, Health
+
+router = APIRouter(tags=["health"], responses={401: {"model": ErrorResponse}})
+
+
+@router.get("/health/live", response_model=Health, summary="The process is up")
+async def live() -> dict:
+    return {"status": "live"}
+
+
+@router.get("/health/ready", response_model=Health, responses={503: {"model": Health}},
+            summary="200 once every valid model is loaded and warmed up")
+async def ready(request: Request) -> Response:
+    registry = request.app.state.registry
+    body = {"status": "ready" if registry.ready else "loading",
+            "models_loaded": sum(map(len, registry.models.values())),
+            "models_failed": sum(map(len, registry.failures.values()))}
+    return json_response(body, status_code=200 if registry.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

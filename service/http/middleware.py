@@ -1,0 +1,181 @@
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, security headers, the Origin check,
+API keys, body limit, metrics, access log."""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import logging
+import os
+import time
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from rnnserve.service.core.errors import Forbidden
+from rnnserve.service.http.errors import error_response, render_error
+from rnnserve.service.logs import request_id
+from rnnserve.service.metrics import Metrics
+
+log = logging.getLogger("rnnserve.access")
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID = 128  # a longer (or non-printable) X-Request-ID is replaced, never echoed or logged
+OPEN_PATHS = {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"}
+NOSNIFF = (b"x-content-type-options", b"nosniff")  # a browser takes each answer for its declared type only
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def content_security_policy(*script_hashes: str) -> str:
+    """For the page and the docs: nothing from elsewhere, no inline script but those named by their sha256
+    (base64), and no framing by any site (the page keeps an API key in session storage)."""
+    scripts = " ".join(["'self'", *(f"'sha256-{h}'" for h in script_hashes)])
+    return (f"default-src 'self'; script-src {scripts}; img-src 'self' blob: data:; base-uri 'none'; "
+            "frame-ancestors 'none'")
+
+
+class ServiceMiddleware:
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_score_bytes: int, known_models,
+                 access_log: bool = True, api_keys: list[str] = (), metrics_public: bool = True,
+                 open_paths: tuple[str, ...] = (), open_prefixes: tuple[str, ...] = (),
+                 origins: list[str] = (), page_prefixes: tuple[str, ...] = ()):
+        self.app = app
+        self.api_keys = [k.encode() for k in api_keys]
+        # What holds no data needs no key (a browser's navigation cannot send one): health, the docs, the page.
+        self.open_paths = OPEN_PATHS | set(open_paths) | ({"/metrics"} if metrics_public else set())
+        self.open_prefixes = open_prefixes
+        # Origins besides the service's own whose pages may change state (CORS_ORIGINS); "*" allows any.
+        self.origins = {o.lower().rstrip("/") for o in origins}
+        self.page_policy = (b"content-security-policy", content_security_policy().encode())
+        self.page_prefixes = page_prefixes
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.max_score_bytes = max_score_bytes  # file scoring streams its body, so it may be far larger
+        self.known_models = known_models  # callable: name -> bool (keeps metric labels bounded)
+        self.access_log = access_log
+        # Request ids: this process's random prefix and a counter (uuid4 per request cost 3% of a worker).
+        self._ids = map(f"{os.urandom(4).hex()}{os.getpid():x}-{{:x}}".format, itertools.count(1))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        rid = _header(scope, REQUEST_ID_HEADER)
+        if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+            rid = next(self._ids)
+        token = request_id.set(rid)
+        status, responded = 500, False
+        limit = self.max_score_bytes if scope["path"].endswith("/score") else self.max_body_bytes
+        length = _header(scope, b"content-length")
+        if length and length.isdigit() and int(length) > limit:
+            receive = _reject_body(limit, int(length))
+        else:
+            receive = _count_body(receive, limit)
+
+        extra = [(REQUEST_ID_HEADER, rid.encode("latin-1")), NOSNIFF]
+        if scope["path"].startswith(self.page_prefixes):
+            extra.append(self.page_policy)
+
+        async def send_with_id(message):
+            nonlocal status, responded
+            if message["type"] == "http.response.start":
+                status, responded = message["status"], True
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        try:
+            if (origin := self._foreign_origin(scope)) is not None:
+                await _forbidden(scope, receive, send_with_id, origin)
+            elif self.api_keys and not self._open(scope["path"]) and not self._authorized(scope):
+                await _unauthorized(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if responded:  # the status is on the wire already: nothing better can be sent
+                raise
+            # Rendered here, not by Starlette's outermost handler, so a 500 carries its request id too.
+            await render_error(Request(scope), exc)(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            name = scope.get("path_params", {}).get("name", "")
+            model = name if name and self.known_models(name) else ""
+            self.metrics.request_done(model, endpoint, status, seconds)
+            if self.access_log:
+                log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
+                                           "ms": round(seconds * 1000, 2)})
+            request_id.reset(token)
+
+    def _foreign_origin(self, scope) -> str | None:
+        """The Origin of a browser's state-changing request from a page that is neither this service's nor
+        allowed by CORS_ORIGINS. Browsers send Origin with every POST; a page may send some POSTs (no body, or
+        text/plain) without a CORS preflight, and the service must not act on them. Without an Origin (curl,
+        tritonclient, another server) there is no page to distrust."""
+        if scope["method"] in SAFE_METHODS:
+            return None
+        origin = _header(scope, b"origin")
+        if origin is None or "*" in self.origins or origin.lower() in self.origins:
+            return None
+        host = _header(scope, b"host")
+        if host is not None and origin.lower() == f"{scope['scheme']}://{host.lower()}":
+            return None
+        return origin
+
+    def _open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
+
+    def _authorized(self, scope) -> bool:
+        given = b""
+        for key, value in scope["headers"]:
+            if key == b"x-api-key":
+                given = value.strip()  # as for Bearer: surrounding spaces are not part of a key
+            elif key == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+        # Compare against every key in constant time; the key itself is never logged.
+        return any([hmac.compare_digest(given, key) for key in self.api_keys]) if given else False
+
+
+async def _unauthorized(scope, receive, send) -> None:
+    message = "missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY"
+    response = error_response(Request(scope), 401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+    await response(scope, receive, send)
+
+
+async def _forbidden(scope, receive, send, origin: str) -> None:
+    exc = Forbidden(f"a page from origin {origin[:80]!r} may not change this service's state: only the service's "
+                    "own origin and those in RNNSERVE_CORS_ORIGINS may")
+    await render_error(Request(scope), exc)(scope, receive, send)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _too_large(limit: int) -> HTTPException:
+    # FastAPI re-raises HTTPException from body parsing, so this reaches the 413 handler intact.
+    return HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+
+
+def _reject_body(limit: int, length: int):
+    async def receive():
+        raise _too_large(limit)
+
+    return receive
+
+
+def _count_body(receive, limit: int):
+    seen = 0
+
+    async def counted():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _too_large(limit)
+        return message
+
+    return counted

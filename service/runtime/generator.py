@@ -1,0 +1,140 @@
+"""TextGenerator: runs a character language-model package, one character at a time.
+
+The package's graph is step-wise (training/onnx_rnn.py `stepwise_lm`): ids and each layer's state in, the
+next character's logits and the states out. A prompt runs in windows of PROMPT_WINDOW characters, each
+carrying the state of the one before (exact, and a generation's memory is bounded whatever the prompt's
+length); then every step feeds the sampled character and the carried state, so the prefix is never
+recomputed. Steps go through the model's batcher:
+concurrent generations share onnxruntime runs (rows of equal length are stacked), run in the batcher's
+worker thread, and other models' batchers are untouched.
+
+    lm = TextGenerator.open("models/reuters-char-lm/1")
+    text = "".join([c async for c in lm.generate("Oil prices", Sampling(max_chars=80, temperature=0.5, seed=7))])
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import numpy as np
+
+from rnnserve.service.core.errors import InvalidInput, Overloaded, PayloadTooLarge
+from rnnserve.service.core.package import PackageError
+from rnnserve.service.core.tokenizer import Tokenizer
+from rnnserve.service.runtime.base import ModelRuntime
+
+# Characters of a prompt per run. One run's memory grows with its length (a 100,000-character prompt in one
+# run took ~240 MB, kept by onnxruntime's arena); windows of this size cost a few MB at max_batch_size rows.
+PROMPT_WINDOW = 256
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_chars: int = 200
+    temperature: float = 1.0  # 0: always the most probable character
+    top_k: int = 0  # 0: every character; else only the k most probable
+    seed: int | None = None  # the same seed, prompt and settings give the same text
+
+
+class TextGenerator(ModelRuntime):
+    tasks = ("text-generation",)
+
+    def __init__(self, package, session, options, observer=None):
+        self.tokenizer = Tokenizer(package.tokenizer)
+        spec = package.tokenizer
+        self.first_id = spec.index_from + 1  # ids below are padding and unseen characters: never sampled
+        self.chars = spec.words[: self.tokenizer.max_id - spec.index_from]
+        self.states = package.metadata["state"]  # [{"input", "output", "shape": [1, null, H]}]
+        self.active = 0
+        self._none_active = asyncio.Event()
+        self._none_active.set()
+        super().__init__(package, session, options, observer)
+
+    def check(self, warm_up: bool) -> None:
+        """One step on the highest id, which also warms the session (cheap: no warm-up batches needed)."""
+        out = self.run_batch([(np.array([self.tokenizer.max_id]), self.zero_state())])
+        if out[0][0].shape != (len(self.chars) + self.first_id,):
+            raise PackageError(f"the model's logits do not cover the tokenizer's {len(self.chars)} characters")
+
+    def zero_state(self) -> list[np.ndarray]:
+        return [np.zeros((1, s["shape"][2]), np.float32) for s in self.states]
+
+    def run_batch(self, rows: list[tuple[np.ndarray, list[np.ndarray]]]) -> list:
+        """Rows of (ids, states) -> (logits [V], states) each; rows of equal length share one run."""
+        out: list = [None] * len(rows)
+        by_length: dict[int, list[int]] = {}
+        for i, (ids, _) in enumerate(rows):
+            by_length.setdefault(len(ids), []).append(i)
+        names = [self.package.metadata["output"]["name"], *(s["output"] for s in self.states)]
+        for members in by_length.values():
+            feeds = {self.package.metadata["input"]["name"]: np.stack([rows[i][0] for i in members])}
+            for k, s in enumerate(self.states):  # per row [1, H] -> [1, N, H]
+                feeds[s["input"]] = np.stack([rows[i][1][k] for i in members], axis=1)
+            logits, *states = self.session.session.run(names, feeds)
+            for j, i in enumerate(members):
+                out[i] = (logits[j], [st[:, j] for st in states])
+        return out
+
+    def encode_prompt(self, prompt: str) -> np.ndarray:
+        ids, _ = self.tokenizer.encode(prompt)
+        if not ids:
+            raise InvalidInput("the prompt is empty: give at least one character to continue")
+        return np.array(ids, np.int64)
+
+    def sample(self, logits: np.ndarray, how: Sampling, rng: np.random.Generator) -> int:
+        z = logits[self.first_id:].astype(np.float64)
+        if how.temperature == 0:
+            return self.first_id + int(z.argmax())
+        if 0 < how.top_k < len(z):
+            z[z < np.partition(z, -how.top_k)[-how.top_k]] = -np.inf
+        # The maximum comes off before the division: a tiny temperature then sends the others to -inf (p = 0),
+        # never inf - inf (NaN).
+        with np.errstate(over="ignore"):  # -inf is what a vanishing temperature means for the others
+            p = np.exp((z - z.max()) / how.temperature)
+        return self.first_id + int(rng.choice(len(p), p=p / p.sum()))
+
+    async def generate(self, prompt: str, how: Sampling, max_chars: int | None = None,
+                       max_generations: int | None = None) -> AsyncIterator[str]:
+        """The characters that follow the prompt, one at a time. The limits are checked when the first
+        character is asked for: InvalidInput (422) for an empty prompt, PayloadTooLarge (413) past max_chars,
+        Overloaded (503) with max_generations already running. Once started, the generation counts as running
+        until it ends or is closed (a client that goes away closes it)."""
+        ids = self.encode_prompt(prompt)
+        if max_chars is not None and how.max_chars > max_chars:
+            raise PayloadTooLarge(f"max_chars {how.max_chars} is over the limit of {max_chars}")
+        if max_generations is not None and self.active >= max_generations:
+            raise Overloaded(f"model {self.name!r} is running {self.active} generations, its limit; retry later")
+        rng = np.random.default_rng(how.seed)
+        self.active += 1  # no await since the check: concurrent requests cannot both pass it
+        self._none_active.clear()
+        try:
+            state = self.zero_state()
+            for start in range(0, len(ids), PROMPT_WINDOW):
+                (logits, state), = await self.batcher.submit([(ids[start:start + PROMPT_WINDOW], state)])
+            for n in range(how.max_chars):
+                i = self.sample(logits, how, rng)
+                yield self.chars[i - self.first_id]
+                if n + 1 < how.max_chars:  # the last character needs no step after it
+                    (logits, state), = await self.batcher.submit([(np.array([i]), state)])
+        finally:
+            self.active -= 1
+            if not self.active:
+                self._none_active.set()
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Generations already running finish on this copy first (up to grace_s): between two of their steps
+        the batcher is idle, so a reload or unload would otherwise cut them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        try:
+            await asyncio.wait_for(self._none_active.wait(), grace_s)
+        except TimeoutError:
+            pass
+        await super().close(max(0.0, deadline - loop.time()))
+
+    def describe(self) -> dict:
+        return super().describe() | {"characters": len(self.chars), "vocab_size": self.package.tokenizer.vocab_size,
+                                     "tokenizer": self.tokenizer.implementation}
+

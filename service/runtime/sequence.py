@@ -1,0 +1,59 @@
+"""SequenceModel: runs a numeric-sequence package (classification or regression, one output per sequence or
+per step). Requests queue their sequences; the batcher stacks them, normalises them with the package's
+statistics (service/core/sequences.py, as in training) and runs onnxruntime in its worker thread.
+
+    with SequenceModel.open("models/waves-next/1") as model:
+        model.predict_batch(np.zeros((2, 10, 1), np.float32))   # [2, 1] values
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from rnnserve.service.core.sequences import as_sequences, normalize
+from rnnserve.service.runtime.base import ModelRuntime
+
+
+class SequenceModel(ModelRuntime):
+    tasks = ("sequence-classification", "sequence-regression")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """[T, F]: steps and features per step."""
+        steps, features = self.package.metadata["input"]["shape"][1:]
+        return steps, features
+
+    @property
+    def per_step(self) -> bool:
+        return len(self.package.metadata["output"]["shape"]) == 3
+
+    def check(self, warm_up: bool) -> None:
+        if warm_up:
+            self.session.warm_up(np.zeros((1, *self.shape), np.float32))
+
+    def run_batch(self, rows: list[np.ndarray]) -> np.ndarray:
+        """Stacked, normalised and run: class probabilities [N, C], or values [N, 1] / [N, T, 1]."""
+        x = normalize(np.stack(rows), self.package.metadata["input"].get("normalization"))
+        return self.session.run(x)
+
+    def as_input(self, values) -> np.ndarray:
+        """A request's nested lists -> float32 [N, T, F], or InvalidInput naming the shape this model takes."""
+        return as_sequences(values, *self.shape)
+
+    async def predict(self, x: np.ndarray) -> np.ndarray:
+        """x [N, T, F] through the batcher (in runs of max_batch_size, coalesced with other callers)."""
+        step = self.batcher.max_batch_size
+        parts = await asyncio.gather(*(self.batcher.submit(list(x[i:i + step])) for i in range(0, len(x), step)))
+        return np.concatenate(parts)
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        step = self.batcher.max_batch_size
+        return np.concatenate([self.run_batch(list(x[i:i + step])) for i in range(0, len(x), step)])
+
+    def describe(self) -> dict:
+        steps, features = self.shape
+        return super().describe() | {"input": {"steps": steps, "features": features,
+                                               "normalization": self.package.metadata["input"].get("normalization")},
+                                     "per_step": self.per_step}

@@ -1,0 +1,181 @@
+"""TextClassifier: runs a text classifier package. Servers call `await predict(texts)`: requests queue their
+raw texts, and the batcher's worker thread tokenizes the whole batch (compiled tokenizer, GIL released) and
+runs onnxruntime, off the event loop. Offline code calls `predict_batch(texts)` synchronously.
+
+    with TextClassifier.open("models/imdb-lstm/1") as clf:
+        result = clf.predict_batch(["a moving film", "dull and far too long"])
+        clf.labels[result.probs.argmax(1)[0]]
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from rnnserve.service.core.errors import Overloaded, PayloadTooLarge
+from rnnserve.service.core.package import Package, PackageError
+from rnnserve.service.core.tokenizer import Tokenizer, TokenStats
+from rnnserve.service.runtime import explain
+from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
+from rnnserve.service.runtime.batcher import BatchObserver
+from rnnserve.service.runtime.session import OnnxModel
+
+
+@dataclass
+class Classified:
+    """Class probabilities [N, C] and what the tokenizer did, for N texts in order."""
+
+    probs: np.ndarray
+    stats: list[TokenStats]
+
+    def __len__(self) -> int:
+        return len(self.stats)
+
+    def __getitem__(self, rows: slice) -> "Classified":
+        return Classified(self.probs[rows], self.stats[rows])
+
+    @staticmethod
+    def concat(parts: list["Classified"]) -> "Classified":
+        return Classified(np.concatenate([p.probs for p in parts]), [s for p in parts for s in p.stats])
+
+
+@dataclass(frozen=True)
+class Occluded:
+    """One variant of an explanation: a text's unpadded ids with some positions left out. A row of a
+    TextClassifier batch like a text; its ids are built in the run that takes it."""
+
+    ids: np.ndarray  # int64 [L], shared by all the variants of one text
+    drop: tuple[int, ...]  # positions left out
+
+    def encode(self) -> list[int]:
+        return np.delete(self.ids, self.drop).tolist()
+
+
+@dataclass
+class Explanation:
+    """The text's own prediction, the label explained (its index), and every word with its contribution."""
+
+    prediction: Classified
+    label: int
+    words: list[explain.Word]
+    method: str
+    window: int
+    runs: int  # texts run: the text and each variant
+
+
+class TextClassifier(ModelRuntime):
+    """Runs a text classifier: raw texts [N] -> class probabilities [N, C] (float32) and TokenStats, through
+    the batcher (`predict`, `explain`) or here and now (`predict_batch`)."""
+
+    tasks = ("text-classification",)
+
+    def __init__(self, package: Package, session: OnnxModel, options: RuntimeOptions = RuntimeOptions(),
+                 observer: BatchObserver | None = None):
+        self.tokenizer = Tokenizer(package.tokenizer)
+        self.explaining = 0  # explanations running now
+        super().__init__(package, session, options, observer)
+
+    def check(self, warm_up: bool) -> None:
+        if warm_up:
+            self.session.warm_up(np.ones((1, self.package.maxlen), dtype=np.int64))
+        try:
+            self.session.run(np.full((1, self.package.maxlen), self.tokenizer.max_id, dtype=np.int64))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error says which node refused
+            raise PackageError(f"the model does not take the tokenizer's ids up to {self.tokenizer.max_id} (an "
+                               f"embedding smaller than the vocabulary?): {str(exc)[:300]}") from None
+
+    @property
+    def dynamic_length(self) -> bool:
+        """Masked models ignore padding: pad to the longest text, not to maxlen (short texts cost little)."""
+        return bool(self.package.metadata.get("dynamic_length", False))
+
+    def run_batch(self, rows: list[str | Occluded]) -> Classified:
+        """Tokenize and classify texts (and explanations' variants) in one onnxruntime run (the batcher's
+        worker thread calls this)."""
+        if all(type(row) is str for row in rows):
+            ids, stats = self.tokenizer(rows, dynamic=self.dynamic_length)
+        else:
+            ids, stats = self._mixed_ids(rows)
+        return Classified(self.session.run(ids), stats)
+
+    def _mixed_ids(self, rows: list[str | Occluded]) -> tuple[np.ndarray, list[TokenStats]]:
+        maxlen = self.package.maxlen
+        seqs, stats = [], []
+        for row in rows:
+            seq, oov = (row.encode(), 0) if isinstance(row, Occluded) else self.tokenizer.encode(row)
+            seqs.append(seq)
+            stats.append(TokenStats(tokens=min(len(seq), maxlen), oov=oov, truncated=len(seq) > maxlen))
+        return self.tokenizer.pad(seqs, dynamic=self.dynamic_length), stats
+
+    def _chunks(self, texts: list[str]) -> tuple[list[list[str]], np.ndarray | None]:
+        """Texts in runs of at most max_batch_size. For masked models, sorted by length first (undone by the
+        returned order), so each run pads to texts of like length instead of the longest of all."""
+        step = self.batcher.max_batch_size
+        order = None
+        if self.dynamic_length and len(texts) > step:
+            order = np.argsort([len(t) for t in texts], kind="stable")
+            texts = [texts[i] for i in order]
+        return [texts[i:i + step] for i in range(0, len(texts), step)], order
+
+    @staticmethod
+    def _join(parts: list[Classified], order: np.ndarray | None) -> Classified:
+        out = parts[0] if len(parts) == 1 else Classified.concat(parts)
+        if order is None:
+            return out
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return Classified(out.probs[back], [out.stats[i] for i in back])
+
+    async def predict(self, texts: list[str]) -> Classified:
+        """Classify texts through the batcher, coalesced with concurrent callers. Raises Overloaded when full."""
+        chunks, order = self._chunks(texts)
+        if len(chunks) == 1:
+            return await self.batcher.submit(chunks[0])
+        return self._join(await asyncio.gather(*(self.batcher.submit(c) for c in chunks)), order)
+
+    async def explain(self, text: str, label: int | None = None, method: str = "occlusion", window: int = 5,
+                      max_words: int | None = None, max_explanations: int | None = None) -> Explanation:
+        """Each word's contribution to one label's probability (the predicted label by default), by occlusion
+        (service/runtime/explain.py). The words are read off the event loop; the text and its variants then go
+        through the batcher one run of max_batch_size at a time, in the background: /predict requests go
+        before an explanation's next run. Each run's ids are built in the run. Raises PayloadTooLarge past max_words
+        (counted before any word is read) and Overloaded with max_explanations already running."""
+        if max_explanations is not None and self.explaining >= max_explanations:
+            raise Overloaded(f"model {self.name!r} is running {self.explaining} explanations, its limit; "
+                             "retry later")
+        self.explaining += 1  # no await since the check: concurrent requests cannot both pass it
+        try:
+            words, ids = await asyncio.to_thread(self._read_words, text, max_words)
+            groups = explain.occlusion_groups(words, method, window)
+            ids = np.array(ids, np.int64)
+            rows = [text, *(Occluded(ids, drop) for drop in explain.left_out(words, groups))]
+            step = self.batcher.max_batch_size
+            result = Classified.concat([await self.batcher.submit(rows[i:i + step], background=True)
+                                        for i in range(0, len(rows), step)])
+        finally:
+            self.explaining -= 1
+        probs = result.probs
+        if label is None:
+            label = int(probs[0].argmax())
+        explain.attribute(words, groups, float(probs[0, label]), probs[1:, label].tolist())
+        return Explanation(result[:1], label, words, method, window if method == "window" else 1, len(result))
+
+    def _read_words(self, text: str, max_words: int | None) -> tuple[list[explain.Word], list[int]]:
+        if max_words is not None and (n := self.tokenizer.count_words(text)) > max_words:
+            raise PayloadTooLarge(f"the text has {n} words; at most {max_words} can be explained")
+        return explain.read_words(self.tokenizer, text)
+
+    def predict_batch(self, texts: list[str]) -> Classified:
+        """Classify texts here and now, in runs of max_batch_size (offline use: no event loop needed)."""
+        chunks, order = self._chunks(texts)
+        return self._join([self.run_batch(c) for c in chunks], order)
+
+    def describe(self) -> dict:
+        return super().describe() | {
+            "padding": self.package.tokenizer.padding,
+            "truncating": self.package.tokenizer.truncating,
+            "vocab_size": self.package.tokenizer.vocab_size,
+            "tokenizer": self.tokenizer.implementation,
+        }
