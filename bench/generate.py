@@ -40,10 +40,10 @@ def recompute_prefix(lm: TextGenerator, chars: int) -> float:
 
 async def stepwise(lm: TextGenerator, chars: int, concurrent: int) -> float:
     """Step-wise generations through the runtime (greedy), all characters per second."""
-    how = Sampling(max_chars=chars, temperature=0)
+    sampling = Sampling(max_chars=chars, temperature=0)
 
     async def one() -> int:
-        return len([c async for c in lm.generate(PROMPT, how)])
+        return len([c async for c in lm.generate(PROMPT, sampling)])
 
     started = time.perf_counter()
     total = sum(await asyncio.gather(*(one() for _ in range(concurrent))))

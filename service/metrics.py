@@ -24,7 +24,8 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.inference = Histogram("rnnserve_inference_seconds", "onnxruntime run time per batch", ["model"],
                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.texts = Counter("rnnserve_texts_total", "Texts classified", ["model"], registry=r)
+        self.texts = Counter("rnnserve_texts_total", "Inputs run by a model (texts, sequences, explanation "
+                             "variants, generation steps)", ["model"], registry=r)
         self.models_loaded = Gauge("rnnserve_models_loaded", "Model versions loaded and ready", registry=r)
         self.models_failed = Gauge("rnnserve_models_failed", "Model packages that failed to load", registry=r)
         self._request_children: dict[tuple[str, str, int], tuple] = {}
@@ -47,9 +48,11 @@ class Metrics:
         latency.observe(seconds)
 
     def batch_observer(self, model: str):
-        size, wait, run = (m.labels(model=model) for m in (self.batch_size, self.queue_wait, self.inference))
+        size, wait, run, texts = (m.labels(model=model) for m in (self.batch_size, self.queue_wait, self.inference,
+                                                                  self.texts))
 
         def observe(rows: int, waits: list[float], seconds: float) -> None:
+            texts.inc(rows)
             size.observe(rows)
             run.observe(seconds)
             for w in waits:

@@ -32,15 +32,11 @@ class Registry:
     metrics: Metrics
     models: dict[str, dict[int, ModelRuntime]] = field(default_factory=dict)
     failures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> version -> reason
-    loaded_once: bool = False
+    ready: bool = False  # the repository has been loaded once (readiness)
     # One load or unload per name at a time: concurrent ones for a name each built a copy, and the copies
     # they superseded were never closed (memory and threads leaked).
     _locks: dict[str, asyncio.Lock] = field(default_factory=lambda: collections.defaultdict(asyncio.Lock),
                                             init=False, repr=False)
-
-    @property
-    def ready(self) -> bool:
-        return self.loaded_once
 
     def options(self) -> RuntimeOptions:
         s = self.settings
@@ -78,7 +74,7 @@ class Registry:
             log.error("model repository does not exist", extra={"path": str(root)})
         for path in scan_repository(root):
             await self.load_path(path)
-        self.loaded_once = True
+        self.ready = True
         _refreeze()
         log.info("model repository loaded", extra={"loaded": sum(map(len, self.models.values())),
                                                    "failed": sum(map(len, self.failures.values()))})
@@ -172,7 +168,7 @@ class Registry:
             if name in self.failures:
                 reasons = "; ".join(f"v{v}: {r}" for v, r in self.failures[name].items())
                 raise NotReady(f"model {echo(name)} is not available: {reasons}")
-            if not self.loaded_once:
+            if not self.ready:
                 raise NotReady("models are still loading")
             raise NotFound(f"model {echo(name)} not found")
         if version is None:
@@ -204,9 +200,11 @@ class Registry:
         failed = self.failures.get(name, {})
         if not versions and not failed:
             raise NotFound(f"model {echo(name)} not found")
-        latest = versions[max(versions)].describe() if versions else {"name": name, "state": "failed"}
+        # A version in the registry has loaded, been checked and warmed: ready.
+        latest = versions[max(versions)].describe() | {"state": "ready"} if versions else {"name": name,
+                                                                                          "state": "failed"}
         return latest | {
-            "versions": [v.describe() for _, v in sorted(versions.items())],
+            "versions": [v.describe() | {"state": "ready"} for _, v in sorted(versions.items())],
             "failed_versions": [{"version": v, "reason": r} for v, r in sorted(failed.items())],
         }
 

@@ -16,9 +16,11 @@ class ServiceError(Exception):
     code = "internal_error"
     headers: dict[str, str] = {}
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
+        if headers:
+            self.headers = {**type(self).headers, **headers}
 
 
 class BadRequest(ServiceError):
@@ -31,6 +33,7 @@ class ClientGone(ServiceError):
 
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(ServiceError):
@@ -39,6 +42,10 @@ class Forbidden(ServiceError):
 
 class NotFound(ServiceError):
     status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, code = 405, "method_not_allowed"
 
 
 class PayloadTooLarge(ServiceError):
@@ -51,6 +58,10 @@ class UnsupportedMediaType(ServiceError):
 
 class InvalidInput(ServiceError):
     status, code = 422, "invalid_input"
+
+
+class HeaderTooLarge(ServiceError):
+    status, code = 431, "header_too_large"
 
 
 class NotReady(ServiceError):

@@ -8,12 +8,14 @@ the moment the previous response has been sent. A request being computed or stre
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from rnnserve.service.core.errors import HeaderTooLarge
+from rnnserve.service.http.errors import error_body
 from rnnserve.service.settings import Settings
 
 log = logging.getLogger("rnnserve.http")
@@ -85,8 +87,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         limit = limits().max_header_bytes
-        body = json.dumps({"error": {"code": "header_too_large",
-                                     "message": f"request line and headers exceed {limit} bytes"}}).encode()
+        body = orjson.dumps(error_body(HeaderTooLarge(f"request line and headers exceed {limit} bytes")))
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self.transport.close()

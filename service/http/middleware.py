@@ -12,8 +12,8 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from rnnserve.service.core.errors import Forbidden
-from rnnserve.service.http.errors import error_response, render_error
+from rnnserve.service.core.errors import Forbidden, Unauthorized, echo
+from rnnserve.service.http.errors import render_error
 from rnnserve.service.logs import request_id
 from rnnserve.service.metrics import Metrics
 
@@ -84,11 +84,10 @@ class ServiceMiddleware:
 
         try:
             if (origin := self._foreign_origin(scope)) is not None:
-                await _forbidden(scope, receive, send_with_id, origin)
-            elif self.api_keys and not self._open(scope["path"]) and not self._authorized(scope):
-                await _unauthorized(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
+                raise _forbidden(origin)
+            if self.api_keys and not self._open(scope["path"]) and not self._authorized(scope):
+                raise Unauthorized(UNAUTHORIZED)
+            await self.app(scope, receive, send_with_id)
         except Exception as exc:
             if responded:  # the status is on the wire already: nothing better can be sent
                 raise
@@ -135,16 +134,12 @@ class ServiceMiddleware:
         return any([hmac.compare_digest(given, key) for key in self.api_keys]) if given else False
 
 
-async def _unauthorized(scope, receive, send) -> None:
-    message = "missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY"
-    response = error_response(Request(scope), 401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
-    await response(scope, receive, send)
+def _forbidden(origin: str) -> Forbidden:
+    return Forbidden(f"a page from origin {echo(origin)} may not change this service's state: only the service's "
+                     "own origin and those in RNNSERVE_CORS_ORIGINS may")
 
 
-async def _forbidden(scope, receive, send, origin: str) -> None:
-    exc = Forbidden(f"a page from origin {origin[:80]!r} may not change this service's state: only the service's "
-                    "own origin and those in RNNSERVE_CORS_ORIGINS may")
-    await render_error(Request(scope), exc)(scope, receive, send)
+UNAUTHORIZED = "missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY"
 
 
 def _header(scope, name: bytes) -> str | None:

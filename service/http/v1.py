@@ -140,8 +140,8 @@ async def generate(name: str, request: Request) -> Response:
     check_json(request)
     body = await parse(request, parse_generate)
     check_limits([body.prompt], 1, state.settings.max_text_chars)
-    how = Sampling(body.max_chars, body.temperature, body.top_k, body.seed)
-    chars = model.generate(body.prompt, how, state.settings.max_generate_chars, state.settings.max_generations)
+    sampling = Sampling(body.max_chars, body.temperature, body.top_k, body.seed)
+    chars = model.generate(body.prompt, sampling, state.settings.max_generate_chars, state.settings.max_generations)
     first = await anext(chars)  # the limits and the prompt's errors answer here, before any event is sent
     if body.stream:
         return StreamingResponse(_events(first, chars), media_type="text/event-stream",

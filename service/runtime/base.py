@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rnnserve.service.core.package import Package, PackageError, check_io, read_package
 from rnnserve.service.runtime.batcher import Batcher, BatchObserver
-from rnnserve.service.runtime.session import OnnxModel
+from rnnserve.service.runtime.session import OrtSession
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ModelRuntime:
 
     tasks: tuple[str, ...] = ()  # the package tasks this runtime runs
 
-    def __init__(self, package: Package, session: OnnxModel, options: RuntimeOptions = RuntimeOptions(),
+    def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
                  observer: BatchObserver | None = None):
         self.package, self.session = package, session
         serving = package.metadata.get("serving", {})
@@ -58,7 +58,7 @@ class ModelRuntime:
         if package.task not in cls.tasks:
             raise PackageError(f"{package.name} is a {package.task} package; {cls.__name__} runs "
                                f"{' and '.join(cls.tasks)} packages")
-        session = OnnxModel(path / "model.onnx", options.provider, options.intra_op_threads,
+        session = OrtSession(path / "model.onnx", options.provider, options.intra_op_threads,
                             package.metadata["input"]["name"], package.metadata["output"]["name"])
         check_io(package, session.inputs(), session.outputs())
         runtime = cls(package, session, options, observer)
@@ -68,6 +68,11 @@ class ModelRuntime:
             runtime.batcher.shutdown()
             raise
         return runtime
+
+    @property
+    def warm_up_sizes(self) -> tuple[int, ...]:
+        """Batch sizes a warm-up runs: one request, and the largest batch this runtime forms."""
+        return (1, self.batcher.max_batch_size)
 
     def check(self, warm_up: bool) -> None:
         """Run the model once on inputs at the edge of what it will get (and warm it up)."""
@@ -96,7 +101,6 @@ class ModelRuntime:
         return {
             "name": self.name,
             "version": self.version,
-            "state": "ready",
             "task": self.task,
             "labels": self.labels,
             "architecture": meta.get("architecture", {}),

@@ -72,7 +72,7 @@ class TextGenerator(ModelRuntime):
             feeds = {self.package.metadata["input"]["name"]: np.stack([rows[i][0] for i in members])}
             for k, s in enumerate(self.states):  # per row [1, H] -> [1, N, H]
                 feeds[s["input"]] = np.stack([rows[i][1][k] for i in members], axis=1)
-            logits, *states = self.session.session.run(names, feeds)
+            logits, *states = self.session.run_outputs(names, feeds)
             for j, i in enumerate(members):
                 out[i] = (logits[j], [st[:, j] for st in states])
         return out
@@ -83,40 +83,40 @@ class TextGenerator(ModelRuntime):
             raise InvalidInput("the prompt is empty: give at least one character to continue")
         return np.array(ids, np.int64)
 
-    def sample(self, logits: np.ndarray, how: Sampling, rng: np.random.Generator) -> int:
+    def sample(self, logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
         z = logits[self.first_id:].astype(np.float64)
-        if how.temperature == 0:
+        if sampling.temperature == 0:
             return self.first_id + int(z.argmax())
-        if 0 < how.top_k < len(z):
-            z[z < np.partition(z, -how.top_k)[-how.top_k]] = -np.inf
+        if 0 < sampling.top_k < len(z):
+            z[z < np.partition(z, -sampling.top_k)[-sampling.top_k]] = -np.inf
         # The maximum comes off before the division: a tiny temperature then sends the others to -inf (p = 0),
         # never inf - inf (NaN).
         with np.errstate(over="ignore"):  # -inf is what a vanishing temperature means for the others
-            p = np.exp((z - z.max()) / how.temperature)
+            p = np.exp((z - z.max()) / sampling.temperature)
         return self.first_id + int(rng.choice(len(p), p=p / p.sum()))
 
-    async def generate(self, prompt: str, how: Sampling, max_chars: int | None = None,
+    async def generate(self, prompt: str, sampling: Sampling, max_chars: int | None = None,
                        max_generations: int | None = None) -> AsyncIterator[str]:
         """The characters that follow the prompt, one at a time. The limits are checked when the first
         character is asked for: InvalidInput (422) for an empty prompt, PayloadTooLarge (413) past max_chars,
         Overloaded (503) with max_generations already running. Once started, the generation counts as running
         until it ends or is closed (a client that goes away closes it)."""
         ids = self.encode_prompt(prompt)
-        if max_chars is not None and how.max_chars > max_chars:
-            raise PayloadTooLarge(f"max_chars {how.max_chars} is over the limit of {max_chars}")
+        if max_chars is not None and sampling.max_chars > max_chars:
+            raise PayloadTooLarge(f"max_chars {sampling.max_chars} is over the limit of {max_chars}")
         if max_generations is not None and self.active >= max_generations:
             raise Overloaded(f"model {self.name!r} is running {self.active} generations, its limit; retry later")
-        rng = np.random.default_rng(how.seed)
+        rng = np.random.default_rng(sampling.seed)
         self.active += 1  # no await since the check: concurrent requests cannot both pass it
         self._none_active.clear()
         try:
             state = self.zero_state()
             for start in range(0, len(ids), PROMPT_WINDOW):
                 (logits, state), = await self.batcher.submit([(ids[start:start + PROMPT_WINDOW], state)])
-            for n in range(how.max_chars):
-                i = self.sample(logits, how, rng)
+            for n in range(sampling.max_chars):
+                i = self.sample(logits, sampling, rng)
                 yield self.chars[i - self.first_id]
-                if n + 1 < how.max_chars:  # the last character needs no step after it
+                if n + 1 < sampling.max_chars:  # the last character needs no step after it
                     (logits, state), = await self.batcher.submit([(np.array([i]), state)])
         finally:
             self.active -= 1

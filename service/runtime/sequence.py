@@ -31,7 +31,7 @@ class SequenceModel(ModelRuntime):
 
     def check(self, warm_up: bool) -> None:
         if warm_up:
-            self.session.warm_up(np.zeros((1, *self.shape), np.float32))
+            self.session.warm_up(np.zeros((1, *self.shape), np.float32), self.warm_up_sizes)
 
     def run_batch(self, rows: list[np.ndarray]) -> np.ndarray:
         """Stacked, normalised and run: class probabilities [N, C], or values [N, 1] / [N, T, 1]."""

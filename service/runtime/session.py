@@ -44,8 +44,9 @@ def choose_providers(setting: str) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-class OnnxModel:
-    """One InferenceSession; run() is safe to call from one worker thread at a time per batcher."""
+class OrtSession:
+    """One onnxruntime InferenceSession with the provider and threads chosen for this server; `run` is called
+    from one worker thread at a time (the model's batcher)."""
 
     def __init__(self, path: Path, provider: str = "auto", intra_op_threads: int = 0,
                  input_name: str = "input_ids", output_name: str = "probabilities"):
@@ -60,28 +61,35 @@ class OnnxModel:
         opts.add_session_config_entry("session.use_env_allocators", "1")
         wanted = choose_providers(provider)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         except Exception:
             if wanted[0] != CUDA or provider == "cuda":
                 raise
             log.warning("CUDA session failed; falling back to CPU", extra={"model_path": str(path)})
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
-        self.provider = self.session.get_providers()[0]
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+        self.provider = self._session.get_providers()[0]
         if provider == "auto" and self.provider != CUDA:
             log.info("using CPUExecutionProvider (no usable CUDA)", extra={"model_path": str(path)})
         self.threads = opts.intra_op_num_threads
         self.input_name, self.output_name = input_name, output_name
 
-    def inputs(self):
-        return self.session.get_inputs()
+    def inputs(self) -> list:
+        """The graph's inputs (onnxruntime NodeArgs: name, type, shape)."""
+        return self._session.get_inputs()
 
-    def outputs(self):
-        return self.session.get_outputs()
+    def outputs(self) -> list:
+        return self._session.get_outputs()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        """The main input (e.g. int64 ids [N, T] or float32 sequences [N, T, F]) -> the main output (e.g.
+        float32 probabilities [N, C])."""
+        return self._session.run([self.output_name], {self.input_name: x})[0]
 
-    def warm_up(self, example: np.ndarray, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
+    def run_outputs(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Any outputs from any inputs (graphs with carried state)."""
+        return self._session.run(names, feeds)
+
+    def warm_up(self, example: np.ndarray, batch_sizes: tuple[int, ...]) -> None:
         """Run batches of one example row repeated, so the first requests find the session's memory ready."""
         for n in batch_sizes:
             self.run(np.repeat(example, n, axis=0))

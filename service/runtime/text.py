@@ -20,7 +20,7 @@ from rnnserve.service.core.tokenizer import Tokenizer, TokenStats
 from rnnserve.service.runtime import explain
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
 from rnnserve.service.runtime.batcher import BatchObserver
-from rnnserve.service.runtime.session import OnnxModel
+from rnnserve.service.runtime.session import OrtSession
 
 
 @dataclass
@@ -71,7 +71,7 @@ class TextClassifier(ModelRuntime):
 
     tasks = ("text-classification",)
 
-    def __init__(self, package: Package, session: OnnxModel, options: RuntimeOptions = RuntimeOptions(),
+    def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
                  observer: BatchObserver | None = None):
         self.tokenizer = Tokenizer(package.tokenizer)
         self.explaining = 0  # explanations running now
@@ -79,7 +79,7 @@ class TextClassifier(ModelRuntime):
 
     def check(self, warm_up: bool) -> None:
         if warm_up:
-            self.session.warm_up(np.ones((1, self.package.maxlen), dtype=np.int64))
+            self.session.warm_up(np.ones((1, self.package.maxlen), dtype=np.int64), self.warm_up_sizes)
         try:
             self.session.run(np.full((1, self.package.maxlen), self.tokenizer.max_id, dtype=np.int64))
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error says which node refused

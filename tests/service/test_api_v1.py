@@ -115,3 +115,14 @@ def test_metrics_exposed(api):
                  "rnnserve_models_loaded 2.0"):
         assert name in text
     assert 'endpoint="/v1/models/{name}/predict",model="sentiment-lstm",status="200"' in text
+
+
+def test_texts_total_counts_every_input_run(api):
+    def texts_total() -> float:
+        line = next(x for x in api.get("/metrics").text.splitlines()
+                    if x.startswith('rnnserve_texts_total{model="topics-gru"}'))
+        return float(line.split()[-1])
+
+    before = texts_total()
+    assert api.post("/v1/models/topics-gru/predict", json={"texts": ["a", "b", "c"]}).status_code == 200
+    assert texts_total() == before + 3

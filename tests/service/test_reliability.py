@@ -358,9 +358,9 @@ def test_a_text_that_fails_alone_does_not_fail_its_block(model_repo, tmp_path):
 
     async def main():
         from rnnserve.service.core.package import read_package
-        from rnnserve.service.runtime.session import OnnxModel
+        from rnnserve.service.runtime.session import OrtSession
 
-        clf = TextClassifier(read_package(package), OnnxModel(package / "model.onnx", "cpu", 1))
+        clf = TextClassifier(read_package(package), OrtSession(package / "model.onnx", "cpu", 1))
 
         async def chunks():
             yield body
