@@ -6,7 +6,7 @@ extra). The public API, importable from here:
 
     from rnnserve import open_model
     with open_model("models/imdb-lstm/1") as model:          # TextClassifier, SequenceModel or TextGenerator
-        model.predict_batch(["a moving film"]).probs          # float32 [N, C]
+        model.predict_batch(["a moving film"]).probabilities    # float32 [N, C]
 
 - `open_model(path, options=RuntimeOptions())`: the runtime for a package's task (PackageError if invalid).
 - `TextClassifier`, `SequenceModel`, `TextGenerator`, `RuntimeOptions`: the runtimes and their options.

@@ -19,7 +19,7 @@ from rnnserve.service.cpus import usable_cpus
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
 from rnnserve.service.runtime.loader import open_model
-from rnnserve.service.runtime.text import Classified
+from rnnserve.service.runtime.text import ClassificationResult
 from rnnserve.service.settings import Settings
 
 log = logging.getLogger("rnnserve.registry")
@@ -28,6 +28,11 @@ T = TypeVar("T")
 
 @dataclass
 class Registry:
+    """The server's models: every NAME/VERSION under the repository, loaded as runtimes. `get(name, version)`
+    gives the current copy (NotFound 404, NotReady 503 while loading or when every version failed, WrongTask
+    422 for an operation the task does not fit); `load`/`unload` change them without a restart, one at a time
+    per name, a new copy validated and warmed before it replaces the old, which finishes what it was given."""
+
     settings: Settings
     metrics: Metrics
     models: dict[str, dict[int, ModelRuntime]] = field(default_factory=dict)
@@ -189,7 +194,7 @@ class Registry:
             return model, await work(model)
 
     async def predict(self, name: str, version: str | int | None,
-                      texts: list[str]) -> tuple[ModelRuntime, Classified]:
+                      texts: list[str]) -> tuple[ModelRuntime, ClassificationResult]:
         return await self.call(name, version, lambda model: model.predict(texts))
 
     def names(self) -> list[str]:

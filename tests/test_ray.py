@@ -82,8 +82,8 @@ def test_ray_data_reads_json_lines_and_parquet_and_keeps_every_row(cluster, mode
     pq.write_table(pa.table({"id": ["p1", "p2", "p3"], "text": ["great acting", None, "boring"]}),
                    tmp_path / "in" / "part-2.parquet")
     out = tmp_path / "out"
-    summary = score_files(str(tmp_path / "in"), str(model_repo / "topics-gru" / "1"), str(out), "jsonl",
-                          probabilities=True)
+    summary = score_files(str(tmp_path / "in"), str(model_repo / "topics-gru" / "1"), str(out),
+                          output_format="jsonl", probabilities=True)
     assert summary == {"rows": 8, "scored": 4, "errors": 4}
     rows = [json.loads(line) for f in sorted(out.iterdir()) for line in f.read_text().splitlines()]
     rows.sort(key=lambda r: (r["file"], r["row"]))

@@ -31,7 +31,7 @@ SPEC_FORMAT = "keras-word-index/1"
 class TokenStats:
     """What happened to one text on its way to the model."""
 
-    tokens: int  # ids kept after padding/truncation, start_char included, padding excluded
+    kept: int  # ids kept after padding/truncation, start_char included, padding excluded
     oov: int  # words mapped to oov_char (rare words) or dropped (unknown words)
     truncated: bool
 
@@ -263,7 +263,7 @@ class Tokenizer:
             x = self.pad([ids for ids, _ in encoded], maxlen, dynamic)
         else:
             x, counts = self._fast_batch(list(texts), maxlen, dynamic)
-        return x, [TokenStats(tokens=min(n, maxlen), oov=oov, truncated=n > maxlen) for n, oov in counts]
+        return x, [TokenStats(kept=min(n, maxlen), oov=oov, truncated=n > maxlen) for n, oov in counts]
 
     def _fast_batch(self, texts: list[str], maxlen: int, dynamic: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
         x = np.zeros((len(texts), maxlen), dtype=np.int64)

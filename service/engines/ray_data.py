@@ -163,19 +163,19 @@ class ScoreBatches:
         """Probabilities and, per text, None or why it failed: a failed run is retried text by text, so only
         the texts that fail alone become error rows."""
         try:
-            return self.model.predict_batch(texts).probs, [None] * len(texts)
+            return self.model.predict_batch(texts).probabilities, [None] * len(texts)
         except Exception:  # noqa: BLE001 - narrowed down below, text by text
             probs = np.full((len(texts), len(self.model.labels)), np.nan, dtype=np.float32)
             failed: list[str | None] = [None] * len(texts)
             for i, text in enumerate(texts):
                 try:
-                    probs[i] = self.model.predict_batch([text]).probs[0]
+                    probs[i] = self.model.predict_batch([text]).probabilities[0]
                 except Exception as exc:  # noqa: BLE001 - this text's own failure, reported in its row
                     failed[i] = str(exc)
             return probs, failed
 
 
-def score_dataset(ds: ray.data.Dataset, package: str, actors: int = 1, probabilities: bool = False,
+def score_dataset(ds: ray.data.Dataset, package: str, *, actors: int = 1, probabilities: bool = False,
                   threads: int = 1, batch_size: int = 256) -> ray.data.Dataset:
     """Rows of (file, row, id, text, error), as TextFiles reads them, -> scored rows (file, row, id, label,
     score, error[, p_LABEL...]): one output row per input row. `actors` runtimes, each with `threads`
@@ -186,7 +186,7 @@ def score_dataset(ds: ray.data.Dataset, package: str, actors: int = 1, probabili
                           batch_size=batch_size, concurrency=actors, num_cpus=1, batch_format="numpy")
 
 
-def score_files(source: str | list[str], package: str, output: str, output_format: str = "parquet",
+def score_files(source: str | list[str], package: str, output: str, *, output_format: str = "parquet",
                 actors: int = 1, text_column: str = "text", id_column: str | None = None, fmt: str | None = None,
                 probabilities: bool = False, threads: int = 1, batch_size: int = 256) -> dict:
     """Score files (a path, a directory, a URI, or a list of them) with a package, writing a directory of
@@ -196,7 +196,8 @@ def score_files(source: str | list[str], package: str, output: str, output_forma
     # Reading takes no CPU reservation: it costs a fraction of scoring, and N actors may then use N CPUs (a read
     # task waiting for a CPU that the actors hold would wait for ever).
     rows = ray.data.read_datasource(files, num_cpus=0)
-    scored = score_dataset(rows, package, actors, probabilities, threads, batch_size)
+    scored = score_dataset(rows, package, actors=actors, probabilities=probabilities, threads=threads,
+                           batch_size=batch_size)
     if len(files.files) == 1:
         scored = scored.drop_columns(["file"])
     scored = scored.materialize()  # scored rows are small (no text): kept for the write and the counts

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnserve.service.runtime.text import Classified
+from rnnserve.service.runtime.text import ClassificationResult
 
 
-def to_predictions(labels: list[str], result: Classified, top_k: int = 1,
+def to_predictions(labels: list[str], result: ClassificationResult, top_k: int = 1,
                    return_probabilities: bool = False) -> list[dict]:
-    preds = class_predictions(labels, result.probs, top_k, return_probabilities)
-    for pred, st in zip(preds, result.stats):
-        pred["tokens"] = {"kept": st.tokens, "oov": st.oov, "truncated": st.truncated}
+    preds = class_predictions(labels, result.probabilities, top_k, return_probabilities)
+    for pred, st in zip(preds, result.token_stats):
+        pred["tokens"] = {"kept": st.kept, "oov": st.oov, "truncated": st.truncated}
     return preds
 
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from rnnserve.service.core.errors import ClientGone, InvalidInput, PayloadTooLarge, ServiceError
 from rnnserve.service.http.body import VERSION_PARAMETER, path_version
 from rnnserve.service.http.v1 import ERRORS
-from rnnserve.service.runtime.text import Classified
+from rnnserve.service.runtime.text import ClassificationResult
 from rnnserve.service.scoring.pipeline import RowReader, RowWriter, format_of, maybe_gunzip, score_stream
 from rnnserve.service.scoring.spool import BodySpool
 
@@ -159,7 +159,7 @@ async def _score(request: Request, name: str, version: str | None, fmt, text_col
     reader = RowReader(fmt, text_column, id_column, settings.max_text_chars)
     writer = RowWriter(output, model.labels, probabilities)
 
-    async def classify(texts: list[str]) -> Classified:
+    async def classify(texts: list[str]) -> ClassificationResult:
         # Each block goes to the current copy: a reload swaps copies under a long stream. Once the model is
         # unloaded, each block becomes error rows (NotFound) and the stream still ends with its summary.
         return (await registry.predict(name, pinned, texts))[1]

@@ -109,7 +109,7 @@ async def infer(name: str, request: Request) -> Response:
         header, texts = await parse(request, lambda body: _read_request(body, header_length, limit))
         check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
         model, result = await state.registry.predict(name, version, texts)
-        probs = result.probs
+        probs = result.probabilities
     else:
         shape = model.shape
         header, x = await parse(request, lambda body: _read_sequence_request(body, header_length, shape, limit))

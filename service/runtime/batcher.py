@@ -39,6 +39,10 @@ class BatchSizeMismatch(RuntimeError):
 
 
 class Batcher:
+    """Coalesces `submit(rows)` calls into `run_batch(list)` calls of at most max_batch_size rows, run one at a
+    time in a worker thread; run_batch's result must be sliceable by row and as long as its input. Raises
+    Overloaded when max_queue requests wait, ModelClosed after close()."""
+
     def __init__(self, run_batch: Callable[[list], Any], max_batch_size: int = 64, max_delay_s: float = 0.0,
                  max_queue: int = 2048, observer: BatchObserver | None = None, name: str = "model"):
         self._run_batch = run_batch

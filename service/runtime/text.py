@@ -4,7 +4,7 @@ runs onnxruntime, off the event loop. Offline code calls `predict_batch(texts)` 
 
     with TextClassifier.open("models/imdb-lstm/1") as clf:
         result = clf.predict_batch(["a moving film", "dull and far too long"])
-        clf.labels[result.probs.argmax(1)[0]]
+        clf.labels[result.probabilities.argmax(1)[0]]
 """
 
 from __future__ import annotations
@@ -24,21 +24,23 @@ from rnnserve.service.runtime.session import OrtSession
 
 
 @dataclass
-class Classified:
-    """Class probabilities [N, C] and what the tokenizer did, for N texts in order."""
+class ClassificationResult:
+    """What a text classifier gives N texts, in order: float32 class probabilities [N, C] and what the
+    tokenizer did with each text."""
 
-    probs: np.ndarray
-    stats: list[TokenStats]
+    probabilities: np.ndarray
+    token_stats: list[TokenStats]
 
     def __len__(self) -> int:
-        return len(self.stats)
+        return len(self.token_stats)
 
-    def __getitem__(self, rows: slice) -> "Classified":
-        return Classified(self.probs[rows], self.stats[rows])
+    def __getitem__(self, rows: slice) -> "ClassificationResult":
+        return ClassificationResult(self.probabilities[rows], self.token_stats[rows])
 
     @staticmethod
-    def concat(parts: list["Classified"]) -> "Classified":
-        return Classified(np.concatenate([p.probs for p in parts]), [s for p in parts for s in p.stats])
+    def concat(parts: list["ClassificationResult"]) -> "ClassificationResult":
+        return ClassificationResult(np.concatenate([p.probabilities for p in parts]),
+                                    [s for p in parts for s in p.token_stats])
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Occluded:
 class Explanation:
     """The text's own prediction, the label explained (its index), and every word with its contribution."""
 
-    prediction: Classified
+    prediction: ClassificationResult
     label: int
     words: list[explain.Word]
     method: str
@@ -91,14 +93,14 @@ class TextClassifier(ModelRuntime):
         """Masked models ignore padding: pad to the longest text, not to maxlen (short texts cost little)."""
         return bool(self.package.metadata.get("dynamic_length", False))
 
-    def run_batch(self, rows: list[str | Occluded]) -> Classified:
+    def run_batch(self, rows: list[str | Occluded]) -> ClassificationResult:
         """Tokenize and classify texts (and explanations' variants) in one onnxruntime run (the batcher's
         worker thread calls this)."""
         if all(type(row) is str for row in rows):
             ids, stats = self.tokenizer(rows, dynamic=self.dynamic_length)
         else:
             ids, stats = self._mixed_ids(rows)
-        return Classified(self.session.run(ids), stats)
+        return ClassificationResult(self.session.run(ids), stats)
 
     def _mixed_ids(self, rows: list[str | Occluded]) -> tuple[np.ndarray, list[TokenStats]]:
         maxlen = self.package.maxlen
@@ -106,7 +108,7 @@ class TextClassifier(ModelRuntime):
         for row in rows:
             seq, oov = (row.encode(), 0) if isinstance(row, Occluded) else self.tokenizer.encode(row)
             seqs.append(seq)
-            stats.append(TokenStats(tokens=min(len(seq), maxlen), oov=oov, truncated=len(seq) > maxlen))
+            stats.append(TokenStats(kept=min(len(seq), maxlen), oov=oov, truncated=len(seq) > maxlen))
         return self.tokenizer.pad(seqs, dynamic=self.dynamic_length), stats
 
     def _chunks(self, texts: list[str]) -> tuple[list[list[str]], np.ndarray | None]:
@@ -120,15 +122,15 @@ class TextClassifier(ModelRuntime):
         return [texts[i:i + step] for i in range(0, len(texts), step)], order
 
     @staticmethod
-    def _join(parts: list[Classified], order: np.ndarray | None) -> Classified:
-        out = parts[0] if len(parts) == 1 else Classified.concat(parts)
+    def _join(parts: list[ClassificationResult], order: np.ndarray | None) -> ClassificationResult:
+        out = parts[0] if len(parts) == 1 else ClassificationResult.concat(parts)
         if order is None:
             return out
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
-        return Classified(out.probs[back], [out.stats[i] for i in back])
+        return ClassificationResult(out.probabilities[back], [out.token_stats[i] for i in back])
 
-    async def predict(self, texts: list[str]) -> Classified:
+    async def predict(self, texts: list[str]) -> ClassificationResult:
         """Classify texts through the batcher, coalesced with concurrent callers. Raises Overloaded when full."""
         chunks, order = self._chunks(texts)
         if len(chunks) == 1:
@@ -152,11 +154,11 @@ class TextClassifier(ModelRuntime):
             ids = np.array(ids, np.int64)
             rows = [text, *(Occluded(ids, drop) for drop in explain.left_out(words, groups))]
             step = self.batcher.max_batch_size
-            result = Classified.concat([await self.batcher.submit(rows[i:i + step], background=True)
+            result = ClassificationResult.concat([await self.batcher.submit(rows[i:i + step], background=True)
                                         for i in range(0, len(rows), step)])
         finally:
             self.explaining -= 1
-        probs = result.probs
+        probs = result.probabilities
         if label is None:
             label = int(probs[0].argmax())
         explain.attribute(words, groups, float(probs[0, label]), probs[1:, label].tolist())
@@ -167,7 +169,7 @@ class TextClassifier(ModelRuntime):
             raise PayloadTooLarge(f"the text has {n} words; at most {max_words} can be explained")
         return explain.read_words(self.tokenizer, text)
 
-    def predict_batch(self, texts: list[str]) -> Classified:
+    def predict_batch(self, texts: list[str]) -> ClassificationResult:
         """Classify texts here and now, in runs of max_batch_size (offline use: no event loop needed)."""
         chunks, order = self._chunks(texts)
         return self._join([self.run_batch(c) for c in chunks], order)

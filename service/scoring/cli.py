@@ -115,9 +115,10 @@ def score_ray(args, fmt: str | None) -> dict:
         raise CliError("--engine ray writes a directory of files: pass -o DIRECTORY")
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
     try:
-        return score_files(args.input, args.package, args.output, args.output_format, args.actors,
-                           args.text_column, args.id_column, fmt, args.probabilities, max(1, args.threads),
-                           args.batch_size)
+        return score_files(args.input, args.package, args.output, output_format=args.output_format,
+                           actors=args.actors, text_column=args.text_column, id_column=args.id_column, fmt=fmt,
+                           probabilities=args.probabilities, threads=max(1, args.threads),
+                           batch_size=args.batch_size)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
     finally:

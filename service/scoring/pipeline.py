@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from rnnserve.service.core.errors import BadRequest, PayloadTooLarge, ServiceError, echo
-from rnnserve.service.runtime.text import Classified
+from rnnserve.service.runtime.text import ClassificationResult
 
 InputFormat = Literal["csv", "jsonl", "text"]
 OutputFormat = Literal["jsonl", "csv"]
@@ -248,7 +248,7 @@ def _csv_line(values: list) -> str:
     return out.getvalue()
 
 
-Classify = Callable[[list[str]], Awaitable[Classified]]
+Classify = Callable[[list[str]], Awaitable[ClassificationResult]]
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -298,7 +298,7 @@ async def _one_by_one(rows: list[Row], classify: Classify, exc: Exception, label
             row.error = f"inference failed: {exc}"
             continue
         try:
-            probs.append((await classify([row.text])).probs[0])
+            probs.append((await classify([row.text])).probabilities[0])
             scored.append(row)
         except Exception as alone:  # noqa: BLE001 - this text's own failure, reported in its row
             row.error = f"inference failed: {alone}"
@@ -340,7 +340,8 @@ async def score_stream(chunks: AsyncIterator[bytes], reader: RowReader, writer: 
                 break
             ok = [r for r in block if r.error is None]
             try:
-                probs = (await classify([r.text for r in ok])).probs if ok else np.zeros((0, len(writer.labels)))
+                probs = ((await classify([r.text for r in ok])).probabilities if ok
+                         else np.zeros((0, len(writer.labels))))
             except Exception as exc:  # noqa: BLE001 - a failed block becomes error rows; nothing is lost
                 ok, probs = await _one_by_one(ok, classify, exc, len(writer.labels))
             counts["rows"] += len(block)

@@ -126,7 +126,8 @@ def test_words_the_model_never_sees_are_reported():
         out = asyncio.run(clf.explain(short))
     assert [(w.text, w.status, w.id) for w in out.words][1] == (rare, "oov", 2)
     check_against_offline({"label": clf.labels[out.label], "runs": out.runs,
-                           "prediction": {"probabilities": dict(zip(clf.labels, out.prediction.probs[0].tolist()))},
+                           "prediction": {"probabilities": dict(zip(clf.labels,
+                                                                    out.prediction.probabilities[0].tolist()))},
                            "words": [w.to_dict() for w in out.words]}, IMDB, short, clf.labels)
 
 

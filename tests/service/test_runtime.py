@@ -32,7 +32,7 @@ def test_predict_and_predict_batch_equal_onnxruntime(model_repo, model):
     with TextClassifier.open(model_repo / model / "1", RuntimeOptions(max_batch_size=16)) as clf:
         offline = clf.predict_batch(texts)
         assert clf.tokenizer.implementation in ("c", "python")
-    assert np.allclose(offline.probs, expected, atol=1e-6) and len(offline.stats) == len(texts)
+    assert np.allclose(offline.probabilities, expected, atol=1e-6) and len(offline.token_stats) == len(texts)
 
     async def served():
         clf = TextClassifier.open(model_repo / model / "1", RuntimeOptions(max_batch_size=16))
@@ -43,9 +43,9 @@ def test_predict_and_predict_batch_equal_onnxruntime(model_repo, model):
         return whole, singles
 
     whole, singles = asyncio.run(served())
-    assert np.allclose(whole.probs, expected, atol=1e-6)
-    assert [s.tokens for s in whole.stats] == [s.tokens for s in offline.stats]
-    assert np.allclose(np.concatenate([s.probs for s in singles]), expected[:10], atol=1e-6)
+    assert np.allclose(whole.probabilities, expected, atol=1e-6)
+    assert [s.kept for s in whole.token_stats] == [s.kept for s in offline.token_stats]
+    assert np.allclose(np.concatenate([s.probabilities for s in singles]), expected[:10], atol=1e-6)
 
 
 def test_overload_and_close_answer_every_caller(model_repo):

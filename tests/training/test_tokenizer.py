@@ -66,13 +66,13 @@ def test_padding_and_truncation_sides(padding, truncating, expected):
     x, stats = tok(["the movie", "the movie good bad the movie"])
     assert x.tolist() == expected
     assert [s.truncated for s in stats] == [False, True]
-    assert [s.tokens for s in stats] == [3, 6]
+    assert [s.kept for s in stats] == [3, 6]
 
 
 def test_empty_text_is_all_padding_but_start():
     x, stats = Tokenizer(spec())([""])
     assert x.tolist() == [[0, 0, 0, 0, 0, 1]]
-    assert stats[0].tokens == 1
+    assert stats[0].kept == 1
 
 
 def test_spec_round_trip_and_rejects_bad_specs(tmp_path):
