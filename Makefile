@@ -6,14 +6,18 @@ TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: serve test bench bundled-models clean
+.PHONY: serve test docs bench bundled-models clean
 
 serve: $(VENV)/.installed-serve
 	$(PY) -m rnnserve.service
 
 test: $(VENV)/.installed-dev $(TOOLS)/.installed
 	$(VENV)/bin/ruff check .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest
+
+docs: $(VENV)/.installed-dev  # the documentation site as static files in site/
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/load.py
@@ -39,4 +43,4 @@ $(TOOLS)/.installed:
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(TOOLS) runs .pytest_cache
+	rm -rf $(VENV) $(TOOLS) runs .pytest_cache site

@@ -14,7 +14,7 @@ import json
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,7 +66,7 @@ def main() -> int:
     print(f"{machine()}; median of {args.texts} raw IMDB reviews each; milliseconds per text")
     print(f"{'model':16} {'texts':22} {'words':>6} {'predict':>8} {'occlusion':>10} {'window=5':>9}")
     rows = asyncio.run(run_all(args.models.split(","), sets))
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "results": rows}
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "explain.json").write_text(json.dumps(report, indent=2))

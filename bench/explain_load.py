@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -98,7 +98,7 @@ def main() -> int:
     finally:
         stop_server(proc)
         shutil.rmtree(repo.parent, ignore_errors=True)
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model, "explains_at_once": args.explains, "rounds": args.rounds,
               "max_explanations": args.max_explanations or "default", "text_chars": len(text),
               "answered": codes.count(200), "refused_503": codes.count(503),

@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ def main() -> int:
     rows = asyncio.run(run(args))
     out = ROOT / "bench" / "results" / "generate.json"
     out.write_text(json.dumps({"machine": machine(), "model": args.model, "chars": args.chars, "chars_per_s": rows,
-                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2))
+                               "at": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2))
     return 0
 
 

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -90,7 +90,7 @@ def main() -> int:
     }
     if not args.no_granian:
         servers["rnnserve, --server granian"] = (lambda port: service + [str(port), "--server", "granian"], False)
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model, "duration_s": args.duration, "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (cmd, is_baseline) in servers.items():

@@ -46,16 +46,16 @@ def main() -> int:
         vocab = pkg.tokenizer.vocab_size
         lat = {b: median_ms(session, rng.integers(1, vocab, (b, pkg.maxlen)).astype(np.int64), args.repeat)
                for b in (1, 64)}
-        test = meta["metrics"]["test"]
-        arch = meta["architecture"]
+        test = meta.metrics["test"]
+        arch = meta.architecture
         rows.append({
             "model": pkg.name, "cell": arch["cell"], "layers": arch["layers"], "bidirectional": arch["bidirectional"],
-            "pooling": meta["training"].get("pooling", "last"), "params": arch["params"], "maxlen": pkg.maxlen,
+            "pooling": meta.training.get("pooling", "last"), "params": arch["params"], "maxlen": pkg.maxlen,
             "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "ensemble": arch.get("ensemble", 1),
-            "validation": meta["metrics"].get("validation", {}).get("accuracy"),
+            "validation": meta.metrics.get("validation", {}).get("accuracy"),
             "reference": REFERENCE.get(pkg.name, f"{TUTORIAL_ACCURACY[pkg.name]:.2%} (tutorial)"
                                        if pkg.name in TUTORIAL_ACCURACY else "-"),
-            "train_seconds": meta["training"]["train_seconds"], "epochs": meta["training"]["epochs_run"],
+            "train_seconds": meta.training["train_seconds"], "epochs": meta.training["epochs_run"],
             "package_mb": sum(f.stat().st_size for f in path.iterdir()) / 1e6,
             "onnx_mb": (path / "model.onnx").stat().st_size / 1e6,
             "latency_b1_ms": lat[1], "latency_b64_ms": lat[64],

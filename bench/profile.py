@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -87,7 +87,7 @@ def main() -> int:
     print(f"{machine()}; one worker at c=64 ({rps} req/s while sampled); {busy} busy samples")
     for name, share in sorted(shares.items(), key=lambda kv: -kv[1]):
         print(f"{share * 100:5.1f}%  {name}")
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model, "requests_per_s": float(rps), "busy_samples": busy, "shares": shares}
     (out / "profile.json").write_text(json.dumps(report, indent=2))
     return 0

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -152,7 +152,7 @@ def main() -> int:
         sys.exit("wrk is not installed (apt-get install wrk)")
     package = max((ROOT / "models" / args.model).iterdir(), key=lambda p: int(p.name))
     print(f"{machine()}; model {args.model}")
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_data:

@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -87,7 +87,7 @@ def main() -> int:
     rows = sum(1 for _ in out.open())
     results["CLI (local, process start included), 25,000 reviews"] = {"rows": rows, "seconds": seconds,
                                                                        "texts_per_s": rows / seconds}
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model, "results": results}
     for name, r in results.items():
         extra = f", server peak RSS {r['server_peak_rss_mb']:.0f} MB over {r['processes']} processes (before " \

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -54,7 +54,7 @@ def main() -> int:
             rss_end = sum(rss_mb(p) for p in server_pids(proc.pid))
     finally:
         stop_server(proc)
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model, "minutes": args.minutes, "max_requests_per_s": peak["requests_per_s"],
               "target_requests_per_s": target, "achieved_requests_per_s": soak["requests_per_s"],
               "p50_ms": soak["p50_ms"], "p99_ms": soak["p99_ms"], "errors": soak["errors"],

@@ -15,7 +15,7 @@ import multiprocessing
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -67,7 +67,7 @@ def main() -> int:
     finally:
         stop_server(proc)
     during = sorted(ms * 1000 for t, ms in samples if any(a <= t <= b for a, b in spans))
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "model": args.model, "body_bytes": len(body), "big_requests": len(spans),
               "big_request_ms_median": statistics.median((b - a) * 1000 for a, b in spans),
               "probes_during": len(during), "probe_p50_ms": statistics.median(during),

@@ -13,7 +13,7 @@ import json
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,7 +51,7 @@ def main() -> int:
     print(f"{'batch':>6} {'reference':>10} {'compiled':>9} {'speed-up':>9}")
     for r in rows:
         print(f"{r['batch']:6d} {r['reference_us']:10.1f} {r['compiled_us']:9.1f} {r['speedup']:8.1f}x")
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "package": args.package, "reviews": len(texts), "mean_chars": chars, "results": rows}
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "tokenizer.json").write_text(json.dumps(report, indent=2))

@@ -9,9 +9,10 @@ import asyncio
 import collections
 import gc
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 from rnnserve.service.core.errors import ModelClosed, NotFound, NotReady, WrongTask, echo
 from rnnserve.service.core.package import NAME_RE, VERSION_RE, PackageError, scan_repository

@@ -19,6 +19,26 @@ from starlette.testclient import TestClient
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (RNNSERVE_CI=1) a skipped test fails: a skip there means missing tooling (Docker, Chromium,
+    kubectl, the data), and a green run must have run everything."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("RNNSERVE_CI") == "1" and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome, report.longrepr = "failed", f"skipped in CI, where nothing may be: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped at collection (pytest.importorskip)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("RNNSERVE_CI") == "1":
+        report.outcome, report.longrepr = "failed", f"skipped in CI, where nothing may be: {report.longrepr}"
 DATA_DIR = Path(os.environ.get("RNNSERVE_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 

@@ -48,7 +48,7 @@ def test_recorded_accuracy_is_recomputed_and_meets_target(name, data_dir):
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_packages_are_native_and_small(name):
     pkg = package(name)
-    ops = pkg.metadata["onnx"]["op_types"]
+    ops = pkg.metadata.onnx.op_types
     assert "Loop" not in ops and {"RNN", "GRU", "LSTM"} & set(ops)
     size = sum(f.stat().st_size for f in pkg.path.iterdir())
     assert size < 25 * 1024 * 1024
@@ -69,7 +69,7 @@ def test_the_bundled_sequence_model_and_language_model_over_http(bundled_server)
 
     x = waves("waves-next", 8, 10, seed=99)[0][:, :10, None]
     pkg = package("waves-lstm-tutorial")
-    offline = onnx_predict(pkg.path, normalize(x, pkg.metadata["input"]["normalization"]))
+    offline = onnx_predict(pkg.path, normalize(x, pkg.metadata.input.normalization))
     r = httpx.post(f"{bundled_server.url}/v1/models/waves-lstm-tutorial/predict", json={"sequences": x.tolist()})
     assert np.abs(np.array([p["value"] for p in r.json()["predictions"]]) - offline[:, 0]).max() < 1e-6
     body = {"prompt": "The company said ", "max_chars": 200, "temperature": 0.5, "seed": 3}
@@ -80,7 +80,7 @@ def test_the_bundled_sequence_model_and_language_model_over_http(bundled_server)
 
 @pytest.mark.parametrize("name", sorted(TARGETS) + ["imdb-lstm-tutorial", "waves-lstm-tutorial", "reuters-char-rnn"])
 def test_export_gate_was_passed(name):
-    parity = package(name).metadata["parity"]
+    parity = package(name).metadata.parity
     examples = 100 if name == "reuters-char-rnn" else 1000  # the language model: 100 windows of 100 steps each
     assert parity["examples"] >= examples and parity["max_abs_diff"] <= 1e-5 and parity["label_disagreements"] == 0
 

@@ -17,7 +17,7 @@ from tests.conftest import ROOT, free_port
 
 IMAGE = "rnnserve:test"
 # 350 MB was the target with 54 MB of bundled packages; the four ensembles of issue 15 added about 40 MB of
-# weights (README, Docker), so the limit keeps the 350 MB of everything else plus today's packages.
+# weights (docs/deployment.md, Docker), so the limit keeps the 350 MB of everything else plus today's packages.
 MAX_IMAGE_MB = 400
 
 

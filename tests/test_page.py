@@ -23,7 +23,7 @@ from tests.conftest import Server, in_process, real_reviews
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is in the [dev] extra")
 CHROMIUM = os.environ.get("RNNSERVE_CHROMIUM") or next(
     filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-# RNNSERVE_SCREENSHOTS=docs refreshes the README's screenshot; by default it goes to a temporary folder.
+# RNNSERVE_SCREENSHOTS=docs refreshes docs/page.png (README and site); by default it goes to a temporary folder.
 SCREENSHOTS = os.environ.get("RNNSERVE_SCREENSHOTS")
 REVIEW = ("One of the best films I have seen this year: a moving story, superb acting and a wonderful score. "
           "The middle drags a little and the ending is predictable, but I would gladly watch it again.")

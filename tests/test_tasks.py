@@ -28,8 +28,8 @@ def offline(package_dir, x: np.ndarray) -> np.ndarray:
     """The package's own ONNX file and statistics, without the service."""
     meta = read_package(package_dir).metadata
     session = ort.InferenceSession(str(package_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    x = normalize(x, meta["input"].get("normalization"))
-    return session.run([meta["output"]["name"]], {meta["input"]["name"]: x})[0]
+    x = normalize(x, meta.input.normalization)
+    return session.run([meta.output.name], {meta.input.name: x})[0]
 
 
 def waves(n: int, seed: int) -> np.ndarray:
@@ -41,13 +41,13 @@ def waves(n: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("name", SEQUENCE_MODELS)
 def test_sequence_packages_declare_their_input_and_pass_parity(task_repo, name):
     meta = read_package(task_repo / name / "1").metadata
-    assert meta["input"]["name"] == "sequences" and meta["input"]["shape"] == [None, 10, 1]
-    stats = meta["input"]["normalization"]
+    assert meta.input.name == "sequences" and meta.input.shape == [None, 10, 1]
+    stats = meta.input.normalization
     assert len(stats["mean"]) == len(stats["std"]) == 1 and stats["std"][0] > 0
-    assert meta["parity"]["max_abs_diff"] <= 1e-5 and meta["parity"]["examples"] == 200
-    assert "LSTM" in meta["onnx"]["op_types"] and "Loop" not in meta["onnx"]["op_types"]
-    assert meta["task"] == {"waves-kind": "sequence-classification"}.get(name, "sequence-regression")
-    assert meta["output"]["shape"] == {"waves-next": [None, 1], "waves-kind": [None, 4],
+    assert meta.parity["max_abs_diff"] <= 1e-5 and meta.parity["examples"] == 200
+    assert "LSTM" in meta.onnx.op_types and "Loop" not in meta.onnx.op_types
+    assert meta.task == {"waves-kind": "sequence-classification"}.get(name, "sequence-regression")
+    assert meta.output.shape == {"waves-next": [None, 1], "waves-kind": [None, 4],
                                        "waves-steps": [None, 10, 1]}[name]
 
 
@@ -156,7 +156,7 @@ def test_char_classifier_serves_what_its_onnx_gives(client, task_repo):
     from rnnserve.service.core.tokenizer import Tokenizer
 
     pkg = read_package(task_repo / "chars" / "1")
-    assert pkg.tokenizer.char_level and pkg.metadata["parity"]["label_disagreements"] == 0
+    assert pkg.tokenizer.char_level and pkg.metadata.parity["label_disagreements"] == 0
     texts = ["A wonderful, moving film!", "Dull. Far too long...", "ÉTÉ 🎬"]
     ids, _ = Tokenizer(pkg.tokenizer)(texts, dynamic=True)
     want = ort.InferenceSession(str(pkg.path / "model.onnx")).run(["probabilities"], {"input_ids": ids})[0]
@@ -184,8 +184,8 @@ def keras_greedy(task_repo, prompt: str, n: int) -> str:
 
 def test_generation_equals_the_keras_model_recomputing_the_prefix(client, task_repo):
     meta = read_package(task_repo / "lm" / "1").metadata
-    assert meta["task"] == "text-generation" and meta["parity"]["max_abs_diff"] <= 1e-5
-    assert [s["input"] for s in meta["state"]] == ["state_in_0", "cell_in_0", "state_in_1", "cell_in_1"]
+    assert meta.task == "text-generation" and meta.parity["max_abs_diff"] <= 1e-5
+    assert [s["input"] for s in meta.state] == ["state_in_0", "cell_in_0", "state_in_1", "cell_in_1"]
     r = client.post("/v1/models/lm/generate", json={"prompt": "The company said", "max_chars": 30,
                                                    "temperature": 0})
     assert r.status_code == 200, r.text

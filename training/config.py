@@ -67,7 +67,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # 0 = off; else stop on val_loss and restore the best weights
     seed: int = 1337
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         positive = ("maxlen", "embedding_dim", "units", "layers", "batch_size", "epochs", "ensemble", "features")
         for name in positive:
             if getattr(self, name) < 1:
@@ -117,7 +117,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -160,7 +160,7 @@ _REUTERS = dict(dataset="reuters", num_words=20000, maxlen=300, embedding_dim=12
 # The strong recurrent models (issue 15): bidirectional masked LSTM/GRU whose outputs are max- and mean-pooled
 # over the real (unpadded) steps, embeddings started from skip-gram vectors learnt on the texts trained on,
 # spatial dropout, AdamW with cosine decay, and three seeds averaged in one graph. Chosen on the validation
-# split (the end of the training split); see the README for what each choice gave.
+# split (the end of the training split); see docs/models.md for what each choice gave.
 _STRONG = dict(pretrained_embeddings="skipgram", embedding_dropout=0.2, bidirectional=True, mask_zero=True,
                pooling="max_mean", head_dropout=0.3, optimizer="adamw", learning_rate=2e-3, lr_schedule="cosine",
                ensemble=3)

@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ from rnnserve.service.core.package import (
     PACKAGE_FORMAT,
     SEQUENCE_INPUT,
     VALUES_OUTPUT,
+    Task,
+    parse_metadata,
 )
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
 from rnnserve.training.config import TrainConfig
@@ -249,9 +251,10 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
             "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "opset": OPSET,
                      "op_types": sorted({n.op_type for n in proto.graph.node})},
             "versions": _library_versions(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         onnx.checker.check_model(proto)
+        parse_metadata(metadata)  # the format the service reads: a wrong field fails here, named
         (stage / "metadata.json").write_text(json.dumps(metadata, indent=2))
         if target.exists():
             shutil.rmtree(target)
@@ -273,7 +276,7 @@ def _text_package(cfg, run, models, data_dir, parity_examples, atol, native):
     parity = parity_gate(models, proto.SerializeToString(), Tokenizer(spec).pad(seqs),
                          Tokenizer(package_spec).pad(seqs, dynamic=dynamic), atol)
     return proto, {"tokenizer.json": package_spec.to_json()}, {
-        "task": "text-classification",
+        "task": Task.TEXT_CLASSIFICATION,
         "labels": labels,
         "architecture": {"vocab_size": spec.vocab_size},
         "dataset": {"name": ds.name, "num_words": cfg.num_words, "load_maxlen": cfg.load_maxlen},
@@ -324,7 +327,7 @@ def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):
                                                            i.type.tensor_type.shape.dim]}
               for i, o in zip(proto.graph.input[1:], proto.graph.output[1:])]
     return proto, {"tokenizer.json": spec.to_json()}, {
-        "task": "text-generation",
+        "task": Task.TEXT_GENERATION,
         "labels": [],
         "architecture": {"vocab_size": spec.vocab_size},
         "dataset": {"characters": len(spec.words)},

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnserve.service.core.package import Task
 from rnnserve.training.data import KERAS_SEED, DataError, shuffled_split
 
 WAVE_KINDS = ["sine", "square", "triangle", "sawtooth"]
@@ -34,8 +35,8 @@ class SequenceData:
     labels: list[str] | None  # class names; None for regression
 
     @property
-    def task(self) -> str:
-        return "sequence-classification" if self.labels else "sequence-regression"
+    def task(self) -> Task:
+        return Task.SEQUENCE_CLASSIFICATION if self.labels else Task.SEQUENCE_REGRESSION
 
     @property
     def per_step(self) -> bool:

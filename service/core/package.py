@@ -1,16 +1,21 @@
-"""Read and validate a model package directory (pure: no onnxruntime, no HTTP).
+"""The model package format: read and validate a package directory (pure: no onnxruntime, no HTTP).
 
-A package is NAME/VERSION/ holding model.onnx, tokenizer.json and metadata.json; the sha256 of
-model.onnx must match the metadata, and the tokenizer spec must load.
+A package is NAME/VERSION/ holding model.onnx, metadata.json (PackageMetadata: written by export, validated
+here, so a bad field is named at export or at load) and, for the tasks that read text, tokenizer.json; the
+sha256 of model.onnx must match the metadata, and the tokenizer spec must load.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
+from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from rnnserve.service.core.errors import ServiceError
 from rnnserve.service.core.tokenizer import TokenizerSpec
@@ -22,9 +27,6 @@ SEQUENCE_INPUT = "sequences"  # numeric-sequence packages: float32 [N, T, F]
 VALUES_OUTPUT = "values"  # sequence regression: [N, 1], or [N, T, 1] per step
 LOGITS_OUTPUT = "logits"  # language models: the next character's logits [N, vocab]
 REQUIRED_FILES = ("model.onnx", "metadata.json")  # and tokenizer.json for the tasks that read text
-TEXT_TASKS = ("text-classification", "text-generation")
-TASKS = (*TEXT_TASKS, "sequence-classification", "sequence-regression")
-CLASSIFICATION_TASKS = ("text-classification", "sequence-classification")
 # Names and versions come from URLs: these patterns keep every lookup inside the repository.
 # Used with fullmatch: "$" alone would let a trailing newline through ("1\n").
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no "..", no "/", no leading dot
@@ -38,25 +40,110 @@ class PackageError(ServiceError):
     status, code = 400, "load_failed"
 
 
+class Task(StrEnum):
+    """What a package's model does; each runtime runs one or more."""
+
+    TEXT_CLASSIFICATION = "text-classification"
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    SEQUENCE_REGRESSION = "sequence-regression"
+    TEXT_GENERATION = "text-generation"
+
+    @property
+    def reads_text(self) -> bool:
+        return self in (Task.TEXT_CLASSIFICATION, Task.TEXT_GENERATION)
+
+    @property
+    def classifies(self) -> bool:
+        return self in (Task.TEXT_CLASSIFICATION, Task.SEQUENCE_CLASSIFICATION)
+
+
+class Normalization(TypedDict):
+    """Per-feature statistics of the fitted sequences: the service feeds (x - mean) / std."""
+
+    mean: list[float]
+    std: list[float]
+
+
+class StateSpec(TypedDict):
+    """One recurrent layer's carried state in a step-wise graph: input and output names, shape [1, N, H]."""
+
+    input: str
+    output: str
+    shape: list[int | None]
+
+
+class TensorSpec(BaseModel):
+    """A graph input or output: its name, dtype and shape (null for a dynamic axis)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    dtype: Literal["int64", "float32"]
+    shape: list[int | None]
+    normalization: Normalization | None = None  # sequence inputs
+
+
+class Serving(BaseModel):
+    """Per-package overrides of the server's batch settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_batch_size: PositiveInt | None = None
+    max_batch_delay_ms: NonNegativeFloat | None = None
+
+
+class OnnxInfo(BaseModel):
+    file: Literal["model.onnx"] = "model.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    opset: int | None = None
+    op_types: list[str] = []
+
+
+class PackageMetadata(BaseModel):
+    """metadata.json. The free-form sections (architecture, dataset, metrics, parity, training, versions)
+    describe where the model came from and how it scored; the rest is what serving reads."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["rnnserve-package/1"]
+    name: str
+    version: int
+    task: Task = Task.TEXT_CLASSIFICATION
+    labels: list[str] = Field(description="class names in output order; empty for regression and generation")
+    maxlen: PositiveInt
+    input: TensorSpec
+    output: TensorSpec
+    dynamic_length: bool = Field(False, description="masked model: pad to the batch's longest text")
+    state: list[StateSpec] = []
+    serving: Serving = Serving()
+    padding: Literal["pre", "post"] | None = None
+    truncating: Literal["pre", "post"] | None = None
+    onnx: OnnxInfo
+    architecture: dict = {}
+    dataset: dict = {}
+    metrics: dict = {}
+    parity: dict = {}
+    training: dict = {}
+    versions: dict = {}
+    created_at: str | None = None
+
+
 @dataclass
 class Package:
     name: str
     version: int
     path: Path
-    metadata: dict
+    metadata: PackageMetadata
     tokenizer: TokenizerSpec | None  # None for numeric-sequence packages
 
     @property
-    def task(self) -> str:
-        return self.metadata.get("task", "text-classification")
+    def task(self) -> Task:
+        return self.metadata.task
 
     @property
     def labels(self) -> list[str]:
-        return self.metadata["labels"]
+        return self.metadata.labels
 
     @property
     def maxlen(self) -> int:
-        return self.metadata["maxlen"]
+        return self.metadata.maxlen
 
     @property
     def plots(self) -> list[str]:
@@ -84,41 +171,47 @@ def read_package(path: str | Path) -> Package:
     if missing:
         raise PackageError(f"missing {', '.join(missing)}")
     try:
-        metadata = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PackageError(f"metadata.json is not readable JSON: {exc}") from exc
-    if not isinstance(metadata, dict) or metadata.get("format") != PACKAGE_FORMAT:
-        raise PackageError(f"metadata.json format is not {PACKAGE_FORMAT!r}")
-    for key in ("labels", "maxlen", "onnx", "input", "output"):
-        if key not in metadata:
-            raise PackageError(f"metadata.json lacks {key!r}")
-    task = metadata.get("task", "text-classification")
-    if task not in TASKS:
-        raise PackageError(f"unknown task {task!r}; this server runs {', '.join(TASKS)}")
-    labels = metadata["labels"]
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise PackageError("metadata labels must be a list of strings")
-    if task in CLASSIFICATION_TASKS and len(labels) < 2:
+        raw = (path / "metadata.json").read_bytes()
+    except OSError as exc:
+        raise PackageError(f"metadata.json is not readable: {exc}") from exc
+    metadata = parse_metadata(raw)
+    task = metadata.task
+    if task.classifies and len(metadata.labels) < 2:
         raise PackageError("a classifier's metadata labels must name two or more classes")
-    if task not in TEXT_TASKS:
-        shape = metadata["input"].get("shape")
-        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape[1:])):
+    if not task.reads_text:
+        shape = metadata.input.shape
+        if not (len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape[1:])):
             raise PackageError(f"a sequence package declares its input shape [null, T, F]; got {shape!r}")
     elif not (path / "tokenizer.json").is_file():
         raise PackageError("missing tokenizer.json")
-    expected = metadata["onnx"].get("sha256")
+    expected = metadata.onnx.sha256
     actual = sha256_file(path / "model.onnx")
     if expected != actual:
-        raise PackageError(f"model.onnx sha256 {actual[:12]}... does not match metadata ({str(expected)[:12]}...)")
+        raise PackageError(f"model.onnx sha256 {actual[:12]}... does not match metadata ({expected[:12]}...)")
     spec = None
-    if task in TEXT_TASKS:
+    if task.reads_text:
         try:
             spec = TokenizerSpec.load(path / "tokenizer.json")
         except (OSError, ValueError, TypeError) as exc:
             raise PackageError(f"tokenizer.json is invalid: {exc}") from exc
-        if spec.maxlen != metadata["maxlen"]:
-            raise PackageError(f"tokenizer maxlen {spec.maxlen} differs from metadata maxlen {metadata['maxlen']}")
+        if spec.maxlen != metadata.maxlen:
+            raise PackageError(f"tokenizer maxlen {spec.maxlen} differs from metadata maxlen {metadata.maxlen}")
     return Package(name=name, version=int(version), path=path, metadata=metadata, tokenizer=spec)
+
+
+def parse_metadata(raw: bytes | str | dict) -> PackageMetadata:
+    """metadata.json (as JSON, or a dict export is about to write) -> PackageMetadata; PackageError naming
+    every field that is wrong."""
+    try:
+        if isinstance(raw, dict):
+            return PackageMetadata.model_validate(raw)
+        return PackageMetadata.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise PackageError("metadata.json is not valid JSON") from None
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'metadata'}: {e['msg']}"
+                           for e in exc.errors(include_url=False))
+        raise PackageError(f"metadata.json: {fields}") from None
 
 
 def check_io(package: Package, inputs: list, outputs: list) -> None:
@@ -126,18 +219,17 @@ def check_io(package: Package, inputs: list, outputs: list) -> None:
     meta = package.metadata
     by_name_in = {i.name: i for i in inputs}
     by_name_out = {o.name: o for o in outputs}
-    states = meta.get("state", [])
-    want_in = [meta["input"]["name"], *(s["input"] for s in states)]
-    want_out = [meta["output"]["name"], *(s["output"] for s in states)]
+    want_in = [meta.input.name, *(s["input"] for s in meta.state)]
+    want_out = [meta.output.name, *(s["output"] for s in meta.state)]
     if list(by_name_in) != want_in:
         raise PackageError(f"model inputs are {list(by_name_in)}, expected {want_in}")
     if not set(want_out) <= set(by_name_out):
         raise PackageError(f"model outputs {list(by_name_out)} lack {sorted(set(want_out) - set(by_name_out))}")
-    if package.task != "text-classification":
+    if package.task != Task.TEXT_CLASSIFICATION:
         shape = by_name_in[want_in[0]].shape
-        if package.task != "text-generation" and [d if isinstance(d, int) else None for d in shape[1:]] != \
-                meta["input"]["shape"][1:]:
-            raise PackageError(f"model input shape {shape} differs from the metadata's {meta['input']['shape']}")
+        if package.task != Task.TEXT_GENERATION and [d if isinstance(d, int) else None for d in shape[1:]] != \
+                meta.input.shape[1:]:
+            raise PackageError(f"model input shape {shape} differs from the metadata's {meta.input.shape}")
         return
     in_shape = by_name_in[INPUT_NAME].shape
     out_shape = by_name_out[OUTPUT_NAME].shape

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import string
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class TokenizerSpec:
         return json.dumps(asdict(self), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TokenizerSpec":
+    def from_dict(cls, data: dict) -> TokenizerSpec:
         if data.get("format") != SPEC_FORMAT:
             raise ValueError(f"unsupported tokenizer format {data.get('format')!r}, expected {SPEC_FORMAT!r}")
         known = set(cls.__dataclass_fields__)
@@ -79,7 +80,7 @@ class TokenizerSpec:
         return spec
 
     @classmethod
-    def load(cls, path: str | Path) -> "TokenizerSpec":
+    def load(cls, path: str | Path) -> TokenizerSpec:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def save(self, path: str | Path) -> None:

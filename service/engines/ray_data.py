@@ -14,9 +14,10 @@ recovered by sorting on them.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,7 @@ import ray
 from ray.data.expressions import col
 
 from rnnserve.service.runtime.base import RuntimeOptions
-from rnnserve.service.runtime.text import TextClassifier
+from rnnserve.service.runtime.text import TextClassifier, classify_each
 from rnnserve.service.scoring.pipeline import SUFFIX_FORMATS, Row, RowReader, format_of
 from rnnserve.service.settings import MAX_TEXT_CHARS
 
@@ -160,19 +161,11 @@ class ScoreBatches:
         return pa.table(columns)
 
     def _classify(self, texts: list[str]) -> tuple[np.ndarray, list[str | None]]:
-        """Probabilities and, per text, None or why it failed: a failed run is retried text by text, so only
-        the texts that fail alone become error rows."""
-        try:
-            return self.model.predict_batch(texts).probabilities, [None] * len(texts)
-        except Exception:  # noqa: BLE001 - narrowed down below, text by text
-            probs = np.full((len(texts), len(self.model.labels)), np.nan, dtype=np.float32)
-            failed: list[str | None] = [None] * len(texts)
-            for i, text in enumerate(texts):
-                try:
-                    probs[i] = self.model.predict_batch([text]).probabilities[0]
-                except Exception as exc:  # noqa: BLE001 - this text's own failure, reported in its row
-                    failed[i] = str(exc)
-            return probs, failed
+        """Probabilities and, per text, None or why it failed (classify_each: the scorer's own rule)."""
+        async def predict(batch: list[str]):
+            return self.model.predict_batch(batch)
+
+        return asyncio.run(classify_each(predict, texts, len(self.model.labels)))
 
 
 def score_dataset(ds: ray.data.Dataset, package: str, *, actors: int = 1, probabilities: bool = False,

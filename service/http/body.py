@@ -4,7 +4,8 @@ and answers encoded with orjson."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from fastapi import Request, Response

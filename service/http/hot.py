@@ -1,7 +1,7 @@
 """The per-text endpoints (/v1 predict, V2 infer), served straight from the ASGI scope.
 
 FastAPI still declares these routes (OpenAPI, /docs) and serves every other one; for these, its routing,
-exception and dependency layers cost about a third of a request's CPU (py-spy, README), so this middleware,
+exception and dependency layers cost about a third of a request's CPU (py-spy, docs/benchmarks.md), so this middleware,
 innermost of the service's, matches them with FastAPI's own route patterns and calls the same endpoint
 functions. Request ids, API keys, body limits, metrics and access logs come from the middleware around it,
 and errors are rendered by the one error model."""

@@ -24,7 +24,7 @@ class PredictRequest(BaseModel):
     return_probabilities: StrictBool = Field(False, description="Also return every label's probability.")
 
     @model_validator(mode="after")
-    def exactly_one_input(self) -> "PredictRequest":
+    def exactly_one_input(self) -> PredictRequest:
         if sum(x is not None for x in (self.texts, self.text, self.sequences)) != 1:
             raise ValueError("give exactly one of 'text', 'texts' or 'sequences'")
         return self

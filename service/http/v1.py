@@ -7,7 +7,7 @@ request. The request model still documents the body in OpenAPI."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import orjson
 from fastapi import APIRouter, Request, Response

@@ -71,7 +71,7 @@ def _metadata(model: ModelRuntime) -> dict:
         outputs = [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, len(model.labels)]},
                    {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}]
     else:
-        out_shape = model.package.metadata["output"]["shape"][1:]
+        out_shape = model.package.metadata.output.shape[1:]
         outputs = [{"name": VALUES_NAME, "datatype": "FP32", "shape": [-1, *out_shape]}]
     return {"name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx", "inputs": inputs,
             "outputs": outputs, "parameters": {"task": model.task, "labels": model.labels,

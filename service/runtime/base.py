@@ -37,10 +37,10 @@ class ModelRuntime:
     def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
                  observer: BatchObserver | None = None):
         self.package, self.session = package, session
-        serving = package.metadata.get("serving", {})
-        self.batcher = Batcher(self.run_batch,
-                               max_batch_size=int(serving.get("max_batch_size", options.max_batch_size)),
-                               max_delay_s=float(serving.get("max_batch_delay_ms", options.max_batch_delay_ms)) / 1000,
+        serving = package.metadata.serving
+        delay_ms = options.max_batch_delay_ms if serving.max_batch_delay_ms is None else serving.max_batch_delay_ms
+        self.batcher = Batcher(self.run_batch, max_batch_size=serving.max_batch_size or options.max_batch_size,
+                               max_delay_s=delay_ms / 1000,
                                max_queue=options.max_queue, observer=observer, name=f"{self.name}/{self.version}")
 
     @classmethod
@@ -59,7 +59,7 @@ class ModelRuntime:
             raise PackageError(f"{package.name} is a {package.task} package; {cls.__name__} runs "
                                f"{' and '.join(cls.tasks)} packages")
         session = OrtSession(path / "model.onnx", options.provider, options.intra_op_threads,
-                            package.metadata["input"]["name"], package.metadata["output"]["name"])
+                            package.metadata.input.name, package.metadata.output.name)
         check_io(package, session.inputs(), session.outputs())
         runtime = cls(package, session, options, observer)
         try:
@@ -103,10 +103,10 @@ class ModelRuntime:
             "version": self.version,
             "task": self.task,
             "labels": self.labels,
-            "architecture": meta.get("architecture", {}),
+            "architecture": meta.architecture,
             "maxlen": self.package.maxlen,
-            "dataset": meta.get("dataset", {}),
-            "metrics": meta.get("metrics", {}),
+            "dataset": meta.dataset,
+            "metrics": meta.metrics,
             "provider": self.session.provider,
             "threads": self.session.threads,
             "max_batch_size": self.batcher.max_batch_size,

@@ -15,13 +15,13 @@ worker thread, and other models' batchers are untouched.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import numpy as np
 
 from rnnserve.service.core.errors import InvalidInput, Overloaded, PayloadTooLarge
-from rnnserve.service.core.package import PackageError
+from rnnserve.service.core.package import PackageError, Task
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.service.runtime.base import ModelRuntime
 
@@ -39,14 +39,14 @@ class Sampling:
 
 
 class TextGenerator(ModelRuntime):
-    tasks = ("text-generation",)
+    tasks = (Task.TEXT_GENERATION,)
 
     def __init__(self, package, session, options, observer=None):
         self.tokenizer = Tokenizer(package.tokenizer)
         spec = package.tokenizer
         self.first_id = spec.index_from + 1  # ids below are padding and unseen characters: never sampled
         self.chars = spec.words[: self.tokenizer.max_id - spec.index_from]
-        self.states = package.metadata["state"]  # [{"input", "output", "shape": [1, null, H]}]
+        self.states = package.metadata.state
         self.active = 0
         self._none_active = asyncio.Event()
         self._none_active.set()
@@ -67,9 +67,9 @@ class TextGenerator(ModelRuntime):
         by_length: dict[int, list[int]] = {}
         for i, (ids, _) in enumerate(rows):
             by_length.setdefault(len(ids), []).append(i)
-        names = [self.package.metadata["output"]["name"], *(s["output"] for s in self.states)]
+        names = [self.package.metadata.output.name, *(s["output"] for s in self.states)]
         for members in by_length.values():
-            feeds = {self.package.metadata["input"]["name"]: np.stack([rows[i][0] for i in members])}
+            feeds = {self.package.metadata.input.name: np.stack([rows[i][0] for i in members])}
             for k, s in enumerate(self.states):  # per row [1, H] -> [1, N, H]
                 feeds[s["input"]] = np.stack([rows[i][1][k] for i in members], axis=1)
             logits, *states = self.session.run_outputs(names, feeds)

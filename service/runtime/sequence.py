@@ -12,22 +12,23 @@ import asyncio
 
 import numpy as np
 
+from rnnserve.service.core.package import Task
 from rnnserve.service.core.sequences import as_sequences, normalize
 from rnnserve.service.runtime.base import ModelRuntime
 
 
 class SequenceModel(ModelRuntime):
-    tasks = ("sequence-classification", "sequence-regression")
+    tasks = (Task.SEQUENCE_CLASSIFICATION, Task.SEQUENCE_REGRESSION)
 
     @property
     def shape(self) -> tuple[int, int]:
         """[T, F]: steps and features per step."""
-        steps, features = self.package.metadata["input"]["shape"][1:]
+        steps, features = self.package.metadata.input.shape[1:]
         return steps, features
 
     @property
     def per_step(self) -> bool:
-        return len(self.package.metadata["output"]["shape"]) == 3
+        return len(self.package.metadata.output.shape) == 3
 
     def check(self, warm_up: bool) -> None:
         if warm_up:
@@ -35,7 +36,7 @@ class SequenceModel(ModelRuntime):
 
     def run_batch(self, rows: list[np.ndarray]) -> np.ndarray:
         """Stacked, normalised and run: class probabilities [N, C], or values [N, 1] / [N, T, 1]."""
-        x = normalize(np.stack(rows), self.package.metadata["input"].get("normalization"))
+        x = normalize(np.stack(rows), self.package.metadata.input.normalization)
         return self.session.run(x)
 
     def as_input(self, values) -> np.ndarray:
@@ -55,5 +56,5 @@ class SequenceModel(ModelRuntime):
     def describe(self) -> dict:
         steps, features = self.shape
         return super().describe() | {"input": {"steps": steps, "features": features,
-                                               "normalization": self.package.metadata["input"].get("normalization")},
+                                               "normalization": self.package.metadata.input.normalization},
                                      "per_step": self.per_step}

@@ -10,12 +10,13 @@ runs onnxruntime, off the event loop. Offline code calls `predict_batch(texts)` 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from rnnserve.service.core.errors import Overloaded, PayloadTooLarge
-from rnnserve.service.core.package import Package, PackageError
+from rnnserve.service.core.errors import Overloaded, PayloadTooLarge, ServiceError
+from rnnserve.service.core.package import Package, PackageError, Task
 from rnnserve.service.core.tokenizer import Tokenizer, TokenStats
 from rnnserve.service.runtime import explain
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
@@ -34,13 +35,41 @@ class ClassificationResult:
     def __len__(self) -> int:
         return len(self.token_stats)
 
-    def __getitem__(self, rows: slice) -> "ClassificationResult":
+    def __getitem__(self, rows: slice) -> ClassificationResult:
         return ClassificationResult(self.probabilities[rows], self.token_stats[rows])
 
     @staticmethod
-    def concat(parts: list["ClassificationResult"]) -> "ClassificationResult":
+    def concat(parts: list[ClassificationResult]) -> ClassificationResult:
         return ClassificationResult(np.concatenate([p.probabilities for p in parts]),
                                     [s for p in parts for s in p.token_stats])
+
+
+Classify = Callable[[list[str]], Awaitable[ClassificationResult]]
+
+
+async def classify_each(classify: Classify, texts: list[str], labels: int) -> tuple[np.ndarray, list[str | None]]:
+    """"A bad input fails alone", for whole files (the scorer, Ray Data): classify texts [N] -> float32
+    probabilities [N, C] (NaN rows where a text failed) and, per text, None or why it failed. A failed run is
+    retried text by text, so only the texts that fail alone get an error; a ServiceError (the model gone,
+    closing or overloaded) is every text's answer at once, without retries. The batcher isolates requests
+    the same way, one level up."""
+    if not texts:
+        return np.zeros((0, labels), np.float32), []
+    try:
+        return (await classify(texts)).probabilities, [None] * len(texts)
+    except ServiceError as exc:
+        return np.full((len(texts), labels), np.nan, np.float32), [str(exc)] * len(texts)
+    except Exception as exc:  # noqa: BLE001 - narrowed down below, text by text
+        if len(texts) == 1:
+            return np.full((1, labels), np.nan, np.float32), [str(exc)]
+    probabilities = np.full((len(texts), labels), np.nan, np.float32)
+    errors: list[str | None] = [None] * len(texts)
+    for i, text in enumerate(texts):
+        try:
+            probabilities[i] = (await classify([text])).probabilities[0]
+        except Exception as exc:  # noqa: BLE001 - this text's own failure, reported in its row
+            errors[i] = str(exc)
+    return probabilities, errors
 
 
 @dataclass(frozen=True)
@@ -71,7 +100,7 @@ class TextClassifier(ModelRuntime):
     """Runs a text classifier: raw texts [N] -> class probabilities [N, C] (float32) and TokenStats, through
     the batcher (`predict`, `explain`) or here and now (`predict_batch`)."""
 
-    tasks = ("text-classification",)
+    tasks = (Task.TEXT_CLASSIFICATION,)
 
     def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
                  observer: BatchObserver | None = None):
@@ -91,7 +120,7 @@ class TextClassifier(ModelRuntime):
     @property
     def dynamic_length(self) -> bool:
         """Masked models ignore padding: pad to the longest text, not to maxlen (short texts cost little)."""
-        return bool(self.package.metadata.get("dynamic_length", False))
+        return self.package.metadata.dynamic_length
 
     def run_batch(self, rows: list[str | Occluded]) -> ClassificationResult:
         """Tokenize and classify texts (and explanations' variants) in one onnxruntime run (the batcher's

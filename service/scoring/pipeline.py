@@ -13,14 +13,15 @@ import io
 import json
 import time
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Literal
+from typing import Literal
 
 import numpy as np
 import orjson
 
-from rnnserve.service.core.errors import BadRequest, PayloadTooLarge, ServiceError, echo
-from rnnserve.service.runtime.text import ClassificationResult
+from rnnserve.service.core.errors import BadRequest, PayloadTooLarge, echo
+from rnnserve.service.runtime.text import Classify, classify_each
 
 InputFormat = Literal["csv", "jsonl", "text"]
 OutputFormat = Literal["jsonl", "csv"]
@@ -248,7 +249,6 @@ def _csv_line(values: list) -> str:
     return out.getvalue()
 
 
-Classify = Callable[[list[str]], Awaitable[ClassificationResult]]
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -289,22 +289,6 @@ async def maybe_gunzip(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterato
                 yield out
 
 
-async def _one_by_one(rows: list[Row], classify: Classify, exc: Exception, labels: int) -> tuple[list[Row], np.ndarray]:
-    """A block failed: run its texts one at a time, so only the texts that fail alone become error rows.
-    When the model itself is gone or refusing (a service error), every row shares that answer at once."""
-    scored, probs = [], []
-    for row in rows:
-        if isinstance(exc, ServiceError) or len(rows) == 1:
-            row.error = f"inference failed: {exc}"
-            continue
-        try:
-            probs.append((await classify([row.text])).probabilities[0])
-            scored.append(row)
-        except Exception as alone:  # noqa: BLE001 - this text's own failure, reported in its row
-            row.error = f"inference failed: {alone}"
-    return scored, np.array(probs) if probs else np.zeros((0, labels))
-
-
 async def score_stream(chunks: AsyncIterator[bytes], reader: RowReader, writer: RowWriter, classify: Classify,
                        block_rows: int = BLOCK_ROWS, summary: bool = True) -> AsyncIterator[str]:
     """Yield output text, block by block, in input order; then the summary. While one block is being
@@ -339,15 +323,17 @@ async def score_stream(chunks: AsyncIterator[bytes], reader: RowReader, writer: 
             if block is None:
                 break
             ok = [r for r in block if r.error is None]
-            try:
-                probs = ((await classify([r.text for r in ok])).probabilities if ok
-                         else np.zeros((0, len(writer.labels))))
-            except Exception as exc:  # noqa: BLE001 - a failed block becomes error rows; nothing is lost
-                ok, probs = await _one_by_one(ok, classify, exc, len(writer.labels))
+            probs, errors = await classify_each(classify, [r.text for r in ok], len(writer.labels))
+            scored = {}
+            for row, p, error in zip(ok, probs, errors):
+                if error is None:
+                    scored[row.number] = p
+                else:  # a failed text becomes its error row; nothing is lost
+                    row.error = f"inference failed: {error}"
             counts["rows"] += len(block)
-            counts["scored"] += len(ok)
-            counts["errors"] += len(block) - len(ok)
-            yield writer.rows(block, {r.number: p for r, p in zip(ok, probs)})
+            counts["scored"] += len(scored)
+            counts["errors"] += len(block) - len(scored)
+            yield writer.rows(block, scored)
         if summary:
             yield writer.summary(counts | {"seconds": round(time.perf_counter() - started, 3)})
     finally:

@@ -58,15 +58,15 @@ def test_a_long_prompt_runs_in_windows_exactly_as_in_one_run(lm_repo):
     text, ids, lm = asyncio.run(windowed())
     meta = lm.package.metadata
     session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {s["input"]: np.zeros((1, 1, s["shape"][2]), np.float32) for s in meta["state"]}
-    names = [meta["output"]["name"], *(s["output"] for s in meta["state"])]
+    feeds = {s["input"]: np.zeros((1, 1, s["shape"][2]), np.float32) for s in meta.state}
+    names = [meta.output.name, *(s["output"] for s in meta.state)]
     want = []
     step = ids[None, :]
     for _ in range(20):  # greedy, the whole prompt in one run, then one character at a time
-        logits, *states = session.run(names, {meta["input"]["name"]: step, **feeds})
+        logits, *states = session.run(names, {meta.input.name: step, **feeds})
         i = lm.first_id + int(logits[0, lm.first_id:].argmax())
         want.append(lm.chars[i - lm.first_id])
-        feeds = {s["input"]: st for s, st in zip(meta["state"], states)}
+        feeds = {s["input"]: st for s, st in zip(meta.state, states)}
         step = np.array([[i]], np.int64)
     assert text == "".join(want)
 

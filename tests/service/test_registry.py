@@ -34,6 +34,24 @@ def test_read_package_reasons(broken_repo):
         read_package(broken_repo / "topics-gru" / "1")
 
 
+@pytest.mark.parametrize("change, field", [
+    (lambda m: m["input"].pop("name"), "input.name: Field required"),
+    (lambda m: m["serving"].update(max_batch_size="many"), "serving.max_batch_size"),
+    (lambda m: m.update(task="summarization"), "task: Input should be"),
+    (lambda m: m.update(labels="positive"), "labels: Input should be a valid array"),
+    (lambda m: m.update(extra_field=1), "extra_field: Extra inputs are not permitted"),
+    (lambda m: m["onnx"].update(sha256=None), "onnx.sha256"),
+])
+def test_a_bad_metadata_field_is_named(broken_repo, change, field):
+    """metadata.json is typed (PackageMetadata): a wrong field is named, not a KeyError."""
+    meta_path = broken_repo / "topics-gru" / "1" / "metadata.json"
+    meta = json.loads(meta_path.read_text()) | {"serving": {}}
+    change(meta)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(PackageError, match=field.replace(".", r"\.")):
+        read_package(broken_repo / "topics-gru" / "1")
+
+
 def test_corrupt_packages_do_not_stop_the_others(broken_repo):
     srv = Server(broken_repo)
     try:

@@ -70,3 +70,32 @@ def test_open_refuses_bad_packages_with_reasons(model_repo, tmp_path):
         TextClassifier.open(broken)
     with pytest.raises(PackageError, match="missing"):
         TextClassifier.open(tmp_path / "nothing" / "1")
+
+
+def test_classify_each_isolates_failing_texts_and_shares_service_errors():
+    """One rule for the scorer and Ray Data: a failed run is retried text by text; a service error (the model
+    overloaded or gone) is every text's answer, without retries."""
+    import asyncio
+
+    from rnnserve.service.core.errors import Overloaded
+    from rnnserve.service.runtime.text import ClassificationResult, classify_each
+
+    calls = []
+
+    async def flaky(texts):
+        calls.append(list(texts))
+        if "bad" in texts:
+            raise ValueError("cannot tokenize")
+        return ClassificationResult(np.full((len(texts), 2), 0.5, np.float32), [None] * len(texts))
+
+    async def overloaded(texts):
+        calls.append(list(texts))
+        raise Overloaded("queue is full")
+
+    probs, errors = asyncio.run(classify_each(flaky, ["a", "bad", "c"], 2))
+    assert errors == [None, "cannot tokenize", None] and np.isnan(probs[1]).all() and probs[0, 0] == 0.5
+    assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+    calls.clear()
+    probs, errors = asyncio.run(classify_each(overloaded, ["a", "b"], 2))
+    assert errors == ["queue is full"] * 2 and calls == [["a", "b"]] and np.isnan(probs).all()
+    assert asyncio.run(classify_each(flaky, [], 2))[1] == []

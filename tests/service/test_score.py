@@ -89,7 +89,7 @@ def test_malformed_rows_give_error_rows_and_the_rest_is_scored(server):
 
 
 def test_csv_quirks_and_csv_output(server):
-    body = 'id,text\n1,"a film, with commas\nand a line break"\n2\n3,plain\n'.encode()
+    body = b'id,text\n1,"a film, with commas\nand a line break"\n2\n3,plain\n'
     r = httpx.post(f"{server.url}/v1/models/sentiment-lstm/versions/1/score", content=body,
                    headers={"content-type": "text/csv", "accept": "text/csv"})
     assert r.headers["content-type"].startswith("text/csv")

@@ -38,18 +38,18 @@ def test_architecture_exports_with_parity(variant, reviews_csv, tmp_path):
     path = train_and_export(reviews_csv, tmp_path / "models", variant, **VARIANTS[variant])
     pkg = read_package(path)  # validates files and sha256
     meta = pkg.metadata
-    assert meta["parity"]["max_abs_diff"] <= 1e-5 and meta["parity"]["label_disagreements"] == 0
-    assert meta["parity"]["examples"] == 60  # the whole test split of the tiny file
-    assert meta["architecture"]["cell"] == VARIANTS[variant]["cell"]
-    assert meta["onnx"]["opset"] >= 17
+    assert meta.parity["max_abs_diff"] <= 1e-5 and meta.parity["label_disagreements"] == 0
+    assert meta.parity["examples"] == 60  # the whole test split of the tiny file
+    assert meta.architecture["cell"] == VARIANTS[variant]["cell"]
+    assert meta.onnx.opset >= 17
     native = {"simple_rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[VARIANTS[variant]["cell"]]
-    ops = meta["onnx"]["op_types"]
+    ops = meta.onnx.op_types
     assert native in ops and "Loop" not in ops and "Scan" not in ops
     members = VARIANTS[variant].get("ensemble", 1)
-    assert meta["architecture"]["ensemble"] == members and ("Mean" in ops) == (members > 1)
+    assert meta.architecture["ensemble"] == members and ("Mean" in ops) == (members > 1)
     masked = VARIANTS[variant].get("mask_zero", False)
-    assert meta["dynamic_length"] is masked and meta["input"]["shape"][1] == (None if masked else 40)
-    assert meta["labels"] == ["negative", "positive"]
+    assert meta.dynamic_length is masked and meta.input.shape[1] == (None if masked else 40)
+    assert meta.labels == ["negative", "positive"]
     for f in ("curves.png", "confusion.png", "history.json"):
         assert (path / f).is_file()
     assert not (path / "model.keras").exists()  # stays in the run directory

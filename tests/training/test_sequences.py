@@ -1,4 +1,4 @@
-"""Numeric-sequence data: the CSV and NPZ layouts the README documents, their errors, and the synthetic waves."""
+"""Numeric-sequence data: the CSV and NPZ layouts docs/tasks.md documents, their errors, and the synthetic waves."""
 
 import numpy as np
 import pytest
