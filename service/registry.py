@@ -20,7 +20,6 @@ from rnnserve.service.cpus import usable_cpus
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
 from rnnserve.service.runtime.loader import open_model
-from rnnserve.service.runtime.text import ClassificationResult
 from rnnserve.service.settings import Settings
 
 log = logging.getLogger("rnnserve.registry")
@@ -193,10 +192,6 @@ class Registry:
         except ModelClosed:
             model = self.get(name, version)
             return model, await work(model)
-
-    async def predict(self, name: str, version: str | int | None,
-                      texts: list[str]) -> tuple[ModelRuntime, ClassificationResult]:
-        return await self.call(name, version, lambda model: model.predict(texts))
 
     def names(self) -> list[str]:
         return sorted(set(self.models) | set(self.failures))

@@ -162,7 +162,7 @@ async def _score(request: Request, name: str, version: str | None, fmt, text_col
     async def classify(texts: list[str]) -> ClassificationResult:
         # Each block goes to the current copy: a reload swaps copies under a long stream. Once the model is
         # unloaded, each block becomes error rows (NotFound) and the stream still ends with its summary.
-        return (await registry.predict(name, pinned, texts))[1]
+        return (await registry.call(name, pinned, lambda model: model.predict(texts)))[1]
 
     return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, classify), upload,
                          settings.max_score_bytes)

@@ -24,8 +24,9 @@ from rnnserve.service.http.body import (
     parse,
     path_version,
 )
+from rnnserve.service.http.codecs import codec_for
 from rnnserve.service.http.errors import error_body
-from rnnserve.service.http.responses import class_predictions, to_predictions, value_predictions
+from rnnserve.service.http.responses import to_predictions
 from rnnserve.service.http.schemas import (
     ErrorResponse,
     ExplainRequest,
@@ -47,7 +48,6 @@ parse_explain = model_parser(ExplainRequest)
 parse_generate = model_parser(GenerateRequest)
 GENERATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": GenerateRequest.model_json_schema()}}}}
-PREDICT_TASKS = ("text-classification", "sequence-classification", "sequence-regression")
 EXPLAIN_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": ExplainRequest.model_json_schema()}}}}
 
@@ -87,29 +87,14 @@ async def plot(name: str, filename: str, request: Request) -> FileResponse:
              summary="Classify texts with one version")
 async def predict(name: str, request: Request) -> Response:
     state, version = request.app.state, path_version(request)
-    model = state.registry.get(name, version, PREDICT_TASKS)  # an unknown model is a 404 before the body is read
+    model = state.registry.get(name, version)  # an unknown model is a 404 before the body is read
+    codec = codec_for(model)
     check_json(request)
     body = await parse(request, lambda raw: parse_predict(_counted(raw, state.settings.max_texts_per_request)))
-    if model.task == "text-classification":
-        if body.sequences is not None:
-            raise InvalidInput(f"model {echo(name)} classifies text: send 'texts' or 'text', not 'sequences'")
-        texts = body.all_texts
-        check_limits(texts, state.settings.max_texts_per_request, state.settings.max_text_chars)
-        model, result = await state.registry.predict(name, version, texts)
-        predictions = to_predictions(model.labels, result, body.top_k, body.return_probabilities)
-    else:
-        if body.sequences is None:
-            steps, features = model.shape
-            raise InvalidInput(f"model {echo(name)} takes numeric sequences: send 'sequences' shaped "
-                               f"[N][{steps}][{features}], not texts")
-        if len(body.sequences) > state.settings.max_texts_per_request:
-            raise PayloadTooLarge(f"{len(body.sequences)} sequences in one request; the limit is "
-                                  f"{state.settings.max_texts_per_request}")
-        x = model.as_input(body.sequences)
-        model, out = await state.registry.call(name, version, lambda m: m.predict(x))
-        predictions = (class_predictions(model.labels, out, body.top_k, body.return_probabilities) if model.labels
-                       else value_predictions(out))
-    return json_response({"model": model.name, "version": model.version, "predictions": predictions})
+    rows = codec.decode_v1(model, body, state.settings)
+    model, out = await state.registry.call(name, version, lambda m: m.predict(rows))
+    return json_response({"model": model.name, "version": model.version,
+                          "predictions": codec.encode_v1(model, out, body)})
 
 
 def _counted(raw: bytes, limit: int) -> bytes:

@@ -9,8 +9,14 @@ answers.
 
 from __future__ import annotations
 
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
 
 from rnnserve.service.core.package import Package, PackageError, check_io, read_package
 from rnnserve.service.runtime.batcher import Batcher, BatchObserver
@@ -29,8 +35,13 @@ class RuntimeOptions:
     warmup: bool = True
 
 
-class ModelRuntime:
-    """One package and its onnxruntime session; subclasses add the task's input handling and batching."""
+class ModelRuntime(ABC):
+    """One package, its onnxruntime session and its batcher. The contract every task's runtime keeps:
+    `run_batch(rows)` runs a list of inputs (texts, sequences [T, F], generation steps) in one onnxruntime run
+    and returns a result sliceable by row; `predict(rows)` and `predict_batch(rows)` run any number of them in
+    runs of max_batch_size (through the batcher, or here and now) and give one result in input order.
+    Protocols (service/http/codecs.py) turn requests into rows and results into answers; they never ask
+    what task a model is."""
 
     tasks: tuple[str, ...] = ()  # the package tasks this runtime runs
 
@@ -45,14 +56,14 @@ class ModelRuntime:
 
     @classmethod
     def open(cls, path: str | Path, options: RuntimeOptions = RuntimeOptions(),
-             observer: BatchObserver | None = None):
+             observer: BatchObserver | None = None) -> Self:
         """Validate the package, start its session, check it and warm it up. Raises PackageError with the
         reason."""
         return cls.start(read_package(Path(path)), options, observer)
 
     @classmethod
     def start(cls, package: Package, options: RuntimeOptions = RuntimeOptions(),
-              observer: BatchObserver | None = None):
+              observer: BatchObserver | None = None) -> Self:
         """open() for a package already read and validated."""
         path = package.path
         if package.task not in cls.tasks:
@@ -74,11 +85,54 @@ class ModelRuntime:
         """Batch sizes a warm-up runs: one request, and the largest batch this runtime forms."""
         return (1, self.batcher.max_batch_size)
 
+    @abstractmethod
     def check(self, warm_up: bool) -> None:
-        """Run the model once on inputs at the edge of what it will get (and warm it up)."""
+        """Run the model once on inputs at the edge of what it will get (and warm it up); PackageError if it
+        cannot take them."""
 
-    def run_batch(self, rows: list):
-        raise NotImplementedError
+    @abstractmethod
+    def run_batch(self, rows: list) -> Any:
+        """Rows -> one result for them, sliceable by row and len(rows) long (the batcher's worker thread)."""
+
+    def concat(self, parts: list) -> Any:
+        """Results of consecutive runs as one (numpy arrays by default)."""
+        return np.concatenate(parts)
+
+    def take(self, result: Any, rows: np.ndarray) -> Any:
+        """The result's rows in the given order."""
+        return result[rows]
+
+    def order(self, rows: Sequence) -> np.ndarray | None:
+        """A better order to run rows in (None: as given); the result comes back in the given order."""
+        return None
+
+    def _runs(self, rows: Sequence) -> tuple[list[Sequence], np.ndarray | None]:
+        step = self.batcher.max_batch_size
+        order = self.order(rows) if len(rows) > step else None
+        if order is not None:
+            rows = [rows[i] for i in order]
+        return [rows[i:i + step] for i in range(0, len(rows), step)], order
+
+    def _join(self, parts: list, order: np.ndarray | None) -> Any:
+        out = parts[0] if len(parts) == 1 else self.concat(parts)
+        if order is None:
+            return out
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return self.take(out, back)
+
+    async def predict(self, rows: Sequence) -> Any:
+        """Rows through the batcher, in runs of at most max_batch_size coalesced with other callers' requests:
+        one result in input order. Raises Overloaded when the queue is full, ModelClosed once closed."""
+        runs, order = self._runs(rows)
+        if len(runs) == 1:
+            return await self.batcher.submit(runs[0])
+        return self._join(await asyncio.gather(*(self.batcher.submit(r) for r in runs)), order)
+
+    def predict_batch(self, rows: Sequence) -> Any:
+        """The same here and now, without the batcher (offline use: no event loop needed)."""
+        runs, order = self._runs(rows)
+        return self._join([self.run_batch(r) for r in runs], order)
 
     @property
     def name(self) -> str:

@@ -8,8 +8,6 @@ statistics (service/core/sequences.py, as in training) and runs onnxruntime in i
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
 from rnnserve.service.core.package import Task
@@ -42,16 +40,6 @@ class SequenceModel(ModelRuntime):
     def as_input(self, values) -> np.ndarray:
         """A request's nested lists -> float32 [N, T, F], or InvalidInput naming the shape this model takes."""
         return as_sequences(values, *self.shape)
-
-    async def predict(self, x: np.ndarray) -> np.ndarray:
-        """x [N, T, F] through the batcher (in runs of max_batch_size, coalesced with other callers)."""
-        step = self.batcher.max_batch_size
-        parts = await asyncio.gather(*(self.batcher.submit(list(x[i:i + step])) for i in range(0, len(x), step)))
-        return np.concatenate(parts)
-
-    def predict_batch(self, x: np.ndarray) -> np.ndarray:
-        step = self.batcher.max_batch_size
-        return np.concatenate([self.run_batch(list(x[i:i + step])) for i in range(0, len(x), step)])
 
     def describe(self) -> dict:
         steps, features = self.shape

@@ -140,31 +140,16 @@ class TextClassifier(ModelRuntime):
             stats.append(TokenStats(kept=min(len(seq), maxlen), oov=oov, truncated=len(seq) > maxlen))
         return self.tokenizer.pad(seqs, dynamic=self.dynamic_length), stats
 
-    def _chunks(self, texts: list[str]) -> tuple[list[list[str]], np.ndarray | None]:
-        """Texts in runs of at most max_batch_size. For masked models, sorted by length first (undone by the
-        returned order), so each run pads to texts of like length instead of the longest of all."""
-        step = self.batcher.max_batch_size
-        order = None
-        if self.dynamic_length and len(texts) > step:
-            order = np.argsort([len(t) for t in texts], kind="stable")
-            texts = [texts[i] for i in order]
-        return [texts[i:i + step] for i in range(0, len(texts), step)], order
+    def order(self, texts: list[str]) -> np.ndarray | None:
+        """Masked models run texts sorted by length, so each run pads to texts of like length instead of the
+        longest of all."""
+        return np.argsort([len(t) for t in texts], kind="stable") if self.dynamic_length else None
 
-    @staticmethod
-    def _join(parts: list[ClassificationResult], order: np.ndarray | None) -> ClassificationResult:
-        out = parts[0] if len(parts) == 1 else ClassificationResult.concat(parts)
-        if order is None:
-            return out
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        return ClassificationResult(out.probabilities[back], [out.token_stats[i] for i in back])
+    def concat(self, parts: list[ClassificationResult]) -> ClassificationResult:
+        return ClassificationResult.concat(parts)
 
-    async def predict(self, texts: list[str]) -> ClassificationResult:
-        """Classify texts through the batcher, coalesced with concurrent callers. Raises Overloaded when full."""
-        chunks, order = self._chunks(texts)
-        if len(chunks) == 1:
-            return await self.batcher.submit(chunks[0])
-        return self._join(await asyncio.gather(*(self.batcher.submit(c) for c in chunks)), order)
+    def take(self, result: ClassificationResult, rows: np.ndarray) -> ClassificationResult:
+        return ClassificationResult(result.probabilities[rows], [result.token_stats[i] for i in rows])
 
     async def explain(self, text: str, label: int | None = None, method: str = "occlusion", window: int = 5,
                       max_words: int | None = None, max_explanations: int | None = None) -> Explanation:
@@ -197,11 +182,6 @@ class TextClassifier(ModelRuntime):
         if max_words is not None and (n := self.tokenizer.count_words(text)) > max_words:
             raise PayloadTooLarge(f"the text has {n} words; at most {max_words} can be explained")
         return explain.read_words(self.tokenizer, text)
-
-    def predict_batch(self, texts: list[str]) -> ClassificationResult:
-        """Classify texts here and now, in runs of max_batch_size (offline use: no event loop needed)."""
-        chunks, order = self._chunks(texts)
-        return self._join([self.run_batch(c) for c in chunks], order)
 
     def describe(self) -> dict:
         return super().describe() | {

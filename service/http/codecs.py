@@ -1,0 +1,124 @@
+"""Each task's wire format, one codec per runtime class. A codec decodes a /v1 body or a V2 request into the
+runtime's rows and encodes the runtime's result back, so the handlers (v1.py, v2.py, and any protocol to
+come) run decode -> registry.call(predict) -> encode and never ask what task a model is. Adding a task:
+its runtime, and a codec here."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from rnnserve.service.core.errors import InvalidInput, PayloadTooLarge, WrongTask, echo
+from rnnserve.service.http.body import check_limits
+from rnnserve.service.http.responses import class_predictions, to_predictions, value_predictions
+from rnnserve.service.http.schemas import PredictRequest
+from rnnserve.service.http.tensors import SEQUENCES_NAME, TEXT_NAME, read_sequences, read_texts
+from rnnserve.service.runtime.base import ModelRuntime
+from rnnserve.service.runtime.sequence import SequenceModel
+from rnnserve.service.runtime.text import ClassificationResult, TextClassifier
+from rnnserve.service.settings import Settings
+
+PROBS_NAME, LABEL_NAME, VALUES_NAME = "probabilities", "label", "values"
+Tensors = dict[str, np.ndarray | list[str]]  # V2 output name -> FP32 array or BYTES strings
+
+
+class Codec(ABC):
+    """A runtime's /v1 and V2 wire formats. decode_* raise InvalidInput (422) or PayloadTooLarge (413)."""
+
+    @abstractmethod
+    def decode_v1(self, model: ModelRuntime, body: PredictRequest, settings: Settings) -> Sequence:
+        """A /v1 predict body -> the runtime's rows."""
+
+    @abstractmethod
+    def encode_v1(self, model: ModelRuntime, out, body: PredictRequest) -> list[dict]:
+        """The runtime's result -> /v1 predictions, one per row."""
+
+    @abstractmethod
+    def v2_inputs(self, model: ModelRuntime) -> list[dict]:
+        """The V2 metadata of the inputs the model takes."""
+
+    @abstractmethod
+    def decode_v2(self, model: ModelRuntime, header: dict, binary: bytes, settings: Settings) -> Sequence:
+        """A V2 request (its JSON header and binary tensor data) -> the runtime's rows."""
+
+    def v2_outputs(self, model: ModelRuntime) -> list[dict]:
+        """The V2 metadata of the outputs: class probabilities and labels, or values."""
+        if model.labels:
+            return [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, len(model.labels)]},
+                    {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}]
+        return [{"name": VALUES_NAME, "datatype": "FP32", "shape": [-1, *model.package.metadata.output.shape[1:]]}]
+
+    def encode_v2(self, model: ModelRuntime, out) -> Tensors:
+        """The runtime's result -> V2 output tensors by name."""
+        values = self.values(out).astype(np.float32, copy=False)
+        if model.labels:
+            return {PROBS_NAME: values, LABEL_NAME: [model.labels[i] for i in values.argmax(axis=1)]}
+        return {VALUES_NAME: values}
+
+    def values(self, out) -> np.ndarray:
+        """The result's numbers: probabilities [N, C], or values [N, 1] / [N, T, 1]."""
+        return out
+
+
+class TextCodec(Codec):
+    """Text classifiers: /v1 `texts` or `text`; V2 one BYTES tensor `text` [N] (or [N, 1])."""
+
+    def decode_v1(self, model: TextClassifier, body: PredictRequest, settings: Settings) -> list[str]:
+        if body.sequences is not None:
+            raise InvalidInput(f"model {echo(model.name)} classifies text: send 'texts' or 'text', not 'sequences'")
+        check_limits(body.all_texts, settings.max_texts_per_request, settings.max_text_chars)
+        return body.all_texts
+
+    def encode_v1(self, model: TextClassifier, out: ClassificationResult, body: PredictRequest) -> list[dict]:
+        return to_predictions(model.labels, out, body.top_k, body.return_probabilities)
+
+    def v2_inputs(self, model: TextClassifier) -> list[dict]:
+        return [{"name": TEXT_NAME, "datatype": "BYTES", "shape": [-1]}]
+
+    def decode_v2(self, model: TextClassifier, header: dict, binary: bytes, settings: Settings) -> list[str]:
+        texts = read_texts(header, binary, settings.max_texts_per_request)
+        check_limits(texts, settings.max_texts_per_request, settings.max_text_chars)
+        return texts
+
+    def values(self, out: ClassificationResult) -> np.ndarray:
+        return out.probabilities
+
+
+class SequenceCodec(Codec):
+    """Numeric-sequence models: /v1 `sequences` [N][T][F] (or [N][T]); V2 one FP32 tensor `sequences`
+    [N, T, F]. Classifiers answer like text classifiers; regression with values."""
+
+    def decode_v1(self, model: SequenceModel, body: PredictRequest, settings: Settings) -> np.ndarray:
+        if body.sequences is None:
+            steps, features = model.shape
+            raise InvalidInput(f"model {echo(model.name)} takes numeric sequences: send 'sequences' shaped "
+                               f"[N][{steps}][{features}], not texts")
+        if len(body.sequences) > settings.max_texts_per_request:
+            raise PayloadTooLarge(f"{len(body.sequences)} sequences in one request; the limit is "
+                                  f"{settings.max_texts_per_request}")
+        return model.as_input(body.sequences)
+
+    def encode_v1(self, model: SequenceModel, out: np.ndarray, body: PredictRequest) -> list[dict]:
+        if model.labels:
+            return class_predictions(model.labels, out, body.top_k, body.return_probabilities)
+        return value_predictions(out)
+
+    def v2_inputs(self, model: SequenceModel) -> list[dict]:
+        return [{"name": SEQUENCES_NAME, "datatype": "FP32", "shape": [-1, *model.shape]}]
+
+    def decode_v2(self, model: SequenceModel, header: dict, binary: bytes, settings: Settings) -> np.ndarray:
+        return model.as_input(read_sequences(header, binary, model.shape, settings.max_texts_per_request))
+
+
+CODECS: dict[type[ModelRuntime], Codec] = {TextClassifier: TextCodec(), SequenceModel: SequenceCodec()}
+PREDICT_TASKS = tuple(task for runtime in CODECS for task in runtime.tasks)
+
+
+def codec_for(model: ModelRuntime) -> Codec:
+    """The model's codec; WrongTask (422, naming the operation to use) for a runtime that predicts nothing."""
+    codec = CODECS.get(type(model))
+    if codec is None:
+        raise WrongTask(model, PREDICT_TASKS)
+    return codec
