@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL = "http://127.0.0.1:8000"  # in-process clients' origin
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -192,8 +193,9 @@ def in_process(models_dir: Path, **settings) -> TestClient:
     from rnnserve.service.http.app import create_app
     from rnnserve.service.settings import Settings
 
+    # The base URL a browser on this machine would use: the service binds loopback by default.
     return TestClient(create_app(Settings(models_dir=models_dir, access_log=False, **settings)),
-                      raise_server_exceptions=False)
+                      raise_server_exceptions=False, base_url=LOCAL)
 
 
 def wait_ready(client: TestClient, timeout: float = 60) -> None:

@@ -29,5 +29,6 @@ def as_sequences(values, steps: int, features: int) -> np.ndarray:
     if x.ndim != 3 or x.shape[1:] != (steps, features) or len(x) == 0:
         raise InvalidInput(f"sequences must be shaped [N, {steps}, {features}] (N >= 1); got {list(x.shape)}")
     if not np.isfinite(x).all():
-        raise InvalidInput("sequences must be finite numbers (no NaN or infinity)")
+        raise InvalidInput("sequences must be finite numbers within float32's range (|x| < 3.4e38; no NaN or "
+                           "infinity)")
     return x

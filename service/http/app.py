@@ -24,7 +24,7 @@ from rnnserve.service.core.errors import ServiceError
 from rnnserve.service.http import health, repository, score, v1, v2
 from rnnserve.service.http.errors import handle_error
 from rnnserve.service.http.hot import HotRoutes
-from rnnserve.service.http.middleware import OPEN_PATHS, ServiceMiddleware, content_security_policy
+from rnnserve.service.http.middleware import OPEN_PATHS, ServiceMiddleware, content_security_policy, is_loopback
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.registry import Registry
 from rnnserve.service.settings import Settings
@@ -96,7 +96,8 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
                        known_models=lambda name: name in registry.models or name in registry.failures,
                        access_log=settings.access_log, api_keys=settings.keys(),
                        metrics_public=settings.metrics_public, open_paths=open_paths, open_prefixes=open_prefixes,
-                       origins=settings.origins(), page_prefixes=page_prefixes)
+                       origins=settings.origins(), page_prefixes=page_prefixes,
+                       loopback_only=is_loopback(settings.host))
     if settings.origins():  # added last, so it runs first: preflights need no API key
         app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID"])

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rnnserve.service.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 T = TypeVar("T")
+MAX_ERRORS_LISTED = 5  # a body with a million wrong values gets a short answer, not a million messages
 # Parsing a body this large would hold the event loop for milliseconds: do it in a thread, where the
 # interpreter's switch interval lets the loop answer other requests in between.
 OFF_LOOP_BYTES = 256 * 1024
@@ -36,13 +37,18 @@ def check_json(request: Request, tritonclient: bool = False) -> None:
     application/octet-stream); it sends no Origin either, and a browser's request always does, which the
     middleware checks."""
     content_type = request.headers.get("content-type", "")
-    media = content_type.split(";")[0].strip().lower()
-    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
-        return
-    if tritonclient and media in ("", "application/octet-stream"):
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    # JSON is UTF-8 (RFC 8259): a body declared in another charset would be read as something it is not.
+    charset = next((v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in params.split(";"))
+                    if k.strip().lower() == "charset"), "utf-8")
+    json_type = media == "application/json" or (media.startswith("application/") and media.endswith("+json")
+                                                 and media != "application/+json")
+    if (json_type and charset in ("utf-8", "utf8")) or (tritonclient and media in ("", "application/octet-stream")):
         return
     sent = f"not {content_type[:80]!r}" if content_type else "no Content-Type was sent"
-    raise UnsupportedMediaType(f"send the body as JSON with Content-Type: application/json ({sent})")
+    raise UnsupportedMediaType(f"send the body as JSON (UTF-8) with Content-Type: application/json or an "
+                               f"application/*+json type ({sent})")
 
 
 async def parse(request: Request, parser: Callable[[bytes], T]) -> T:
@@ -66,11 +72,19 @@ def validation_error(errors: list[dict]) -> BadRequest | InvalidInput:
     shape 422."""
     if any(e["type"] == "json_invalid" for e in errors):
         return BadRequest("request body is not valid JSON")
+    # "Input should be null" only says the field is optional: noise beside the real errors
+    errors = [e for e in errors if tuple(e.get("loc", ()))[-1:] != ("none",)] or errors
     parts = []
-    for e in errors:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+    for e in errors[:MAX_ERRORS_LISTED]:
+        # pydantic names union branches in the location ("list[float]", "none"): the field path is enough
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body" and not _branch(p))
         parts.append(f"{loc or 'body'}: {e.get('msg')}")
-    return InvalidInput("; ".join(parts))
+    more = len(errors) - MAX_ERRORS_LISTED
+    return InvalidInput("; ".join(parts) + (f"; and {more} more" if more > 0 else ""))
+
+
+def _branch(part) -> bool:
+    return isinstance(part, str) and (part in ("none", "float", "str", "int", "bool") or "[" in part)
 
 
 def model_parser(model: type[T]) -> Callable[[bytes], T]:

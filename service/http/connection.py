@@ -59,12 +59,17 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         in_head, heads = self._in_head, self._heads
+        if in_head and not self.transport.is_closing():
+            # Checked before parsing: the head's bytes in this chunk are all of it, or up to the blank line
+            # that ends it (a head sent whole in one chunk is counted too; a body after it is not).
+            end = data.find(b"\r\n\r\n")
+            if self._head_bytes + (len(data) if end < 0 else end + 4) > limits().max_header_bytes:
+                self._refuse_head()
+                return
         super().data_received(data)
         # A head was open before this chunk and none completed in it: all of the chunk belongs to that head.
         if in_head and heads == self._heads and not self.transport.is_closing():
             self._head_bytes += len(data)
-            if self._head_bytes > limits().max_header_bytes:
-                self._refuse_head()
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
@@ -89,5 +94,6 @@ class GuardedHttpTools(HttpToolsProtocol):
         limit = limits().max_header_bytes
         body = orjson.dumps(error_body(HeaderTooLarge(f"request line and headers exceed {limit} bytes")))
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                             b"x-content-type-options: nosniff\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self.transport.close()

@@ -4,6 +4,7 @@ API keys, body limit, metrics, access log."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import itertools
 import logging
 import os
@@ -37,7 +38,7 @@ class ServiceMiddleware:
     def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_score_bytes: int, known_models,
                  access_log: bool = True, api_keys: list[str] = (), metrics_public: bool = True,
                  open_paths: tuple[str, ...] = (), open_prefixes: tuple[str, ...] = (),
-                 origins: list[str] = (), page_prefixes: tuple[str, ...] = ()):
+                 origins: list[str] = (), page_prefixes: tuple[str, ...] = (), loopback_only: bool = False):
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
         # What holds no data needs no key (a browser's navigation cannot send one): health, the docs, the page.
@@ -47,6 +48,9 @@ class ServiceMiddleware:
         self.origins = {o.lower().rstrip("/") for o in origins}
         self.page_policy = (b"content-security-policy", content_security_policy().encode())
         self.page_prefixes = page_prefixes
+        # Bound to a loopback address, the service's own origin can only be a loopback name: a page from a name
+        # that resolves to 127.0.0.1 (DNS rebinding) sends Host and Origin of that name, which match each other.
+        self.loopback_only = loopback_only
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.max_score_bytes = max_score_bytes  # file scoring streams its body, so it may be far larger
@@ -116,7 +120,8 @@ class ServiceMiddleware:
         if origin is None or "*" in self.origins or origin.lower() in self.origins:
             return None
         host = _header(scope, b"host")
-        if host is not None and origin.lower() == f"{scope['scheme']}://{host.lower()}":
+        if (host is not None and origin.lower() == f"{scope['scheme']}://{host.lower()}"
+                and (not self.loopback_only or _loopback(host))):
             return None
         return origin
 
@@ -140,6 +145,21 @@ def _forbidden(origin: str) -> Forbidden:
 
 
 UNAUTHORIZED = "missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY"
+
+
+def _loopback(host: str) -> bool:
+    """A Host header (with or without a port) naming this machine's loopback interface."""
+    return is_loopback(host[1:].split("]")[0] if host.startswith("[") else host.split(":")[0])
+
+
+def is_loopback(name: str) -> bool:
+    """localhost or a loopback address (127.0.0.0/8, ::1); not a name that merely starts like one."""
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _header(scope, name: bytes) -> str | None:

@@ -124,7 +124,9 @@ async def generate(name: str, request: Request) -> Response:
     model = state.registry.get(name, version, ("text-generation",))
     check_json(request)
     body = await parse(request, parse_generate)
-    check_limits([body.prompt], 1, state.settings.max_text_chars)
+    if len(body.prompt) > state.settings.max_text_chars:
+        raise PayloadTooLarge(f"the prompt has {len(body.prompt)} characters; the limit is "
+                              f"{state.settings.max_text_chars}")
     sampling = Sampling(body.max_chars, body.temperature, body.top_k, body.seed)
     chars = model.generate(body.prompt, sampling, state.settings.max_generate_chars, state.settings.max_generations)
     first = await anext(chars)  # the limits and the prompt's errors answer here, before any event is sent

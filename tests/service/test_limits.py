@@ -139,3 +139,16 @@ def test_score_error_rows_echo_no_column_whole(server):
                    content=b"id," + b"x" * 5000 + b"\n1,fine\n", headers={"content-type": "text/csv"})
     row, summary = r.text.splitlines()
     assert "no column" in row and len(row) < 1000 and orjson.loads(summary)["summary"]["errors"] == 1
+
+
+@pytest.mark.parametrize("body", [
+    {"sequences": [[0] * 500_000 + [True]]},  # one wrong value after half a million
+    {"sequences": [[True] * 200_000]},  # every value wrong
+    {"texts": [5] * 200_000},
+])
+def test_wrong_values_get_a_short_answer_soon(server, body):
+    """Validation stops at the first wrong value and lists a few: a megabyte of them used to answer with a
+    37 MB message after seconds of work."""
+    r = httpx.post(f"{server.url}/v1/models/{WAVES}/predict", content=orjson.dumps(body), timeout=60,
+                   headers={"content-type": "application/json"})
+    assert r.status_code in (413, 422) and len(r.content) < 1000, (r.status_code, r.content[:300])

@@ -382,5 +382,12 @@ def test_large_bodies_in_one_chunk_with_their_head_are_not_mistaken_for_large_he
         head = (b"POST /v1/models/sentiment-lstm/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
         assert raw_request(srv.port, head + body).startswith(b"HTTP/1.1 200")
+        # A head over the limit that arrives whole, in one read, is refused too (it used to pass up to 128 KB).
+        for size in (66_000, 100_000):
+            big = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+                sock.sendall(big)
+                answer = b"".join(iter(lambda: sock.recv(65536), b""))
+            assert answer.startswith(b"HTTP/1.1 431") and b"x-content-type-options: nosniff" in answer, size
     finally:
         srv.stop()

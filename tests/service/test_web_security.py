@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from rnnserve.service.settings import BUNDLED_MODELS
-from tests.conftest import in_process, wait_ready
+from tests.conftest import LOCAL, in_process, wait_ready
 
 CLASSIFIER, LM, SEQUENCES = "imdb-lstm-small", "reuters-char-rnn", "waves-lstm-tutorial"
 FOREIGN = "http://evil.example"
@@ -69,7 +69,7 @@ def test_a_foreign_origin_cannot_change_state(client, path, kwargs):
     assert client.get(f"/v2/models/{CLASSIFIER}/ready").status_code == 200  # still loaded
 
 
-@pytest.mark.parametrize("origin", [None, ALLOWED, "http://testserver"])  # testserver: TestClient's own origin
+@pytest.mark.parametrize("origin", [None, ALLOWED, LOCAL])  # LOCAL: the in-process client's own origin
 @pytest.mark.parametrize("path,kwargs", CALLS)
 def test_no_origin_an_allowed_one_or_the_same_origin_still_work(client, path, kwargs, origin):
     if path.endswith("/unload"):  # unloading, then loading again, is the state change that must still work
@@ -90,7 +90,8 @@ def test_a_foreign_origin_may_still_read(client):
 
 @pytest.mark.parametrize("content_type", [None, "text/plain; x=json", "text/plain", "application/x-www-form-urlencoded",
                                           "multipart/form-data; boundary=json", "text/json", "application/jsonx",
-                                          "application/xml; note=json"])
+                                          "application/xml; note=json", "application/json; charset=latin-1",
+                                          "application/+json"])
 @pytest.mark.parametrize("path,body", JSON_CALLS)
 def test_json_endpoints_take_only_a_json_media_type(client, path, body, content_type):
     """Only a JSON media type: every other one a page can send without a CORS preflight is refused."""
@@ -215,3 +216,19 @@ def test_a_plot_that_is_not_a_png_is_not_served(tmp_path):
         r = c.get(f"/v1/models/{CLASSIFIER}/versions/1/files/confusion.png")
         assert r.status_code == 200 and r.content.startswith(b"\x89PNG\r\n\x1a\n")
         assert r.headers["content-type"] == "image/png"
+
+
+def test_a_rebound_name_is_not_the_service_s_own_origin(client, repo):
+    """DNS rebinding: a page from a name that resolves to 127.0.0.1 sends a Host and an Origin of that name,
+    which match. Bound to loopback, the service's own origin is a loopback name only."""
+    rebound = {"host": "evil.example:8000", "origin": "http://evil.example:8000"}
+    r = client.post(f"/v2/repository/models/{CLASSIFIER}/unload", headers=rebound)
+    assert r.status_code == 403 and client.get(f"/v2/models/{CLASSIFIER}/ready").status_code == 200
+    for own in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000"):
+        r = client.post(f"/v1/models/{CLASSIFIER}/predict", json={"text": "fine"},
+                        headers={"host": own, "origin": f"http://{own}"})
+        assert r.status_code == 200, (own, r.text)
+    with in_process(repo, host="0.0.0.0") as public:  # reached by any name: Host is whatever clients use
+        wait_ready(public)
+        r = public.post(f"/v1/models/{CLASSIFIER}/predict", json={"text": "fine"}, headers=rebound)
+        assert r.status_code == 200
