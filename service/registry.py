@@ -81,8 +81,8 @@ class Registry:
             await self.load_path(path)
         self.ready = True
         _refreeze()
-        log.info("model repository loaded", extra={"loaded": sum(map(len, self.models.values())),
-                                                   "failed": sum(map(len, self.failures.values()))})
+        loaded, failed = self.counts()
+        log.info("model repository loaded", extra={"loaded": loaded, "failed": failed})
 
     async def load(self, name: str) -> None:
         """(Re)load every version of `name` on disk. Each new version is validated and warmed before it
@@ -134,28 +134,35 @@ class Registry:
             await handle.close(self.settings.shutdown_grace_s)
         _refreeze()
 
-    def index(self) -> list[dict]:
-        """Triton's repository index: every version on disk or loaded, with its state."""
-        rows = {}
-        for path in scan_repository(self.settings.models_dir):
-            rows[(path.parent.name, path.name)] = {"name": path.parent.name, "version": path.name,
-                                                   "state": "UNAVAILABLE", "reason": "not loaded"}
-        for name, versions in self.failures.items():
-            for version, reason in versions.items():
-                rows[(name, version)] = {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
-        for name, versions in self.models.items():
-            for version in versions:
-                rows[(name, str(version))] = {"name": name, "version": str(version), "state": "READY", "reason": ""}
-        return [rows[k] for k in sorted(rows)]
+    def on_disk(self) -> list[tuple[str, str]]:
+        """(name, version) of every package directory in the repository, loaded or not."""
+        return [(path.parent.name, path.name) for path in scan_repository(self.settings.models_dir)]
 
     @staticmethod
     def _check_name(name: str) -> None:
         if not NAME_RE.fullmatch(name):
             raise NotFound(f"model {echo(name)} not found")
 
+    def counts(self) -> tuple[int, int]:
+        """Model versions loaded, and versions that failed to load."""
+        return sum(map(len, self.models.values())), sum(map(len, self.failures.values()))
+
+    def knows(self, name: str) -> bool:
+        """The name is in the repository as far as this registry has seen (loaded or failed)."""
+        return name in self.models or name in self.failures
+
+    def versions(self, name: str) -> dict[int, ModelRuntime]:
+        """The loaded versions of a model (none if it is not loaded)."""
+        return dict(self.models.get(name, {}))
+
+    def failed(self, name: str) -> dict[str, str]:
+        """Versions of a model that failed to load, with the reason."""
+        return dict(self.failures.get(name, {}))
+
     def _update_gauges(self) -> None:
-        self.metrics.models_loaded.set(sum(map(len, self.models.values())))
-        self.metrics.models_failed.set(sum(map(len, self.failures.values())))
+        loaded, failed = self.counts()
+        self.metrics.models_loaded.set(loaded)
+        self.metrics.models_failed.set(failed)
 
     def get(self, name: str, version: str | int | None = None, tasks: tuple[str, ...] | None = None) -> ModelRuntime:
         """The loaded model; with tasks, WrongTask (422) unless it runs one of them."""
@@ -195,19 +202,6 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(set(self.models) | set(self.failures))
-
-    def describe(self, name: str) -> dict:
-        versions = self.models.get(name, {})
-        failed = self.failures.get(name, {})
-        if not versions and not failed:
-            raise NotFound(f"model {echo(name)} not found")
-        # A version in the registry has loaded, been checked and warmed: ready.
-        latest = versions[max(versions)].describe() | {"state": "ready"} if versions else {"name": name,
-                                                                                          "state": "failed"}
-        return latest | {
-            "versions": [v.describe() | {"state": "ready"} for _, v in sorted(versions.items())],
-            "failed_versions": [{"version": v, "reason": r} for v, r in sorted(failed.items())],
-        }
 
     async def close(self) -> None:
         for versions in self.models.values():

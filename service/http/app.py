@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
     app.add_middleware(HotRoutes, routes=hot)
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        max_score_bytes=settings.max_score_bytes,
-                       known_models=lambda name: name in registry.models or name in registry.failures,
+                       known_models=registry.knows,
                        access_log=settings.access_log, api_keys=settings.keys(),
                        metrics_public=settings.metrics_public, open_paths=open_paths, open_prefixes=open_prefixes,
                        origins=settings.origins(), page_prefixes=page_prefixes,

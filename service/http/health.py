@@ -20,9 +20,8 @@ async def live() -> dict:
             summary="200 once every valid model is loaded and warmed up")
 async def ready(request: Request) -> Response:
     registry = request.app.state.registry
-    body = {"status": "ready" if registry.ready else "loading",
-            "models_loaded": sum(map(len, registry.models.values())),
-            "models_failed": sum(map(len, registry.failures.values()))}
+    loaded, failed = registry.counts()
+    body = {"status": "ready" if registry.ready else "loading", "models_loaded": loaded, "models_failed": failed}
     return json_response(body, status_code=200 if registry.ready else 503)
 
 

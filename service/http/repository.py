@@ -8,15 +8,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from rnnserve.service.http.body import check_json
+from rnnserve.service.http.responses import repository_index
 from rnnserve.service.http.v2 import V2_ERRORS
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
 
 
 @router.post("/index", summary="Every model version in the repository, with its state")
-async def repository_index(request: Request) -> list[dict]:
+async def index(request: Request) -> list[dict]:
     check_json(request, tritonclient=True)
-    return request.app.state.registry.index()
+    return repository_index(request.app.state.registry)
 
 
 @router.post("/models/{name}/load", summary="Load or reload a model: the new version is validated and warmed "

@@ -26,7 +26,7 @@ from rnnserve.service.http.body import (
 )
 from rnnserve.service.http.codecs import codec_for
 from rnnserve.service.http.errors import error_body
-from rnnserve.service.http.responses import to_predictions
+from rnnserve.service.http.responses import model_listing, to_predictions
 from rnnserve.service.http.schemas import (
     ErrorResponse,
     ExplainRequest,
@@ -55,12 +55,12 @@ EXPLAIN_BODY = {"requestBody": {"required": True, "content": {"application/json"
 @router.get("/models", response_model=ModelList, summary="Every model in the repository, failed ones with reasons")
 async def list_models(request: Request) -> dict:
     registry = request.app.state.registry
-    return {"models": [registry.describe(name) for name in registry.names()]}
+    return {"models": [model_listing(registry, name) for name in registry.names()]}
 
 
 @router.get("/models/{name}", summary="One model: versions, labels, architecture, metrics, provider")
 async def get_model(name: str, request: Request) -> dict:
-    return request.app.state.registry.describe(name)
+    return model_listing(request.app.state.registry, name)
 
 
 @router.get("/models/{name}/files/{filename}", response_class=FileResponse,

@@ -74,7 +74,7 @@ async def model_metadata(name: str, request: Request) -> dict:
     registry, version = request.app.state.registry, path_version(request)
     meta = _metadata(registry.get(name, version))
     if version is None:
-        meta["versions"] = [str(v) for v in sorted(registry.models[name])]
+        meta["versions"] = [str(v) for v in sorted(registry.versions(name))]
     return meta
 
 

@@ -150,23 +150,6 @@ class ModelRuntime(ABC):
     def task(self) -> str:
         return self.package.task
 
-    def describe(self) -> dict:
-        meta = self.package.metadata
-        return {
-            "name": self.name,
-            "version": self.version,
-            "task": self.task,
-            "labels": self.labels,
-            "architecture": meta.architecture,
-            "maxlen": self.package.maxlen,
-            "dataset": meta.dataset,
-            "metrics": meta.metrics,
-            "provider": self.session.provider,
-            "threads": self.session.threads,
-            "max_batch_size": self.batcher.max_batch_size,
-            "plots": self.package.plots,
-        }
-
     async def close(self, grace_s: float = 0.0) -> None:
         """Let queued batches finish (up to grace_s), fail what is left, stop the worker thread."""
         await self.batcher.close(grace_s)

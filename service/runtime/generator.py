@@ -133,8 +133,3 @@ class TextGenerator(ModelRuntime):
         except TimeoutError:
             pass
         await super().close(max(0.0, deadline - loop.time()))
-
-    def describe(self) -> dict:
-        return super().describe() | {"characters": len(self.chars), "vocab_size": self.package.tokenizer.vocab_size,
-                                     "tokenizer": self.tokenizer.implementation}
-

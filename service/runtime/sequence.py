@@ -40,9 +40,3 @@ class SequenceModel(ModelRuntime):
     def as_input(self, values) -> np.ndarray:
         """A request's nested lists -> float32 [N, T, F], or InvalidInput naming the shape this model takes."""
         return as_sequences(values, *self.shape)
-
-    def describe(self) -> dict:
-        steps, features = self.shape
-        return super().describe() | {"input": {"steps": steps, "features": features,
-                                               "normalization": self.package.metadata.input.normalization},
-                                     "per_step": self.per_step}

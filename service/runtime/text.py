@@ -182,11 +182,3 @@ class TextClassifier(ModelRuntime):
         if max_words is not None and (n := self.tokenizer.count_words(text)) > max_words:
             raise PayloadTooLarge(f"the text has {n} words; at most {max_words} can be explained")
         return explain.read_words(self.tokenizer, text)
-
-    def describe(self) -> dict:
-        return super().describe() | {
-            "padding": self.package.tokenizer.padding,
-            "truncating": self.package.tokenizer.truncating,
-            "vocab_size": self.package.tokenizer.vocab_size,
-            "tokenizer": self.tokenizer.implementation,
-        }
