@@ -223,8 +223,9 @@ def test_each_task_gets_its_form(browser, task_repo, tmp_path):
         page.select_option("#model-select", "waves-steps")
         page.fill("#sequence-input", " ".join(map(str, rows[1])))
         page.click("#sequence-form button")
+        # The table is emptied while the answer is on its way: wait for a cell, then for its ten values.
         page.wait_for_function("() => document.querySelector('#sequence-result tbody td:nth-child(2)')"
-                               ".textContent.split(', ').length === 10")
+                               "?.textContent.split(', ').length === 10")
 
         page.select_option("#model-select", "lm")
         assert page.locator("#generate").is_visible() and page.locator("#sequences").is_hidden()

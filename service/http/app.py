@@ -23,8 +23,8 @@ from rnnserve.service import logs
 from rnnserve.service.core.errors import ServiceError
 from rnnserve.service.http import health, repository, score, v1, v2
 from rnnserve.service.http.errors import handle_error
-from rnnserve.service.http.hot import HotRoutes
 from rnnserve.service.http.middleware import OPEN_PATHS, ServiceMiddleware, content_security_policy, is_loopback
+from rnnserve.service.http.raw import RawRoutes
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.registry import Registry
 from rnnserve.service.settings import Settings
@@ -32,6 +32,7 @@ from rnnserve.service.settings import Settings
 PAGE = "/ui"  # the built-in page (service/ui: plain HTML, CSS and JavaScript, nothing fetched from elsewhere)
 UI_DIR = Path(__file__).resolve().parent / "ui"
 DOCS = "/docs"
+ROUTERS = (health.router, v1.router, score.router, v2.router, repository.router)  # the route table
 DOCS_STATIC = "/docs/static"
 INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
 # With API keys set, OpenAPI declares both ways to send one, so Swagger UI's Authorize button can supply it.
@@ -71,13 +72,8 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
                          static_url=DOCS_STATIC, swagger_ui_parameters={"validatorUrl": None},  # no call out
                          description="Serves recurrent text classifiers (SimpleRNN, GRU, LSTM) exported to ONNX.")
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
-    app.include_router(health.router)
-    app.include_router(v1.router)
-    app.include_router(score.router)
-    app.include_router(v2.router)
-    app.include_router(repository.router)
-    hot = [r for router in (v1.router, v2.router) for r in router.routes
-           if r.endpoint in (v1.predict, v2.infer)]
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_api_route(DOCS, docs_page, include_in_schema=False)
     # Open with API keys set: what holds no data (a browser's navigation cannot carry a key). The page asks for
     # one, Swagger UI's Authorize button takes one; every call they make needs it.
@@ -90,7 +86,8 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
         open_paths += ("/",)
         open_prefixes += (PAGE + "/",)
         page_prefixes += (PAGE + "/",)
-    app.add_middleware(HotRoutes, routes=hot)
+    # innermost: the RawRoutes of the route table, served first
+    app.add_middleware(RawRoutes, routes=[route for router in ROUTERS for route in router.routes])
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        max_score_bytes=settings.max_score_bytes,
                        known_models=registry.knows,

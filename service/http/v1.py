@@ -26,6 +26,7 @@ from rnnserve.service.http.body import (
 )
 from rnnserve.service.http.codecs import codec_for
 from rnnserve.service.http.errors import error_body
+from rnnserve.service.http.raw import raw_post
 from rnnserve.service.http.responses import model_listing, to_predictions
 from rnnserve.service.http.schemas import (
     ErrorResponse,
@@ -80,11 +81,11 @@ async def plot(name: str, filename: str, request: Request) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
-@router.post("/models/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True,
-             openapi_extra=PREDICT_BODY, summary="Classify texts with the newest version")
-@router.post("/models/{name}/versions/{version}/predict", response_model=PredictResponse,
-             response_model_exclude_none=True, openapi_extra=PREDICT_BODY | VERSION_PARAMETER,
-             summary="Classify texts with one version")
+@raw_post(router, "/models/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True,
+          openapi_extra=PREDICT_BODY, summary="Classify texts with the newest version")
+@raw_post(router, "/models/{name}/versions/{version}/predict", response_model=PredictResponse,
+          response_model_exclude_none=True, openapi_extra=PREDICT_BODY | VERSION_PARAMETER,
+          summary="Classify texts with one version")
 async def predict(name: str, request: Request) -> Response:
     state, version = request.app.state, path_version(request)
     model = state.registry.get(name, version)  # an unknown model is a 404 before the body is read

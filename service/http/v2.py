@@ -19,6 +19,7 @@ from rnnserve import __version__
 from rnnserve.service.core.errors import BadRequest, InvalidInput, echo
 from rnnserve.service.http.body import VERSION_PARAMETER, check_json, json_response, parse, path_version
 from rnnserve.service.http.codecs import codec_for
+from rnnserve.service.http.raw import raw_post
 from rnnserve.service.http.schemas import V2Error
 from rnnserve.service.http.tensors import encode_bytes
 from rnnserve.service.runtime.base import ModelRuntime
@@ -87,9 +88,9 @@ async def model_ready(name: str, request: Request) -> dict:
     return {"name": model.name, "ready": True}
 
 
-@router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER_BODY)
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version",
-             openapi_extra=INFER_BODY | VERSION_PARAMETER)
+@raw_post(router, "/models/{name}/infer", summary="Inference", openapi_extra=INFER_BODY)
+@raw_post(router, "/models/{name}/versions/{version}/infer", summary="Inference on one version",
+          openapi_extra=INFER_BODY | VERSION_PARAMETER)
 async def infer(name: str, request: Request) -> Response:
     state, version = request.app.state, path_version(request)
     model = state.registry.get(name, version)  # an unknown model is a 404 before the body is read
