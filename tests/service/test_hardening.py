@@ -175,54 +175,59 @@ def test_corrupt_reload_keeps_the_old_version(live_repo):
 
 def test_sigterm_finishes_requests_in_flight(model_repo):
     srv = Server(model_repo)
-    srv.wait_ready()
-    texts, _ = real_reviews(128)
+    try:
+        srv.wait_ready()
+        texts, _ = real_reviews(128)
 
-    async def main():
-        async with httpx.AsyncClient(base_url=srv.url, timeout=60,
-                                     limits=httpx.Limits(max_connections=32)) as client:
-            tasks = [asyncio.create_task(client.post("/v1/models/sentiment-lstm/predict", json={"texts": texts}))
-                     for _ in range(32)]
-            await asyncio.sleep(0.3)  # all 32 are on the wire and queued
-            srv.proc.send_signal(signal.SIGTERM)
-            return await asyncio.gather(*tasks, return_exceptions=True)
+        async def main():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60,
+                                         limits=httpx.Limits(max_connections=32)) as client:
+                tasks = [asyncio.create_task(client.post("/v1/models/sentiment-lstm/predict", json={"texts": texts}))
+                         for _ in range(32)]
+                await asyncio.sleep(0.3)  # all 32 are on the wire and queued
+                srv.proc.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*tasks, return_exceptions=True)
 
-    responses = asyncio.run(main())
-    assert [getattr(r, "status_code", r) for r in responses] == [200] * 32
-    assert all(len(r.json()["predictions"]) == 256 for r in responses)
-    assert srv.proc.wait(timeout=30) == 0
-    srv.stop()
-
+        responses = asyncio.run(main())
+        assert [getattr(r, "status_code", r) for r in responses] == [200] * 32
+        assert all(len(r.json()["predictions"]) == 256 for r in responses)
+        assert srv.proc.wait(timeout=30) == 0
+    finally:
+        srv.stop()
 
 def test_two_workers_serve_and_stop_cleanly(model_repo):
     srv = Server(model_repo, "--workers", "2")
-    srv.wait_ready()
-    # Readiness is one worker's (issue 24): the other may still be loading, and answers 503 until it has. Both
-    # have loaded once 20 requests in a row (new connections, spread over the workers) are answered.
-    deadline, answered = time.monotonic() + 60, 0
-    while answered < 20 and time.monotonic() < deadline:
-        r = httpx.get(f"{srv.url}/v1/models/sentiment-lstm")
-        answered = answered + 1 if r.status_code == 200 else 0
-    assert r.json()["threads"] == max(1, len(__import__("os").sched_getaffinity(0)) // 2)
-    assert httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"}).status_code == 200
-    srv.proc.send_signal(signal.SIGTERM)
-    assert srv.proc.wait(timeout=60) == 0
-    srv.stop()
-
+    try:
+        srv.wait_ready()
+        # Readiness is one worker's (issue 24): the other may still be loading, and answers 503 until it has. Both
+        # have loaded once 20 requests in a row (new connections, spread over the workers) are answered.
+        deadline, answered = time.monotonic() + 60, 0
+        while answered < 20 and time.monotonic() < deadline:
+            r = httpx.get(f"{srv.url}/v1/models/sentiment-lstm")
+            answered = answered + 1 if r.status_code == 200 else 0
+        assert r.json()["threads"] == max(1, len(__import__("os").sched_getaffinity(0)) // 2)
+        assert httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"}).status_code == 200
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=60) == 0
+    finally:
+        srv.stop()
 
 def test_granian_serves_logs_as_json_and_stops_cleanly(model_repo):
     srv = Server(model_repo, "--server", "granian", "--workers", "2", "--access-log")
-    srv.wait_ready()
-    deadline = time.monotonic() + 30
-    while True:  # readiness answered from one worker; the other may still be loading (503, Retry-After)
-        r = httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"},
-                       headers={"X-Request-ID": "g-1"})
-        if r.status_code != 503 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert r.status_code == 200 and r.headers["x-request-id"] == "g-1"
-    srv.proc.send_signal(signal.SIGTERM)
-    assert srv.proc.wait(timeout=60) == 0
-    lines = [json.loads(line) for line in srv.stop().splitlines() if line.startswith("{")]
+    try:
+        srv.wait_ready()
+        deadline = time.monotonic() + 30
+        while True:  # readiness answered from one worker; the other may still be loading (503, Retry-After)
+            r = httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"text": "fine"},
+                           headers={"X-Request-ID": "g-1"})
+            if r.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200 and r.headers["x-request-id"] == "g-1"
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=60) == 0
+    finally:
+        log = srv.stop()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert any(e["logger"].startswith("_granian") for e in lines)  # Granian's own lines in the service's format
     assert any(e.get("request_id") == "g-1" and e.get("path") == "/v1/models/sentiment-lstm/predict" for e in lines)
