@@ -24,8 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cmd: list[str], port: int, ready_path: str = "/health/ready", timeout: float = 120):
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_server(cmd: list[str], port: int, ready_path: str = "/health/ready", timeout: float = 120,
+                 env: dict | None = None, log: Path | None = None):
+    """Start a server and wait for ready_path to answer 200; its output goes to `log` (else nowhere)."""
+    out = log.open("ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if log:
+        out.close()  # the child holds its own copy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -6,6 +6,7 @@ import json
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 
 from rnnserve.service.core.package import read_package
@@ -52,6 +53,14 @@ def test_packages_are_native_and_small(name):
     assert "Loop" not in ops and {"RNN", "GRU", "LSTM"} & set(ops)
     size = sum(f.stat().st_size for f in pkg.path.iterdir())
     assert size < 25 * 1024 * 1024
+
+
+@pytest.mark.parametrize("path", sorted(BUNDLED_MODELS.glob("*/*/model.onnx")), ids=lambda p: p.parent.parent.name)
+def test_every_onnxruntime_the_pins_accept_loads_them(path):
+    # The lowest IR version each package's opsets need: onnxruntime 1.20 (the lowest pinned) reads IR 10 at
+    # most, and onnxruntime-gpu 1.31.1 refused the language model's IR 14 on the GPU check's machine.
+    model = onnx.load(path, load_external_data=False)
+    assert model.ir_version == onnx.helper.find_min_ir_version_for(list(model.opset_import)) <= 10
 
 
 def test_the_sequence_model_and_the_language_model_figures_are_recomputed(data_dir):

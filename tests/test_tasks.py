@@ -9,6 +9,7 @@ import json
 
 import httpx
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -186,6 +187,8 @@ def test_generation_equals_the_keras_model_recomputing_the_prefix(client, task_r
     meta = read_package(task_repo / "lm" / "1").metadata
     assert meta.task == "text-generation" and meta.parity["max_abs_diff"] <= 1e-5
     assert [s["input"] for s in meta.state] == ["state_in_0", "cell_in_0", "state_in_1", "cell_in_1"]
+    model = onnx.load(task_repo / "lm" / "1" / "model.onnx")  # the opset's IR version, not onnx's newest
+    assert model.ir_version == onnx.helper.find_min_ir_version_for(list(model.opset_import))
     r = client.post("/v1/models/lm/generate", json={"prompt": "The company said", "max_chars": 30,
                                                    "temperature": 0})
     assert r.status_code == 200, r.text

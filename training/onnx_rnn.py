@@ -225,7 +225,9 @@ def stepwise_lm(model, opset: int) -> onnx.ModelProto:
               helper.make_node("MatMul", ["lm/last", "lm/dense/W"], ["lm/dense"]),
               helper.make_node("Add", ["lm/dense", "lm/dense/b"], ["logits"])]
     graph = helper.make_graph(nodes, "char_lm", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    # The lowest IR version the opset needs, not the installed onnx's newest: onnxruntime 1.31 refused IR 14.
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
 def loop_ops(model: onnx.ModelProto) -> list[str]:

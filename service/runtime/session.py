@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -15,6 +16,9 @@ log = logging.getLogger("rnnserve.session")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# TF32 matrix products (the CUDA provider's default on Ampere and newer) moved probabilities by up to 7e-4 from
+# the CPU's on an H200 (bench/gpu_check.py); full float32 keeps the served predictions the notebook's.
+CUDA_OPTIONS = {"use_tf32": "0"}
 
 
 _arena_lock = threading.Lock()
@@ -33,15 +37,27 @@ def share_cpu_arena() -> None:
             _arena_shared = True
 
 
-def choose_providers(setting: str) -> list[str]:
+def choose_providers(setting: str) -> list:
+    """The providers to ask onnxruntime for: "cpu", "cuda" (RuntimeError without onnxruntime-gpu) or "auto"."""
     available = ort.get_available_providers()
     if setting == "cpu":
         return [CPU]
-    if setting == "cuda":
-        if CUDA not in available:
-            raise RuntimeError("provider=cuda but onnxruntime has no CUDAExecutionProvider (install the [gpu] extra)")
-        return [CUDA, CPU]
-    return [CUDA, CPU] if CUDA in available else [CPU]
+    if setting == "cuda" and CUDA not in available:
+        raise RuntimeError("provider=cuda but onnxruntime has no CUDAExecutionProvider (install the [gpu] extra)")
+    if CUDA not in available:
+        return [CPU]
+    load_cuda_libraries()
+    return [(CUDA, CUDA_OPTIONS), CPU]
+
+
+@functools.cache
+def load_cuda_libraries() -> None:
+    """CUDA and cuDNN installed as pip wheels (onnxruntime-gpu's [cuda,cudnn] extras, or PyTorch's) are on no
+    library path: onnxruntime-gpu finds them only once preload_dlls (1.21+) has loaded them. Libraries installed
+    system-wide (the CUDA images) are found without it; preload_dlls reports what it could not load and goes on."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
 
 
 class OrtSession:
@@ -63,11 +79,15 @@ class OrtSession:
         try:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         except Exception:
-            if wanted[0] != CUDA or provider == "cuda":
+            if wanted == [CPU] or provider == "cuda":
                 raise
             log.warning("CUDA session failed; falling back to CPU", extra={"model_path": str(path)})
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
         self.provider = self._session.get_providers()[0]
+        if provider == "cuda" and self.provider != CUDA:
+            # onnxruntime logs a CUDA provider it cannot create and goes on with the CPU alone.
+            raise RuntimeError(f"provider=cuda but onnxruntime could not create a CUDA session for {path} (no "
+                               "GPU, or CUDA 13 / cuDNN 9 libraries missing: see the log above)")
         if provider == "auto" and self.provider != CUDA:
             log.info("using CPUExecutionProvider (no usable CUDA)", extra={"model_path": str(path)})
         self.threads = opts.intra_op_num_threads
