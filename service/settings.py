@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     def keys(self) -> list[str]:
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
         if self.api_keys_file is not None:
-            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            # utf-8-sig: a key file saved with a byte-order mark (Notepad) keeps its first key
+            lines = self.api_keys_file.read_text(encoding="utf-8-sig").splitlines()
             keys += [k.strip() for k in lines if k.strip() and not k.startswith("#")]
         return keys
 

@@ -11,11 +11,13 @@ import csv
 import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rnnserve.service.core.rows import format_of, read_file
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary, word_index_to_words
 
 DATA_DIR_ENV = "RNNSERVE_DATA_DIR"
@@ -200,46 +202,25 @@ def _download(name, num_words, skip_top, maxlen, test_split, seed, start_char, o
 
 def read_text_file(path: str | Path, text_column: str = "text",
                    label_column: str = "label") -> tuple[list[str], list[str]]:
-    """Texts and string labels from a CSV (with header) or JSON Lines file, optionally gzipped."""
+    """Texts and string labels from a CSV (with header) or JSON Lines file, optionally gzipped, read as the
+    scorer reads files (rnnserve.service.core.rows: byte-order marks, UTF-16, every line ending, fields as
+    long as a text may be). Raises DataError naming the first row that cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file {path} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
-    stem = path.name.removesuffix(".gz")
+    fmt = "jsonl" if format_of(path.name) == "jsonl" else "csv"
     texts, labels = [], []
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
-            if stem.endswith((".jsonl", ".ndjson")):
-                rows = (_json_row(line, n) for n, line in enumerate(fh, start=1) if line.strip())
-            else:
-                reader = csv.DictReader(fh)
-                if not reader.fieldnames:
-                    raise DataError(f"{path} is empty or has no CSV header")
-                missing = {text_column, label_column} - set(reader.fieldnames)
-                if missing:
-                    raise DataError(f"{path} has no column(s) {sorted(missing)}; columns are {reader.fieldnames}")
-                rows = reader
-            for n, row in enumerate(rows, start=1):
-                text, label = row.get(text_column), row.get(label_column)
-                if text is None or label is None or str(label).strip() == "":
-                    raise DataError(f"{path}: row {n} lacks {text_column!r} or {label_column!r}")
-                texts.append(str(text))
-                labels.append(str(label))
-    except (UnicodeDecodeError, csv.Error, OSError) as exc:
-        raise DataError(f"cannot parse {path}: {exc}") from exc
+        for row in read_file(path, fmt, text_column, label_column):
+            if row.error is not None:
+                raise DataError(f"{path}: row {row.number}: {row.error}")
+            texts.append(row.text)
+            labels.append(row.label)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
     if not texts:
         raise DataError(f"{path} holds no rows")
     return texts, labels
-
-
-def _json_row(line: str, n: int) -> dict:
-    try:
-        row = json.loads(line)
-    except ValueError as exc:
-        raise DataError(f"line {n} is not valid JSON: {exc}") from exc
-    if not isinstance(row, dict):
-        raise DataError(f"line {n} is not a JSON object")
-    return row
 
 
 def shuffled_split(n: int, test_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

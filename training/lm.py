@@ -9,15 +9,15 @@ is the test text. The tokenizer is Keras's char_level one, case kept, id 1 for c
 
 from __future__ import annotations
 
-import csv
-import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from rnnserve.service.core.rows import format_of, read_file
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary
 from rnnserve.training.config import TrainConfig
-from rnnserve.training.data import DataError, read_text_file, resolve_data_dir
+from rnnserve.training.data import DataError, resolve_data_dir
 
 REUTERS_TEXT = ("reuters-text", "raw/reuters_train_raw.csv.gz")  # the raw Reuters training text, in a data dir
 
@@ -32,26 +32,16 @@ def read_corpus(path: str | Path, text_column: str = "text", data_dir=None) -> s
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file {path} does not exist")
-    stem = path.name.removesuffix(".gz")
-    if stem.endswith(".txt"):
-        opener = gzip.open if path.suffix == ".gz" else open
-        try:
-            with opener(path, "rt", encoding="utf-8") as fh:
-                return fh.read()
-        except (UnicodeDecodeError, OSError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from exc
-    if stem.endswith((".jsonl", ".ndjson")):
-        texts, _ = read_text_file(path, text_column, text_column)
-        return "\n".join(texts)
-    opener = gzip.open if path.suffix == ".gz" else open
+    fmt = format_of(path.name) or "csv"
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            if text_column not in (reader.fieldnames or []):
-                raise DataError(f"{path} has no column {text_column!r}; columns are {reader.fieldnames}")
-            return "\n".join(row[text_column] or "" for row in reader)
-    except (UnicodeDecodeError, csv.Error, OSError) as exc:
-        raise DataError(f"cannot parse {path}: {exc}") from exc
+        lines = []
+        for row in read_file(path, fmt, text_column):  # one reader for every file (byte-order marks, line endings)
+            if row.error is not None:
+                raise DataError(f"{path}: row {row.number}: {row.error}")
+            lines.append(row.text)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    return "\n".join(lines)
 
 
 def char_spec(train_text: str, cfg: TrainConfig) -> TokenizerSpec:

@@ -7,6 +7,7 @@ sha256 of model.onnx must match the metadata, and the tokenizer spec must load.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ def read_package(path: str | Path) -> Package:
     if missing:
         raise PackageError(f"missing {', '.join(missing)}")
     try:
-        raw = (path / "metadata.json").read_bytes()
+        raw = (path / "metadata.json").read_bytes().removeprefix(codecs.BOM_UTF8)  # an editor's BOM is no error
     except OSError as exc:
         raise PackageError(f"metadata.json is not readable: {exc}") from exc
     metadata = parse_metadata(raw)

@@ -81,7 +81,7 @@ class TokenizerSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> TokenizerSpec:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8-sig")))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")

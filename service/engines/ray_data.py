@@ -1,6 +1,6 @@
 """Offline scoring on Ray Data: files of texts in, one scored row per input row out, across a Ray cluster.
 
-Reading uses the local scorer's own RowReader (service/scoring/pipeline.py), streamed a megabyte at a time from any
+Reading uses the local scorer's own RowReader (service/core/rows.py), streamed a megabyte at a time from any
 filesystem pyarrow knows (local paths, s3://, gs://, hdfs://), so every input row, even one that cannot be
 parsed, becomes exactly one output row with its 1-based row number in its file. Parquet files are read a
 record batch at a time. Scoring is `map_batches` with a callable class: each actor opens the package once
@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 
+from rnnserve.service.core.rows import SUFFIX_FORMATS, Row, RowReader, format_of
 from rnnserve.service.runtime.base import RuntimeOptions
 from rnnserve.service.runtime.text import TextClassifier, classify_each
-from rnnserve.service.scoring.pipeline import SUFFIX_FORMATS, Row, RowReader, format_of
 from rnnserve.service.settings import MAX_TEXT_CHARS
 
 FORMATS = SUFFIX_FORMATS | {".parquet": "parquet"}
@@ -63,10 +63,11 @@ class TextFiles(ray.data.Datasource):
     """One read task per file, yielding blocks of (file, row, id, text, error)."""
 
     def __init__(self, source: str | list[str], text_column: str = "text", id_column: str | None = None,
-                 fmt: str | None = None, max_chars: int = MAX_TEXT_CHARS):
+                 fmt: str | None = None, max_chars: int = MAX_TEXT_CHARS, encoding: str | None = None):
         self.files = list_files(source)
         self.formats = [fmt or input_format(path) for _, path in self.files]
         self.text_column, self.id_column, self.max_chars = text_column, id_column, max_chars
+        self.encoding = encoding
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(fs.get_file_info(path).size or 0 for fs, path in self.files)
@@ -90,7 +91,7 @@ class TextFiles(ray.data.Datasource):
             yield _table(path, block)
 
     def _text_rows(self, fs: pafs.FileSystem, path: str, fmt: str) -> Iterator[Row]:
-        reader = RowReader(fmt, self.text_column, self.id_column, self.max_chars)
+        reader = RowReader(fmt, self.text_column, self.id_column, self.max_chars, encoding=self.encoding)
         gzip = "gzip" if path.endswith(".gz") else None
         with fs.open_input_stream(path, compression=gzip) as stream:
             while data := stream.read(CHUNK):
@@ -112,7 +113,7 @@ class TextFiles(ray.data.Datasource):
                 ids = batch.column(id_column).to_pylist() if id_column else [None] * batch.num_rows
                 for text, id_ in zip(texts, ids):
                     number += 1
-                    id_ = number if id_ is None else id_
+                    id_ = None if id_ is None else str(id_)
                     if not isinstance(text, str):
                         yield Row(number, id_, error=no_text)
                     elif len(text) > self.max_chars:
@@ -124,7 +125,7 @@ class TextFiles(ray.data.Datasource):
 def _table(path: str, rows: list[Row]) -> pa.Table:
     return pa.table({"file": pa.array([path] * len(rows), pa.string()),
                      "row": pa.array([r.number for r in rows], pa.int64()),
-                     "id": pa.array([str(r.id) for r in rows], pa.string()),
+                     "id": pa.array([r.id for r in rows], pa.string()),
                      "text": pa.array([r.text for r in rows], pa.large_string()),
                      "error": pa.array([r.error for r in rows], pa.string())})
 
@@ -181,11 +182,12 @@ def score_dataset(ds: ray.data.Dataset, package: str, *, actors: int = 1, probab
 
 def score_files(source: str | list[str], package: str, output: str, *, output_format: str = "parquet",
                 actors: int = 1, text_column: str = "text", id_column: str | None = None, fmt: str | None = None,
-                probabilities: bool = False, threads: int = 1, batch_size: int = 256) -> dict:
+                probabilities: bool = False, threads: int = 1, batch_size: int = 256,
+                encoding: str | None = None) -> dict:
     """Score files (a path, a directory, a URI, or a list of them) with a package, writing a directory of
     Parquet or JSON Lines files. Connects to the Ray cluster already initialised, or starts a local one.
     Returns the counts of rows, scored rows and error rows."""
-    files = TextFiles(source, text_column, id_column, fmt)
+    files = TextFiles(source, text_column, id_column, fmt, encoding=encoding)
     # Reading takes no CPU reservation: it costs a fraction of scoring, and N actors may then use N CPUs (a read
     # task waiting for a CPU that the actors hold would wait for ever).
     rows = ray.data.read_datasource(files, num_cpus=0)

@@ -14,10 +14,11 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from rnnserve.service.core.errors import ClientGone, InvalidInput, PayloadTooLarge, ServiceError
+from rnnserve.service.core.rows import RowReader, codec_for, format_of
 from rnnserve.service.http.body import VERSION_PARAMETER, path_version
 from rnnserve.service.http.v1 import ERRORS
 from rnnserve.service.runtime.text import ClassificationResult
-from rnnserve.service.scoring.pipeline import RowReader, RowWriter, format_of, maybe_gunzip, score_stream
+from rnnserve.service.scoring.pipeline import RowWriter, maybe_gunzip, score_stream
 from rnnserve.service.scoring.spool import BodySpool
 
 log = logging.getLogger("rnnserve.score")
@@ -136,6 +137,13 @@ def _input_format(request: Request, given: str | None, upload: UploadFile | None
     return fmt
 
 
+def _charset(request: Request, upload: UploadFile | None) -> str | None:
+    """The declared charset of the upload (its part's Content-Type) or of the body; None when none is declared."""
+    content_type = upload.content_type if upload is not None else request.headers.get("content-type", "")
+    params = (p.partition("=") for p in (content_type or "").split(";")[1:])
+    return codec_for(next((value for key, _, value in params if key.strip().lower() == "charset"), None))
+
+
 async def _score(request: Request, name: str, version: str | None, fmt, text_column, id_column, output,
                  probabilities):
     registry, settings = request.app.state.registry, request.app.state.settings
@@ -156,7 +164,7 @@ async def _score(request: Request, name: str, version: str | None, fmt, text_col
     fmt = _input_format(request, fmt, upload)
     if output is None:
         output = "csv" if "text/csv" in request.headers.get("accept", "") else "jsonl"
-    reader = RowReader(fmt, text_column, id_column, settings.max_text_chars)
+    reader = RowReader(fmt, text_column, id_column, settings.max_text_chars, encoding=_charset(request, upload))
     writer = RowWriter(output, model.labels, probabilities)
 
     async def classify(texts: list[str]) -> ClassificationResult:

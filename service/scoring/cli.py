@@ -18,9 +18,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rnnserve.service.core.errors import UnsupportedMediaType
+from rnnserve.service.core.rows import RowReader, codec_for, format_of
 from rnnserve.service.runtime.base import RuntimeOptions
 from rnnserve.service.runtime.text import TextClassifier
-from rnnserve.service.scoring.pipeline import RowReader, RowWriter, format_of, score_stream
+from rnnserve.service.scoring.pipeline import RowWriter, score_stream
 from rnnserve.service.settings import MAX_TEXT_CHARS
 
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "text": "text/plain"}
@@ -54,7 +56,7 @@ async def score_local(args, fmt: str, out) -> dict:
         model = await asyncio.to_thread(TextClassifier.open, args.package, options)
     except Exception as exc:  # noqa: BLE001 - any package that cannot be opened is the user's error to read
         raise CliError(f"cannot load {args.package}: {exc}") from None
-    reader = RowReader(fmt, args.text_column, args.id_column, MAX_TEXT_CHARS)
+    reader = RowReader(fmt, args.text_column, args.id_column, MAX_TEXT_CHARS, encoding=args.encoding)
     writer = RowWriter(args.output_format, model.labels, args.probabilities)
 
     async def chunks():
@@ -78,12 +80,13 @@ def score_remote(args, fmt: str, out) -> dict:
     if args.id_column:
         params["id_column"] = args.id_column
     url = f"{args.url.rstrip('/')}/v1/models/{args.model}/score"
+    charset = f"; charset={args.encoding}" if args.encoding else ""
     summary: dict = {}
     rows = 0
     try:
         with httpx.Client(timeout=httpx.Timeout(30, read=None)) as client:
             with client.stream("POST", url, params=params, content=read_chunks(Path(args.input), args.progress),
-                               headers={"content-type": CONTENT_TYPES[fmt]}) as r:
+                               headers={"content-type": CONTENT_TYPES[fmt] + charset}) as r:
                 if r.status_code != 200:
                     r.read()
                     raise CliError(f"server answered {r.status_code}: {r.text}")
@@ -117,7 +120,7 @@ def score_ray(args, fmt: str | None) -> dict:
     try:
         return score_files(args.input, args.package, args.output, output_format=args.output_format,
                            actors=args.actors, text_column=args.text_column, id_column=args.id_column, fmt=fmt,
-                           probabilities=args.probabilities, threads=max(1, args.threads),
+                           probabilities=args.probabilities, threads=max(1, args.threads), encoding=args.encoding,
                            batch_size=args.batch_size)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
@@ -145,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--actors", type=int, default=1, help="ray: scoring actors, one CPU and one runtime each")
     ap.add_argument("--text-column", default="text")
     ap.add_argument("--id-column", default=None)
+    ap.add_argument("--encoding", help="the input's charset, any of Python's codecs (default: UTF-8, or UTF-16 "
+                    "when the file starts with its byte-order mark)")
     ap.add_argument("--probabilities", action="store_true", help="add every label's probability")
     ap.add_argument("--batch-size", type=int, default=256, help="local: texts per onnxruntime run")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (local, 0: usable CPUs; ray: per "
@@ -156,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = Path(args.input)
     try:
+        try:
+            args.encoding = codec_for(args.encoding)
+        except UnsupportedMediaType as exc:
+            raise CliError(exc.message) from None
         if args.engine == "ray":
             if not args.package:
                 raise CliError("--engine ray needs --package")

@@ -13,11 +13,12 @@ import pytest
 
 from rnnserve.service.core.errors import ModelClosed
 from rnnserve.service.core.package import PackageError
+from rnnserve.service.core.rows import RowReader
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.registry import Registry
 from rnnserve.service.runtime.base import RuntimeOptions
 from rnnserve.service.runtime.text import TextClassifier
-from rnnserve.service.scoring.pipeline import RowReader, RowWriter, score_stream
+from rnnserve.service.scoring.pipeline import RowWriter, score_stream
 from rnnserve.service.settings import Settings
 from tests.conftest import Server, in_process, wait_ready
 

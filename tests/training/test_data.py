@@ -48,9 +48,9 @@ def test_own_csv_and_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ("", "no CSV header"),
+    ("", "holds no rows"),
     ("words,label\nhello,a\n", "no column"),
-    ("text,label\nhello,\n", "lacks"),
+    ("text,label\nhello,\n", "row 1: empty or non-text label"),
     ("text,label\nhello,a\nbye,a\n", "only one label"),
 ])
 def test_malformed_csv_errors(tmp_path, content, message):
@@ -61,5 +61,5 @@ def test_malformed_csv_errors(tmp_path, content, message):
 
 def test_invalid_jsonl_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": "x"}\n{not json\n')
-    with pytest.raises(DataError, match="line 2 is not valid JSON"):
+    with pytest.raises(DataError, match="row 2: invalid JSON"):
         read_text_file(tmp_path / "bad.jsonl")
