@@ -116,3 +116,22 @@ def test_every_bundled_model_is_served(bundled_server):
     assert len(reuters["labels"]) == 46 and reuters["labels"][3] == "earn"
     meta = json.loads((BUNDLED_MODELS / "reuters-gru" / "1" / "metadata.json").read_text())
     assert reuters["metrics"] == meta["metrics"]
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_typographic_text_is_read_as_typed_text(bundled_server, name):
+    # The sentence: with ’ the negations were unknown words and imdb-lstm read it as positive (0.78).
+    typed = "I didn't like it. It wasn't good."
+    variants = [typed, "I didn\u2019t like it.\u00a0It wasn\u2019t good.",
+                "I didn\u02bct like it \u2014 it wasn\uff07t good."]
+    r = httpx.post(f"{bundled_server.url}/v1/models/{name}/predict",
+                   json={"texts": variants, "return_probabilities": True}, timeout=60)
+    predictions = r.json()["predictions"]
+    assert all(p["probabilities"] == predictions[0]["probabilities"] for p in predictions), predictions
+    assert all(p["tokens"] == predictions[0]["tokens"] for p in predictions)
+    if name == "imdb-lstm":
+        assert predictions[1]["label"] == "negative"
+    r = httpx.post(f"{bundled_server.url}/v1/models/{name}/explain", json={"text": variants[1]}, timeout=60)
+    words = {w["text"]: w for w in r.json()["words"]}
+    assert words["didn\u2019t"]["token"] == "didn't" and words["didn\u2019t"]["status"] == "kept"
+    assert variants[1][words["wasn\u2019t"]["start"]:words["wasn\u2019t"]["end"]] == "wasn\u2019t"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
+from rnnserve.service.core.normalize import check_rules
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be trained; the message names the field."""
@@ -22,6 +24,9 @@ class TrainConfig:
     text_column: str = "text"
     label_column: str = "label"
     char_level: bool = False  # own files only: characters are the tokens (Keras's Tokenizer(char_level=True))
+    # The tokenizer's normalization rules (service/core/normalize.py), comma-separated, or "none"; default:
+    # normalize.DEFAULT for your own files, none for the Keras datasets (their ids are Keras's rules alone)
+    normalization: str | None = None
     features: int = 1  # sequences: values per step (F)
     regression: bool = False  # sequences: the target column holds numbers, not class names
     max_chars: int | None = None  # lm: train on the corpus's first max_chars characters only
@@ -105,6 +110,10 @@ class TrainConfig:
         if self.char_level and self.dataset in ("imdb", "reuters"):
             raise ConfigError("char_level needs raw text: give a CSV/JSONL file as dataset (the Keras datasets "
                               "ship word ids)")
+        try:
+            check_rules(self.normalization_rules() or [])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.mask_zero and self.conv_filters:
@@ -112,6 +121,12 @@ class TrainConfig:
         if self.conv_filters and self.maxlen < self.conv_kernel * self.pool_size:
             raise ConfigError("maxlen is too short for the Conv1D kernel and pooling")
         return self
+
+    def normalization_rules(self) -> list[str] | None:
+        """The rules asked for; None for the dataset's default."""
+        if self.normalization is None:
+            return None
+        return [r.strip() for r in self.normalization.split(",") if r.strip() and r.strip() != "none"]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnserve.service.core.normalize import DEFAULT
 from rnnserve.service.core.rows import format_of, read_file
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec, build_vocabulary, word_index_to_words
 
@@ -117,6 +118,7 @@ def load_keras_dataset(
     pad_to: int = 200,
     padding: str = "pre",
     truncating: str = "pre",
+    normalization: list[str] | None = None,
 ) -> Dataset:
     """keras.datasets.<name>.load_data(...) with the same arguments and results.
 
@@ -175,6 +177,7 @@ def load_keras_dataset(
         maxlen=pad_to,
         padding=padding,
         truncating=truncating,
+        normalization=normalization or [],  # for serving raw text: the ids here are Keras's, not ours
     )
     labels = IMDB_LABELS if name == "imdb" else REUTERS_LABELS
     return Dataset(name, list(x_train), np.asarray(y_train, dtype=np.int64), list(x_test),
@@ -244,9 +247,11 @@ def load_text_dataset(
     padding: str = "pre",
     truncating: str = "pre",
     char_level: bool = False,
+    normalization: list[str] | None = None,
 ) -> Dataset:
     """A user's labelled text: shuffled with `seed`, split, vocabulary built on the training split only.
-    char_level: characters are the tokens, lower-cased as Python's str.lower() does (as Keras's)."""
+    char_level: characters are the tokens, lower-cased as Python's str.lower() does (as Keras's).
+    normalization: the tokenizer's rules (service/core/normalize.py; default normalize.DEFAULT)."""
     texts, raw_labels = read_text_file(path, text_column, label_column)
     labels = sorted(set(raw_labels))
     if len(labels) < 2:
@@ -255,7 +260,8 @@ def load_text_dataset(
     train_idx, test_idx = shuffled_split(len(texts), test_split, seed)
     template = TokenizerSpec(words=[], unknown_words="oov", num_words=num_words, maxlen=pad_to,
                              padding=padding, truncating=truncating, char_level=char_level,
-                             lower_ascii_only=not char_level)
+                             lower_ascii_only=not char_level,
+                             normalization=list(DEFAULT if normalization is None else normalization))
     template.words = build_vocabulary((texts[i] for i in train_idx), template)
     tok = Tokenizer(template)
     encode = lambda ids: [tok.encode(texts[i])[0] for i in ids]  # noqa: E731

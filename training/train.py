@@ -37,9 +37,11 @@ def load_dataset(cfg: TrainConfig, data_dir: str | Path | None) -> Dataset:
     common = dict(pad_to=cfg.maxlen, padding=cfg.padding, truncating=cfg.truncating)
     if cfg.dataset in ("imdb", "reuters"):
         return load_keras_dataset(cfg.dataset, data_dir, num_words=cfg.num_words, skip_top=cfg.skip_top,
-                                  maxlen=cfg.load_maxlen, test_split=cfg.test_split, **common)
+                                  maxlen=cfg.load_maxlen, test_split=cfg.test_split,
+                                  normalization=cfg.normalization_rules(), **common)
     return load_text_dataset(cfg.dataset, cfg.text_column, cfg.label_column, num_words=cfg.num_words,
-                             test_split=cfg.test_split, char_level=cfg.char_level, **common)
+                             test_split=cfg.test_split, char_level=cfg.char_level,
+                             normalization=cfg.normalization_rules(), **common)
 
 
 def seed_everything(seed: int) -> None:

@@ -18,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 
+from rnnserve.service.core.normalize import Origin, check_rules, normalizer
+
 try:
     from rnnserve.service.core import _fasttok
 except ImportError:  # no compiler at install time: the reference serves alone
@@ -62,6 +64,10 @@ class TokenizerSpec:
     maxlen: int = 200
     padding: Literal["pre", "post"] = "pre"
     truncating: Literal["pre", "post"] = "pre"
+    # Named rules applied before everything else (service/core/normalize.py), in this order: typographic
+    # quotes, dashes, Unicode forms and spaces as a keyboard writes them. [] (Keras's rules alone) for packages
+    # whose training ids came from a Keras dataset; new packages trained on raw text get normalize.DEFAULT.
+    normalization: list[str] = field(default_factory=list)
     format: str = field(default=SPEC_FORMAT)
 
     def to_json(self) -> str:
@@ -97,6 +103,7 @@ class TokenizerSpec:
             raise ValueError("unknown_words='oov' needs an oov_char")
         if not isinstance(self.words, list) or not all(isinstance(w, str) for w in self.words):
             raise ValueError("words must be a list of strings")
+        check_rules(self.normalization)
 
     @property
     def vocab_size(self) -> int:
@@ -119,7 +126,7 @@ def word_index_to_words(word_index: dict[str, int]) -> list[str]:
 class Tokenizer:
     """Applies a TokenizerSpec. Thread-safe: it holds no mutable state after construction.
 
-    The Python code here is the reference (`word_spans`, `_reference_encode_spans`, `pad`). Where the spec fits
+    The Python code here is the reference (`word_spans`, `_encode_spans`, `pad`). Where the spec fits
     the compiled tokenizer (service/core/_fasttok.c: ASCII filters and split character, ASCII-only or no
     lower-casing) and it is built, `encode`, `encode_spans` and whole batches go through it instead, the GIL
     released; it gives the same ids, proven on both full raw training sets and by property-based tests.
@@ -128,6 +135,7 @@ class Tokenizer:
     def __init__(self, spec: TokenizerSpec, fast: bool = True):
         spec.validate()
         self.spec = spec
+        self._normalize = normalizer(spec.normalization)
         table = {} if spec.char_level else {ord(c): spec.split for c in spec.filters}
         if spec.lower:
             if spec.lower_ascii_only:
@@ -167,8 +175,16 @@ class Tokenizer:
         return i
 
     def word_spans(self, text: str) -> list[tuple[str, int, int]]:
-        """Keras's text_to_word_sequence (or, char_level, its characters) with the spec's lower-casing and
-        non-ASCII rules: each word with its character span [start, end) in the original text."""
+        """Keras's text_to_word_sequence (or, char_level, its characters) after the spec's normalization, with
+        its lower-casing and non-ASCII rules: each word as the model sees it, with its character span
+        [start, end) in the original text."""
+        text, origin = self._normalized(text)
+        return _back(self._word_spans(text), origin)
+
+    def _normalized(self, text: str) -> tuple[str, Origin]:
+        return (text, None) if self._normalize is None else self._normalize(text)
+
+    def _word_spans(self, text: str) -> list[tuple[str, int, int]]:
         lowered = text.lower() if self._full_lower else text
         if self.spec.char_level:
             words = [(c, i, i + 1) for i, c in enumerate(lowered.translate(self._table))]
@@ -191,6 +207,7 @@ class Tokenizer:
     def count_words(self, text: str) -> int:
         """len(word_spans(text)), without building the words: string operations in C, for limits checked
         before any work."""
+        text, _ = self._normalized(text)
         lowered = text.lower() if self._full_lower else text
         if self.spec.char_level:
             return len(lowered)
@@ -202,13 +219,19 @@ class Tokenizer:
 
     def encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
         """Text -> unpadded ids (start_char first), the count of OOV or dropped words, and the character
-        span of each id in the text (the start token's is (0, 0))."""
-        if self._fast is not None and (fast := self._fast.encode(text, spans=True)) is not None:
+        span of each id in the original text (the start token's is (0, 0))."""
+        norm, origin = self._normalized(text)
+        if self._fast is not None and (fast := self._fast.encode(norm, spans=True)) is not None:
             ids, oov, spans = fast
-            return ids, oov, spans
-        return self._reference_encode_spans(text)
+        else:
+            ids, oov, spans = self._encode_spans(norm)
+        if origin is not None:
+            starts, ends = origin
+            spans = [(starts[a], ends[b - 1]) if b > a else (a, b) for a, b in spans]
+        return ids, oov, spans
 
-    def _reference_encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+    def _encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+        """The reference on a normalized text: spans are in it."""
         s = self.spec
         # keras.datasets applies the num_words/skip_top rule to start_char as well.
         ids = [] if s.start_char is None else [self._final_id(s.start_char)]
@@ -216,7 +239,7 @@ class Tokenizer:
         oov = 0
         unknown = s.oov_char if s.unknown_words == "oov" else None
         get = self._ids.get
-        for word, start, end in self.word_spans(text):
+        for word, start, end in self._word_spans(text):
             i = get(word, unknown)
             if i is None or i == -1:
                 oov += 1
@@ -229,9 +252,10 @@ class Tokenizer:
 
     def encode(self, text: str) -> tuple[list[int], int]:
         """Text -> unpadded id list (start_char first) and the count of OOV or dropped words."""
+        text, _ = self._normalized(text)
         if self._fast is not None and (fast := self._fast.encode(text)) is not None:
             return fast[0], fast[1]
-        ids, oov, _ = self._reference_encode_spans(text)
+        ids, oov, _ = self._encode_spans(text)
         return ids, oov
 
     def pad(self, sequences: list[list[int]], maxlen: int | None = None, dynamic: bool = False) -> np.ndarray:
@@ -263,7 +287,8 @@ class Tokenizer:
             counts = [(len(ids), oov) for ids, oov in encoded]
             x = self.pad([ids for ids, _ in encoded], maxlen, dynamic)
         else:
-            x, counts = self._fast_batch(list(texts), maxlen, dynamic)
+            texts = list(texts) if self._normalize is None else [self._normalize(t)[0] for t in texts]
+            x, counts = self._fast_batch(texts, maxlen, dynamic)
         return x, [TokenStats(kept=min(n, maxlen), oov=oov, truncated=n > maxlen) for n, oov in counts]
 
     def _fast_batch(self, texts: list[str], maxlen: int, dynamic: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -271,7 +296,7 @@ class Tokenizer:
         counts = np.zeros((len(texts), 2), dtype=np.int64)
         pre_pad = self.spec.padding == "pre"
         for row in self._fast.encode_batch(texts, x, counts, maxlen, pre_pad, self.spec.truncating == "pre"):
-            ids, oov, _ = self._reference_encode_spans(texts[row])  # a lone surrogate: the compiled path declined
+            ids, oov, _ = self._encode_spans(texts[row])  # a lone surrogate: the compiled path declined
             x[row] = self.pad([ids], maxlen)[0]
             counts[row] = len(ids), oov
         counts = counts.tolist()
@@ -279,6 +304,14 @@ class Tokenizer:
             width = max(1, min(maxlen, max((n for n, _ in counts), default=1)))
             x = np.ascontiguousarray(x[:, maxlen - width:] if pre_pad else x[:, :width])
         return x, counts
+
+
+def _back(words: list[tuple[str, int, int]], origin: Origin) -> list[tuple[str, int, int]]:
+    """Spans in a normalized text -> spans in its original."""
+    if origin is None:
+        return words
+    starts, ends = origin
+    return [(w, starts[a], ends[b - 1]) for w, a, b in words]
 
 
 def build_vocabulary(texts: Iterable[str], spec_template: TokenizerSpec) -> list[str]:

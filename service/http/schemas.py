@@ -113,6 +113,8 @@ class PredictResponse(BaseModel):
 
 class ExplainedWord(BaseModel):
     text: str = Field(description="The word as written: the request's text[start:end].")
+    token: str = Field(description="The word as the model's vocabulary sees it: after the package's "
+                       "normalization (typographic quotes, dashes, Unicode forms), lower-casing and filters.")
     start: int = Field(description="Character offset of the word in the text (Python string indices).")
     end: int
     id: int | None = Field(description="Its token id; null when the model does not see it.")

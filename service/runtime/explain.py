@@ -20,6 +20,7 @@ from rnnserve.service.core.tokenizer import Tokenizer
 @dataclass
 class Word:
     text: str  # the word as written in the original text, text[start:end]
+    token: str  # the word as the model's vocabulary sees it: normalized, lower-cased, filtered
     start: int
     end: int
     id: int | None  # its token id, None when the model does not see it
@@ -28,8 +29,8 @@ class Word:
     contribution: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "start": self.start, "end": self.end, "id": self.id, "status": self.status,
-                "contribution": self.contribution}
+        return {"text": self.text, "token": self.token, "start": self.start, "end": self.end, "id": self.id,
+                "status": self.status, "contribution": self.contribution}
 
 
 def read_words(tokenizer: Tokenizer, text: str) -> tuple[list[Word], list[int]]:
@@ -41,15 +42,15 @@ def read_words(tokenizer: Tokenizer, text: str) -> tuple[list[Word], list[int]]:
     kept = range(cut, len(ids)) if spec.truncating == "pre" else range(len(ids) - cut)
     position = {span: i for i, span in enumerate(spans)}  # the start token's (0, 0) is no word's span
     words = []
-    for _, start, end in tokenizer.word_spans(text):
+    for token, start, end in tokenizer.word_spans(text):
         i = position.get((start, end))
         if i is None:
-            words.append(Word(text[start:end], start, end, None, "dropped"))
+            words.append(Word(text[start:end], token, start, end, None, "dropped"))
         elif i not in kept:
-            words.append(Word(text[start:end], start, end, None, "truncated"))
+            words.append(Word(text[start:end], token, start, end, None, "truncated"))
         else:
             status = "oov" if ids[i] == spec.oov_char else "kept"
-            words.append(Word(text[start:end], start, end, ids[i], status, i))
+            words.append(Word(text[start:end], token, start, end, ids[i], status, i))
     return words, ids
 
 

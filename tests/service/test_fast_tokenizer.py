@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnserve.service.core import tokenizer as tokmod
+from rnnserve.service.core.normalize import DEFAULT
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
 from rnnserve.training.data import imdb_raw_train_in_keras_order, load_keras_dataset, reuters_raw_train
 
@@ -16,7 +17,8 @@ if tokmod._fasttok is None:
     pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the reference serves alone")
 
 WORDS = ["", "the", "movie", "good", "bad", "café", "caf?", "σας", "i̇", "a\rb", "x\xa0y", "\x00", "😀", "e\u0301", "??"]
-SPECIAL = "ΣİıAZaz \xa0\r\n\t\x00😀\u0301éÉ?!.,'\"-_" + "".join(WORDS)
+TYPOGRAPHIC = "’‘“”–—\u2009\u3000\u200bﬁＡ…\u00b4\uff07\u2474"
+SPECIAL = "ΣİıAZaz \xa0\r\n\t\x00😀\u0301éÉ?!.,'\"-_" + TYPOGRAPHIC + "".join(WORDS)
 texts = st.text(alphabet=st.one_of(st.sampled_from(SPECIAL), st.characters()), max_size=60)
 
 
@@ -29,9 +31,10 @@ def both(spec: TokenizerSpec) -> tuple[Tokenizer, Tokenizer]:
 def assert_same(spec: TokenizerSpec, batch: list[str], dynamic: bool = False) -> None:
     fast, ref = both(spec)
     for text in batch:
-        got = fast._fast.encode(text, spans=True)
+        norm = fast._normalized(text)[0]
+        got = fast._fast.encode(norm, spans=True)
         if got is not None:  # None: a lone surrogate, which the compiled path hands to the reference
-            assert (got[0], got[1], [tuple(s) for s in got[2]]) == ref.encode_spans(text), repr(text)
+            assert (got[0], got[1], [tuple(s) for s in got[2]]) == ref._encode_spans(norm), repr(text)
         assert fast.encode_spans(text) == ref.encode_spans(text) and fast.encode(text) == ref.encode(text)
     x_fast, stats_fast = fast(batch, dynamic=dynamic)
     x_ref, stats_ref = ref(batch, dynamic=dynamic)
@@ -57,12 +60,13 @@ def test_full_raw_training_sets_give_identical_ids(data_dir, dataset):
 
 
 SPECS = st.builds(
-    lambda num_words, unknown, replacement, start, padding, truncating, maxlen, lower: TokenizerSpec(
+    lambda num_words, unknown, replacement, start, padding, truncating, maxlen, lower, normalization: TokenizerSpec(
         words=WORDS, num_words=num_words, unknown_words=unknown, non_ascii_replacement=replacement,
-        start_char=start, padding=padding, truncating=truncating, maxlen=maxlen, lower=lower),
+        start_char=start, padding=padding, truncating=truncating, maxlen=maxlen, lower=lower,
+        normalization=normalization),
     st.sampled_from([None, 6, 9]), st.sampled_from(["drop", "oov"]), st.sampled_from([None, "?", "??", "é", ""]),
     st.sampled_from([1, None]), st.sampled_from(["pre", "post"]), st.sampled_from(["pre", "post"]),
-    st.integers(1, 8), st.booleans())
+    st.integers(1, 8), st.booleans(), st.sampled_from([[], DEFAULT, ["nfkc"], ["spaces", "quotes"]]))
 
 
 @settings(max_examples=400, deadline=None)
@@ -96,3 +100,34 @@ def test_specs_the_compiled_path_cannot_express_use_the_reference():
     assert full_lower.implementation == unicode_filter.implementation == "python"
     assert full_lower.encode("İ the ΣΑΣ")[0] == [1, 12, 5, 11]  # "i̇", "the", "σας" (final sigma)
     assert [s for _, *s in full_lower.word_spans("İx the")] == [[0, 2], [3, 6]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=texts)
+def test_normalized_spans_cover_the_original_characters_each_word_came_from(text):
+    tok = Tokenizer(TokenizerSpec(words=WORDS, normalization=DEFAULT))
+    normalize = tok._normalize
+    for word, start, end in tok.word_spans(text):
+        assert 0 <= start < end <= len(text)
+        # the original characters, normalized alone, hold the word (a group may also hold split characters)
+        assert word in normalize(text[start:end])[0].translate(tok._table)
+
+
+def test_typographic_apostrophes_keep_the_negation():
+    spec = TokenizerSpec(words=["i", "didn't", "like", "it", "wasn't", "good"], normalization=DEFAULT)
+    tok, plain = Tokenizer(spec), Tokenizer(TokenizerSpec(words=spec.words))
+    ascii_text = "I didn't like it. It wasn't good."
+    for variant in ("I didn\u2019t like it. It wasn\u2019t good.", "I didn\u02bct like it.\u00a0It wasn\uff07t good.",
+                    "I\u3000didn\u2019t like it. It wasn\u2019t\u2009good."):
+        assert tok.encode(variant) == tok.encode(ascii_text) == plain.encode(ascii_text)
+        assert plain.encode(variant)[1] >= 2  # without normalization the negations are unknown words
+    text = "Ｉ didn\u2019t — ﬁne"
+    assert [(w, text[a:b]) for w, a, b in tok.word_spans(text)] == [("i", "Ｉ"), ("didn't", "didn\u2019t"),
+                                                                    ("fine", "ﬁne")]
+    ids, _, spans = tok.encode_spans(text)
+    assert [text[a:b] for a, b in spans] == ["", "Ｉ", "didn\u2019t"] and ids[:3] == [1, 4, 5]
+
+
+def test_a_spec_with_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown or repeated normalization rules"):
+        TokenizerSpec.from_dict({**TokenizerSpec(words=[]).__dict__, "normalization": ["lowercase-v9"]})

@@ -63,3 +63,19 @@ def test_invalid_jsonl_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": "x"}\n{not json\n')
     with pytest.raises(DataError, match="row 2: invalid JSON"):
         read_text_file(tmp_path / "bad.jsonl")
+
+
+def test_own_files_get_the_normalization_and_keras_datasets_keras_rules(tmp_path, data_dir):
+    from rnnserve.service.core.normalize import DEFAULT
+    from rnnserve.training.config import ConfigError, TrainConfig
+
+    path = tmp_path / "typed.csv"
+    path.write_text("text,label\n" + "I didn\u2019t like it,neg\ngreat\u00a0fun,pos\n" * 4)
+    ds = load_text_dataset(path, num_words=None, test_split=0.25)
+    assert ds.tokenizer.normalization == DEFAULT
+    assert set(ds.tokenizer.words) == {"i", "didn't", "like", "it", "great", "fun"}
+    assert load_text_dataset(path, test_split=0.5, normalization=[]).tokenizer.normalization == []
+    assert load_keras_dataset("reuters", data_dir).tokenizer.normalization == []
+    assert TrainConfig(normalization="quotes,spaces").normalization_rules() == ["quotes", "spaces"]
+    with pytest.raises(ConfigError, match="unknown or repeated normalization rules"):
+        TrainConfig(normalization="quotes,smart").validate()
