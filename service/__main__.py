@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from rnnserve.service import logs
-from rnnserve.service.settings import Settings
+from rnnserve.service.settings import STATE_DIR_ENV, Settings
 
 APP_FACTORY = "rnnserve.service.http.app:create_app"
 
@@ -34,7 +37,8 @@ def serve_granian(settings: Settings, workers: int) -> None:
            # Granian's own guards: its head buffer and read deadline; requests in flight per worker
            http1_settings=HTTP1Settings(max_buffer_size=settings.max_header_bytes,
                                         header_read_timeout=int(settings.header_timeout_s * 1000)),
-           backpressure=settings.max_connections).serve()
+           backpressure=settings.per_worker(settings.max_connections),
+           respawn_failed_workers=True).serve()  # uvicorn's supervisor replaces a dead worker by itself
 
 
 def serve_uvicorn(settings: Settings, workers: int) -> None:
@@ -69,8 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     workers = settings.worker_count()
     # Every worker process builds its app from the environment, so both servers get the same settings.
     os.environ.update(settings.to_env() | {"RNNSERVE_WORKERS": str(workers)})
-    (serve_granian if settings.server == "granian" else serve_uvicorn)(settings, workers)
+    with shared_state(workers):
+        (serve_granian if settings.server == "granian" else serve_uvicorn)(settings, workers)
     return 0
+
+
+@contextlib.contextmanager
+def shared_state(workers: int):
+    """Several workers: a fresh directory they share for model control (service/control.py) and for
+    prometheus_client's multiprocess metrics, removed when the server stops. The variables must be set
+    before the workers start: prometheus_client picks its value store when it is imported."""
+    if workers < 2:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="rnnserve-") as state:
+        (Path(state) / "metrics").mkdir()
+        os.environ.update({STATE_DIR_ENV: state, "PROMETHEUS_MULTIPROC_DIR": str(Path(state) / "metrics")})
+        yield
 
 
 if __name__ == "__main__":

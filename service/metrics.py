@@ -1,8 +1,19 @@
-"""Prometheus collectors, owned by one app (its own CollectorRegistry), so apps and tests never collide."""
+"""Prometheus collectors, owned by one app (its own CollectorRegistry), so apps and tests never collide.
+
+With several worker processes (PROMETHEUS_MULTIPROC_DIR set by the server's entry point) every worker writes
+its values to that directory and a scrape, whichever worker takes it, adds them up with prometheus_client's
+MultiProcessCollector: the same totals from every worker, kept when a worker dies (its counters stay; its
+gauges go, being `live`)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from rnnserve.service.processes import alive
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -26,9 +37,25 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.texts = Counter("rnnserve_texts_total", "Inputs run by a model (texts, sequences, explanation "
                              "variants, generation steps)", ["model"], registry=r)
-        self.models_loaded = Gauge("rnnserve_models_loaded", "Model versions loaded and ready", registry=r)
-        self.models_failed = Gauge("rnnserve_models_failed", "Model packages that failed to load", registry=r)
+        # Several workers: a version counts as loaded when every live worker has it, failed when any has failed.
+        self.models_loaded = Gauge("rnnserve_models_loaded", "Model versions loaded and ready", registry=r,
+                                   multiprocess_mode="livemin")
+        self.models_failed = Gauge("rnnserve_models_failed", "Model packages that failed to load", registry=r,
+                                   multiprocess_mode="livemax")
         self._request_children: dict[tuple[str, str, int], tuple] = {}
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this app's collectors, or every worker's when there are several."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return generate_latest(self.registry)
+        for path in Path(directory).glob("gauge_live*_*.db"):  # gauges of workers that died go with them
+            pid = int(re.search(r"_(\d+)\.db$", path.name).group(1))
+            if not alive(pid):
+                multiprocess.mark_process_dead(pid, directory)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, directory)
+        return generate_latest(registry)
 
     def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one HTTP request. The labelled children are looked up once per (model, endpoint, status), a
@@ -59,3 +86,4 @@ class Metrics:
                 wait.observe(w)
 
         return observe
+

@@ -73,12 +73,14 @@ class Registry:
                                         "provider": model.session.provider, "threads": model.session.threads})
         return model
 
-    async def load_all(self) -> None:
+    async def load_all(self, skip: set[str] = frozenset()) -> None:
+        """Load every package in the repository but the names in `skip` (unloaded through the API)."""
         root = self.settings.models_dir
         if not root.is_dir():
             log.error("model repository does not exist", extra={"path": str(root)})
         for path in scan_repository(root):
-            await self.load_path(path)
+            if path.parent.name not in skip:
+                await self.load_path(path)
         self.ready = True
         _refreeze()
         loaded, failed = self.counts()
@@ -88,7 +90,7 @@ class Registry:
         """(Re)load every version of `name` on disk. Each new version is validated and warmed before it
         replaces the old one; requests already queued on the old one finish there. A version that fails
         keeps its old copy serving. Raises NotFound when nothing of that name is on disk."""
-        self._check_name(name)
+        self.check_name(name)
         async with self._locks[name]:
             await self._load(name)
 
@@ -120,7 +122,7 @@ class Registry:
                                + ("; the previous version keeps serving" if new else ""))
 
     async def unload(self, name: str) -> None:
-        self._check_name(name)
+        self.check_name(name)
         async with self._locks[name]:
             await self._unload(name)
 
@@ -139,7 +141,7 @@ class Registry:
         return [(path.parent.name, path.name) for path in scan_repository(self.settings.models_dir)]
 
     @staticmethod
-    def _check_name(name: str) -> None:
+    def check_name(name: str) -> None:
         if not NAME_RE.fullmatch(name):
             raise NotFound(f"model {echo(name)} not found")
 

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rnnserve.service.cpus import usable_cpus
 
 MAX_TEXT_CHARS = 100_000  # the default limit on one text, for the server and the command-line scorer
+STATE_DIR_ENV = "RNNSERVE_STATE_DIR"  # set by the server's entry point for its workers (service/control.py)
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -36,25 +37,31 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(0.0, ge=0, description="Longest wait for a batch to fill. 0 (default) takes "
                                       "what is queued: under load the next batch fills while one runs, and a lone "
                                       "request waits for nothing.")
-    max_queue: int = Field(2048, ge=1, description="Queued requests per model before 503 + Retry-After.")
+    max_queue: int = Field(2048, ge=1, description="Queued requests per model and worker before 503 + "
+                           "Retry-After (each worker batches on its own).")
     max_texts_per_request: int = Field(256, ge=1, description="Texts in one predict/infer request (else 413).")
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1, description="Characters in one text (else 413).")
     max_explain_words: int = Field(2000, ge=1, description="Words in one text to explain (else 413); an "
                                    "explanation runs the model once per word it sees, up to maxlen.")
-    max_explanations: int = Field(2, ge=1, description="Explanations running at once per model and worker; more "
-                                  "get 503 + Retry-After. Each runs the model up to maxlen + 1 times, a run at a "
-                                  "time, and /predict on the model goes between those runs.")
+    max_explanations: int = Field(2, ge=1, description="Explanations running at once per model and server (each "
+                                  "worker takes its share, at least one); more get 503 + Retry-After. Each runs the "
+                                  "model up to maxlen + 1 times, a run at a time, and /predict goes between them.")
     max_generate_chars: int = Field(2000, ge=1, description="Characters one /generate request may ask for "
                                     "(else 413).")
-    max_generations: int = Field(32, ge=1, description="Generations running at once per model and worker; more "
-                                 "get 503 + Retry-After.")
+    max_generations: int = Field(32, ge=1, description="Generations running at once per model and server (each "
+                                 "worker takes its share, at least one); more get 503 + Retry-After.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
     max_header_bytes: int = Field(65_536, ge=1024, description="Request line and headers (else 431 and the "
                                   "connection closed).")
     header_timeout_s: float = Field(10.0, gt=0, description="How long a connection may take to send a request's "
                                     "head; silent or trickling connections are closed.")
-    max_connections: int = Field(1000, ge=1, description="Open connections per worker; more are refused (closed "
-                                 "at once) and logged. Keep it under the process's descriptor limit.")
+    max_connections: int = Field(1000, ge=1, description="Open connections per server (each worker takes its "
+                                 "share); more are refused (closed at once) and logged. Keep a worker's share "
+                                 "under the process's descriptor limit.")
+    repository_poll_s: float = Field(0.0, ge=0, description="Scan the model repository this often and load new "
+                                     "version directories (unload removed ones) on every worker; 0: off.")
+    control_timeout_s: float = Field(120.0, gt=0, description="How long a load, reload or unload waits for every "
+                                     "worker to apply it before answering 504 with the workers that did not.")
     max_score_bytes: int = Field(4 * 1024**3, ge=1, description="Upload size for file scoring (else 413).")
     ui: bool = Field(True, description="Serve the built-in page at /ui (/ redirects there); off for locked-down "
                      "deployments.")
@@ -75,6 +82,11 @@ class Settings(BaseSettings):
 
     def worker_count(self) -> int:
         return self.workers or usable_cpus()
+
+    def per_worker(self, limit: int) -> int:
+        """A per-server limit's share for one worker process (at least 1). The server's entry point sets
+        `workers` for its processes; an app made in-process (workers 0) is the one process."""
+        return max(1, -(-limit // (self.workers or 1)))
 
     def keys(self) -> list[str]:
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import re
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from rnnserve import __version__
 from rnnserve.service import logs
+from rnnserve.service.control import ModelControl
 from rnnserve.service.core.errors import ServiceError
 from rnnserve.service.http import health, repository, score, v1, v2
 from rnnserve.service.http.errors import handle_error
@@ -27,7 +29,7 @@ from rnnserve.service.http.middleware import OPEN_PATHS, ServiceMiddleware, cont
 from rnnserve.service.http.raw import RawRoutes
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.registry import Registry
-from rnnserve.service.settings import Settings
+from rnnserve.service.settings import STATE_DIR_ENV, Settings
 
 PAGE = "/ui"  # the built-in page (service/ui: plain HTML, CSS and JavaScript, nothing fetched from elsewhere)
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -48,11 +50,13 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
         logs.configure(settings.log_level, settings.log_json)
     metrics = Metrics()
     registry = Registry(settings, metrics)
+    state_dir = os.environ.get(STATE_DIR_ENV)  # several worker processes: set by the server's entry point
+    control = ModelControl(registry, Path(state_dir) if state_dir else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Load in the background: liveness answers at once, readiness waits for the models.
-        loading = asyncio.create_task(registry.load_all())
+        loading = asyncio.create_task(control.start())
         app.state.loading = loading
         if wait_for_models:
             await loading
@@ -61,6 +65,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
         finally:
             if not loading.done():
                 loading.cancel()
+            await control.close()
             await registry.close()
 
     telemetry = {key: settings.telemetry for key in ("tracing", "metrics", "logs")}
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
                          static_url=DOCS_STATIC, swagger_ui_parameters={"validatorUrl": None},  # no call out
                          description="Serves recurrent text classifiers (SimpleRNN, GRU, LSTM) exported to ONNX.")
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
+    app.state.control = control
     for router in ROUTERS:
         app.include_router(router)
     app.add_api_route(DOCS, docs_page, include_in_schema=False)

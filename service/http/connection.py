@@ -33,12 +33,13 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().connection_made(transport)
         settings = limits()
         self._head_bytes, self._in_head, self._head_timer, self._heads = 0, True, None, 0
-        if len(self.connections) > settings.max_connections:
+        if len(self.connections) > settings.per_worker(settings.max_connections):
             now = time.monotonic()
             if now - GuardedHttpTools._last_refusal_log > 10:
                 GuardedHttpTools._last_refusal_log = now
                 log.warning("connection cap reached: refusing new connections",
-                            extra={"max_connections": settings.max_connections})
+                            extra={"max_connections": settings.max_connections,
+                                   "this_worker": settings.per_worker(settings.max_connections)})
             transport.close()
             return
         self._start_head_timer()

@@ -24,12 +24,12 @@ async def index(request: Request) -> list[dict]:
              "before it replaces the old; if it fails, the old keeps serving")
 async def load_model(name: str, request: Request) -> dict:
     check_json(request, tritonclient=True)
-    await request.app.state.registry.load(name)
+    await request.app.state.control.load(name)
     return {}
 
 
 @router.post("/models/{name}/unload", summary="Unload a model; requests already queued finish first")
 async def unload_model(name: str, request: Request) -> dict:
     check_json(request, tritonclient=True)
-    await request.app.state.registry.unload(name)
+    await request.app.state.control.unload(name)
     return {}

@@ -129,7 +129,8 @@ async def generate(name: str, request: Request) -> Response:
         raise PayloadTooLarge(f"the prompt has {len(body.prompt)} characters; the limit is "
                               f"{state.settings.max_text_chars}")
     sampling = Sampling(body.max_chars, body.temperature, body.top_k, body.seed)
-    chars = model.generate(body.prompt, sampling, state.settings.max_generate_chars, state.settings.max_generations)
+    chars = model.generate(body.prompt, sampling, state.settings.max_generate_chars,
+                           state.settings.per_worker(state.settings.max_generations))
     first = await anext(chars)  # the limits and the prompt's errors answer here, before any event is sent
     if body.stream:
         return StreamingResponse(_events(first, chars), media_type="text/event-stream",
@@ -170,7 +171,7 @@ async def explain(name: str, request: Request) -> Response:
     label = None if body.label is None else model.labels.index(body.label)
     model, out = await state.registry.call(name, version, lambda m: m.explain(
         body.text, label, body.method, body.window, max_words=state.settings.max_explain_words,
-        max_explanations=state.settings.max_explanations))
+        max_explanations=state.settings.per_worker(state.settings.max_explanations)))
     prediction = to_predictions(model.labels, out.prediction, top_k=len(model.labels), return_probabilities=True)
     return json_response({"model": model.name, "version": model.version, "prediction": prediction[0],
                           "label": model.labels[out.label], "method": out.method, "window": out.window,

@@ -1,0 +1,215 @@
+"""Model control for the whole server: load, unload and reload reach every worker process, and repository
+polling loads what appears on disk.
+
+With one worker (and in-process) a control call acts on the registry directly. With several, the server's
+parent process makes a state directory (`RNNSERVE_STATE_DIR`) that its workers share:
+
+    desired.json       {"generation": G, "models": {name: {"op": "load" | "unload", "generation": g}}}
+    lock               taken (flock) to publish a change
+    workers/PID.json   what each worker has applied: {"generation": G, "results": {name: {generation, error}}}
+
+A control call publishes the change under the lock and waits until every live worker has applied it (each
+polls desired.json every POLL_S), then answers with their outcome: the first error any of them met, or
+ControlTimeout (504) naming the workers that had not applied it within `control_timeout_s`. A worker that
+starts later (a replacement for one that died) loads the repository as the desired state says before it
+reports ready. No RPC layer: files, a lock and the processes' ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from rnnserve.service.core.errors import NotFound, ServiceError, echo
+from rnnserve.service.processes import alive
+from rnnserve.service.registry import Registry
+
+log = logging.getLogger("rnnserve.control")
+POLL_S = 0.05
+
+
+class ControlTimeout(ServiceError):
+    status, code = 504, "control_timeout"
+
+
+class ModelControl:
+    """Load, unload and repository polling for one worker: `start` after the registry exists, `close` at
+    shutdown. `state_dir` None: a server of one process, where the registry is the whole truth."""
+
+    def __init__(self, registry: Registry, state_dir: Path | None = None):
+        self.registry, self.state_dir = registry, state_dir
+        self.settings = registry.settings
+        self._applied: dict[str, dict] = {}  # name -> {"generation", "error"} as this worker applied them
+        self._generation = 0
+        self._seen: tuple[int, int] | None = None  # desired.json's (mtime_ns, size) last read
+        self._on_disk: dict[str, set[str]] = {}  # name -> versions, at the last repository scan
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Load the repository as the desired state says, say so, then follow changes in the background."""
+        desired = self._read_desired()
+        unloaded = {name for name, entry in desired["models"].items() if entry["op"] == "unload"}
+        await self.registry.load_all(skip=unloaded)
+        self._generation = desired["generation"]
+        self._applied = {name: {"generation": entry["generation"], "error": None}
+                         for name, entry in desired["models"].items()}
+        self._on_disk = self._scan()
+        self._write_status()
+        if self.state_dir is not None or self.settings.repository_poll_s:
+            self._task = asyncio.create_task(self._follow())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.state_dir is not None:
+            self._status_path(os.getpid()).unlink(missing_ok=True)
+
+    async def load(self, name: str) -> None:
+        """Load or reload `name` on every worker (Registry.load's errors, from whichever worker met one)."""
+        await self._control(name, "load")
+
+    async def unload(self, name: str) -> None:
+        """Unload `name` on every worker; NotFound (404) when it is not loaded here."""
+        if not self.registry.versions(name):
+            raise NotFound(f"model {echo(name)} is not loaded")
+        await self._control(name, "unload")
+
+    async def _control(self, name: str, op: str) -> None:
+        if self.state_dir is None:
+            await (self.registry.load if op == "load" else self.registry.unload)(name)
+            return
+        self.registry.check_name(name)
+        generation = await asyncio.to_thread(self._publish, name, op)
+        deadline = time.monotonic() + self.settings.control_timeout_s
+        while True:
+            statuses = self._live_statuses()
+            waiting = [pid for pid, status in statuses.items()
+                       if status["results"].get(name, {}).get("generation", 0) < generation]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise ControlTimeout(f"{op} of model {echo(name)}: worker(s) {sorted(waiting)} did not apply it "
+                                     f"within {self.settings.control_timeout_s:g} s")
+            await asyncio.sleep(POLL_S)
+        for status in statuses.values():
+            if (error := status["results"][name].get("error")) is not None:
+                failure = ServiceError(error["message"])
+                failure.status, failure.code = error["status"], error["code"]
+                raise failure
+
+    def _publish(self, name: str, op: str) -> int:
+        with open(self.state_dir / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            desired = self._read_desired()
+            generation = desired["generation"] + 1
+            desired["generation"] = generation
+            desired["models"][name] = {"op": op, "generation": generation}
+            _write_json(self.state_dir / "desired.json", desired)
+        return generation
+
+    async def _follow(self) -> None:
+        """Apply published changes as they come; scan the repository every repository_poll_s if set."""
+        poll_s = self.settings.repository_poll_s
+        next_scan = time.monotonic() + poll_s if poll_s else float("inf")
+        while True:
+            try:
+                if self.state_dir is not None:
+                    await self._apply_changes()
+                if time.monotonic() >= next_scan:
+                    await self._apply_repository()
+                    next_scan = time.monotonic() + poll_s
+            except Exception:  # noqa: BLE001 - the loop must outlive any one bad state file or package
+                log.exception("model control step failed")
+            await asyncio.sleep(POLL_S if self.state_dir is not None else poll_s)
+
+    async def _apply_changes(self) -> None:
+        try:
+            stat = (self.state_dir / "desired.json").stat()
+        except FileNotFoundError:
+            return
+        if (stat.st_mtime_ns, stat.st_size) == self._seen:
+            return
+        self._seen = (stat.st_mtime_ns, stat.st_size)
+        desired = self._read_desired()
+        for name, entry in sorted(desired["models"].items(), key=lambda item: item[1]["generation"]):
+            if entry["generation"] <= self._applied.get(name, {}).get("generation", 0):
+                continue
+            error = None
+            try:
+                if entry["op"] == "load":
+                    await self.registry.load(name)
+                elif self.registry.versions(name):
+                    await self.registry.unload(name)
+            except ServiceError as exc:
+                error = {"status": exc.status, "code": exc.code, "message": exc.message}
+            self._applied[name] = {"generation": entry["generation"], "error": error}
+        self._generation = desired["generation"]
+        self._write_status()
+
+    async def _apply_repository(self) -> None:
+        """TF Serving's file-system polling: a name whose version directories changed is reloaded (a new
+        version that validates serves, a removed one goes; one that fails is reported and the old keeps
+        serving), a name whose directory went is unloaded. Names unloaded through the API stay unloaded."""
+        now = await asyncio.to_thread(self._scan)
+        unloaded = {name for name, entry in self._read_desired()["models"].items() if entry["op"] == "unload"}
+        for name in sorted(set(now) | set(self._on_disk)):
+            if now.get(name) == self._on_disk.get(name) or name in unloaded:
+                continue
+            try:
+                if name in now:
+                    await self.registry.load(name)
+                elif self.registry.versions(name):
+                    await self.registry.unload(name)
+                log.info("repository change applied", extra={"model": name, "versions": sorted(now.get(name, []))})
+            except ServiceError as exc:
+                log.error("repository change failed", extra={"model": name, "reason": exc.message})
+        self._on_disk = now
+
+    def _scan(self) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for name, version in self.registry.on_disk():
+            found.setdefault(name, set()).add(version)
+        return found
+
+    def _read_desired(self) -> dict:
+        if self.state_dir is None:
+            return {"generation": 0, "models": {}}
+        try:
+            return json.loads((self.state_dir / "desired.json").read_text())
+        except FileNotFoundError:
+            return {"generation": 0, "models": {}}
+
+    def _status_path(self, pid: int) -> Path:
+        return self.state_dir / "workers" / f"{pid}.json"
+
+    def _write_status(self) -> None:
+        if self.state_dir is not None:
+            (self.state_dir / "workers").mkdir(exist_ok=True)
+            _write_json(self._status_path(os.getpid()), {"generation": self._generation, "results": self._applied})
+
+    def _live_statuses(self) -> dict[int, dict]:
+        """Every live worker's status; the files of workers that died are removed."""
+        statuses = {}
+        for path in (self.state_dir / "workers").glob("*.json"):
+            pid = int(path.stem)
+            if not alive(pid):
+                path.unlink(missing_ok=True)
+                continue
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                statuses[pid] = json.loads(path.read_text())
+        return statuses
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Whole or not at all: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
