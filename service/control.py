@@ -77,8 +77,9 @@ class ModelControl:
         await self._control(name, "load")
 
     async def unload(self, name: str) -> None:
-        """Unload `name` on every worker; NotFound (404) when it is not loaded here."""
-        if not self.registry.versions(name):
+        """Unload `name` on every worker (a name whose versions all failed is forgotten); NotFound (404) when
+        it is neither loaded nor failed here."""
+        if not self.registry.knows(name):
             raise NotFound(f"model {echo(name)} is not loaded")
         await self._control(name, "unload")
 
@@ -87,6 +88,8 @@ class ModelControl:
             await (self.registry.load if op == "load" else self.registry.unload)(name)
             return
         self.registry.check_name(name)
+        if op == "load" and not (self.settings.models_dir / name).is_dir() and not self.registry.knows(name):
+            raise NotFound(f"no model {echo(name)} in the repository")  # nothing to publish for every worker
         generation = await asyncio.to_thread(self._publish, name, op)
         deadline = time.monotonic() + self.settings.control_timeout_s
         while True:
@@ -146,10 +149,12 @@ class ModelControl:
             try:
                 if entry["op"] == "load":
                     await self.registry.load(name)
-                elif self.registry.versions(name):
+                elif self.registry.knows(name):
                     await self.registry.unload(name)
             except ServiceError as exc:
                 error = {"status": exc.status, "code": exc.code, "message": exc.message}
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, never left unapplied
+                error = {"status": 500, "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
             self._applied[name] = {"generation": entry["generation"], "error": error}
         self._generation = desired["generation"]
         self._write_status()

@@ -59,6 +59,9 @@ class Registry:
                                             self.metrics.batch_observer(name))
         except Exception as exc:  # noqa: BLE001 - any bad package is reported, never fatal
             reason = str(exc) if isinstance(exc, PackageError) else f"{type(exc).__name__}: {exc}"
+            # onnxruntime's messages name the file: the repository's path is the server's business
+            reason = reason.replace(f"{self.settings.models_dir.resolve()}/", "").replace(
+                f"{self.settings.models_dir}/", "")
             log.error("model package failed to load", extra={"model": name, "version": version, "reason": reason})
             self.failures.setdefault(name, {})[version] = reason
             self._update_gauges()
@@ -96,7 +99,9 @@ class Registry:
 
     async def _load(self, name: str) -> None:
         paths = scan_repository(self.settings.models_dir / name, nested=False)
-        if not paths:
+        if not paths:  # gone from disk: what was loaded or failed of it goes too
+            if self.models.get(name) or name in self.failures:
+                await self._unload(name)
             raise NotFound(f"no model {echo(name)} in the repository")  # the path is the server's business
         self.failures.pop(name, None)
         old = dict(self.models.get(name, {}))
@@ -128,8 +133,11 @@ class Registry:
 
     async def _unload(self, name: str) -> None:
         versions = self.models.pop(name, None)
-        self.failures.pop(name, None)
+        failed = self.failures.pop(name, None)
         if versions is None:
+            if failed is not None:  # only failed versions: forgetting them is the unload
+                self._update_gauges()
+                return
             raise NotFound(f"model {echo(name)} is not loaded")
         self._update_gauges()
         for handle in versions.values():

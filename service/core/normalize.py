@@ -19,9 +19,11 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable
 
-SINGLE_QUOTES = "\u2018\u2019\u201a\u201b\u2032\u2035\u00b4\u02b9\u02bc\u02bb\u02bd\u055a\uff07"
-DOUBLE_QUOTES = "\u201c\u201d\u201e\u201f\u2033\u2036\u00ab\u00bb\u02ba\u301d\u301e\uff02"
-DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2e3a\u2e3b\ufe58\ufe63\uff0d"
+# Also the characters NFKC turns into these (vertical dashes, super- and subscript minus, multiple primes,
+# the Greek numeral sign), since these rules run before "nfkc" (which would split ´ from its word).
+SINGLE_QUOTES = "\u2018\u2019\u201a\u201b\u2032\u2035\u00b4\u02b9\u02bc\u02bb\u02bd\u055a\uff07\u0374"
+DOUBLE_QUOTES = "\u201c\u201d\u201e\u201f\u2033\u2036\u00ab\u00bb\u02ba\u301d\u301e\uff02\u2034\u2037\u2057"
+DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2e3a\u2e3b\ufe58\ufe63\uff0d\ufe31\ufe32\u207b\u208b"
 ASCII_SPACES = "\r\x0b\x0c\x1c\x1d\x1e\x1f"
 # Every character above ASCII for which str.isspace() holds (Unicode 15), and the zero-width space and BOM.
 UNICODE_SPACES = "\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000" \

@@ -30,7 +30,8 @@ LOGITS_OUTPUT = "logits"  # language models: the next character's logits [N, voc
 REQUIRED_FILES = ("model.onnx", "metadata.json")  # and tokenizer.json for the tasks that read text
 # Names and versions come from URLs: these patterns keep every lookup inside the repository.
 # Used with fullmatch: "$" alone would let a trailing newline through ("1\n").
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no "..", no "/", no leading dot
+# no "..", no "/", no leading dot; at most 128 characters (a file name has 255 bytes at most)
+NAME_RE = re.compile(r"(?=.{1,128}$)[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 VERSION_RE = re.compile(r"[0-9]{1,9}")
 PLOT_RE = re.compile(r"[A-Za-z0-9_-]+\.png")  # the training plots a package may carry, served to the page
 
@@ -150,8 +151,11 @@ class Package:
     def plots(self) -> list[str]:
         """The package's own PNG files: plain files inside its directory (a link leading out of it is no plot)."""
         root = self.path.resolve()
-        return sorted(p.name for p in self.path.iterdir() if PLOT_RE.fullmatch(p.name) and p.is_file()
-                      and p.resolve().parent == root)
+        try:
+            return sorted(p.name for p in self.path.iterdir() if PLOT_RE.fullmatch(p.name) and p.is_file()
+                          and p.resolve().parent == root)
+        except OSError:  # the directory went while the version is loaded (removed on disk, not yet unloaded)
+            return []
 
 
 def sha256_file(path: Path) -> str:

@@ -25,7 +25,7 @@ from typing import Literal
 
 import orjson
 
-from rnnserve.service.core.errors import UnsupportedMediaType, echo
+from rnnserve.service.core.errors import BadRequest, UnsupportedMediaType, echo
 
 InputFormat = Literal["csv", "jsonl", "text"]
 SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "text"}
@@ -45,10 +45,14 @@ def codec_for(charset: str | None) -> str | None:
     if charset is None or not charset.strip():
         return None
     try:
-        return codecs.lookup(charset.strip().strip('"')).name
+        info = codecs.lookup(charset.strip().strip('"'))
     except LookupError:
+        info = None
+    # text encodings only: rot13, base64, zlib and the like are codecs, not charsets
+    if info is None or not info._is_text_encoding or info.name in ("undefined", "punycode", "idna"):
         raise UnsupportedMediaType(f"charset {echo(charset)} is unknown; files are read as UTF-8 (UTF-16 with a "
-                                   "byte-order mark) or in a charset of Python's codecs") from None
+                                   "byte-order mark) or in a charset of Python's codecs")
+    return info.name
 
 
 @dataclass
@@ -79,6 +83,7 @@ class RowReader:
         self._cr = b""  # a chunk's trailing CRs: the next chunk may go on with LF
         self._skipping = False  # inside a line that was given up: drop bytes until it ends
         self._started = False
+        self._head = b""  # the first bytes, until there are enough to tell a byte-order mark
         self._decoder = None  # an incremental decoder for encodings that are not ASCII-compatible
         self._record: list[str] = []  # a CSV record whose quoted field is still open: its lines, breaks kept
         self._record_bytes = 0
@@ -90,7 +95,15 @@ class RowReader:
         return self._count
 
     def feed(self, data: bytes) -> list[Row]:
-        data = self._cr + self._transcode(data)
+        if not self._started:  # a byte-order mark may come split over chunks: decide on its first 4 bytes
+            self._head += data
+            if len(self._head) < 4:
+                return []
+            data, self._head = self._head, b""
+        return self._lines(self._transcode(data))
+
+    def _lines(self, data: bytes) -> list[Row]:
+        data = self._cr + data
         stripped = data.rstrip(b"\r")
         self._cr, data = data[len(stripped):], stripped
         if not data:
@@ -103,8 +116,14 @@ class RowReader:
         return rows
 
     def close(self) -> list[Row]:
-        rows = self._end_line(b"", b"\n") if self._cr or self._size or self._skipping else []
-        self._cr = b""
+        rows = self._feed_head() if not self._started else []
+        if self._decoder is not None:  # bytes the decoder still holds: an incomplete last character
+            rows += self._lines(self._decode_stream(b"", final=True))
+        held, self._cr = self._cr, b""
+        for _ in held:  # a lone CR at the end ends a line, each one more an empty line, as within the file
+            rows += self._end_line(b"", b"\r")
+        if not held and (self._size or self._skipping):
+            rows += self._end_line(b"", b"\n")
         if self._record:  # a quoted field open at the end of the file
             rows += self._resync()
         return rows
@@ -129,6 +148,11 @@ class RowReader:
         self._parts, self._size = [], 0
         return self._line(line, ending)
 
+    def _feed_head(self) -> list[Row]:
+        """The file ended within its first 4 bytes: read them now."""
+        data, self._head = self._head, b""
+        return self._lines(self._transcode(data)) if data else []
+
     def _transcode(self, data: bytes) -> bytes:
         if not self._started and data:
             self._started = True
@@ -139,13 +163,22 @@ class RowReader:
             if self._encoding is not None and not _ascii_compatible(self._encoding):
                 self._decoder = codecs.getincrementaldecoder(self._encoding)(errors="replace")
         if self._decoder is not None:  # UTF-16 and the like: to UTF-8 first, so lines split on bytes
-            return self._decoder.decode(data).encode("utf-8", "surrogatepass")
+            return self._decode_stream(data)
         return data
+
+    def _decode_stream(self, data: bytes, final: bool = False) -> bytes:
+        try:
+            return self._decoder.decode(data, final).encode("utf-8", "surrogatepass")
+        except (UnicodeError, ValueError) as exc:  # e.g. UTF-16 declared, and no BOM nor even length
+            raise BadRequest(f"the upload cannot be read as {self._encoding}: {exc}") from None
 
     def _decode(self, raw: bytes) -> str:
         if self._decoder is not None or self._encoding is None:
             return raw.decode("utf-8")
-        return raw.decode(self._encoding)
+        try:
+            return raw.decode(self._encoding)
+        except (UnicodeError, ValueError) as exc:  # a codec's own errors besides UnicodeDecodeError
+            raise UnicodeDecodeError(self._encoding, raw, 0, len(raw), str(exc)) from None
 
     def _too_long(self) -> list[Row]:
         """The line passed the size limit: one error row for it (and for a CSV record it was part of)."""

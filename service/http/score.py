@@ -116,6 +116,10 @@ class ScoreResponse(Response):
             log.warning("scoring stopped", extra={"reason": reason})
             await self._end(send, reason)
             return
+        except Exception:  # noqa: BLE001 - a fault of ours: still end the stream so the client sees it cut
+            log.exception("scoring failed")
+            await self._end(send, "internal error; rows after the last one sent were not scored")
+            return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _end(self, send, reason: str) -> None:

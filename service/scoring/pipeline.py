@@ -84,8 +84,9 @@ async def maybe_gunzip(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterato
     was sent: a .gz upload, Content-Encoding: gzip, a raw body). A megabyte of output at a time, and no more
     than `limit` bytes in all, so a decompression bomb costs bounded memory and bounded work."""
     first = b""
-    async for first in chunks:
-        if first:
+    async for data in chunks:  # the magic's two bytes may come in two chunks
+        first += data
+        if len(first) >= len(GZIP_MAGIC):
             break
     if not first.startswith(GZIP_MAGIC):
         if first:

@@ -183,3 +183,40 @@ def test_settings_and_package_files_read_the_same_with_a_byte_order_mark(tmp_pat
         (package / name).write_bytes(codecs.BOM_UTF8 + (package / name).read_bytes())
     assert read_package(package).metadata.name == "sentiment-lstm"
     TokenizerSpec.load(package / "tokenizer.json")
+
+
+def test_the_file_end_and_the_first_bytes_read_the_same_in_any_chunks():
+    for data, rows in ((b"a\rb\r\r", ["a", "b", ""]), (b"a\nb\n\n", ["a", "b", ""]), (b"\r\r\r", ["", "", ""])):
+        assert [r.text for r in read(data, "text")] == rows
+    utf8 = codecs.BOM_UTF8 + b"text\nfine\n"
+    utf16 = "text\r\nfine\r\n".encode("utf-16")
+    for data in (utf8, utf16):
+        for cut in range(1, 5):
+            assert [(r.text, r.error) for r in read(data, "csv", [cut, cut + 1])] == [("fine", None)], (data, cut)
+
+
+def test_charsets_that_are_no_text_encodings_are_refused_and_undecodable_input_ends_the_stream(api):
+    from rnnserve.service.core.errors import UnsupportedMediaType
+    from rnnserve.service.core.rows import codec_for
+
+    for name in ("rot13", "base64", "zlib", "hex", "undefined"):
+        with pytest.raises(UnsupportedMediaType):
+            codec_for(name)
+    r = api.post("/v1/models/sentiment-lstm/score", content=b"text\nfine\n",
+                 headers={"content-type": "text/csv; charset=rot13"})
+    assert r.status_code == 415
+    # UTF-16 declared, no byte-order mark and an odd length: the stream ends with the reason, not cut
+    r = api.post("/v1/models/sentiment-lstm/score", content="text\nfine\n".encode("utf-16-le") + b"x",
+                 headers={"content-type": "text/csv; charset=utf-16"})
+    assert r.status_code == 200 and json.loads(r.text.splitlines()[-1]).keys() <= {"error", "summary"}
+
+
+def test_a_gzip_upload_split_inside_its_magic_is_still_gzip(api):
+    body = gzip.compress(b"text\na wonderful film\nawful\n")
+
+    def chunks():
+        yield body[:1]
+        yield body[1:]
+
+    r = api.post("/v1/models/sentiment-lstm/score", content=chunks(), headers={"content-type": "text/csv"})
+    assert [("error" in json.loads(line)) for line in r.text.splitlines()[:-1]] == [False, False]
