@@ -114,6 +114,22 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from rnnserve.service.core.package import read_package
+    from rnnserve.training.quantize import QuantizeError, quantize_package
+
+    try:
+        path = quantize_package(args.package, args.models_dir, args.name, args.version, args.data_dir,
+                                args.max_loss, args.overwrite)
+    except QuantizeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    gate = read_package(path).metadata.quantization["validation_gate"]
+    print(f"wrote {path}: {gate['split']} accuracy {gate['accuracy_float']:.2%} float, {gate['accuracy_int8']:.2%} "
+          f"INT8 ({gate['examples']} examples)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnserve-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("quantize", help="an INT8 copy of a text classifier's package (onnxruntime dynamic "
+                       "quantization), refused past a loss of validation accuracy")
+    p.add_argument("package", help="a package directory, e.g. models/imdb-lstm/1")
+    p.add_argument("--name", required=True, help="the INT8 package's name, e.g. imdb-lstm-int8")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    p.add_argument("--max-loss", type=float, default=0.3, help="most validation accuracy points INT8 may lose")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
     return parser
@@ -194,7 +221,7 @@ def import_tensorflow_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.func in (cmd_train, cmd_export, cmd_reproduce):
+    if args.func in (cmd_train, cmd_export, cmd_reproduce, cmd_quantize):  # these import TensorFlow
         import_tensorflow_quietly()
     from rnnserve.training.export import ExportError  # keeps --help free of TensorFlow start-up
 

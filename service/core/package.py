@@ -122,6 +122,8 @@ class PackageMetadata(BaseModel):
     dataset: dict = {}
     metrics: dict = {}
     parity: dict = {}
+    quantization: dict = Field({}, description="INT8 packages: what was quantized, from which package, and "
+                               "the accuracy gate's figures (training/quantize.py)")
     training: dict = {}
     versions: dict = {}
     created_at: str | None = None
