@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from rnnserve.service.core.package import PackageMetadata, Task, read_package
+from rnnserve.service.core.package import PackageError, PackageMetadata, Task, read_package
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.metrics import classification_metrics
@@ -44,7 +44,10 @@ def quantize_package(package_dir: str | Path, models_dir: str | Path, name: str,
                      data_dir: str | Path | None = None, max_loss: float = 0.3, overwrite: bool = False) -> Path:
     """Write models_dir/name/version: the package with its model quantized to INT8. Raises QuantizeError when
     the package is no text classifier, the target exists (without overwrite) or the gate refuses it."""
-    source = read_package(package_dir)
+    try:
+        source = read_package(package_dir)
+    except PackageError as exc:
+        raise QuantizeError(f"{package_dir}: {exc}") from None
     meta = source.metadata
     if meta.task != Task.TEXT_CLASSIFICATION:
         raise QuantizeError(f"{source.path} is a {meta.task} package; INT8 export takes text classifiers")
