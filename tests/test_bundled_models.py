@@ -61,6 +61,8 @@ def test_every_onnxruntime_the_pins_accept_loads_them(path):
     # most, and onnxruntime-gpu 1.31.1 refused the language model's IR 14 on the GPU check's machine.
     model = onnx.load(path, load_external_data=False)
     assert model.ir_version == onnx.helper.find_min_ir_version_for(list(model.opset_import)) <= 10
+    domains = [opset.domain for opset in model.opset_import]  # each once: onnxruntime's quantizer needs it
+    assert len(domains) == len(set(domains))
 
 
 def test_the_sequence_model_and_the_language_model_figures_are_recomputed(data_dir):

@@ -33,7 +33,14 @@ from rnnserve.service.core.package import (
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.layers import MaxMeanPooling
-from rnnserve.training.onnx_rnn import UnsupportedLayer, attach_recurrent_stack, is_recurrent, loop_ops, stepwise_lm
+from rnnserve.training.onnx_rnn import (
+    UnsupportedLayer,
+    attach_recurrent_stack,
+    is_recurrent,
+    loop_ops,
+    stepwise_lm,
+    unique_opsets,
+)
 from rnnserve.training.train import load_dataset, member_files, run_files
 
 OPSET = 17
@@ -115,7 +122,7 @@ def convert(model, maxlen: int, features: int | None = None, output: str = OUTPU
     loops = loop_ops(merged)
     if loops:
         raise ExportError(f"export left Loop/Scan nodes in the graph: {loops}")
-    return merged
+    return unique_opsets(merged)
 
 
 def average(members: list[onnx.ModelProto]) -> onnx.ModelProto:

@@ -230,6 +230,17 @@ def stepwise_lm(model, opset: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
+def unique_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """One opset import per domain, its highest version (onnx.compose.merge_models keeps both models' lists,
+    so merged models named each domain twice, which onnxruntime's quantizer refuses). Changes `model`."""
+    versions: dict[str, int] = {}
+    for opset in model.opset_import:
+        versions[opset.domain] = max(versions.get(opset.domain, 0), opset.version)
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in versions.items())
+    return model
+
+
 def loop_ops(model: onnx.ModelProto) -> list[str]:
     """Loop/Scan nodes anywhere in the graph (these mean a recurrent layer was not made native)."""
     found = []

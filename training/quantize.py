@@ -31,6 +31,7 @@ from rnnserve.service.core.package import PackageError, PackageMetadata, Task, r
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.metrics import classification_metrics
+from rnnserve.training.onnx_rnn import unique_opsets
 from rnnserve.training.train import load_dataset
 
 QUANTIZED_OPS = ["LSTM", "MatMul", "Gather"]  # what onnxruntime's dynamic quantization has integer kernels for
@@ -107,13 +108,7 @@ def _predict(model: Path, meta: PackageMetadata, x: np.ndarray, batch_size: int 
 
 
 def _quantize(src: Path, dst: Path) -> None:
-    model = onnx.load(src)
-    # Merged ensembles list each domain once per member; the quantizer wants each domain once.
-    versions: dict[str, int] = {}
-    for opset in model.opset_import:
-        versions[opset.domain] = max(versions.get(opset.domain, 0), opset.version)
-    del model.opset_import[:]
-    model.opset_import.extend(onnx.helper.make_opsetid(domain, v) for domain, v in versions.items())
+    model = unique_opsets(onnx.load(src))  # packages exported before their opsets were made unique
     with tempfile.TemporaryDirectory() as tmp:
         merged = Path(tmp) / "float.onnx"
         onnx.save(model, merged)

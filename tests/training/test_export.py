@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -47,6 +48,8 @@ def test_architecture_exports_with_parity(variant, reviews_csv, tmp_path):
     assert native in ops and "Loop" not in ops and "Scan" not in ops
     members = VARIANTS[variant].get("ensemble", 1)
     assert meta.architecture["ensemble"] == members and ("Mean" in ops) == (members > 1)
+    domains = [o.domain for o in onnx.load(path / "model.onnx").opset_import]
+    assert len(domains) == len(set(domains))  # merged graphs listed each domain twice
     masked = VARIANTS[variant].get("mask_zero", False)
     assert meta.dynamic_length is masked and meta.input.shape[1] == (None if masked else 40)
     assert meta.labels == ["negative", "positive"]
