@@ -1,4 +1,4 @@
-"""`rnnserve-train` / `python -m rnnserve.training`: train, export, evaluate, list presets."""
+"""`rnnserve-train` / `python -m rnnserve.training`: train, export, import, evaluate, quantize, list presets."""
 
 from __future__ import annotations
 
@@ -130,6 +130,38 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from rnnserve.training.importer import Gate, Preprocessing, import_model
+    from rnnserve.training.onnx_import import import_onnx
+
+    prep = Preprocessing(vocabulary=args.vocabulary, tokenizer_json=args.tokenizer_json,
+                         text_vectorization=args.text_vectorization, vocab_file=args.vocab, maxlen=args.maxlen,
+                         padding=args.padding, truncating=args.truncating, num_words=args.num_words,
+                         skip_top=args.skip_top, lower=args.lower, strip_punctuation=args.strip_punctuation,
+                         unknown_token=args.unknown_token, data_dir=args.data_dir)
+    gate = Gate(texts=args.parity_texts, text_column=args.text_column, reference=args.reference,
+                examples=args.parity_examples, atol=args.atol)
+    labels = _labels(args.labels)
+    run = import_onnx if Path(args.model).suffix == ".onnx" else import_model
+    path = run(args.model, args.models_dir, args.name, prep, gate, version=args.version, labels=labels,
+               output=args.output, overwrite=args.overwrite)
+    meta = json.loads((path / "metadata.json").read_text())
+    print(json.dumps({"package": str(path), "parity": meta["parity"]}, indent=2))
+    if meta["parity"].get("checked", "").startswith("shapes only"):
+        print("warning: only shapes were checked; give --reference with your ids and/or outputs for the "
+              "--parity-texts to compare them", file=sys.stderr)
+    return 0
+
+
+def _labels(value: str | None) -> list[str] | None:
+    """--labels a,b,c or --labels @FILE (one a line)."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        return [line.strip() for line in Path(value[1:]).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return [label.strip() for label in value.split(",")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnserve-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +228,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
+    p = sub.add_parser("import", help="a model trained elsewhere (Keras .keras/.h5/SavedModel, or ONNX) with its "
+                       "own text preprocessing -> a package, through the parity gate against your own pipeline")
+    p.add_argument("model", help="a .keras or .h5 file, a SavedModel directory, or a .onnx file")
+    p.add_argument("--name", required=True, help="package name")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--overwrite", action="store_true")
+    g = p.add_argument_group("preprocessing (one of; none when the model starts with a TextVectorization layer)")
+    g.add_argument("--vocabulary", choices=("imdb", "reuters"),
+                   help="the Keras dataset's ids (keras.datasets.NAME.load_data)")
+    g.add_argument("--tokenizer-json", type=Path, help="tf-keras Tokenizer.to_json() saved to a file")
+    g.add_argument("--text-vectorization", type=Path, help='a TextVectorization saved beside the model: JSON '
+                   '{"config": layer.get_config(), "vocabulary": layer.get_vocabulary()} or a .keras file')
+    g.add_argument("--vocab", type=Path, help="ONNX models: a vocabulary file, one token per line, line i = id i, "
+                   "line 0 the padding; words split as Python's str.split()")
+    g.add_argument("--maxlen", type=int, help="pad_sequences' maxlen (default: the model's input length)")
+    g.add_argument("--padding", choices=("pre", "post"), default="pre", help="pad_sequences' padding")
+    g.add_argument("--truncating", choices=("pre", "post"), default="pre", help="pad_sequences' truncating")
+    g.add_argument("--num-words", type=_optional_int, help="load_data's num_words (--vocabulary)")
+    g.add_argument("--skip-top", type=int, default=0, help="load_data's skip_top (--vocabulary)")
+    g.add_argument("--lower", action=argparse.BooleanOptionalAction, default=True,
+                   help="--vocab: lower-case with Python's str.lower()")
+    g.add_argument("--strip-punctuation", action="store_true", help="--vocab: delete ASCII punctuation first")
+    g.add_argument("--unknown-token", help="--vocab: the token unknown words become (else they are dropped)")
+    p.add_argument("--labels", help="class names in output order: a,b,c or @FILE (default: the dataset's, or 0..C-1)")
+    p.add_argument("--output", choices=("probabilities", "logits"), default="probabilities",
+                   help="what the model's last layer gives; logits are served through a sigmoid/softmax")
+    p.add_argument("--parity-texts", type=Path, help="CSV/JSONL/text file of texts for the parity gate "
+                   "(default for --vocabulary: the dataset's documents from --data-dir)")
+    p.add_argument("--text-column", default="text", help="the texts' column or key in --parity-texts")
+    p.add_argument("--reference", type=Path, help="ONNX models: .npz with your `ids` and/or `outputs` for the "
+                   "--parity-texts, in order")
+    p.add_argument("--parity-examples", type=int, default=1000, help="most texts in the gate")
+    p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |yours - package| probability")
+    p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    p.set_defaults(func=cmd_import)
+
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
     return parser
@@ -221,7 +290,7 @@ def import_tensorflow_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.func in (cmd_train, cmd_export, cmd_reproduce, cmd_quantize):  # these import TensorFlow
+    if args.func in (cmd_train, cmd_export, cmd_reproduce, cmd_quantize, cmd_import):  # these import TensorFlow
         import_tensorflow_quietly()
     from rnnserve.training.export import ExportError  # keeps --help free of TensorFlow start-up
 

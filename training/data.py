@@ -286,3 +286,20 @@ def reuters_raw_train(data_dir: str | Path) -> tuple[list[str], np.ndarray]:
     with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     return [r["text"] for r in rows], np.array([int(r["keras_label"]) for r in rows])
+
+
+def dataset_documents(name: str, data_dir: str | Path, spec: TokenizerSpec) -> tuple[list[str], list[list[int]]]:
+    """The raw training documents of a Keras dataset and the ids `keras.datasets.NAME.load_data` gives each
+    (the spec's start_char, index_from, num_words, skip_top and oov_char applied to the stored word ranks, as
+    load_data applies them), in the arrays' stored order. The reference for imports' parity gate."""
+    root = Path(data_dir)
+    if name == "imdb":
+        texts, _ = imdb_raw_train_in_keras_order(root)
+        ranks = _read_npz(root / DATA_FILES["imdb"][0])["x_train"]
+    else:
+        with gzip.open(root / "raw" / "reuters_train_raw.csv.gz", "rt", encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        stored = _read_npz(root / DATA_FILES["reuters"][0])["x"]
+        texts, ranks = [r["text"] for r in rows], [stored[int(r["npz_index"])] for r in rows]
+    ids, _ = _clip(_keras_ids(ranks, spec.start_char, spec.index_from), spec.num_words, spec.skip_top, spec.oov_char)
+    return texts, ids

@@ -34,6 +34,7 @@ from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.layers import MaxMeanPooling
 from rnnserve.training.onnx_rnn import (
+    POOLINGS,
     UnsupportedLayer,
     attach_recurrent_stack,
     is_recurrent,
@@ -73,20 +74,27 @@ def convert_loop(model, maxlen: int):
     return _tf2onnx(serve, [tf.TensorSpec([None, maxlen], tf.int64, name=INPUT_NAME)])
 
 
-def convert(model, maxlen: int, features: int | None = None, output: str = OUTPUT_NAME):
+def convert(model, maxlen: int, features: int | None = None, output: str = OUTPUT_NAME, logits: bool = False):
     """Keras model -> ONNX with native RNN/GRU/LSTM nodes. Text: input `input_ids` int64 [N, maxlen] ([N, T],
     any T <= maxlen, for masked models); numeric sequences (features set): `sequences` float32 [N, maxlen,
-    features]. Output `probabilities` float32 [N, classes], or `values` [N, 1] / [N, T, 1]."""
+    features]. Output `probabilities` float32 [N, classes], or `values` [N, 1] / [N, T, 1]. logits: the last
+    layer gives logits, to which the graph applies a sigmoid (one unit) or a softmax. A TextVectorization layer
+    is left out: the graph starts at its ids (the package's tokenizer reproduces the layer)."""
     import tensorflow as tf
 
-    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    layers = [layer for layer in model.layers if type(layer).__name__ not in ("InputLayer", "TextVectorization")]
     recurrent = [i for i, layer in enumerate(layers) if is_recurrent(layer)]
     if not recurrent or recurrent != list(range(recurrent[0], recurrent[-1] + 1)):
         raise ExportError("expected one contiguous stack of recurrent layers")
     front, stack, head = layers[:recurrent[0]], layers[recurrent[0]:recurrent[-1] + 1], layers[recurrent[-1] + 1:]
     masked = any(getattr(layer, "mask_zero", False) for layer in front)
-    max_mean = bool(head) and isinstance(head[0], MaxMeanPooling)  # native too: it needs the mask
-    if max_mean:
+    # Poolings that read the mask are native too (tf2onnx's head never sees the mask).
+    pooling = None
+    if head and isinstance(head[0], MaxMeanPooling):
+        pooling = "max_mean"
+    elif head and masked and type(head[0]).__name__ == "GlobalAveragePooling1D":
+        pooling = "mean"
+    if pooling:
         head = head[1:]
 
     @tf.function
@@ -100,11 +108,13 @@ def convert(model, maxlen: int, features: int | None = None, output: str = OUTPU
         x = rnn_out
         for layer in head:
             x = layer(x, training=False)
+        if logits:
+            x = tf.sigmoid(x) if x.shape[-1] == 1 else tf.nn.softmax(x)
         return {output: _widen(tf, x) if output == OUTPUT_NAME else x}
 
     stack_out = [None, *stack[-1].output.shape[1:]]  # [N, D], or [N, T, D] before a pooling head
-    if max_mean:
-        stack_out = [None, 2 * stack_out[-1]]
+    if pooling:
+        stack_out = [None, len(POOLINGS[pooling]) * stack_out[-1]]
     if features is None:
         input_name, input_spec = INPUT_NAME, tf.TensorSpec([None, None if masked else maxlen], tf.int64)
     else:
@@ -112,7 +122,7 @@ def convert(model, maxlen: int, features: int | None = None, output: str = OUTPU
     front_proto = _tf2onnx(front_fn, [tf.TensorSpec(input_spec.shape, input_spec.dtype, name=input_name)])
     head_proto = _tf2onnx(head_fn, [tf.TensorSpec(stack_out, tf.float32, name="rnn_out")])
     try:
-        body = attach_recurrent_stack(front_proto, "features", stack, masked, input_name, max_mean=max_mean)
+        body = attach_recurrent_stack(front_proto, "features", stack, masked, input_name, pooling=pooling)
     except UnsupportedLayer as exc:
         raise ExportError(str(exc)) from exc
     merged = onnx.compose.merge_models(body, head_proto, io_map=[("rnn_out", "rnn_out")], prefix2="head/")
@@ -210,12 +220,7 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
     missing = [f for f in run_files(cfg) if not (run / f).is_file()]
     if missing:
         raise ExportError(f"{run} is not a complete training run: missing {', '.join(missing)}")
-    if not NAME_RE.fullmatch(name or ""):
-        raise ExportError(f"invalid model name {name!r}: the server serves names of letters, digits, '-', '_' "
-                          "and single dots, not starting with a dot")
-    target = Path(models_dir) / name / str(version)
-    if target.exists() and not overwrite:
-        raise ExportError(f"{target} exists; pass --overwrite or a new --version")
+    check_target(models_dir, name, version, overwrite)
     metrics = json.loads((run / "metrics.json").read_text())
     if "test" not in metrics:
         raise ExportError(f"{run} was trained with --validation-only: a package reports its test figures; "
@@ -225,8 +230,49 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
     models = [keras.models.load_model(run / f) for f in member_files(cfg)]
     package = {"text": _text_package, "sequences": _sequence_package, "lm": _lm_package}[cfg.task]
     proto, files, described = package(cfg, run, models, data_dir, parity_examples, atol, native)
-    onnx_bytes = proto.SerializeToString()
+    metadata = {
+        **described,
+        "architecture": {k: getattr(cfg, k) for k in (
+            "cell", "layers", "units", "embedding_dim", "bidirectional", "mask_zero", "dropout",
+            "recurrent_dropout", "conv_filters", "conv_kernel", "pool_size", "pooling", "dense_units",
+            "pretrained_embeddings", "ensemble")} | {"params": metrics["params"]} | described["architecture"],
+        "training": cfg.to_dict() | {"train_seconds": metrics["train_seconds"], "epochs_run": metrics["epochs_run"]},
+        "dataset": {"name": Path(cfg.dataset).name, "train_examples": metrics["split_sizes"]["train"],
+                    "test_examples": metrics["split_sizes"]["test"], "test_split": cfg.test_split}
+        | described["dataset"],
+        "metrics": {k: metrics[k] for k in ("validation", "test") if k in metrics},
+        "maxlen": cfg.maxlen,
+    }
+    extras = [run / f for f in ("curves.png", "confusion.png", "history.json") if (run / f).is_file()]
+    return write_package(models_dir, name, version, proto, files, metadata, library_versions(), extras)
 
+
+def check_target(models_dir: str | Path, name: str, version: int, overwrite: bool) -> Path:
+    """The package directory MODELS/NAME/VERSION, or ExportError: a name the server would refuse, or a version
+    that exists (without overwrite). Checked before the slow work."""
+    if not NAME_RE.fullmatch(name or ""):
+        raise ExportError(f"invalid model name {name!r}: the server serves names of letters, digits, '-', '_' "
+                          "and single dots, not starting with a dot")
+    target = Path(models_dir) / name / str(version)
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} exists; pass --overwrite or a new --version")
+    return target
+
+
+def write_package(models_dir: str | Path, name: str, version: int, proto: onnx.ModelProto, files: dict[str, str],
+                  metadata: dict, versions: dict[str, str], extras: list[Path] = (), overwrite: bool = False) -> Path:
+    """Write MODELS/NAME/VERSION: model.onnx, the text files (name -> content), copies of `extras`, and
+    metadata.json (`metadata` plus the format, name, version, the ONNX file's facts, library versions and the
+    time), checked against the format the service reads before anything is written."""
+    target = check_target(models_dir, name, version, overwrite)
+    onnx_bytes = proto.SerializeToString()
+    metadata = {"format": PACKAGE_FORMAT, "name": name, "version": version, **metadata,
+                "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+                         "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+                         "op_types": sorted({n.op_type for n in proto.graph.node})},
+                "versions": versions, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    onnx.checker.check_model(proto)
+    parse_metadata(metadata)  # the format the service reads: a wrong field fails here, named
     Path(models_dir).mkdir(parents=True, exist_ok=True)
     # Staged beside the target and moved in whole: a server scanning models_dir never sees half a package
     # (it skips dot-directories).
@@ -236,32 +282,8 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
         (stage / "model.onnx").write_bytes(onnx_bytes)
         for filename, text in files.items():
             (stage / filename).write_text(text, encoding="utf-8")
-        for extra in ("curves.png", "confusion.png", "history.json"):
-            if (run / extra).is_file():
-                shutil.copy2(run / extra, stage / extra)
-        metadata = {
-            "format": PACKAGE_FORMAT,
-            "name": name,
-            "version": version,
-            **described,
-            "architecture": {k: getattr(cfg, k) for k in (
-                "cell", "layers", "units", "embedding_dim", "bidirectional", "mask_zero", "dropout",
-                "recurrent_dropout", "conv_filters", "conv_kernel", "pool_size", "pooling", "dense_units",
-                "pretrained_embeddings", "ensemble")} | {"params": metrics["params"]} | described["architecture"],
-            "training": cfg.to_dict() | {"train_seconds": metrics["train_seconds"],
-                                         "epochs_run": metrics["epochs_run"]},
-            "dataset": {"name": Path(cfg.dataset).name, "train_examples": metrics["split_sizes"]["train"],
-                        "test_examples": metrics["split_sizes"]["test"], "test_split": cfg.test_split}
-            | described["dataset"],
-            "metrics": {k: metrics[k] for k in ("validation", "test") if k in metrics},
-            "maxlen": cfg.maxlen,
-            "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "opset": OPSET,
-                     "op_types": sorted({n.op_type for n in proto.graph.node})},
-            "versions": _library_versions(),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        onnx.checker.check_model(proto)
-        parse_metadata(metadata)  # the format the service reads: a wrong field fails here, named
+        for extra in extras:
+            shutil.copy2(extra, stage / extra.name)
         (stage / "metadata.json").write_text(json.dumps(metadata, indent=2))
         if target.exists():
             shutil.rmtree(target)
@@ -345,7 +367,7 @@ def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):
     }
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import keras
     import onnxruntime
     import tensorflow as tf

@@ -18,6 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPS = {"SimpleRNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}
+# Keras Bidirectional's merge modes -> the ONNX reduction over the direction axis ("concat": none).
+MERGE_MODES = {"concat": None, "sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}
 ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
 
 
@@ -81,8 +83,10 @@ def recurrent_nodes(layers, x: str, seq_lens: str | None, prefix: str = "rnn"):
     for i, layer in enumerate(layers):
         bidirectional = hasattr(layer, "forward_layer")
         parts = [layer.forward_layer, layer.backward_layer] if bidirectional else [layer]
-        if bidirectional and layer.merge_mode != "concat":
-            raise UnsupportedLayer(f"{layer.name}: merge_mode {layer.merge_mode!r} (only 'concat')")
+        merge = layer.merge_mode if bidirectional else "concat"
+        if merge not in MERGE_MODES:
+            raise UnsupportedLayer(f"{layer.name}: merge_mode {merge!r} gives two outputs; supported: "
+                                   f"{', '.join(map(repr, MERGE_MODES))}")
         if not bidirectional and layer.go_backwards:
             raise UnsupportedLayer(f"{layer.name}: go_backwards outside Bidirectional")
         kind = type(parts[0]).__name__
@@ -97,18 +101,24 @@ def recurrent_nodes(layers, x: str, seq_lens: str | None, prefix: str = "rnn"):
             OPS[kind], inputs, [f"{name}/Y", f"{name}/Y_h"], name=name, hidden_size=units,
             direction="bidirectional" if bidirectional else "forward",
             activations=[a for d in per_dir for a in d[3]], **per_dir[0][4]))
+        if merge != "concat":  # the directions combined element-wise: D becomes 1
+            nodes += [_reduce(MERGE_MODES[merge], f"{name}/Y", f"{name}/Ym", 1, inits, prefix),
+                      _reduce(MERGE_MODES[merge], f"{name}/Y_h", f"{name}/Y_hm", 0, inits, prefix)]
+            y, y_h = f"{name}/Ym", f"{name}/Y_hm"
+        else:
+            y, y_h = f"{name}/Y", f"{name}/Y_h"
         last = i == len(layers) - 1
         if not last and not parts[0].return_sequences:
             raise UnsupportedLayer(f"{layer.name}: only the last recurrent layer may drop return_sequences")
         if not last:  # Y [T, D, N, H] -> [T, N, D*H], the next layer's input
-            nodes += [helper.make_node("Transpose", [f"{name}/Y"], [f"{name}/Yt"], perm=[0, 2, 1, 3]),
+            nodes += [helper.make_node("Transpose", [y], [f"{name}/Yt"], perm=[0, 2, 1, 3]),
                       helper.make_node("Reshape", [f"{name}/Yt", f"{prefix}/seq_shape"], [f"{name}/out"])]
             x = f"{name}/out"
         elif parts[0].return_sequences:  # Y [T, D, N, H] -> [N, T, D*H], batch-major for the head
-            nodes += [helper.make_node("Transpose", [f"{name}/Y"], [f"{name}/Yt"], perm=[2, 0, 1, 3]),
+            nodes += [helper.make_node("Transpose", [y], [f"{name}/Yt"], perm=[2, 0, 1, 3]),
                       helper.make_node("Reshape", [f"{name}/Yt", f"{prefix}/seq_shape"], [f"{prefix}/out"])]
         else:  # Y_h [D, N, H] -> [N, D*H]
-            nodes += [helper.make_node("Transpose", [f"{name}/Y_h"], [f"{name}/Yht"], perm=[1, 0, 2]),
+            nodes += [helper.make_node("Transpose", [y_h], [f"{name}/Yht"], perm=[1, 0, 2]),
                       helper.make_node("Reshape", [f"{name}/Yht", f"{prefix}/last_shape"], [f"{prefix}/out"])]
     used = {name for node in nodes for name in node.input}
     for shape_name, shape in ((f"{prefix}/last_shape", [0, -1]), (f"{prefix}/seq_shape", [0, 0, -1])):
@@ -117,17 +127,35 @@ def recurrent_nodes(layers, x: str, seq_lens: str | None, prefix: str = "rnn"):
     return nodes, inits, f"{prefix}/out"
 
 
-def max_mean_nodes(y: str, valid: str | None, out: str, prefix: str = "pool"):
-    """MaxMeanPooling (training/layers.py) on y [N, T, D] -> out [N, 2D]: max and mean over the steps where
-    valid [N, T] (bool) holds, or over every step; a row without a valid step gives zeros."""
+POOLINGS = {"max_mean": ("max", "mean"), "mean": ("mean",)}
+
+
+def _reduce(op: str, x: str, out: str, axis: int, inits: list, prefix: str):
+    """A Reduce* node over one axis, keepdims (opset 13+ takes ReduceSum's axes as an input, the others' as an
+    attribute until opset 18)."""
+    if op != "ReduceSum":
+        return helper.make_node(op, [x], [out], axes=[axis], keepdims=1)
+    name = f"{prefix}/merge_axis{axis}"
+    if name not in {i.name for i in inits}:
+        inits.append(numpy_helper.from_array(np.array([axis], np.int64), name))
+    return helper.make_node(op, [x, name], [out], keepdims=1)
+
+
+def pooling_nodes(y: str, valid: str | None, out: str, kinds: tuple[str, ...] = ("max", "mean"),
+                  prefix: str = "pool"):
+    """Pooling over steps on y [N, T, D] -> out [N, len(kinds) * D], the kinds concatenated in order ("max",
+    "mean"): MaxMeanPooling (training/layers.py) is both, Keras's GlobalAveragePooling1D with a mask is "mean".
+    Over the steps where valid [N, T] (bool) holds, or over every step; a row without a valid step gives zeros."""
     if valid is None:
-        nodes = [helper.make_node("ReduceMax", [y], [f"{prefix}/max"], axes=[1], keepdims=0),
-                 helper.make_node("ReduceMean", [y], [f"{prefix}/mean"], axes=[1], keepdims=0),
-                 helper.make_node("Concat", [f"{prefix}/max", f"{prefix}/mean"], [out], axis=1)]
+        ops = {"max": "ReduceMax", "mean": "ReduceMean"}
+        nodes = [helper.make_node(ops[k], [y], [f"{prefix}/{k}"], axes=[1], keepdims=0) for k in kinds]
+        nodes.append(helper.make_node("Concat", [f"{prefix}/{k}" for k in kinds], [out], axis=1))
         return nodes, []
-    consts = {"axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64),
-              "one": np.array(1.0, np.float32), "zero": np.array(0.0, np.float32),
-              "ninf": np.array(-np.inf, np.float32)}
+    consts = {"axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64)}
+    if "mean" in kinds:
+        consts["one"] = np.array(1.0, np.float32)
+    if "max" in kinds:
+        consts |= {"zero": np.array(0.0, np.float32), "ninf": np.array(-np.inf, np.float32)}
     inits = [numpy_helper.from_array(v, f"{prefix}/{k}") for k, v in consts.items()]
     c = {k: f"{prefix}/{k}" for k in consts}
     n = {k: f"{prefix}/{k}" for k in ("valid3", "keep", "count", "sum", "denominator", "mean", "masked", "highest",
@@ -136,23 +164,29 @@ def max_mean_nodes(y: str, valid: str | None, out: str, prefix: str = "pool"):
         helper.make_node("Unsqueeze", [valid, c["axis2"]], [n["valid3"]]),  # [N, T, 1]
         helper.make_node("Cast", [n["valid3"]], [n["keep"]], to=TensorProto.FLOAT),
         helper.make_node("ReduceSum", [n["keep"], c["axis1"]], [n["count"]], keepdims=0),  # [N, 1]
-        helper.make_node("Mul", [y, n["keep"]], [f"{prefix}/kept"]),
-        helper.make_node("ReduceSum", [f"{prefix}/kept", c["axis1"]], [n["sum"]], keepdims=0),
-        helper.make_node("Max", [n["count"], c["one"]], [n["denominator"]]),
-        helper.make_node("Div", [n["sum"], n["denominator"]], [n["mean"]]),
-        helper.make_node("Where", [n["valid3"], y, c["ninf"]], [n["masked"]]),
-        helper.make_node("ReduceMax", [n["masked"]], [n["highest"]], axes=[1], keepdims=0),
-        helper.make_node("Greater", [n["count"], c["zero"]], [n["any"]]),
-        helper.make_node("Where", [n["any"], n["highest"], c["zero"]], [n["max"]]),
-        helper.make_node("Concat", [n["max"], n["mean"]], [out], axis=1),
     ]
+    if "mean" in kinds:
+        nodes += [
+            helper.make_node("Mul", [y, n["keep"]], [f"{prefix}/kept"]),
+            helper.make_node("ReduceSum", [f"{prefix}/kept", c["axis1"]], [n["sum"]], keepdims=0),
+            helper.make_node("Max", [n["count"], c["one"]], [n["denominator"]]),
+            helper.make_node("Div", [n["sum"], n["denominator"]], [n["mean"]]),
+        ]
+    if "max" in kinds:
+        nodes += [
+            helper.make_node("Where", [n["valid3"], y, c["ninf"]], [n["masked"]]),
+            helper.make_node("ReduceMax", [n["masked"]], [n["highest"]], axes=[1], keepdims=0),
+            helper.make_node("Greater", [n["count"], c["zero"]], [n["any"]]),
+            helper.make_node("Where", [n["any"], n["highest"], c["zero"]], [n["max"]]),
+        ]
+    nodes.append(helper.make_node("Concat", [n[k] for k in kinds], [out], axis=1))
     return nodes, inits
 
 
 def attach_recurrent_stack(front: onnx.ModelProto, front_output: str, layers, masked: bool,
-                           ids_input: str, out_name: str = "rnn_out", max_mean: bool = False) -> onnx.ModelProto:
-    """Append the recurrent stack (and a MaxMeanPooling after it when max_mean) to the front graph; the
-    model's only output becomes out_name."""
+                           ids_input: str, out_name: str = "rnn_out", pooling: str | None = None) -> onnx.ModelProto:
+    """Append the recurrent stack (and a pooling over its steps, a key of POOLINGS, that reads the mask) to the
+    front graph; the model's only output becomes out_name."""
     g = front.graph
     nodes = [helper.make_node("Transpose", [front_output], ["rnn/x"], perm=[1, 0, 2])]
     inits = []
@@ -166,8 +200,8 @@ def attach_recurrent_stack(front: onnx.ModelProto, front_output: str, layers, ma
         seq_lens = "rnn/lens"
     rnn_nodes, rnn_inits, out = recurrent_nodes(layers, "rnn/x", seq_lens)
     nodes += rnn_nodes
-    if max_mean:
-        pool_nodes, pool_inits = max_mean_nodes(out, "rnn/valid" if masked else None, "pool/out")
+    if pooling:
+        pool_nodes, pool_inits = pooling_nodes(out, "rnn/valid" if masked else None, "pool/out", POOLINGS[pooling])
         nodes += pool_nodes
         inits += pool_inits
         out = "pool/out"

@@ -10,6 +10,7 @@
 
 #define NOT_FOUND INT64_MIN
 
+#define DELETE 0x80  /* a map value: the ASCII character is deleted (tokenizer.DELETE) */
 #define HOT_WORDS 16384  /* the most frequent words get a table of their own that stays in the CPU cache */
 
 typedef struct {
@@ -43,6 +44,7 @@ typedef struct {
     unsigned char *word;
     size_t wlen, wcap;
     int in_word;  /* a word may have no bytes: a non-ASCII one whose replacement is "" */
+    int64_t word_end;  /* after the word's last kept character: deleted ones end no word and join none */
 } Scratch;
 
 /* The bytes of a word in a buffer with at least 8 readable bytes after it: whole 8-byte loads, masked,
@@ -130,8 +132,9 @@ static inline void push_id(Scratch *sc, int64_t id, int64_t start, int64_t end) 
 }
 
 /* The word in sc->word ends: look it up and apply the reference's rules (tokenizer.Tokenizer.encode). */
-static inline void end_word(const Tok *t, Scratch *sc, int64_t start, int64_t end, int64_t *oov) {
+static inline void end_word(const Tok *t, Scratch *sc, int64_t start, int64_t *oov) {
     if (!sc->in_word) return;
+    int64_t end = sc->word_end;
     int64_t id = lookup(t, sc->word, sc->wlen);
     sc->wlen = sc->in_word = 0;
     if (id == NOT_FOUND) id = t->unknown_id;
@@ -173,15 +176,18 @@ static inline size_t utf8_put(unsigned char *out, Py_UCS4 c) {
             if (c < 0x80) {                                                                    \
                 unsigned char m = t->map[c];                                                   \
                 if (m == t->sep) {                                                             \
-                    end_word(t, sc, word_start, i, oov);                                       \
+                    end_word(t, sc, word_start, oov);                                          \
                     continue;                                                                  \
                 }                                                                              \
+                if (m == DELETE) continue;                                                     \
                 if (!sc->in_word) word_start = i, sc->in_word = 1;                             \
                 word[sc->wlen++] = m;                                                          \
+                sc->word_end = i + 1;                                                          \
                 continue;                                                                      \
             }                                                                                  \
             if (c >= 0xD800 && c <= 0xDFFF) return 1;                                          \
             if (!sc->in_word) word_start = i, sc->in_word = 1;                                 \
+            sc->word_end = i + 1;                                                              \
             if (t->repl) {                                                                     \
                 memcpy(word + sc->wlen, t->repl, t->repl_len);                                 \
                 sc->wlen += t->repl_len;                                                       \
@@ -189,7 +195,7 @@ static inline size_t utf8_put(unsigned char *out, Py_UCS4 c) {
                 sc->wlen += utf8_put(word + sc->wlen, c);                                      \
             }                                                                                  \
         }                                                                                      \
-        end_word(t, sc, word_start, n, oov);                                                   \
+        end_word(t, sc, word_start, oov);                                                      \
         return 0;                                                                              \
     }
 

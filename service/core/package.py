@@ -124,6 +124,8 @@ class PackageMetadata(BaseModel):
     parity: dict = {}
     quantization: dict = Field({}, description="INT8 packages: what was quantized, from which package, and "
                                "the accuracy gate's figures (training/quantize.py)")
+    source: dict = Field({}, description="where the model came from: empty for a package trained here; an "
+                         "import's {kind: imported, file, format, sha256, output, preprocessing, keras_version}")
     training: dict = {}
     versions: dict = {}
     created_at: str | None = None

@@ -1,9 +1,12 @@
 """The one tokenizer: raw text -> Keras-style token ids, padded to the model's length.
 
-Training, the export parity gate and the service all use this module, built from the spec saved in
+Training, the export parity gate, imports and the service all use this module, built from the spec saved in
 the model package, so the ids a model sees in production are the ids it was trained on. It needs
-only numpy. The rules reproduce `keras.preprocessing.text.Tokenizer` defaults and the
-`keras.datasets` id conventions (start_char, oov_char, index_from, num_words, skip_top).
+only numpy. One set of rules expresses the three Keras pipelines (training/preprocessing.py maps each):
+`keras.preprocessing.text.Tokenizer` (filters replaced by the split string, Python's lower-casing), the
+`keras.datasets` id conventions (start_char, oov_char, index_from, num_words, skip_top; ASCII lower-casing)
+and the `TextVectorization` layer (ASCII lower-casing, punctuation deleted, ASCII whitespace runs split,
+vocabulary after the mask and OOV ids, padded and truncated at the end).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ except ImportError:  # no compiler at install time: the reference serves alone
 
 # keras.preprocessing.text.Tokenizer's default `filters`.
 KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+DELETE = 0x80  # the compiled tokenizer's table value for a deleted ASCII character
 SPEC_FORMAT = "keras-word-index/1"
 
 
@@ -44,11 +48,13 @@ class TokenizerSpec:
     """Everything needed to turn text into the exact ids a model was trained on (saved as JSON)."""
 
     words: list[str]  # words[i] has rank i + 1 in the word index (most frequent first)
-    # Keras's char_level=True: every character is a token (after lower-casing); filters and split do not apply
+    # Keras's char_level=True: every character is a token (after lower-casing and strip); filters and split
+    # do not apply
     char_level: bool = False
     lower: bool = True
-    filters: str = KERAS_FILTERS
+    filters: str = KERAS_FILTERS  # each becomes `split` (Keras's Tokenizer)
     split: str = " "
+    strip: str = ""  # characters deleted (TextVectorization's strip_punctuation: ASCII punctuation)
     # Python 2 byte strings lowered ASCII only; Keras's published datasets were built that way.
     lower_ascii_only: bool = True
     # Reuters' word index stores each non-ASCII character as "?"; None keeps them.
@@ -103,6 +109,10 @@ class TokenizerSpec:
             raise ValueError("unknown_words='oov' needs an oov_char")
         if not isinstance(self.words, list) or not all(isinstance(w, str) for w in self.words):
             raise ValueError("words must be a list of strings")
+        if not self.split:
+            raise ValueError("split must not be empty")
+        if set(self.strip) & (set(self.filters) | set(self.split)):
+            raise ValueError("strip and filters/split share characters")
         check_rules(self.normalization)
 
     @property
@@ -137,6 +147,7 @@ class Tokenizer:
         self.spec = spec
         self._normalize = normalizer(spec.normalization)
         table = {} if spec.char_level else {ord(c): spec.split for c in spec.filters}
+        table.update({ord(c): None for c in spec.strip})
         if spec.lower:
             if spec.lower_ascii_only:
                 table.update({ord(c): c.lower() for c in string.ascii_uppercase})
@@ -158,7 +169,10 @@ class Tokenizer:
             return None
         table = bytearray(range(128))
         for code, to in self._table.items():
-            if code > 127 or len(to) != 1 or not to.isascii():
+            if to is None and code < 128:
+                table[code] = DELETE
+                continue
+            if code > 127 or to is None or len(to) != 1 or not to.isascii():
                 return None
             table[code] = ord(to)
         try:
@@ -186,17 +200,21 @@ class Tokenizer:
 
     def _word_spans(self, text: str) -> list[tuple[str, int, int]]:
         lowered = text.lower() if self._full_lower else text
+        translated = lowered.translate(self._table)
         if self.spec.char_level:
-            words = [(c, i, i + 1) for i, c in enumerate(lowered.translate(self._table))]
+            words = [(c, i, i + 1) for i, c in enumerate(translated)]
         else:
             sep = self.spec.split
             words, pos = [], 0
-            for piece in lowered.translate(self._table).split(sep):
+            for piece in translated.split(sep):
                 if piece:
                     words.append((piece, pos, pos + len(piece)))
                 pos += len(piece) + len(sep)
-        if len(lowered) != len(text):  # full lower-casing lengthened some characters (e.g. "İ" -> "i̇")
-            origin = [i for i, c in enumerate(text) for _ in c.lower()] + [len(text)]
+        lengthened = len(lowered) != len(text)  # full lower-casing: "İ" -> "i̇"
+        if lengthened or len(translated) != len(lowered):  # strip deleted characters
+            cased = [i for i, c in enumerate(text) for _ in c.lower()] if lengthened else range(len(text))
+            deleted = self.spec.strip
+            origin = [i for i, c in zip(cased, lowered) if c not in deleted]
             words = [(w, origin[a], origin[b - 1] + 1) for w, a, b in words]
         repl = self.spec.non_ascii_replacement
         if repl is not None:
@@ -209,9 +227,10 @@ class Tokenizer:
         before any work."""
         text, _ = self._normalized(text)
         lowered = text.lower() if self._full_lower else text
+        translated = lowered.translate(self._table)
         if self.spec.char_level:
-            return len(lowered)
-        pieces = lowered.translate(self._table).split(self.spec.split)
+            return len(translated)
+        pieces = translated.split(self.spec.split)
         return len(pieces) - pieces.count("")
 
     def split_words(self, text: str) -> list[str]:

@@ -1,0 +1,502 @@
+"""Import a model trained elsewhere: a Keras file (Keras 3 `.keras`; Keras 2 / tf.keras `.h5` or SavedModel
+directory) or an ONNX recurrent classifier, with the user's own text preprocessing, into a model package.
+
+The package is the one a training run exports (model.onnx with native recurrent nodes for Keras models, the
+tokenizer spec, metadata with `source` saying where it came from), written only after the parity gate: on the
+user's texts, the user's own pipeline (the Keras dataset's ids, tf-keras's Tokenizer + pad_sequences, or the
+TextVectorization layer; then the Keras model) against the package as the service runs it (our tokenizer, then
+onnxruntime): identical ids, identical labels, probabilities within atol. Anything that cannot be reproduced is
+refused with the layer or option named (ImportRefused), never exported silently wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from rnnserve.service.core.package import INPUT_NAME, OUTPUT_NAME, Task
+from rnnserve.service.core.rows import read_file
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.training.export import (
+    ExportError,
+    check_target,
+    convert,
+    library_versions,
+    softmax,
+    write_package,
+)
+from rnnserve.training.preprocessing import PreprocessingError, from_keras_tokenizer, from_text_vectorization
+
+# The layers an import converts, by class name (Keras 3 and tf-keras alike).
+FRONT_LAYERS = ("Embedding", "Conv1D", "MaxPooling1D", "Dropout", "SpatialDropout1D")
+RECURRENT_LAYERS = ("SimpleRNN", "GRU", "LSTM", "Bidirectional")
+HEAD_LAYERS = ("GlobalMaxPooling1D", "GlobalAveragePooling1D", "Dense", "Dropout")
+SUPPORTED = ("InputLayer", "TextVectorization", *FRONT_LAYERS, *RECURRENT_LAYERS, *HEAD_LAYERS)
+OUTPUTS = ("probabilities", "logits")
+PARITY_TEXTS = 1000  # the default count of dataset documents in the gate
+
+
+class ImportRefused(ExportError):
+    """The model or its preprocessing cannot be served exactly; the message names what and what is supported."""
+
+
+@dataclass
+class Preprocessing:
+    """How the user's texts became ids: one of vocabulary ("imdb" or "reuters": the Keras dataset's ids, with
+    num_words, skip_top and pad_sequences' maxlen, padding, truncating as the notebook called them),
+    tokenizer_json (tf-keras `Tokenizer.to_json()`, with pad_sequences' options), text_vectorization (a JSON
+    `{"config": layer.get_config(), "vocabulary": layer.get_vocabulary()}` or a .keras file whose first layer is
+    the layer), none when the model starts with its TextVectorization, or for ONNX models vocab_file (one token
+    per line, line i = id i, line 0 the padding) with lower, strip_punctuation and unknown_token."""
+
+    vocabulary: str | None = None
+    tokenizer_json: Path | None = None
+    text_vectorization: Path | None = None
+    vocab_file: Path | None = None
+    maxlen: int | None = None
+    padding: str = "pre"
+    truncating: str = "pre"
+    num_words: int | None = None
+    skip_top: int = 0
+    lower: bool = True
+    strip_punctuation: bool = False
+    unknown_token: str | None = None
+    data_dir: Path | None = None
+
+    @property
+    def given(self) -> list:
+        return [g for g in (self.vocabulary, self.tokenizer_json, self.text_vectorization, self.vocab_file) if g]
+
+
+@dataclass
+class Gate:
+    """The parity gate's texts (a CSV/JSONL/text file; default for a dataset vocabulary: its documents), at most
+    `examples` of them, and the largest allowed probability difference. reference: for ONNX imports, a .npz of
+    the user's own `ids` [N, T] and/or `outputs` [N, C] for those texts."""
+
+    texts: Path | None = None
+    text_column: str = "text"
+    reference: Path | None = None
+    examples: int = PARITY_TEXTS
+    atol: float = 1e-5
+
+
+@dataclass
+class Pipeline:
+    """The user's preprocessing: the spec that reproduces it, a function giving its own ids for texts (the
+    user's library doing it; None for a dataset, whose stored ids are the reference) and what metadata records."""
+
+    spec: TokenizerSpec
+    ids: Callable[[list[str]], np.ndarray] | None
+    source: dict
+
+
+def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep: Preprocessing, gate: Gate, *,
+                 version: int = 1, labels: list[str] | None = None, output: str = "probabilities",
+                 overwrite: bool = False) -> Path:
+    """Import a Keras model (.keras, .h5, SavedModel directory) into MODELS/NAME/VERSION through the gate.
+    output "logits": the last Dense is linear and the package serves its sigmoid/softmax. Raises ImportRefused
+    (with the reason) or ExportError (the gate, with its figures)."""
+    model_path = Path(model_path)
+    check_common(model_path, models_dir, name, version, output, prep, overwrite)
+    if prep.vocab_file:
+        raise ImportRefused("--vocab describes an ONNX model's preprocessing; a Keras model takes --vocabulary, "
+                            "--tokenizer-json or --text-vectorization")
+    model, model_format = load_keras_model(model_path)
+    layers = check_layers(model)
+    inner_tv = layers[0] if type(layers[0]).__name__ == "TextVectorization" else None
+    input_length = _input_length(model, inner_tv)
+    prep = replace(prep, maxlen=prep.maxlen or input_length)
+    if inner_tv is not None:
+        if prep.given:
+            raise ImportRefused("the model starts with its own TextVectorization layer: give no other preprocessing")
+        pipeline = _text_vectorization_pipeline(inner_tv.get_config(), inner_tv.get_vocabulary(), prep.maxlen,
+                                                inner_tv, {"kind": "text-vectorization", "in_model": True})
+    else:
+        pipeline = preprocessing(prep)
+    spec = pipeline.spec
+    if input_length and spec.maxlen != input_length:
+        raise ImportRefused(f"the model takes sequences of {input_length} ids; the preprocessing pads to "
+                            f"{spec.maxlen} (--maxlen)")
+    units, activation = _head(layers)
+    _check_output(activation, output, layers[-1].name)
+    labels = check_labels(labels, prep.vocabulary, max(units, 2))
+    embedding = next((layer for layer in layers if type(layer).__name__ == "Embedding"), None)
+    if embedding is None:
+        raise ImportRefused("the model has no Embedding layer: a text model maps ids to vectors first")
+    check_vocabulary(spec, int(embedding.input_dim), f"the model's Embedding {embedding.name!r}")
+    masked = bool(getattr(embedding, "mask_zero", False))
+    if masked and any(type(layer).__name__ == "GlobalMaxPooling1D" for layer in layers):
+        raise ImportRefused("GlobalMaxPooling1D after a masked Embedding: Keras's max pooling reads the steps the "
+                            "mask hides, which the native recurrent operators zero; not exported. Supported after "
+                            "a mask: the last step, GlobalAveragePooling1D")
+    try:
+        proto = convert(model, spec.maxlen, logits=output == "logits")
+    except ExportError as exc:
+        raise ImportRefused(str(exc)) from exc
+    # Masked models ignore padding: the package pads after the tokens, only to the batch's longest text.
+    package_spec = replace(spec, padding="post") if masked else spec
+    texts, user_ids = gate_inputs(gate, pipeline, prep)
+
+    def user_predict(ids):
+        raw = model.predict(_string_batch(model, texts) if inner_tv is not None else ids, batch_size=256, verbose=0)
+        return probabilities(raw, output == "logits")
+
+    parity = text_gate(user_predict, texts, user_ids, proto, spec, package_spec, masked, gate.atol)
+    source = {"kind": "imported", "file": model_path.name, "format": model_format, "sha256": sha256_path(model_path),
+              "output": output, "preprocessing": pipeline.source} | _keras_version(model_path)
+    metadata = classifier_metadata(package_spec, labels, masked, parity, source,
+                                   {"layers": [type(layer).__name__ for layer in layers],
+                                    "params": int(model.count_params()), "vocab_size": int(embedding.input_dim)})
+    return write_package(models_dir, name, version, proto, {"tokenizer.json": package_spec.to_json()}, metadata,
+                         library_versions(), overwrite=overwrite)
+
+
+def check_common(model_path: Path, models_dir, name: str, version: int, output: str, prep: Preprocessing,
+                 overwrite: bool) -> None:
+    """The checks every import makes before loading anything."""
+    if output not in OUTPUTS:
+        raise ImportRefused(f"--output must be one of {', '.join(OUTPUTS)}")
+    check_target(models_dir, name, version, overwrite)
+    if not model_path.exists():
+        raise ImportRefused(f"{model_path} does not exist")
+    if len(prep.given) > 1:
+        raise ImportRefused("give one preprocessing: --vocabulary, --tokenizer-json, --text-vectorization or --vocab")
+
+
+def classifier_metadata(spec: TokenizerSpec, labels: list[str], dynamic: bool, parity: dict, source: dict,
+                        architecture: dict) -> dict:
+    """The metadata of an imported text classifier (write_package adds the rest)."""
+    return {"task": Task.TEXT_CLASSIFICATION, "labels": labels, "maxlen": spec.maxlen,
+            "input": {"name": INPUT_NAME, "dtype": "int64", "shape": [None, None if dynamic else spec.maxlen]},
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None, len(labels)]},
+            "dynamic_length": dynamic, "padding": spec.padding, "truncating": spec.truncating,
+            "architecture": architecture, "parity": parity, "source": source}
+
+
+def check_vocabulary(spec: TokenizerSpec, input_dim: int, what: str) -> None:
+    """The ids the preprocessing gives must be rows of the model's embedding."""
+    highest = Tokenizer(spec).max_id
+    if highest >= input_dim:
+        raise ImportRefused(f"the preprocessing gives ids up to {highest} but {what} takes ids 0..{input_dim - 1}: "
+                            "the vocabulary does not fit the model (num_words or max_tokens differ?)")
+
+
+def load_keras_model(path: Path):
+    """(model, format): Keras 3 reads .keras and most .h5 files; tf-keras (Keras 2) reads the .h5 files Keras 3
+    cannot and SavedModel directories (Keras 3 loads those only as an inference-only TFSMLayer)."""
+    import keras
+
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise ImportRefused(f"{path} is a directory without saved_model.pb: not a SavedModel")
+        return _tf_keras_load(path), "savedmodel"
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ImportRefused(f"{path.name}: expected a .keras or .h5 file, a SavedModel directory or a .onnx file")
+    try:
+        return keras.models.load_model(path, compile=False), path.suffix.lstrip(".")
+    except Exception as exc:  # noqa: BLE001 - any failure: Keras 2's own loader may read it
+        if path.suffix == ".keras":
+            raise ImportRefused(f"Keras cannot load {path.name}: {exc}") from exc
+        return _tf_keras_load(path, exc), "h5"
+
+
+def _tf_keras_load(path: Path, first: Exception | None = None):
+    try:
+        import tf_keras
+    except ImportError as exc:
+        raise ImportRefused(f"{path.name} needs tf-keras (Keras 2) to load: pip install 'rnnserve[train]'") from exc
+    try:
+        return tf_keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - unreadable by both loaders: say so, with both reasons
+        also = f"; Keras 3: {first}" if first else ""
+        raise ImportRefused(f"cannot load {path.name}: {exc}{also}") from exc
+
+
+def check_layers(model) -> list:
+    """The model's layers (InputLayer left out) as one chain of supported layers, else ImportRefused naming the
+    first layer that is not supported or not in a chain."""
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    if len(getattr(model, "inputs", None) or [0]) != 1 or len(getattr(model, "outputs", None) or [0]) != 1:
+        raise ImportRefused("the model must have one input and one output")
+    for i, layer in enumerate(layers):
+        kind = type(layer).__name__
+        if kind not in SUPPORTED or (kind == "TextVectorization" and i):
+            raise ImportRefused(f"layer {layer.name!r} ({kind}) is not supported; supported: TextVectorization "
+                                f"(first), {', '.join(FRONT_LAYERS + RECURRENT_LAYERS + HEAD_LAYERS[:-1])}, in one "
+                                "chain (Sequential or functional without branches)")
+        if i and type(model).__name__ != "Sequential":
+            try:
+                chained = layer.input is layers[i - 1].output
+            except (AttributeError, ValueError):  # a layer called more than once has no single input
+                chained = False
+            if not chained:
+                raise ImportRefused(f"layer {layer.name!r} does not take the previous layer's output: a model with "
+                                    "branches or shared layers is not supported")
+    if not any(type(layer).__name__ in RECURRENT_LAYERS for layer in layers):
+        raise ImportRefused("the model has no SimpleRNN, GRU or LSTM layer")
+    return layers
+
+
+def _input_length(model, inner_tv) -> int | None:
+    """The id sequence length the model was built for (None: any)."""
+    if inner_tv is not None:
+        return inner_tv.get_config().get("output_sequence_length")
+    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is None or len(shape) != 2:
+        raise ImportRefused(f"the model's input shape {shape} is not [batch, steps] of ids")
+    return int(shape[1]) if shape[1] is not None else None
+
+
+def _head(layers) -> tuple[int, str]:
+    last = layers[-1]
+    if type(last).__name__ != "Dense":
+        raise ImportRefused(f"the model ends in {type(last).__name__} {last.name!r}; a classifier ends in Dense")
+    return int(last.units), getattr(last.activation, "__name__", str(last.activation))
+
+
+def _check_output(activation: str, output: str, layer: str) -> None:
+    if output == "probabilities" and activation not in ("sigmoid", "softmax"):
+        raise ImportRefused(f"the last layer {layer!r} has activation {activation!r}: its outputs are not "
+                            "probabilities. If they are logits (as from_logits=True trained them), pass "
+                            "--output logits and the package serves their sigmoid/softmax")
+    if output == "logits" and activation != "linear":
+        raise ImportRefused(f"--output logits, but the last layer {layer!r} already applies {activation!r}")
+
+
+def check_labels(labels: list[str] | None, vocabulary: str | None, classes: int) -> list[str]:
+    """The class names: given, the dataset's, or "0".."C-1"."""
+    from rnnserve.training.data import IMDB_LABELS, REUTERS_LABELS
+
+    if labels is None:
+        labels = {"imdb": IMDB_LABELS, "reuters": REUTERS_LABELS}.get(vocabulary) or [str(i) for i in range(classes)]
+    if len(labels) != classes:
+        raise ImportRefused(f"{len(labels)} labels given for a model with {classes} classes")
+    if len(set(labels)) != len(labels):
+        raise ImportRefused("labels must differ from each other")
+    return list(labels)
+
+
+def preprocessing(prep: Preprocessing) -> Pipeline:
+    """The user's preprocessing from one of its Keras forms (see Preprocessing)."""
+    try:
+        if prep.vocabulary:
+            return _dataset_pipeline(prep)
+        if prep.tokenizer_json:
+            return _tokenizer_pipeline(Path(prep.tokenizer_json), prep.maxlen, prep.padding, prep.truncating)
+        if prep.text_vectorization:
+            return _vectorizer_file_pipeline(Path(prep.text_vectorization), prep.maxlen)
+    except PreprocessingError as exc:
+        raise ImportRefused(str(exc)) from exc
+    raise ImportRefused("say how texts became ids: --vocabulary imdb|reuters (a Keras dataset), --tokenizer-json "
+                        "FILE (tokenizer.to_json()) or --text-vectorization FILE")
+
+
+def _dataset_pipeline(prep: Preprocessing) -> Pipeline:
+    from rnnserve.training.data import DataError, load_keras_dataset
+
+    if prep.vocabulary not in ("imdb", "reuters"):
+        raise ImportRefused(f"--vocabulary {prep.vocabulary!r}: expected imdb or reuters")
+    if not prep.maxlen:
+        raise ImportRefused("give --maxlen: the length pad_sequences padded to")
+    try:
+        spec = load_keras_dataset(prep.vocabulary, prep.data_dir, num_words=prep.num_words, skip_top=prep.skip_top,
+                                  pad_to=prep.maxlen, padding=prep.padding, truncating=prep.truncating).tokenizer
+    except DataError as exc:
+        raise ImportRefused(str(exc)) from exc
+    return Pipeline(spec, None, {"kind": "keras-dataset", "dataset": prep.vocabulary, "num_words": prep.num_words,
+                                 "skip_top": prep.skip_top, "maxlen": prep.maxlen, "padding": prep.padding,
+                                 "truncating": prep.truncating})
+
+
+def _tokenizer_pipeline(path: Path, maxlen, padding, truncating) -> Pipeline:
+    if not maxlen:
+        raise ImportRefused("give --maxlen: the length pad_sequences padded to")
+    text = path.read_text(encoding="utf-8-sig")
+    spec = from_keras_tokenizer(text, maxlen, padding, truncating)
+
+    def ids(texts):
+        from tf_keras.preprocessing.sequence import pad_sequences
+        from tf_keras.preprocessing.text import tokenizer_from_json
+
+        tokenizer = tokenizer_from_json(text)
+        return pad_sequences(tokenizer.texts_to_sequences(texts), maxlen=maxlen, padding=padding,
+                             truncating=truncating)
+
+    return Pipeline(spec, ids, {"kind": "keras-tokenizer", "file": path.name, "sha256": sha256_path(path),
+                                "maxlen": maxlen, "padding": padding, "truncating": truncating})
+
+
+def _vectorizer_file_pipeline(path: Path, maxlen) -> Pipeline:
+    source = {"kind": "text-vectorization", "in_model": False, "file": path.name, "sha256": sha256_path(path)}
+    if path.suffix == ".keras":
+        model, _ = load_keras_model(path)
+        layer = next((x for x in model.layers if type(x).__name__ == "TextVectorization"), None)
+        if layer is None:
+            raise ImportRefused(f"{path.name} holds no TextVectorization layer")
+        return _text_vectorization_pipeline(layer.get_config(), layer.get_vocabulary(), maxlen, layer, source)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8-sig"))
+        config, vocabulary = saved["config"], saved["vocabulary"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ImportRefused(f"{path.name}: expected JSON {{\"config\": layer.get_config(), \"vocabulary\": "
+                            f"layer.get_vocabulary()}} or a .keras file ({exc})") from None
+    return _text_vectorization_pipeline(config, vocabulary, maxlen, None, source)
+
+
+def _text_vectorization_pipeline(config: dict, vocabulary: list, maxlen, layer, source: dict) -> Pipeline:
+    try:
+        spec = from_text_vectorization(config, list(vocabulary), maxlen)
+    except PreprocessingError as exc:
+        raise ImportRefused(str(exc)) from exc
+
+    def ids(texts):
+        import keras
+
+        vectorizer = layer
+        if vectorizer is None:  # rebuilt from its JSON: the layer, not our reading of it, gives the reference
+            known = {k: v for k, v in config.items() if k not in ("vocabulary", "vocabulary_size", "idf_weights",
+                                                                    "dtype", "trainable", "name")}
+            vectorizer = keras.layers.TextVectorization(**known)
+            vectorizer.set_vocabulary(list(vocabulary)[2:])
+        out = np.asarray(vectorizer(np.array(texts, dtype=object)))
+        return out if out.shape[1] == spec.maxlen else _pad_to(out, spec.maxlen)
+
+    described = {k: config.get(k) for k in ("standardize", "split", "max_tokens", "output_sequence_length")}
+    return Pipeline(spec, ids, source | described | {"maxlen": spec.maxlen})
+
+
+def _pad_to(x: np.ndarray, maxlen: int) -> np.ndarray:
+    """TextVectorization without output_sequence_length pads a batch to its longest text: to maxlen, at the end."""
+    out = np.zeros((len(x), maxlen), np.int64)
+    out[:, :min(maxlen, x.shape[1])] = x[:, :maxlen]
+    return out
+
+
+def gate_inputs(gate: Gate, pipeline: Pipeline, prep: Preprocessing) -> tuple[list[str], np.ndarray | None]:
+    """The gate's texts and the ids the user's own pipeline gives them (None where it has none to run)."""
+    if gate.texts:
+        texts = read_texts(gate.texts, gate.text_column)[:gate.examples]
+        if pipeline.ids is None and pipeline.source.get("kind") == "keras-dataset":
+            raise ImportRefused("a Keras dataset's ids exist for its own documents only: leave out --parity-texts "
+                                "and give --data-dir")
+        return texts, None if pipeline.ids is None else np.asarray(pipeline.ids(texts), np.int64)
+    if pipeline.source.get("kind") == "keras-dataset":  # its documents and the ids load_data gives them
+        from rnnserve.training.data import DataError, dataset_documents, resolve_data_dir
+
+        try:
+            root = resolve_data_dir(prep.data_dir)
+            if root is None:
+                raise DataError("the gate of a Keras dataset vocabulary reads the dataset's raw documents: give "
+                                "--data-dir (with raw/imdb_train.csv.gz or raw/reuters_train_raw.csv.gz)")
+            texts, ids = dataset_documents(pipeline.source["dataset"], root, pipeline.spec)
+        except (DataError, OSError) as exc:
+            raise ImportRefused(str(exc)) from exc
+        return texts[:gate.examples], Tokenizer(pipeline.spec).pad(ids[:gate.examples])
+    raise ImportRefused("give --parity-texts FILE (a CSV/JSONL/text file of texts like the ones the model will "
+                        "see): the gate runs your own preprocessing and model on them against the package")
+
+
+def read_texts(path: Path, column: str) -> list[str]:
+    """The texts of a CSV (column), JSONL (key) or text file (one a line), as the scorer reads them."""
+    try:
+        with open(path, "rb") as fh:
+            texts = [row.text for row in read_file(fh, path.name, column) if row.error is None]
+    except (OSError, ValueError) as exc:
+        raise ImportRefused(f"cannot read --parity-texts {path}: {exc}") from exc
+    if not texts:
+        raise ImportRefused(f"--parity-texts {path} has no text in column {column!r}")
+    return texts
+
+
+def text_gate(user_predict: Callable[[np.ndarray | None], np.ndarray], texts: list[str], user_ids: np.ndarray | None,
+              proto: onnx.ModelProto, spec: TokenizerSpec, package_spec: TokenizerSpec, dynamic: bool,
+              atol: float) -> dict:
+    """The package (our tokenizer, then onnxruntime) against the user's pipeline on raw texts: identical ids
+    (spec: the user's padding) where the user's ids are known, then labels identical and probabilities within
+    atol, else ExportError with the count of texts that differ, the first of them (its two id sequences) and the
+    largest difference. user_predict: the user's probabilities from their ids."""
+    import onnxruntime as ort
+
+    report: dict = {"ids_compared": user_ids is not None}
+    if user_ids is not None:
+        ours, _ = Tokenizer(spec)(texts)
+        differ = np.flatnonzero((ours != user_ids).any(axis=1))
+        if len(differ):
+            i = int(differ[0])
+            raise ExportError(f"parity gate: the package's tokenizer gives other ids than your preprocessing for "
+                              f"{len(differ)} of {len(texts)} texts; first: text {i} {texts[i][:200]!r}\n"
+                              f"  yours: {_ids_text(user_ids[i])}\n  ours:  {_ids_text(ours[i])}")
+    expected = user_predict(user_ids)
+    served_ids, _ = Tokenizer(package_spec)(texts, dynamic=dynamic)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    served = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: served_ids[i:i + 256]})[0]
+                             for i in range(0, len(served_ids), 256)])
+    return report | compare(expected, served, texts, atol)
+
+
+def _ids_text(row: np.ndarray) -> str:
+    ids = [int(i) for i in row]
+    return str(ids) if len(ids) <= 60 else f"{ids[:30]} ... {ids[-30:]}"
+
+
+def probabilities(raw: np.ndarray, logits: bool) -> np.ndarray:
+    """A head's outputs [N, C] -> class probabilities [N, max(C, 2)]: logits through a sigmoid (one unit) or a
+    softmax; one sigmoid unit p becomes [1 - p, p]."""
+    raw = np.asarray(raw, np.float64)
+    if logits:
+        raw = 1.0 / (1.0 + np.exp(-raw)) if raw.shape[1] == 1 else softmax(raw)
+    return np.concatenate([1.0 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
+
+
+def _string_batch(model, texts: list[str]):
+    """Texts shaped as a string-input model takes them: [N] or [N, 1]."""
+    batch = np.array(texts, dtype=object)
+    shape = model.inputs[0].shape
+    return batch[:, None] if len(shape) == 2 else batch
+
+
+def compare(expected: np.ndarray, served: np.ndarray, texts: list[str], atol: float) -> dict:
+    """Labels identical and |expected - served| <= atol, else ExportError with the count of texts that differ,
+    the first of them and the largest difference."""
+    diff = np.abs(expected - served).max(axis=1)
+    disagree = expected.argmax(1) != served.argmax(1)
+    wrong = np.flatnonzero((diff > atol) | disagree)
+    report = {"examples": len(texts), "max_abs_diff": float(diff.max()), "atol": atol,
+              "label_disagreements": int(disagree.sum())}
+    if len(wrong):
+        i = int(wrong[0])
+        raise ExportError(f"parity gate: {len(wrong)} of {len(texts)} texts differ (largest |yours - package| "
+                          f"{report['max_abs_diff']:.3g}, allowed {atol:g}; {report['label_disagreements']} labels "
+                          f"differ); first: text {i} {texts[i][:200]!r}: yours {expected[i].round(6).tolist()}, "
+                          f"package {served[i].round(6).tolist()}")
+    return report
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a directory's files in path order (a SavedModel)."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _keras_version(path: Path) -> dict:
+    """The Keras version that saved a .keras file (its metadata.json says), when it does."""
+    if path.suffix != ".keras":
+        return {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            saved = json.loads(archive.read("metadata.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return {}
+    return {"keras_version": saved.get("keras_version"), "saved_at": saved.get("date_saved")}

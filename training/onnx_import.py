@@ -1,0 +1,250 @@
+"""Import an ONNX recurrent text classifier made elsewhere (e.g. PyTorch's `torch.onnx.export` of an
+nn.Embedding + nn.LSTM/nn.GRU + nn.Linear) into a model package. Its own nodes run as they are; the graph gets
+the package's names (`input_ids` int64 [N, T] -> `probabilities` float32 [N, C]) around them, with a Cast where
+it takes int32 ids and a sigmoid/softmax where it gives logits.
+
+Its preprocessing: a vocabulary file with the rules spelled out as flags (Preprocessing.vocab_file), or one of
+the Keras forms. The gate compares the user's reference ids and/or outputs for the gate's texts where given
+(Gate.reference, a .npz); without them only shapes and the run are checked, and the report says so.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from rnnserve.service.core.package import INPUT_NAME, OUTPUT_NAME
+from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.training.export import ExportError, write_package
+from rnnserve.training.importer import (
+    Gate,
+    ImportRefused,
+    Preprocessing,
+    check_common,
+    check_labels,
+    check_vocabulary,
+    classifier_metadata,
+    compare,
+    preprocessing,
+    probabilities,
+    read_texts,
+    sha256_path,
+)
+
+ID_TYPES = {TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
+# Python's str.split() splits on these (str.isspace), which `text.lower().split()` pipelines use.
+UNICODE_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+
+
+def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep: Preprocessing, gate: Gate, *,
+                version: int = 1, labels: list[str] | None = None, output: str = "probabilities",
+                overwrite: bool = False) -> Path:
+    """Import an ONNX classifier (ids [N, T] -> probabilities or logits [N, C], the batch axis dynamic) into
+    MODELS/NAME/VERSION. Raises ImportRefused (with the reason) or ExportError (the gate)."""
+    model_path = Path(model_path)
+    check_common(model_path, models_dir, name, version, output, prep, overwrite)
+    try:
+        model = onnx.load(model_path)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - any unreadable or invalid file is refused with onnx's reason
+        raise ImportRefused(f"{model_path.name} is not a valid ONNX model: {exc}") from exc
+    ids_input, steps = _check_input(model)
+    out, classes = _check_output(model)
+    maxlen = prep.maxlen or steps
+    if steps and maxlen != steps:
+        raise ImportRefused(f"the model takes {steps} ids a text; --maxlen is {maxlen}")
+    pipeline_spec, described = _preprocessing(replace(prep, maxlen=maxlen))
+    labels = check_labels(labels, prep.vocabulary, max(classes, 2))
+    rows = _embedding_rows(model, ids_input.name)
+    if rows:
+        check_vocabulary(pipeline_spec, rows, "the model's embedding (the Gather on its ids)")
+    proto = package_graph(model, ids_input, out, output == "logits")
+    texts = read_texts(gate.texts, gate.text_column)[:gate.examples] if gate.texts else None
+    if texts is None:
+        raise ImportRefused("give --parity-texts FILE: the package runs on them, and with --reference (your ids "
+                            "and/or outputs for those texts) the gate compares them")
+    parity = onnx_gate(proto, pipeline_spec, texts, gate, output == "logits")
+    source = {"kind": "imported", "file": model_path.name, "format": "onnx", "sha256": sha256_path(model_path),
+              "output": output, "preprocessing": described,
+              "producer": f"{model.producer_name} {model.producer_version}".strip()}
+    metadata = classifier_metadata(pipeline_spec, labels, False, parity, source,
+                                   {"op_types": sorted({n.op_type for n in model.graph.node}),
+                                    "vocab_size": rows})
+    versions = {m.__name__: m.__version__ for m in (onnx, __import__("onnxruntime"))}
+    return write_package(models_dir, name, version, proto, {"tokenizer.json": pipeline_spec.to_json()}, metadata,
+                         versions, overwrite=overwrite)
+
+
+def vocab_spec(path: Path, maxlen: int, padding: str, truncating: str, lower: bool, strip_punctuation: bool,
+               unknown_token: str | None) -> TokenizerSpec:
+    """A vocabulary file (UTF-8, one token per line; line i is id i; line 0 the padding, id 0) and the rules:
+    Python's str.lower() when lower, ASCII punctuation deleted when strip_punctuation, words split as str.split()
+    splits them (Unicode whitespace); words not in the file become unknown_token's id, or vanish without one."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportRefused(f"cannot read --vocab {path}: {exc}") from exc
+    if len(lines) < 2:
+        raise ImportRefused(f"--vocab {path} needs the padding token on line 0 and tokens after it")
+    tokens = [line.rstrip("\r") for line in lines]
+    if len(set(tokens)) != len(tokens):
+        repeated = next(t for i, t in enumerate(tokens) if t in tokens[:i])
+        raise ImportRefused(f"--vocab {path}: token {repeated!r} is on two lines")
+    oov = None
+    if unknown_token is not None:
+        if unknown_token not in tokens[1:]:
+            raise ImportRefused(f"--unknown-token {unknown_token!r} is not a line of --vocab {path} (after line 0)")
+        oov = tokens.index(unknown_token)
+    if not maxlen:
+        raise ImportRefused("give --maxlen: the length the texts' ids were padded or cut to")
+    strip = string.punctuation if strip_punctuation else ""
+    return TokenizerSpec(words=tokens[1:], lower=lower, lower_ascii_only=False, filters=UNICODE_WHITESPACE,
+                         split=" ", strip=strip, unknown_words="drop" if oov is None else "oov", start_char=None,
+                         oov_char=oov, index_from=0, maxlen=maxlen, padding=padding, truncating=truncating)
+
+
+def _preprocessing(prep: Preprocessing) -> tuple[TokenizerSpec, dict]:
+    if not prep.vocab_file:
+        pipeline = preprocessing(prep)
+        return pipeline.spec, pipeline.source
+    spec = vocab_spec(Path(prep.vocab_file), prep.maxlen, prep.padding, prep.truncating, prep.lower,
+                      prep.strip_punctuation, prep.unknown_token)
+    return spec, {"kind": "vocabulary-file", "file": Path(prep.vocab_file).name,
+                  "sha256": sha256_path(Path(prep.vocab_file)), "lower": prep.lower,
+                  "strip_punctuation": prep.strip_punctuation, "split": "str.split()",
+                  "unknown_token": prep.unknown_token, "maxlen": prep.maxlen, "padding": prep.padding,
+                  "truncating": prep.truncating}
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list:
+    initializers = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _dims(value) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
+def _check_input(model: onnx.ModelProto):
+    inputs = _graph_inputs(model)
+    if len(inputs) != 1:
+        raise ImportRefused(f"the model takes {len(inputs)} inputs ({[i.name for i in inputs]}); a text classifier "
+                            "takes one: the ids [batch, steps]")
+    (ids,) = inputs
+    kind, dims = ids.type.tensor_type.elem_type, _dims(ids)
+    if kind not in ID_TYPES or len(dims) != 2:
+        raise ImportRefused(f"input {ids.name!r} is {TensorProto.DataType.Name(kind).lower()} {dims}; expected ids "
+                            "int64 or int32 [batch, steps]")
+    if dims[0] is not None:
+        raise ImportRefused(f"input {ids.name!r} has a fixed batch axis ({dims[0]}): the server batches requests. "
+                            "Export with a dynamic batch axis, e.g. torch.onnx.export(..., dynamic_axes="
+                            f"{{{ids.name!r}: {{0: 'batch'}}}})")
+    return ids, dims[1]
+
+
+def _check_output(model: onnx.ModelProto):
+    out = model.graph.output[0]
+    kind, dims = out.type.tensor_type.elem_type, _dims(out)
+    if kind != TensorProto.FLOAT or len(dims) != 2 or not dims[1]:
+        raise ImportRefused(f"output {out.name!r} is {TensorProto.DataType.Name(kind).lower()} {dims}; expected "
+                            "float32 [batch, classes] with the classes fixed")
+    return out, dims[1]
+
+
+def _embedding_rows(model: onnx.ModelProto, ids: str) -> int | None:
+    """Rows of the embedding table the ids index (a Gather of an initializer on the ids), when there is one."""
+    tables = {i.name: list(i.dims) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == ids and node.input[0] in tables:
+            return int(tables[node.input[0]][0])
+    return None
+
+
+def package_graph(model: onnx.ModelProto, ids, out, logits: bool) -> onnx.ModelProto:
+    """The model with the package's names: `input_ids` int64 in (cast to the model's int32 where it takes
+    those), `probabilities` [N, C] out (a sigmoid or softmax after logits; one unit p widened to [1 - p, p])."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model)
+    g = proto.graph
+    nodes = []
+    if ids.name != INPUT_NAME or ids.type.tensor_type.elem_type != TensorProto.INT64:
+        inner = "import/ids"
+        cast_to = ids.type.tensor_type.elem_type
+        nodes.append(helper.make_node("Cast", [INPUT_NAME], [inner], to=cast_to) if cast_to != TensorProto.INT64
+                     else helper.make_node("Identity", [INPUT_NAME], [inner]))
+        for node in g.node:
+            node.input[:] = [inner if name == ids.name else name for name in node.input]
+        g.input.remove(next(i for i in g.input if i.name == ids.name))
+        g.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT64, ["N", "T"]))
+    g.node[:0] = nodes
+    classes = _dims(out)[1]
+    last = out.name
+    if last == OUTPUT_NAME:  # the name the package's last node gives: the model's own output is renamed
+        last = "import/out"
+        for node in g.node:
+            node.output[:] = [last if name == OUTPUT_NAME else name for name in node.output]
+            node.input[:] = [last if name == OUTPUT_NAME else name for name in node.input]
+    tail = []
+    if logits:
+        tail.append(helper.make_node("Sigmoid" if classes == 1 else "Softmax", [last], ["import/p"],
+                                     **({} if classes == 1 else {"axis": -1})))
+        last = "import/p"
+    if classes == 1:  # [N, 1] -> [N, 2] = [1 - p, p]
+        g.initializer.append(onnx.numpy_helper.from_array(np.array(1.0, np.float32), "import/one"))
+        tail += [helper.make_node("Sub", ["import/one", last], ["import/q"]),
+                 helper.make_node("Concat", ["import/q", last], ["import/pp"], axis=1)]
+        last = "import/pp"
+    tail.append(helper.make_node("Identity", [last], [OUTPUT_NAME]))
+    g.node.extend(tail)
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", max(classes, 2)]))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def onnx_gate(proto: onnx.ModelProto, spec: TokenizerSpec, texts: list[str], gate: Gate, logits: bool) -> dict:
+    """Run the package on the texts; with gate.reference (.npz: `ids` [N, T] and/or `outputs` [N, C], the
+    model's own outputs for the same texts in order), ids identical and probabilities within atol."""
+    import onnxruntime as ort
+
+    ids, _ = Tokenizer(spec)(texts)
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        served = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: ids[i:i + 256]})[0]
+                                 for i in range(0, len(ids), 256)])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own reason (an unsupported op, a shape) is the message
+        raise ImportRefused(f"onnxruntime cannot run the model on the texts' ids: {exc}") from exc
+    if served.shape != (len(texts), served.shape[1]) or not np.isfinite(served).all():
+        raise ExportError(f"the package gives {served.shape} outputs (finite: {np.isfinite(served).all()}) for "
+                          f"{len(texts)} texts")
+    if not gate.reference:
+        return {"examples": len(texts), "checked": "shapes only: no --reference ids or outputs given"}
+    try:
+        with np.load(gate.reference) as ref:
+            theirs = {k: ref[k] for k in ("ids", "outputs") if k in ref.files}
+    except (OSError, ValueError) as exc:
+        raise ImportRefused(f"cannot read --reference {gate.reference}: {exc}") from exc
+    if not theirs:
+        raise ImportRefused(f"--reference {gate.reference} holds neither `ids` nor `outputs`")
+    report: dict = {"ids_compared": "ids" in theirs, "outputs_compared": "outputs" in theirs}
+    if "ids" in theirs:
+        user_ids = np.asarray(theirs["ids"], np.int64)
+        if user_ids.shape != ids.shape:
+            raise ExportError(f"--reference ids are {list(user_ids.shape)}; the texts give {list(ids.shape)}")
+        differ = np.flatnonzero((ids != user_ids).any(axis=1))
+        if len(differ):
+            i = int(differ[0])
+            raise ExportError(f"parity gate: the package's tokenizer gives other ids than yours for {len(differ)} "
+                              f"of {len(texts)} texts; first: text {i} {texts[i][:200]!r}\n  yours: "
+                              f"{user_ids[i].tolist()}\n  ours:  {ids[i].tolist()}")
+    if "outputs" in theirs:
+        outputs = np.asarray(theirs["outputs"])
+        if len(outputs) != len(texts):
+            raise ExportError(f"--reference has {len(outputs)} outputs for {len(texts)} texts")
+        report |= compare(probabilities(outputs, logits), served, texts, gate.atol)
+    return report
