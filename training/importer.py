@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from rnnserve.service.core.package import INPUT_NAME, OUTPUT_NAME, Task
-from rnnserve.service.core.rows import read_file
+from rnnserve.service.core.rows import format_of, read_file
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
 from rnnserve.training.export import (
     ExportError,
@@ -110,8 +110,8 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
         raise ImportRefused("--vocab describes an ONNX model's preprocessing; a Keras model takes --vocabulary, "
                             "--tokenizer-json or --text-vectorization")
     model, model_format = load_keras_model(model_path)
-    layers = check_layers(model)
-    inner_tv = layers[0] if type(layers[0]).__name__ == "TextVectorization" else None
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    inner_tv = layers[0] if layers and type(layers[0]).__name__ == "TextVectorization" else None
     input_length = _input_length(model, inner_tv)
     prep = replace(prep, maxlen=prep.maxlen or input_length)
     if inner_tv is not None:
@@ -121,6 +121,7 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
                                                 inner_tv, {"kind": "text-vectorization", "in_model": True})
     else:
         pipeline = preprocessing(prep)
+    check_layers(model)
     spec = pipeline.spec
     if input_length and spec.maxlen != input_length:
         raise ImportRefused(f"the model takes sequences of {input_length} ids; the preprocessing pads to "
@@ -146,7 +147,7 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
     texts, user_ids = gate_inputs(gate, pipeline, prep)
 
     def user_predict(ids):
-        raw = model.predict(_string_batch(model, texts) if inner_tv is not None else ids, batch_size=256, verbose=0)
+        raw = model.predict(_string_batch(texts) if inner_tv is not None else ids, batch_size=256, verbose=0)
         return probabilities(raw, output == "logits")
 
     parity = text_gate(user_predict, texts, user_ids, proto, spec, package_spec, masked, gate.atol)
@@ -406,9 +407,11 @@ def gate_inputs(gate: Gate, pipeline: Pipeline, prep: Preprocessing) -> tuple[li
 
 def read_texts(path: Path, column: str) -> list[str]:
     """The texts of a CSV (column), JSONL (key) or text file (one a line), as the scorer reads them."""
+    fmt = format_of(path.name)
+    if fmt is None:
+        raise ImportRefused(f"--parity-texts {path}: expected a .csv, .jsonl or .txt file (gzip too)")
     try:
-        with open(path, "rb") as fh:
-            texts = [row.text for row in read_file(fh, path.name, column) if row.error is None]
+        texts = [row.text for row in read_file(path, fmt, column) if row.error is None]
     except (OSError, ValueError) as exc:
         raise ImportRefused(f"cannot read --parity-texts {path}: {exc}") from exc
     if not texts:
@@ -456,11 +459,10 @@ def probabilities(raw: np.ndarray, logits: bool) -> np.ndarray:
     return np.concatenate([1.0 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
 
 
-def _string_batch(model, texts: list[str]):
-    """Texts shaped as a string-input model takes them: [N] or [N, 1]."""
-    batch = np.array(texts, dtype=object)
-    shape = model.inputs[0].shape
-    return batch[:, None] if len(shape) == 2 else batch
+def _string_batch(texts: list[str]):
+    """Texts as a model with its TextVectorization inside takes them: rank 1 (measured: Keras 3 refuses a
+    [N, 1] NumPy string array, and one model traces only one rank; tf.data batches strings as [N])."""
+    return np.array(texts, dtype=object)
 
 
 def compare(expected: np.ndarray, served: np.ndarray, texts: list[str], atol: float) -> dict:

@@ -181,7 +181,10 @@ def package_graph(model: onnx.ModelProto, ids, out, logits: bool) -> onnx.ModelP
             node.input[:] = [inner if name == ids.name else name for name in node.input]
         g.input.remove(next(i for i in g.input if i.name == ids.name))
         g.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT64, ["N", "T"]))
-    g.node[:0] = nodes
+    if nodes:  # protobuf's repeated fields take no slice assignment
+        existing = list(g.node)
+        del g.node[:]
+        g.node.extend(nodes + existing)
     classes = _dims(out)[1]
     last = out.name
     if last == OUTPUT_NAME:  # the name the package's last node gives: the model's own output is renamed

@@ -78,7 +78,8 @@ def describe(model: ModelRuntime) -> dict:
     meta = model.package.metadata
     return {"name": model.name, "version": model.version, "task": model.task, "labels": model.labels,
             "architecture": meta.architecture, "maxlen": model.package.maxlen, "dataset": meta.dataset,
-            "metrics": meta.metrics, "provider": model.session.provider, "threads": model.session.threads,
+            "metrics": meta.metrics, "source": meta.source or {"kind": "trained"},
+            "provider": model.session.provider, "threads": model.session.threads,
             "max_batch_size": model.batcher.max_batch_size, "plots": model.package.plots}
 
 

@@ -58,6 +58,16 @@ function testFigure(m) {
   return ["test", "n/a"];
 }
 
+// Where a package came from: trained here, or imported from a file with its own preprocessing.
+function origin(source) {
+  if (!source || source.kind !== "imported") return "trained here";
+  const prep = source.preprocessing || {};
+  const how = { "keras-dataset": `keras.datasets.${prep.dataset} ids`, "keras-tokenizer": `Tokenizer ${prep.file}`,
+                "text-vectorization": prep.in_model ? "its TextVectorization layer" : `TextVectorization ${prep.file}`,
+                "vocabulary-file": `vocabulary ${prep.file}` }[prep.kind] || prep.kind;
+  return `imported from ${source.file} (${how})`;
+}
+
 // Show the forms of the chosen model's task only.
 function showForms() {
   const m = byName.get($("model-select").value);
@@ -93,6 +103,7 @@ async function loadModels() {
       testFigure(m),
       m.input ? ["input", `${m.input.steps} steps x ${m.input.features} features`] : ["max length", `${m.maxlen} tokens`],
       ["runs on", `${m.provider}, ${m.threads} threads`],
+      ["source", origin(m.source)],
     ];
     if (m.labels.length) facts.splice(1, 0, ["labels", m.labels.length > 6 ? `${m.labels.length} classes` : m.labels.join(", ")]);
     const dl = el("dl");
