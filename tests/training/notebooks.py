@@ -165,6 +165,35 @@ def imdb_simple_rnn(tmp: Path, data_dir: Path, fmt: str = "keras") -> Notebook:
     )
 
 
+def keras2_conv_gru(tmp: Path, data_dir: Path, fmt: str = "h5") -> Notebook:
+    """A Keras 2 (tf.keras, here tf-keras) notebook: imdb.load_data(num_words=10000), pad_sequences(maxlen=200),
+    Embedding(input_length=200) -> Conv1D -> MaxPooling1D -> GRU(reset_after=False, Keras 2.2's default) ->
+    Dense(sigmoid), saved as imdb_conv_gru.h5 or as a SavedModel directory (fmt="savedmodel"): files Keras 3
+    cannot read as models."""
+    import tf_keras
+
+    folder = _folder(tmp, f"keras2_conv_gru_{fmt}")
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(SEED)
+    x_train, y_train, raw = imdb_load_data(Path(data_dir), num_words=10000)
+    x = tf_keras.preprocessing.sequence.pad_sequences(x_train[:300], maxlen=200)
+    model = tf_keras.Sequential([
+        tf_keras.layers.Embedding(10000, 32, input_length=200),
+        tf_keras.layers.Conv1D(32, 5, activation="relu"),
+        tf_keras.layers.MaxPooling1D(4),
+        tf_keras.layers.GRU(32, reset_after=False),
+        tf_keras.layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=0.01), loss="binary_crossentropy")
+    model.fit(x, y_train[:300], epochs=1, batch_size=32, verbose=0)
+    path = folder / ("imdb_conv_gru.h5" if fmt == "h5" else "imdb_conv_gru")
+    model.save(path, save_format="h5" if fmt == "h5" else "tf")
+    rows = _imdb_held_out(raw, start=300)
+    ids = tf_keras.preprocessing.sequence.pad_sequences([x_train[i] for i in rows], maxlen=200).astype(np.int64)
+    return Notebook(model=path, texts=[raw[i] for i in rows], probabilities=_widen(model.predict(ids, verbose=0)),
+                    labels=IMDB_LABELS, maxlen=200, ids=ids, extra={"num_words": 10000})
+
+
 def imdb_gru_logits(tmp: Path, data_dir: Path) -> Notebook:
     """The IMDB tutorial with a GRU and a logit head: Dense(1) trained with BinaryCrossentropy(from_logits=True);
     the notebook turns its predictions into probabilities with a sigmoid."""

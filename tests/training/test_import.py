@@ -66,6 +66,18 @@ def test_the_imdb_tutorial_with_the_dataset_vocabulary(tmp_path, data_dir, capsy
     assert described["source"]["kind"] == "imported" and described["source"]["file"] == nb.model.name
 
 
+@pytest.mark.parametrize("fmt", ["h5", "savedmodel"])
+def test_keras_2_files_through_tf_keras(tmp_path, data_dir, capsys, fmt):
+    nb = notebooks.keras2_conv_gru(tmp_path, data_dir, fmt=fmt)
+    models = tmp_path / "models"
+    code, out = run_import(capsys, nb.model, models, "conv-gru", "--vocabulary", "imdb", "--num-words", 10000,
+                           "--data-dir", data_dir, "--parity-examples", 200)
+    assert code == 0, out
+    meta = read_package(models / "conv-gru" / "1").metadata
+    assert meta.source["format"] == fmt and "GRU" in meta.onnx.op_types and "Conv" in meta.onnx.op_types
+    assert_served_like_the_notebook(models, "conv-gru", nb)
+
+
 def test_a_logit_head_is_served_as_probabilities_when_the_user_says_so(tmp_path, data_dir, capsys):
     nb = notebooks.imdb_gru_logits(tmp_path, data_dir)
     models = tmp_path / "models"
