@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections import Counter
 
 from rnnserve.service.core.tokenizer import TokenizerSpec, word_index_to_words
 
@@ -50,11 +51,15 @@ def from_keras_tokenizer(tokenizer_json: str | dict, maxlen: int, padding: str =
     word_index = json.loads(word_index) if isinstance(word_index, str) else word_index
     if not isinstance(word_index, dict) or not word_index:
         raise PreprocessingError("the Tokenizer JSON has no word_index: was fit_on_texts called before to_json()?")
+    oov_token = config.get("oov_token")
+    if oov_token is not None and oov_token in word_index and "" not in word_index and 1 not in word_index.values():
+        # fit_on_texts met the oov_token as a word too: its second rank replaced its first, and rank 1 is
+        # never emitted. "" holds the place: no text splits into an empty word.
+        word_index = {"": 1, **word_index}
     try:
         words = word_index_to_words(word_index)
     except ValueError as exc:
         raise PreprocessingError(f"the Tokenizer's {exc}") from None
-    oov_token = config.get("oov_token")
     oov_char = None
     if oov_token is not None:
         if word_index.get(oov_token) is None:
@@ -99,6 +104,19 @@ def from_text_vectorization(config: dict, vocabulary: list[str], maxlen: int | N
         raise PreprocessingError(f"the vocabulary must start with the mask and OOV tokens {TV_RESERVED} "
                                  "(TextVectorization.get_vocabulary()); got "
                                  f"{vocabulary[:2]!r}")
+    words = vocabulary[2:]
+    # get_vocabulary() passes the tokens through a numpy str array, which drops trailing NUL characters:
+    # measured, a "\x00" token comes back as "" and "word\x00" as "word" (the layer itself keeps the bytes).
+    # A character token is one code point, so "" can only have been "\x00"; a word cannot be recovered.
+    if split == "character":
+        words = [w or "\x00" for w in words]
+    empty = [i + 2 for i, w in enumerate(words) if not w]
+    repeated = sorted(w for w, n in Counter(words).items() if n > 1 and w)
+    if empty or repeated:
+        found = f"empty tokens (ids {empty[:5]})" if empty else f"repeated tokens {repeated[:5]!r}"
+        raise PreprocessingError(
+            f"the vocabulary has {found}: get_vocabulary() drops trailing NUL characters (\\x00) from tokens, so "
+            "the layer's own tokens cannot be known; remove NUL characters from the texts before adapt()")
     length = config.get("output_sequence_length") or maxlen
     if not length:
         raise PreprocessingError("TextVectorization has no output_sequence_length: give the model's input "
@@ -109,7 +127,7 @@ def from_text_vectorization(config: dict, vocabulary: list[str], maxlen: int | N
     lower = standardize in ("lower", "lower_and_strip_punctuation")
     strip = TF_PUNCTUATION if standardize in ("strip_punctuation", "lower_and_strip_punctuation") else ""
     return _checked(TokenizerSpec(
-        words=vocabulary[2:], char_level=split == "character", lower=lower, lower_ascii_only=True,
+        words=words, char_level=split == "character", lower=lower, lower_ascii_only=True,
         filters=TF_WHITESPACE if split == "whitespace" else "",
         strip=strip, unknown_words="oov", start_char=None, oov_char=1, index_from=1, maxlen=length,
         padding="post", truncating="post"))

@@ -153,6 +153,9 @@ class Tokenizer:
                 table.update({ord(c): c.lower() for c in string.ascii_uppercase})
         self._table = table
         self._full_lower = spec.lower and not spec.lower_ascii_only
+        # Translation deletes characters (strip) and widens others (filters -> a longer split): the length
+        # alone cannot tell whether positions moved.
+        self._remap = bool(spec.strip) and not spec.char_level and bool(spec.filters) and len(spec.split) > 1
         # word -> final id (after index_from, num_words and skip_top), computed once.
         self._ids = {word: self._final_id(rank + spec.index_from) for rank, word in enumerate(spec.words, start=1)}
         # The highest id this tokenizer can emit: the model's embedding must cover it.
@@ -211,10 +214,12 @@ class Tokenizer:
                     words.append((piece, pos, pos + len(piece)))
                 pos += len(piece) + len(sep)
         lengthened = len(lowered) != len(text)  # full lower-casing: "İ" -> "i̇"
-        if lengthened or len(translated) != len(lowered):  # strip deleted characters
+        if lengthened or self._remap or len(translated) != len(lowered):
+            # Where each translated character came from: a deleted one (strip) gives none, a filter several
+            # (a split string longer than one character).
             cased = [i for i, c in enumerate(text) for _ in c.lower()] if lengthened else range(len(text))
-            deleted = self.spec.strip
-            origin = [i for i, c in zip(cased, lowered) if c not in deleted]
+            get = self._table.get
+            origin = [i for i, c in zip(cased, lowered) for _ in get(ord(c), c) or ""]
             words = [(w, origin[a], origin[b - 1] + 1) for w, a, b in words]
         repl = self.spec.non_ascii_replacement
         if repl is not None:
