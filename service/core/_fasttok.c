@@ -29,6 +29,7 @@ typedef struct {
     PyObject_HEAD
     unsigned char map[128];  /* ASCII byte -> byte after translation */
     unsigned char sep;
+    int ascii_only;          /* a text with a non-ASCII character is left to the reference (returns 1) */
     char *repl;              /* UTF-8 replacement for each non-ASCII character, or NULL */
     Py_ssize_t repl_len;
     int has_start;
@@ -185,7 +186,7 @@ static inline size_t utf8_put(unsigned char *out, Py_UCS4 c) {
                 sc->word_end = i + 1;                                                          \
                 continue;                                                                      \
             }                                                                                  \
-            if (c >= 0xD800 && c <= 0xDFFF) return 1;                                          \
+            if (t->ascii_only || (c >= 0xD800 && c <= 0xDFFF)) return 1;                       \
             if (!sc->in_word) word_start = i, sc->in_word = 1;                                 \
             sc->word_end = i + 1;                                                              \
             if (t->repl) {                                                                     \
@@ -232,17 +233,19 @@ static void scratch_free(Scratch *sc) {
 }
 
 static int Tok_init(Tok *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"vocab", "table", "sep", "replacement", "start_id", "oov_char", "unknown_id", NULL};
+    static char *names[] = {"vocab", "table", "sep", "replacement", "start_id", "oov_char", "unknown_id",
+                            "ascii_only", NULL};
     PyObject *vocab, *repl, *start, *oov, *unknown;
     Py_buffer table;
-    int sep;
+    int sep, ascii_only = 0;
     if (self->keys) {
         PyErr_SetString(PyExc_RuntimeError, "Tokenizer is initialised already");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!y*iOOOO", names, &PyDict_Type, &vocab, &table, &sep, &repl,
-                                     &start, &oov, &unknown))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!y*iOOOO|p", names, &PyDict_Type, &vocab, &table, &sep, &repl,
+                                     &start, &oov, &unknown, &ascii_only))
         return -1;
+    self->ascii_only = ascii_only;
     int bad = table.len != 128 || sep < 0 || sep > 127;
     if (!bad) memcpy(self->map, table.buf, 128);
     PyBuffer_Release(&table);
@@ -445,7 +448,7 @@ static PyTypeObject TokType = {
     .tp_init = (initproc)Tok_init,
     .tp_dealloc = (destructor)Tok_dealloc,
     .tp_methods = Tok_methods,
-    .tp_doc = "Tokenizer(vocab, table, sep, replacement, start_id, oov_char, unknown_id)",
+    .tp_doc = "Tokenizer(vocab, table, sep, replacement, start_id, oov_char, unknown_id, ascii_only=False)",
 };
 
 static struct PyModuleDef module = {

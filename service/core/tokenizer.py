@@ -165,23 +165,27 @@ class Tokenizer:
         self.implementation = "c" if self._fast is not None else "python"
 
     def _compile(self):
-        """The compiled tokenizer for this spec, or None where it cannot express the spec exactly."""
+        """The compiled tokenizer for this spec, or None where it cannot express the spec exactly. Where the spec
+        treats non-ASCII characters specially (Python's full lower-casing, non-ASCII filters or strip), it takes
+        ASCII texts only and leaves the others to the reference."""
         s = self.spec
-        if (_fasttok is None or s.char_level or self._full_lower or len(s.split) != 1
-                or not s.split.isascii()):
+        if _fasttok is None or s.char_level or len(s.split) != 1 or not s.split.isascii():
             return None
         table = bytearray(range(128))
-        for code, to in self._table.items():
-            if to is None and code < 128:
+        for code in range(128):
+            c = chr(code).lower() if self._full_lower else chr(code)  # str.lower() on ASCII is ASCII's
+            to = self._table.get(ord(c), c)
+            if to is None:
                 table[code] = DELETE
-                continue
-            if code > 127 or to is None or len(to) != 1 or not to.isascii():
+            elif len(to) != 1 or not to.isascii():
                 return None
-            table[code] = ord(to)
+            else:
+                table[code] = ord(to)
+        ascii_only = self._full_lower or any(code > 127 for code in self._table)
         try:
             return _fasttok.Tokenizer(self._ids, bytes(table), ord(s.split), s.non_ascii_replacement,
                                       None if s.start_char is None else self._final_id(s.start_char), s.oov_char,
-                                      s.oov_char if s.unknown_words == "oov" else None)
+                                      s.oov_char if s.unknown_words == "oov" else None, ascii_only)
         except ValueError:  # ids beyond int32, or a vocabulary over 4 GB
             return None
 
@@ -320,7 +324,7 @@ class Tokenizer:
         counts = np.zeros((len(texts), 2), dtype=np.int64)
         pre_pad = self.spec.padding == "pre"
         for row in self._fast.encode_batch(texts, x, counts, maxlen, pre_pad, self.spec.truncating == "pre"):
-            ids, oov, _ = self._encode_spans(texts[row])  # a lone surrogate: the compiled path declined
+            ids, oov, _ = self._encode_spans(texts[row])  # declined: a lone surrogate, or non-ASCII under ascii_only
             x[row] = self.pad([ids], maxlen)[0]
             counts[row] = len(ids), oov
         counts = counts.tolist()

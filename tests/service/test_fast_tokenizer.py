@@ -60,13 +60,17 @@ def test_full_raw_training_sets_give_identical_ids(data_dir, dataset):
 
 
 SPECS = st.builds(
-    lambda num_words, unknown, replacement, start, padding, truncating, maxlen, lower, normalization: TokenizerSpec(
+    lambda num_words, unknown, replacement, start, padding, truncating, maxlen, lower, normalization, ascii_lower,
+    filters, strip: TokenizerSpec(
         words=WORDS, num_words=num_words, unknown_words=unknown, non_ascii_replacement=replacement,
         start_char=start, padding=padding, truncating=truncating, maxlen=maxlen, lower=lower,
-        normalization=normalization),
+        normalization=normalization, lower_ascii_only=ascii_lower, filters=filters, strip=strip),
     st.sampled_from([None, 6, 9]), st.sampled_from(["drop", "oov"]), st.sampled_from([None, "?", "??", "é", ""]),
     st.sampled_from([1, None]), st.sampled_from(["pre", "post"]), st.sampled_from(["pre", "post"]),
-    st.integers(1, 8), st.booleans(), st.sampled_from([[], DEFAULT, ["nfkc"], ["spaces", "quotes"]]))
+    st.integers(1, 8), st.booleans(), st.sampled_from([[], DEFAULT, ["nfkc"], ["spaces", "quotes"]]),
+    # Python's full lower-casing and non-ASCII filters or strip: the compiled path takes ASCII texts only
+    st.booleans(), st.sampled_from([tokmod.KERAS_FILTERS, "!…\t\n", tokmod.KERAS_FILTERS + "\xa0\u3000"]),
+    st.sampled_from(["", "'", "'é"]))
 
 
 @settings(max_examples=400, deadline=None)
@@ -94,11 +98,13 @@ def test_spans_of_repeated_words_and_punctuation():
     assert ids == [1, 5, 6, 5, 6, 9] and oov == 0
 
 
-def test_specs_the_compiled_path_cannot_express_use_the_reference():
+def test_specs_with_non_ascii_rules_compile_for_ascii_texts_and_leave_the_others_to_the_reference():
     full_lower = Tokenizer(TokenizerSpec(words=WORDS, lower_ascii_only=False))
     unicode_filter = Tokenizer(TokenizerSpec(words=WORDS, filters="!…"))
-    assert full_lower.implementation == unicode_filter.implementation == "python"
+    assert full_lower.implementation == unicode_filter.implementation == "c"
+    assert full_lower._fast.encode("THE Movie") is not None and full_lower._fast.encode("İ the") is None
     assert full_lower.encode("İ the ΣΑΣ")[0] == [1, 12, 5, 11]  # "i̇", "the", "σας" (final sigma)
+    assert unicode_filter.encode("good…bad")[0] == [1, 7, 8]
     assert [s for _, *s in full_lower.word_spans("İx the")] == [[0, 2], [3, 6]]
 
 
