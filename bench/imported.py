@@ -34,6 +34,7 @@ def notebook_models(folder: Path, data_dir: Path) -> dict[str, list[str]]:
     """Train the three notebooks; returns each import's command-line arguments after the model path."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
+    import numpy as np
     from tf_keras.preprocessing.text import Tokenizer
 
     from rnnserve.training.data import load_keras_dataset
@@ -51,7 +52,7 @@ def notebook_models(folder: Path, data_dir: Path) -> dict[str, list[str]]:
     fit_and_save(keras.utils.pad_sequences(ds.x_train[:1000], maxlen=200), ds.y_train[:1000], folder / "dataset.keras",
                  10000)
     texts = reviews(1000)
-    labels = [i % 2 for i in range(len(texts))]  # the cost does not depend on what it learnt
+    labels = np.arange(len(texts)) % 2  # the cost does not depend on what it learnt
     (folder / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:300]))
     tokenizer = Tokenizer(num_words=10000, oov_token="<OOV>")
     tokenizer.fit_on_texts(texts)

@@ -104,7 +104,8 @@ def test_the_page_lists_models_and_explains_a_prediction(watched, bundled_server
     assert all("curves.png" in m["plots"] for m in models)  # classifiers have confusion.png too
     page.wait_for_function(f"() => [...document.images].filter(i => i.complete && i.naturalWidth > 0).length "
                            f"=== {plots}")
-    assert "87.9%" in page.locator(".card", has_text="imdb-lstm-small v1").first.inner_text()  # its test accuracy
+    card = page.locator(".card", has_text="imdb-lstm-small v1").first.inner_text()
+    assert "87.9%" in card and "trained here" in card  # its test accuracy and where it came from
 
     page.select_option("#model-select", "imdb-lstm-small")
     page.fill("#text", REVIEW)

@@ -426,23 +426,33 @@ def text_gate(user_predict: Callable[[np.ndarray | None], np.ndarray], texts: li
     (spec: the user's padding) where the user's ids are known, then labels identical and probabilities within
     atol, else ExportError with the count of texts that differ, the first of them (its two id sequences) and the
     largest difference. user_predict: the user's probabilities from their ids."""
+    if user_ids is not None:
+        compare_ids(Tokenizer(spec)(texts)[0], user_ids, texts)
+    expected = user_predict(user_ids)
+    served = run_package(proto, Tokenizer(package_spec)(texts, dynamic=dynamic)[0])
+    return {"ids_compared": user_ids is not None} | compare(expected, served, texts, atol)
+
+
+def run_package(proto: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
+    """The package graph's probabilities [N, C] for ids [N, T], on onnxruntime's CPU provider."""
     import onnxruntime as ort
 
-    report: dict = {"ids_compared": user_ids is not None}
-    if user_ids is not None:
-        ours, _ = Tokenizer(spec)(texts)
-        differ = np.flatnonzero((ours != user_ids).any(axis=1))
-        if len(differ):
-            i = int(differ[0])
-            raise ExportError(f"parity gate: the package's tokenizer gives other ids than your preprocessing for "
-                              f"{len(differ)} of {len(texts)} texts; first: text {i} {texts[i][:200]!r}\n"
-                              f"  yours: {_ids_text(user_ids[i])}\n  ours:  {_ids_text(ours[i])}")
-    expected = user_predict(user_ids)
-    served_ids, _ = Tokenizer(package_spec)(texts, dynamic=dynamic)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    served = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: served_ids[i:i + 256]})[0]
-                             for i in range(0, len(served_ids), 256)])
-    return report | compare(expected, served, texts, atol)
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: ids[i:i + 256]})[0]
+                           for i in range(0, len(ids), 256)])
+
+
+def compare_ids(ours: np.ndarray, theirs: np.ndarray, texts: list[str]) -> None:
+    """Our padded ids must equal the user's, else ExportError with the count of texts that differ and the first
+    one's two id sequences."""
+    if ours.shape != theirs.shape:
+        raise ExportError(f"parity gate: your ids are {list(theirs.shape)}; the package gives {list(ours.shape)}")
+    differ = np.flatnonzero((ours != theirs).any(axis=1))
+    if len(differ):
+        i = int(differ[0])
+        raise ExportError(f"parity gate: the package's tokenizer gives other ids than your preprocessing for "
+                          f"{len(differ)} of {len(texts)} texts; first: text {i} {texts[i][:200]!r}\n"
+                          f"  yours: {_ids_text(theirs[i])}\n  ours:  {_ids_text(ours[i])}")
 
 
 def _ids_text(row: np.ndarray) -> str:
@@ -493,12 +503,18 @@ def sha256_path(path: Path) -> str:
 
 
 def _keras_version(path: Path) -> dict:
-    """The Keras version that saved a .keras file (its metadata.json says), when it does."""
-    if path.suffix != ".keras":
-        return {}
+    """The Keras version that saved the file, where it says: a .keras file's metadata.json, an HDF5 file's root
+    attributes (keras_version, backend)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            saved = json.loads(archive.read("metadata.json"))
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                saved = json.loads(archive.read("metadata.json"))
+            return {"keras_version": saved.get("keras_version"), "saved_at": saved.get("date_saved")}
+        if path.suffix in (".h5", ".hdf5"):
+            import h5py  # TensorFlow's own dependency
+
+            with h5py.File(path, "r") as f:
+                return {k: str(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return {}
-    return {"keras_version": saved.get("keras_version"), "saved_at": saved.get("date_saved")}
+        pass
+    return {}

@@ -187,3 +187,28 @@ def test_refusals_name_the_reason_and_write_nothing(tmp_path, data_dir, capsys):
         assert code == 2 and reason in out, (args, out)
         assert time.monotonic() - start < 10
         assert not (models / "refused").exists()
+
+
+def test_functional_chains_import_and_branches_are_refused(tmp_path, data_dir, capsys):
+    import keras
+
+    x_train, y_train, raw = notebooks.imdb_load_data(data_dir)
+    x = keras.utils.pad_sequences(x_train[:200], maxlen=100)
+    inputs = keras.Input(shape=(100,), dtype="int32")
+    hidden = keras.layers.Embedding(10000, 16)(inputs)
+    chain = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.LSTM(8)(hidden)))
+    chain.compile("adam", "binary_crossentropy")
+    chain.fit(x, y_train[:200], epochs=1, verbose=0)
+    chain.save(tmp_path / "chain.keras")
+    both = keras.layers.Concatenate()([keras.layers.LSTM(8)(hidden), keras.layers.GRU(8)(hidden)])
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(both)).save(tmp_path / "branches.keras")
+    models = tmp_path / "models"
+    flags = ["--vocabulary", "imdb", "--num-words", 10000, "--data-dir", data_dir, "--parity-examples", 100]
+    code, out = run_import(capsys, tmp_path / "chain.keras", models, "chain", *flags)
+    assert code == 0, out
+    texts, ids = raw[200:232], keras.utils.pad_sequences(x_train[200:232], maxlen=100)
+    p, _ = served(models, "chain", texts, 2)
+    expected = chain.predict(ids, verbose=0)[:, 0]
+    assert np.abs(p[:, 1] - expected).max() <= 1e-5
+    code, out = run_import(capsys, tmp_path / "branches.keras", models, "branches", *flags)
+    assert code == 2 and "layer 'gru' does not take the previous layer's output" in out and "branches" in out
