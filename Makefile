@@ -6,7 +6,7 @@ TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: serve test docs bench bundled-models clean
+.PHONY: serve test docs bench bundled-models clean proto
 
 serve: $(VENV)/.installed-serve
 	$(PY) -m rnnserve.service
@@ -15,6 +15,10 @@ test: $(VENV)/.installed-dev $(TOOLS)/.installed
 	$(VENV)/bin/ruff check .
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest
+
+proto: $(VENV)/.installed-dev  # the gRPC descriptor set the server loads, from service/grpc/*.proto
+	$(PY) -m grpc_tools.protoc -Iservice/grpc --descriptor_set_out=service/grpc/protocol.binpb \
+	  service/grpc/inference.proto service/grpc/health.proto
 
 docs: $(VENV)/.installed-dev  # the documentation site as static files in site/
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

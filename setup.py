@@ -12,6 +12,6 @@ packages = ["rnnserve"] + [f"rnnserve.{p}" for p in find_packages(include=["serv
                                                                              "training.*"])]
 
 setup(packages=packages, package_dir={"rnnserve": "rnnserve", **FOLDERS},
-      package_data={"rnnserve.service.http": ["ui/*"]},
+      package_data={"rnnserve.service.http": ["ui/*"], "rnnserve.service.grpc": ["*.proto", "protocol.binpb"]},
       ext_modules=[Extension("rnnserve.service.core._fasttok", ["service/core/_fasttok.c"], optional=True,
                              extra_compile_args=["-O3"])])

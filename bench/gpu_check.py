@@ -72,7 +72,7 @@ def read_texts(path: Path | None, n: int) -> list[str]:
 def serve(models_dir: Path, provider: str, log: Path) -> tuple[object, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "rnnserve.service", "--models-dir", str(models_dir), "--port", str(port),
-           "--workers", "1", "--provider", provider]
+           "--grpc-port", "0", "--workers", "1", "--provider", provider]
     try:
         return start_server(cmd, port, timeout=300, log=log), f"http://127.0.0.1:{port}"
     except (RuntimeError, TimeoutError):

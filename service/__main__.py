@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rnnserve.service import logs
 from rnnserve.service.settings import STATE_DIR_ENV, Settings
 
-APP_FACTORY = "rnnserve.service.http.app:create_app"
+APP_FACTORY = "rnnserve.service.grpc.server:create_app"
 
 
 def serve_granian(settings: Settings, workers: int) -> None:

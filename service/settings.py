@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     models_dir: Path = Field(BUNDLED_MODELS, description="Model repository: NAME/VERSION/ package directories.")
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the V2 inference protocol over gRPC "
+                           "(inference.GRPCInferenceService), in every worker; 0: no gRPC.")
     server: Literal["uvicorn", "granian"] = Field("uvicorn", description="HTTP server: uvicorn with httptools and "
                                                   "uvloop (the faster here, bench/load.py), or Granian (the [granian] "
                                                   "extra).")

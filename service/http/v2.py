@@ -62,7 +62,8 @@ async def server_ready(request: Request) -> Response:
     return json_response({"ready": ready}, status_code=200 if ready else 503)
 
 
-def _metadata(model: ModelRuntime) -> dict:
+def metadata_of(model: ModelRuntime) -> dict:
+    """A model version's V2 metadata (the versions: its own)."""
     codec = codec_for(model)
     return {"name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx",
             "inputs": codec.v2_inputs(model), "outputs": codec.v2_outputs(model),
@@ -73,7 +74,7 @@ def _metadata(model: ModelRuntime) -> dict:
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata", openapi_extra=VERSION_PARAMETER)
 async def model_metadata(name: str, request: Request) -> dict:
     registry, version = request.app.state.registry, path_version(request)
-    meta = _metadata(registry.get(name, version))
+    meta = metadata_of(registry.get(name, version))
     if version is None:
         meta["versions"] = [str(v) for v in sorted(registry.versions(name))]
     return meta

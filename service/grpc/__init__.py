@@ -1,0 +1,1 @@
+"""The V2 inference protocol over gRPC (`inference.GRPCInferenceService`), beside HTTP in every worker."""
