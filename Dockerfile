@@ -43,7 +43,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     RNNSERVE_HOST=0.0.0.0 \
     RNNSERVE_PORT=8000
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('RNNSERVE_PORT', '8000')}/health/ready\", timeout=2)"]
 STOPSIGNAL SIGTERM
