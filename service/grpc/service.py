@@ -15,12 +15,13 @@ import time
 import uuid
 
 import grpc
+from google.protobuf import json_format
 
 from rnnserve import __version__
 from rnnserve.service.core.errors import ServiceError, Unauthorized
 from rnnserve.service.grpc import messages
 from rnnserve.service.grpc.tensors import fill_outputs, requested, v2_header
-from rnnserve.service.http.codecs import codec_for
+from rnnserve.service.http.codecs import codec_for, model_config, top_classes
 from rnnserve.service.http.responses import repository_index
 from rnnserve.service.http.v2 import metadata_of
 
@@ -31,7 +32,7 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
          431: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
          504: grpc.StatusCode.DEADLINE_EXCEEDED}
-EXTENSIONS = ["model_repository"]  # the V2 extensions served over gRPC
+EXTENSIONS = ["classification", "model_configuration", "model_repository"]  # the V2 extensions served over gRPC
 
 
 def status_of(exc: ServiceError) -> grpc.StatusCode:
@@ -149,8 +150,17 @@ class InferenceService:
         tensors = codec.encode_v2(model, out)
         response = messages.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                                id=request.id)
-        fill_outputs(response, tensors, requested(request, list(tensors)), raw)
+        wanted = requested(request, list(tensors))
+        for name, k in wanted:
+            if k is not None:
+                tensors[name] = top_classes(model, tensors[name], k)
+        fill_outputs(response, tensors, [name for name, _ in wanted], raw)
         return response
+
+    async def model_config(self, request):
+        config = model_config(self.state.registry.get(request.name, request.version or None))
+        return messages.message("ModelConfigResponse")(config=json_format.ParseDict(
+            config, messages.message("ModelConfig")()))
 
     async def model_stream_infer(self, request):
         return await self.model_infer(request)

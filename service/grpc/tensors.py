@@ -46,14 +46,17 @@ def v2_header(request) -> tuple[dict, bytes, bool]:
     return header, binary, raw
 
 
-def requested(request, names: list[str]) -> list[str]:
-    """The outputs the request names (all, when it names none)."""
+def requested(request, names: list[str]) -> list[tuple[str, object]]:
+    """(name, classification k or None) of the outputs the request names (all, when it names none)."""
     if not request.outputs:
-        return names
+        return [(name, None) for name in names]
+    wanted = []
     for out in request.outputs:
         if out.name not in names:
             raise InvalidInput(f"unknown output {echo(out.name)}; outputs are {' and '.join(map(repr, names))}")
-    return [out.name for out in request.outputs]
+        k = out.parameters["classification"] if "classification" in out.parameters else None
+        wanted.append((out.name, None if k is None else getattr(k, k.WhichOneof("parameter_choice") or "int64_param")))
+    return wanted
 
 
 def fill_outputs(response, tensors: dict, names: list[str], raw: bool) -> None:
@@ -68,9 +71,11 @@ def fill_outputs(response, tensors: dict, names: list[str], raw: bool) -> None:
                 response.raw_output_contents.append(value.astype("<f4").tobytes())
             else:
                 out.contents.fp32_contents.extend(value.ravel().tolist())
-        else:
-            out.datatype, out.shape[:] = "BYTES", [len(value)]
+        else:  # strings [N], or the classification extension's [N, k]
+            rows = value and isinstance(value[0], list)
+            flat = [s for row in value for s in row] if rows else value
+            out.datatype, out.shape[:] = "BYTES", [len(value), len(value[0])] if rows else [len(value)]
             if raw:
-                response.raw_output_contents.append(encode_bytes(value))
+                response.raw_output_contents.append(encode_bytes(flat))
             else:
-                out.contents.bytes_contents.extend(s.encode("utf-8") for s in value)
+                out.contents.bytes_contents.extend(s.encode("utf-8") for s in flat)

@@ -113,6 +113,35 @@ class SequenceCodec(Codec):
 
 
 CODECS: dict[type[ModelRuntime], Codec] = {TextClassifier: TextCodec(), SequenceModel: SequenceCodec()}
+TRITON_TYPES = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}
+
+
+def top_classes(model: ModelRuntime, probabilities: np.ndarray, k: object) -> list[list[str]]:
+    """The classification extension: each row's k most probable classes as "score:index:label" (Triton's
+    format, the score with six decimals), most probable first; k beyond the class count gives them all.
+    InvalidInput unless k is an integer >= 1 and the model classifies."""
+    if not model.labels:
+        raise InvalidInput(f"model {echo(model.name)} gives values, not classes: no classification")
+    if type(k) is not int or k < 1:
+        raise InvalidInput(f"parameter 'classification' must be an integer >= 1, not {echo(k)}")
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[f"{row[i]:f}:{i}:{model.labels[i]}" for i in top] for row, top in zip(probabilities, order)]
+
+
+def model_config(model: ModelRuntime) -> dict:
+    """The model-configuration extension: Triton's ModelConfig as JSON (json_format's names), dims without the
+    batch axis, the dynamic batching settings."""
+    codec = codec_for(model)
+
+    def tensors(items: list[dict]) -> list[dict]:
+        return [{"name": t["name"], "data_type": TRITON_TYPES[t["datatype"]], "dims": t["shape"][1:] or [1]}
+                for t in items]
+
+    return {"name": model.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+            "max_batch_size": model.batcher.max_batch_size, "input": tensors(codec.v2_inputs(model)),
+            "output": tensors(codec.v2_outputs(model)),
+            "dynamic_batching": {"preferred_batch_size": [model.batcher.max_batch_size],
+                                 "max_queue_delay_microseconds": round(model.batcher.max_delay_s * 1e6)}}
 PREDICT_TASKS = tuple(task for runtime in CODECS for task in runtime.tasks)
 
 

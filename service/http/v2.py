@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from rnnserve import __version__
 from rnnserve.service.core.errors import BadRequest, InvalidInput, echo
 from rnnserve.service.http.body import VERSION_PARAMETER, check_json, json_response, parse, path_version
-from rnnserve.service.http.codecs import codec_for
+from rnnserve.service.http.codecs import codec_for, model_config, top_classes
 from rnnserve.service.http.raw import raw_post
 from rnnserve.service.http.schemas import V2Error
 from rnnserve.service.http.tensors import encode_bytes
@@ -48,7 +48,8 @@ INFER_BODY = {
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict:
-    return {"name": "rnnserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return {"name": "rnnserve", "version": __version__,
+            "extensions": ["binary_tensor_data", "classification", "model_configuration", "model_repository"]}
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -80,6 +81,13 @@ async def model_metadata(name: str, request: Request) -> dict:
     return meta
 
 
+@router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")
+@router.get("/models/{name}/versions/{version}/config", summary="Model version configuration",
+            openapi_extra=VERSION_PARAMETER)
+async def model_configuration(name: str, request: Request) -> dict:
+    return model_config(request.app.state.registry.get(name, path_version(request)))
+
+
 @router.get("/models/{name}/ready", summary="Model readiness")
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness",
             openapi_extra=VERSION_PARAMETER)
@@ -107,11 +115,15 @@ async def infer(name: str, request: Request) -> Response:
     model, out = await state.registry.call(name, version, lambda m: m.predict(rows))
     tensors = codec.encode_v2(model, out)
     outputs, blobs = [], []
-    for out_name, binary_out in _requested_outputs(header, list(tensors)):
-        value = tensors[out_name]
+    for out_name, binary_out, classes in _requested_outputs(header, list(tensors)):
+        value = tensors[out_name] if classes is None else top_classes(model, tensors[out_name], classes)
         if isinstance(value, np.ndarray):
             tensor = {"name": out_name, "datatype": "FP32", "shape": list(value.shape)}
             raw, data = value.astype("<f4").tobytes(), value.ravel().tolist()
+        elif classes is not None:  # [N, k] strings
+            data = [c for row in value for c in row]
+            tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(value), len(value[0]) if value else 0]}
+            raw = encode_bytes(data)
         else:
             tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(value)]}
             raw, data = encode_bytes(value), value
@@ -159,11 +171,12 @@ def _flag(params, key: str, default: bool) -> bool:
     return value
 
 
-def _requested_outputs(header: dict, names: list[str]) -> list[tuple[str, bool]]:
+def _requested_outputs(header: dict, names: list[str]) -> list[tuple[str, bool, object]]:
+    """(name, binary, classification k or None) of each output to send."""
     default_binary = _flag(header.get("parameters"), "binary_data_output", False)
     outputs = header.get("outputs")
     if outputs is None:
-        return [(name, default_binary) for name in names]
+        return [(name, default_binary, None) for name in names]
     if not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list")
     wanted = []
@@ -171,7 +184,8 @@ def _requested_outputs(header: dict, names: list[str]) -> list[tuple[str, bool]]
         name = out.get("name") if isinstance(out, dict) else None
         if name not in names:
             raise InvalidInput(f"unknown output {echo(name)}; outputs are {' and '.join(map(repr, names))}")
-        wanted.append((name, _flag(out.get("parameters"), "binary_data", default_binary)))
+        params = out.get("parameters") if isinstance(out.get("parameters"), dict) else {}
+        wanted.append((name, _flag(params, "binary_data", default_binary), params.get("classification")))
     return wanted
 
 

@@ -247,3 +247,37 @@ def test_tritonclient_and_the_server_in_one_process(tmp_path):
         while not c.is_server_ready() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert c.infer("imdb-lstm-small", [text_input(TEXTS)]).as_numpy("probabilities").shape == (3, 2)
+
+
+def test_classification_and_model_configuration_extensions_on_both_protocols(server):
+    import tritonclient.http as triton_http
+
+    expected = http_probabilities(server, "reuters-lstm", TEXTS)
+    top = np.argsort(-expected, axis=1, kind="stable")[:, :3]
+    http = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    answers = {}
+    for protocol, c, mod in (("grpc", client(server), triton), ("http", http, triton_http)):
+        tensor = mod.InferInput("text", [len(TEXTS)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
+        result = c.infer("reuters-lstm", [tensor], headers=KEY,
+                         outputs=[mod.InferRequestedOutput("probabilities", class_count=3)])
+        answers[protocol] = result.as_numpy("probabilities")
+        config = c.get_model_config("reuters-lstm", headers=KEY)
+        config = config.config if protocol == "grpc" else config
+        if protocol == "grpc":
+            assert config.max_batch_size > 0 and config.input[0].name == "text" and config.output[0].dims == [46]
+        else:
+            assert config["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [1]}]
+            assert config["output"][0] == {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [46]}
+            assert config["dynamic_batching"]["preferred_batch_size"] == [config["max_batch_size"]]
+    assert answers["grpc"].shape == (len(TEXTS), 3) and (answers["grpc"] == answers["http"]).all()
+    for row, p, classes in zip(answers["grpc"], expected, top):
+        parsed = [cell.decode().split(":") for cell in row]
+        assert [int(index) for _, index, _ in parsed] == classes.tolist()
+        assert [abs(float(score) - p[int(index)]) < 1e-6 for score, index, _ in parsed] == [True] * 3
+    request = messages.ModelInferRequest(model_name="imdb-lstm-small")
+    request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"x")
+    request.outputs.add(name="probabilities").parameters["classification"].int64_param = 0
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_call(server, "/inference.GRPCInferenceService/ModelInfer", request, messages.ModelInferResponse)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'classification'" in err.value.details()
