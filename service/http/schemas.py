@@ -74,6 +74,25 @@ class GenerateRequest(BaseModel):
                                "(text/event-stream) instead of one JSON answer.")
 
 
+class V2GenerateParameters(BaseModel):
+    """The generate extension's sampling parameters (the same meaning as /v1's generate options)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: StrictInt = Field(200, ge=1, description="Characters to generate (at most MAX_GENERATE_CHARS).")
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=10.0)
+    top_k: StrictInt = Field(0, ge=0)
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None
+
+
+class V2GenerateRequest(BaseModel):
+    """Triton's generate extension: `text_input` -> `text_output`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"text_input": "The company said ", "parameters": {"max_tokens": 80, "temperature": 0.6}}]})
+    text_input: StrictStr
+    parameters: V2GenerateParameters = V2GenerateParameters()
+
+
 class GenerateResponse(BaseModel):
     model: str
     version: int

@@ -125,35 +125,44 @@ async def generate(name: str, request: Request) -> Response:
     model = state.registry.get(name, version, ("text-generation",))
     check_json(request)
     body = await parse(request, parse_generate)
-    if len(body.prompt) > state.settings.max_text_chars:
-        raise PayloadTooLarge(f"the prompt has {len(body.prompt)} characters; the limit is "
-                              f"{state.settings.max_text_chars}")
-    sampling = Sampling(body.max_chars, body.temperature, body.top_k, body.seed)
-    chars = model.generate(body.prompt, sampling, state.settings.max_generate_chars,
-                           state.settings.per_worker(state.settings.max_generations))
-    first = await anext(chars)  # the limits and the prompt's errors answer here, before any event is sent
+    first, chars = await start_generation(state, model, body.prompt,
+                                          Sampling(body.max_chars, body.temperature, body.top_k, body.seed))
     if body.stream:
-        return StreamingResponse(_events(first, chars), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return event_stream(first, chars, lambda c: {"text": c},
+                            lambda text: b"event: done\ndata: " + orjson.dumps({"text": text, "chars": len(text)}))
     text = first + "".join([c async for c in chars])
     return json_response({"model": model.name, "version": model.version, "prompt": body.prompt, "text": text,
                           "chars": len(text), "seed": body.seed})
 
 
-async def _events(first: str, chars) -> AsyncIterator[bytes]:
-    """Server-sent events: one `data: {"text": c}` per character, then `event: done` with the whole text, or
+async def start_generation(state, model, prompt: str, sampling: Sampling) -> tuple[str, AsyncIterator[str]]:
+    """(first character, the rest): the limits and the prompt's errors raise here, before any event is sent."""
+    if len(prompt) > state.settings.max_text_chars:
+        raise PayloadTooLarge(f"the prompt has {len(prompt)} characters; the limit is {state.settings.max_text_chars}")
+    chars = model.generate(prompt, sampling, state.settings.max_generate_chars,
+                           state.settings.per_worker(state.settings.max_generations))
+    return await anext(chars), chars
+
+
+def event_stream(first: str, chars: AsyncIterator[str], frame, done) -> StreamingResponse:
+    """Server-sent events: one `data: frame(c)` per character, then done(whole text)'s event (None: none), or
     `event: error` with the one error model's body if the generation fails midway."""
-    text = [first]
-    yield b"data: " + orjson.dumps({"text": first}) + b"\n\n"
-    try:
-        async for c in chars:
-            text.append(c)
-            yield b"data: " + orjson.dumps({"text": c}) + b"\n\n"
-    except ServiceError as exc:
-        yield b"event: error\ndata: " + orjson.dumps(error_body(exc)) + b"\n\n"
-        return
-    whole = "".join(text)
-    yield b"event: done\ndata: " + orjson.dumps({"text": whole, "chars": len(whole)}) + b"\n\n"
+
+    async def events() -> AsyncIterator[bytes]:
+        text = [first]
+        yield b"data: " + orjson.dumps(frame(first)) + b"\n\n"
+        try:
+            async for c in chars:
+                text.append(c)
+                yield b"data: " + orjson.dumps(frame(c)) + b"\n\n"
+        except ServiceError as exc:
+            yield b"event: error\ndata: " + orjson.dumps(error_body(exc)) + b"\n\n"
+            return
+        last = done("".join(text))
+        if last is not None:
+            yield last + b"\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.post("/models/{name}/explain", response_model=ExplainResponse, openapi_extra=EXPLAIN_BODY,

@@ -20,9 +20,11 @@ from rnnserve.service.core.errors import BadRequest, InvalidInput, echo
 from rnnserve.service.http.body import VERSION_PARAMETER, check_json, json_response, parse, path_version
 from rnnserve.service.http.codecs import codec_for, model_config, top_classes
 from rnnserve.service.http.raw import raw_post
-from rnnserve.service.http.schemas import V2Error
+from rnnserve.service.http.schemas import V2Error, V2GenerateRequest
 from rnnserve.service.http.tensors import encode_bytes
+from rnnserve.service.http.v1 import event_stream, start_generation
 from rnnserve.service.runtime.base import ModelRuntime
+from rnnserve.service.runtime.generator import Sampling
 
 V2_ERRORS = {code: {"model": V2Error} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
@@ -49,7 +51,8 @@ INFER_BODY = {
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict:
     return {"name": "rnnserve", "version": __version__,
-            "extensions": ["binary_tensor_data", "classification", "model_configuration", "model_repository"]}
+            "extensions": ["binary_tensor_data", "classification", "generate", "model_configuration",
+                           "model_repository"]}
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -79,6 +82,36 @@ async def model_metadata(name: str, request: Request) -> dict:
     if version is None:
         meta["versions"] = [str(v) for v in sorted(registry.versions(name))]
     return meta
+
+
+@router.post("/models/{name}/generate", summary="Generate extension: text_input -> text_output (language models)")
+@router.post("/models/{name}/versions/{version}/generate", summary="Generate with one version",
+             openapi_extra=VERSION_PARAMETER)
+async def generate(name: str, request: Request, body: V2GenerateRequest) -> Response:
+    model, first, chars = await _generation(name, request, body)
+    text = first + "".join([c async for c in chars])
+    return json_response({"model_name": model.name, "model_version": str(model.version), "text_output": text})
+
+
+@router.post("/models/{name}/generate_stream", summary="Generate extension, streamed: one server-sent event a "
+             "character, each {model_name, model_version, text_output}")
+@router.post("/models/{name}/versions/{version}/generate_stream", summary="Generate with one version, streamed",
+             openapi_extra=VERSION_PARAMETER)
+async def generate_stream(name: str, request: Request, body: V2GenerateRequest) -> Response:
+    model, first, chars = await _generation(name, request, body)
+    head = {"model_name": model.name, "model_version": str(model.version)}
+    return event_stream(first, chars, lambda c: head | {"text_output": c}, lambda text: None)
+
+
+async def _generation(name: str, request: Request, body: V2GenerateRequest):
+    """The /v1 generate's runtime, limits and sampling, under the extension's names."""
+    state, version = request.app.state, path_version(request)
+    model = state.registry.get(name, version, ("text-generation",))
+    check_json(request)
+    p = body.parameters
+    first, chars = await start_generation(state, model, body.text_input,
+                                          Sampling(p.max_tokens, p.temperature, p.top_k, p.seed))
+    return model, first, chars
 
 
 @router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")

@@ -146,3 +146,20 @@ def test_a_vanishing_temperature_is_greedy(client):
     tiny = client.post(f"/v1/models/{LM}/generate", json={"prompt": PROMPT, "max_chars": 40, "temperature": 1e-300,
                                                            "seed": 1})
     assert tiny.json()["text"] == greedy.json()["text"]
+
+
+def test_the_v2_generate_extension_runs_the_same_generation(client):
+    v1 = client.post(f"/v1/models/{LM}/generate", json={"prompt": PROMPT, "max_chars": 30, "seed": 3,
+                                                         "temperature": 0.7})
+    body = {"text_input": PROMPT, "parameters": {"max_tokens": 30, "seed": 3, "temperature": 0.7}}
+    v2 = client.post(f"/v2/models/{LM}/generate", json=body)
+    assert v2.status_code == 200, v2.text
+    assert v2.json() == {"model_name": LM, "model_version": "1", "text_output": v1.json()["text"]}
+    with client.stream("POST", f"/v2/models/{LM}/generate_stream", json=body) as stream:
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    chunks = [json.loads(line.removeprefix("data: ")) for line in events]
+    assert "".join(c["text_output"] for c in chunks) == v1.json()["text"] and chunks[0]["model_name"] == LM
+    bad = client.post(f"/v2/models/{LM}/generate", json={"text_input": PROMPT, "parameters": {"max_tokens": 0}})
+    assert bad.status_code == 422 and "max_tokens" in bad.json()["error"]
+    wrong = client.post("/v2/models/nope/generate", json=body)
+    assert wrong.status_code == 404 and "error" in wrong.json()
