@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      model_validator)
 from pydantic.json_schema import SkipJsonSchema
+
+
+def _integral(value: object) -> object:
+    # JSON Schema's "integer" includes 2.0 (and schema-driven clients send it); True and "2" stay refused.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
+"""A JSON integer: an int, or a number with no fractional part (JSON Schema's rule); not a bool or a string."""
 
 FAIL_FAST = Field(fail_fast=True)  # list validation stops at the first wrong item
 
@@ -26,7 +36,7 @@ class PredictRequest(BaseModel):
                          FAIL_FAST] | SkipJsonSchema[None] = Field(
         None, description="For numeric-sequence models: N sequences of T steps of F numbers, [N][T][F] "
         "([N][T] when F is 1), as the model's `input` says.")
-    top_k: StrictInt = Field(1, ge=1, le=1000, description="How many of the most probable labels to return per text.")
+    top_k: Integer = Field(1, ge=1, le=1000, description="How many of the most probable labels to return per text.")
     return_probabilities: StrictBool = Field(False, description="Also return every label's probability.")
 
     @model_validator(mode="after")
@@ -51,7 +61,7 @@ class ExplainRequest(BaseModel):
                                                    "turn (one run per word the model sees); window: leave out "
                                                    "runs of `window` words (fewer runs, for long texts), each "
                                                    "word getting an equal share of its run's change.")
-    window: StrictInt = Field(5, ge=2, le=100, description="Words per run for method=window.")
+    window: Integer = Field(5, ge=2, le=100, description="Words per run for method=window.")
 
 
 MAX_SEED = 2**64 - 1  # numpy's generators take any integer; JSON answers (orjson) carry up to 64 bits
@@ -62,12 +72,12 @@ class GenerateRequest(BaseModel):
         "examples": [{"prompt": "The company said ", "max_chars": 120, "temperature": 0.6, "seed": 7}]})
 
     prompt: StrictStr = Field(description="The text to continue (at least one character).")
-    max_chars: StrictInt = Field(200, ge=1, description="Characters to generate (at most the server's "
+    max_chars: Integer = Field(200, ge=1, description="Characters to generate (at most the server's "
                                  "MAX_GENERATE_CHARS, else 413).")
     temperature: StrictFloat = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 always takes the most "
                                "probable character.")
-    top_k: StrictInt = Field(0, ge=0, description="Sample among the k most probable characters only (0: all).")
-    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
+    top_k: Integer = Field(0, ge=0, description="Sample among the k most probable characters only (0: all).")
+    seed: Annotated[Integer, Field(ge=0, le=MAX_SEED)] | None = Field(
         None, description="Random seed, 0 to 2^64 - 1 (null: none): the same seed, prompt and settings give the "
         "same text.")
     stream: StrictBool = Field(False, description="Send the characters as server-sent events as they come "
@@ -78,10 +88,10 @@ class V2GenerateParameters(BaseModel):
     """The generate extension's sampling parameters (the same meaning as /v1's generate options)."""
 
     model_config = ConfigDict(extra="forbid")
-    max_tokens: StrictInt = Field(200, ge=1, description="Characters to generate (at most MAX_GENERATE_CHARS).")
+    max_tokens: Integer = Field(200, ge=1, description="Characters to generate (at most MAX_GENERATE_CHARS).")
     temperature: StrictFloat = Field(1.0, ge=0.0, le=10.0)
-    top_k: StrictInt = Field(0, ge=0)
-    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None
+    top_k: Integer = Field(0, ge=0)
+    seed: Annotated[Integer, Field(ge=0, le=MAX_SEED)] | None = None
 
 
 class V2GenerateRequest(BaseModel):

@@ -123,7 +123,9 @@ def test_a_reload_lets_running_generations_finish(lm_repo):
 
 @pytest.mark.parametrize("extra", [{"seed": None}, {"seed": 0}, {"seed": 2**64 - 1}, {"temperature": 1e-320},
                                    {"temperature": 5e-324}, {"temperature": 1}, {"temperature": 10.0},
-                                   {"top_k": 1, "temperature": 0.5}])
+                                   {"top_k": 1, "temperature": 0.5},
+                                   # JSON Schema's integers include 3.0: schema-driven clients send them
+                                   {"top_k": 3.0, "seed": 7.0, "max_chars": 10.0}])
 def test_every_documented_sampling_value_answers(client, extra):
     r = client.post(f"/v1/models/{LM}/generate", json={"prompt": PROMPT, "max_chars": 10} | extra)
     assert r.status_code == 200, r.text
