@@ -138,7 +138,8 @@ def cmd_import(args) -> int:
                          text_vectorization=args.text_vectorization, vocab_file=args.vocab, maxlen=args.maxlen,
                          padding=args.padding, truncating=args.truncating, num_words=args.num_words,
                          skip_top=args.skip_top, lower=args.lower, strip_punctuation=args.strip_punctuation,
-                         unknown_token=args.unknown_token, data_dir=args.data_dir)
+                         unknown_token=args.unknown_token, data_dir=args.data_dir,
+                         allow_unused_rows=args.allow_unused_rows)
     gate = Gate(texts=args.parity_texts, text_column=args.text_column, reference=args.reference,
                 examples=args.parity_examples, atol=args.atol)
     labels = _labels(args.labels)
@@ -158,7 +159,11 @@ def _labels(value: str | None) -> list[str] | None:
     if value is None:
         return None
     if value.startswith("@"):
-        return [line.strip() for line in Path(value[1:]).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        try:
+            lines = Path(value[1:]).read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--labels {value}: cannot read {value[1:]}: {exc}") from None
+        return [line.strip() for line in lines if line.strip()]
     return [label.strip() for label in value.split(",")]
 
 
@@ -252,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--vocab: lower-case with Python's str.lower()")
     g.add_argument("--strip-punctuation", action="store_true", help="--vocab: delete ASCII punctuation first")
     g.add_argument("--unknown-token", help="--vocab: the token unknown words become (else they are dropped)")
+    g.add_argument("--allow-unused-rows", action="store_true", help="accept a preprocessing whose ids reach less "
+                   "than 90%% of the model's embedding rows (refused by default: a smaller vocabulary than the "
+                   "model was trained with passes the gate)")
     p.add_argument("--labels", help="class names in output order: a,b,c or @FILE (default: the dataset's, or 0..C-1)")
     p.add_argument("--output", choices=("probabilities", "logits"), default="probabilities",
                    help="what the model's last layer gives; logits are served through a sigmoid/softmax")

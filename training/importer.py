@@ -41,6 +41,7 @@ HEAD_LAYERS = ("GlobalMaxPooling1D", "GlobalAveragePooling1D", "Dense", "Dropout
 SUPPORTED = ("InputLayer", "TextVectorization", *FRONT_LAYERS, *RECURRENT_LAYERS, *HEAD_LAYERS)
 OUTPUTS = ("probabilities", "logits")
 PARITY_TEXTS = 1000  # the default count of dataset documents in the gate
+UNUSED_ROWS_TOLERATED = 0.1  # the share of embedding rows a preprocessing may leave unreached (check_vocabulary)
 
 
 class ImportRefused(ExportError):
@@ -54,7 +55,8 @@ class Preprocessing:
     tokenizer_json (tf-keras `Tokenizer.to_json()`, with pad_sequences' options), text_vectorization (a JSON
     `{"config": layer.get_config(), "vocabulary": layer.get_vocabulary()}` or a .keras file whose first layer is
     the layer), none when the model starts with its TextVectorization, or for ONNX models vocab_file (one token
-    per line, line i = id i, line 0 the padding) with lower, strip_punctuation and unknown_token."""
+    per line, line i = id i, line 0 the padding) with lower, strip_punctuation and unknown_token.
+    allow_unused_rows: accept a preprocessing whose ids reach less than 90% of the embedding's rows."""
 
     vocabulary: str | None = None
     tokenizer_json: Path | None = None
@@ -69,6 +71,7 @@ class Preprocessing:
     strip_punctuation: bool = False
     unknown_token: str | None = None
     data_dir: Path | None = None
+    allow_unused_rows: bool = False  # see check_vocabulary
 
     @property
     def given(self) -> list:
@@ -132,7 +135,8 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
     embedding = next((layer for layer in layers if type(layer).__name__ == "Embedding"), None)
     if embedding is None:
         raise ImportRefused("the model has no Embedding layer: a text model maps ids to vectors first")
-    check_vocabulary(spec, int(embedding.input_dim), f"the model's Embedding {embedding.name!r}")
+    check_vocabulary(spec, int(embedding.input_dim), f"the model's Embedding {embedding.name!r}",
+                     allow_unused_rows=prep.allow_unused_rows or inner_tv is not None)
     masked = bool(getattr(embedding, "mask_zero", False))
     if masked and any(type(layer).__name__ == "GlobalMaxPooling1D" for layer in layers):
         raise ImportRefused("GlobalMaxPooling1D after a masked Embedding: Keras's max pooling reads the steps the "
@@ -182,12 +186,23 @@ def classifier_metadata(spec: TokenizerSpec, labels: list[str], dynamic: bool, p
             "architecture": architecture, "parity": parity, "source": source}
 
 
-def check_vocabulary(spec: TokenizerSpec, input_dim: int, what: str) -> None:
-    """The ids the preprocessing gives must be rows of the model's embedding."""
+def check_vocabulary(spec: TokenizerSpec, input_dim: int, what: str, allow_unused_rows: bool = False) -> None:
+    """The ids the preprocessing gives must be rows of the model's embedding, and (unless allow_unused_rows)
+    reach at least 90% of them: the gate runs the pipeline it is given, so a tokenizer with a smaller vocabulary
+    than the model was trained with (num_words 5000 for a 10000-word model, another notebook's Tokenizer) would
+    pass it and serve every word past its vocabulary as unknown. The 10% leave room for the usual slack
+    (Embedding(len(word_index) + 1), Embedding(max_tokens + 1), a vocabulary a little short of max_tokens)."""
     highest = Tokenizer(spec).max_id
     if highest >= input_dim:
         raise ImportRefused(f"the preprocessing gives ids up to {highest} but {what} takes ids 0..{input_dim - 1}: "
                             "the vocabulary does not fit the model (num_words or max_tokens differ?)")
+    unused = input_dim - 1 - highest
+    if unused > UNUSED_ROWS_TOLERATED * input_dim and not allow_unused_rows:
+        raise ImportRefused(f"the preprocessing gives ids up to {highest} but {what} has {input_dim} rows: "
+                            f"{unused} of them ({unused / input_dim:.0%}) no text would reach. Was the model "
+                            "trained with a larger vocabulary (num_words, max_tokens, another Tokenizer)? The gate "
+                            "runs the preprocessing you give, so it cannot tell; if this is the one the model was "
+                            "trained with, pass --allow-unused-rows")
 
 
 def load_keras_model(path: Path):
@@ -201,12 +216,22 @@ def load_keras_model(path: Path):
         return _tf_keras_load(path), "savedmodel"
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ImportRefused(f"{path.name}: expected a .keras or .h5 file, a SavedModel directory or a .onnx file")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ImportRefused(f"{path.name} is not a Keras model file: a .keras file is a zip archive (model.save)")
+    if path.suffix != ".keras" and not _is_hdf5(path):
+        raise ImportRefused(f"{path.name} is not a Keras model file: a .h5 file is HDF5 (model.save)")
     try:
         return keras.models.load_model(path, compile=False), path.suffix.lstrip(".")
     except Exception as exc:  # noqa: BLE001 - any failure: Keras 2's own loader may read it
         if path.suffix == ".keras":
             raise ImportRefused(f"Keras cannot load {path.name}: {exc}") from exc
         return _tf_keras_load(path, exc), "h5"
+
+
+def _is_hdf5(path: Path) -> bool:
+    import h5py  # TensorFlow's own dependency
+
+    return h5py.is_hdf5(path)
 
 
 def _tf_keras_load(path: Path, first: Exception | None = None):
@@ -233,6 +258,12 @@ def check_layers(model) -> list:
             raise ImportRefused(f"layer {layer.name!r} ({kind}) is not supported; supported: TextVectorization "
                                 f"(first), {', '.join(FRONT_LAYERS + RECURRENT_LAYERS + HEAD_LAYERS[:-1])}, in one "
                                 "chain (Sequential or functional without branches)")
+        recurrent = getattr(layer, "forward_layer", layer)  # a Bidirectional's settings are its layers'
+        for setting in ("return_state", "stateful"):
+            if getattr(recurrent, setting, False):
+                raise ImportRefused(f"layer {layer.name!r} ({kind}) has {setting}=True: a served text is one "
+                                    "whole sequence, its state starting from zeros and never returned; supported: "
+                                    f"{kind} with return_state and stateful False")
         if i and type(model).__name__ != "Sequential":
             try:
                 chained = layer.input is layers[i - 1].output
@@ -264,10 +295,14 @@ def _head(layers) -> tuple[int, str]:
 
 
 def _check_output(activation: str, output: str, layer: str) -> None:
+    if output == "probabilities" and activation == "linear":
+        raise ImportRefused(f"the last layer {layer!r} has no activation: its outputs are not probabilities. If "
+                            "they are logits (as from_logits=True trained them), pass --output logits and the "
+                            "package serves their sigmoid/softmax")
     if output == "probabilities" and activation not in ("sigmoid", "softmax"):
-        raise ImportRefused(f"the last layer {layer!r} has activation {activation!r}: its outputs are not "
-                            "probabilities. If they are logits (as from_logits=True trained them), pass "
-                            "--output logits and the package serves their sigmoid/softmax")
+        raise ImportRefused(f"the last layer {layer!r} has activation {activation!r}: its outputs are neither "
+                            "probabilities nor logits; supported: a last Dense with sigmoid, softmax or no "
+                            "activation (logits, with --output logits)")
     if output == "logits" and activation != "linear":
         raise ImportRefused(f"--output logits, but the last layer {layer!r} already applies {activation!r}")
 
@@ -410,12 +445,17 @@ def read_texts(path: Path, column: str) -> list[str]:
     fmt = format_of(path.name)
     if fmt is None:
         raise ImportRefused(f"--parity-texts {path}: expected a .csv, .jsonl or .txt file (gzip too)")
+    texts = []
     try:
-        texts = [row.text for row in read_file(path, fmt, column) if row.error is None]
+        for row in read_file(path, fmt, column):
+            if row.error is not None:  # a text left out would leave the gate short, and the user unaware
+                hint = " (--text-column names the texts' column or key)" if row.error.startswith("no ") else ""
+                raise ImportRefused(f"--parity-texts {path}: row {row.number}: {row.error}{hint}")
+            texts.append(row.text)
     except (OSError, ValueError) as exc:
         raise ImportRefused(f"cannot read --parity-texts {path}: {exc}") from exc
     if not texts:
-        raise ImportRefused(f"--parity-texts {path} has no text in column {column!r}")
+        raise ImportRefused(f"--parity-texts {path} has no texts")
     return texts
 
 
@@ -437,7 +477,9 @@ def run_package(proto: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
     """The package graph's probabilities [N, C] for ids [N, T], on onnxruntime's CPU provider."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the exception carries onnxruntime's message; its log line would repeat it
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: ids[i:i + 256]})[0]
                            for i in range(0, len(ids), 256)])
 
@@ -477,12 +519,21 @@ def _string_batch(texts: list[str]):
 
 def compare(expected: np.ndarray, served: np.ndarray, texts: list[str], atol: float) -> dict:
     """Labels identical and |expected - served| <= atol, else ExportError with the count of texts that differ,
-    the first of them and the largest difference."""
-    diff = np.abs(expected - served).max(axis=1)
-    disagree = expected.argmax(1) != served.argmax(1)
+    the first of them and the largest difference. Texts the user's model gives NaN for (a masked average over
+    no steps) are counted, not compared; the package's outputs must all be finite."""
+    if not np.isfinite(served).all():
+        raise ExportError(f"parity gate: the package gives outputs that are not finite for "
+                          f"{int((~np.isfinite(served).all(axis=1)).sum())} of {len(texts)} texts")
+    finite = np.isfinite(expected).all(axis=1)
+    if not finite.any():
+        raise ExportError(f"parity gate: your model gives outputs that are not finite for all {len(texts)} texts")
+    diff = np.where(finite, np.abs(np.nan_to_num(expected) - served).max(axis=1), 0.0)
+    disagree = finite & (np.nan_to_num(expected).argmax(1) != served.argmax(1))
     wrong = np.flatnonzero((diff > atol) | disagree)
     report = {"examples": len(texts), "max_abs_diff": float(diff.max()), "atol": atol,
               "label_disagreements": int(disagree.sum())}
+    if not finite.all():
+        report["yours_not_finite"] = int((~finite).sum())
     if len(wrong):
         i = int(wrong[0])
         raise ExportError(f"parity gate: {len(wrong)} of {len(texts)} texts differ (largest |yours - package| "

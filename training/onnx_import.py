@@ -64,7 +64,8 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
     labels = check_labels(labels, prep.vocabulary, max(classes, 2))
     rows = _embedding_rows(model, ids_input.name)
     if rows:
-        check_vocabulary(pipeline_spec, rows, "the model's embedding (the Gather on its ids)")
+        check_vocabulary(pipeline_spec, rows, "the model's embedding (the Gather on its ids)",
+                         allow_unused_rows=prep.allow_unused_rows)
     proto = package_graph(model, ids_input, out, output == "logits")
     texts = read_texts(gate.texts, gate.text_column)[:gate.examples] if gate.texts else None
     if texts is None:
@@ -159,11 +160,16 @@ def _check_output(model: onnx.ModelProto):
 
 
 def _embedding_rows(model: onnx.ModelProto, ids: str) -> int | None:
-    """Rows of the embedding table the ids index (a Gather of an initializer on the ids), when there is one."""
-    tables = {i.name: list(i.dims) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == ids and node.input[0] in tables:
+    """Rows of the embedding table the ids index: the first Gather of a 2-D initializer whose indices are
+    computed from the ids (directly in PyTorch's exports; through Keras's negative-index Where in tf2onnx's),
+    when there is one."""
+    tables = {i.name: list(i.dims) for i in model.graph.initializer if len(i.dims) == 2}
+    from_ids = {ids}
+    for node in model.graph.node:  # nodes are in topological order (onnx.checker)
+        if node.op_type == "Gather" and node.input[0] in tables and node.input[1] in from_ids:
             return int(tables[node.input[0]][0])
+        if any(name in from_ids for name in node.input):
+            from_ids.update(node.output)
     return None
 
 
@@ -219,7 +225,8 @@ def onnx_gate(proto: onnx.ModelProto, spec: TokenizerSpec, texts: list[str], gat
     try:
         served = run_package(proto, ids)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own reason (an unsupported op, a shape) is the message
-        raise ImportRefused(f"onnxruntime cannot run the model on the texts' ids: {exc}") from exc
+        raise ImportRefused(f"onnxruntime cannot run the model on the texts' ids (0..{int(ids.max())}; a "
+                            f"vocabulary larger than the model's embedding fails here): {exc}") from exc
     if not np.isfinite(served).all():
         raise ExportError(f"the package gives outputs that are not finite for {len(texts)} texts")
     if not gate.reference:
