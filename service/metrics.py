@@ -3,12 +3,19 @@
 With several worker processes (PROMETHEUS_MULTIPROC_DIR set by the server's entry point) every worker writes
 its values to that directory and a scrape, whichever worker takes it, adds them up with prometheus_client's
 MultiProcessCollector: the same totals from every worker, kept when a worker dies (its counters stay; its
-gauges go, being `live`)."""
+gauges go, being `live`).
+
+The V2 statistics extension's figures (per model *and version*, per batch size) are kept the same way, so they
+too are the whole server's, but in collectors of their own that /metrics leaves out: Prometheus has the
+histograms by model, and batch-size labels would multiply its series."""
 
 from __future__ import annotations
 
 import os
 import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -17,6 +24,20 @@ from rnnserve.service.processes import alive
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+STATISTICS = ("rnnserve_statistics", "rnnserve_statistics_seconds", "rnnserve_last_inference_timestamp_seconds")
+COMPUTE = ("compute_input", "compute_infer", "compute_output")
+
+
+@dataclass
+class VersionStatistics:
+    """One model version's figures for the statistics extension, summed over worker processes. counts and
+    seconds are keyed by (stat, batch size): batch size 0 for the whole (stats "inference": inputs run,
+    "execution": batches, "success"/"fail": predict requests, "queue": requests through the batcher, also the
+    count of each compute_* stat), a batch size for one size's "execution" count and compute_* seconds."""
+
+    counts: dict[tuple[str, int], float] = field(default_factory=lambda: defaultdict(float))
+    seconds: dict[tuple[str, int], float] = field(default_factory=lambda: defaultdict(float))
+    last_inference: float = 0.0  # Unix time of the last batch's end, 0: none yet
 
 
 class Metrics:
@@ -42,6 +63,12 @@ class Metrics:
                                    multiprocess_mode="livemin")
         self.models_failed = Gauge("rnnserve_models_failed", "Model packages that failed to load", registry=r,
                                    multiprocess_mode="livemax")
+        self.statistics_registry = s = CollectorRegistry()  # out of /metrics (module docstring)
+        labels = ["model", "version", "stat", "batch_size"]
+        self.stat_counts = Counter(STATISTICS[0], "Statistics extension counts", labels, registry=s)
+        self.stat_seconds = Counter(STATISTICS[1], "Statistics extension durations", labels, registry=s)
+        self.last_inference = Gauge(STATISTICS[2], "When a batch last ended", ["model", "version"], registry=s,
+                                    multiprocess_mode="max")
         self._request_children: dict[tuple[str, str, int], tuple] = {}
 
     def exposition(self) -> bytes:
@@ -54,8 +81,28 @@ class Metrics:
             if not alive(pid):
                 multiprocess.mark_process_dead(pid, directory)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, directory)
+        registry.register(_Without(multiprocess.MultiProcessCollector(None, directory), STATISTICS))
         return generate_latest(registry)
+
+    def statistics(self) -> dict[tuple[str, str], VersionStatistics]:
+        """(model, version) -> its statistics, the whole server's (every worker's files when there are
+        several, the dead ones' too: counters are kept, as in /metrics)."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        families = (self.statistics_registry.collect() if not directory else
+                    (f for f in multiprocess.MultiProcessCollector(None, directory).collect() if f.name in STATISTICS))
+        out: dict[tuple[str, str], VersionStatistics] = defaultdict(VersionStatistics)
+        for family in families:
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = sample.labels
+                stats = out[labels["model"], labels["version"]]
+                if family.name == STATISTICS[2]:
+                    stats.last_inference = max(stats.last_inference, sample.value)
+                else:
+                    table = stats.counts if family.name == STATISTICS[0] else stats.seconds
+                    table[labels["stat"], int(labels["batch_size"])] += sample.value
+        return out
 
     def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one HTTP request. The labelled children are looked up once per (model, endpoint, status), a
@@ -74,16 +121,61 @@ class Metrics:
             errors.inc()
         latency.observe(seconds)
 
-    def batch_observer(self, model: str):
-        size, wait, run, texts = (m.labels(model=model) for m in (self.batch_size, self.queue_wait, self.inference,
-                                                                  self.texts))
+    def model_observer(self, model: str, version: str) -> ModelObserver:
+        return ModelObserver(self, model, version)
 
-        def observe(rows: int, waits: list[float], seconds: float) -> None:
-            texts.inc(rows)
-            size.observe(rows)
-            run.observe(seconds)
-            for w in waits:
-                wait.observe(w)
 
-        return observe
+class ModelObserver:
+    """Records what one model version's runtime reports (a RuntimeObserver): /metrics' histograms by model,
+    the statistics extension's figures by model and version (Metrics.statistics)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str):
+        self._size, self._wait, self._infer, self._texts = (
+            m.labels(model=model) for m in (metrics.batch_size, metrics.queue_wait, metrics.inference, metrics.texts))
+        self._labels = (model, str(version))
+        self._counts, self._seconds = metrics.stat_counts, metrics.stat_seconds
+        self._count = {stat: self._counts.labels(*self._labels, stat, "0")
+                       for stat in ("inference", "execution", "success", "fail", "queue")}
+        self._total = {stat: self._seconds.labels(*self._labels, stat, "0")
+                       for stat in ("success", "fail", "queue", *COMPUTE)}
+        self._sizes: dict[int, tuple] = {}  # batch size -> its execution count and compute_* seconds children
+        self._last = metrics.last_inference.labels(*self._labels)
+
+    def batch(self, rows: int, waits: list[float], times) -> None:
+        """times: the runtime's BatchTimes (this layer is below the runtimes')."""
+        self._texts.inc(rows)
+        self._size.observe(rows)
+        self._infer.observe(times.compute_infer)
+        for w in waits:
+            self._wait.observe(w)
+        requests = len(waits)  # Triton counts each request in a batch with the batch's compute times
+        self._count["inference"].inc(rows)
+        self._count["execution"].inc()
+        self._count["queue"].inc(requests)
+        self._total["queue"].inc(sum(waits))
+        sized = self._sizes.get(rows)
+        if sized is None:
+            sized = self._sizes[rows] = (self._counts.labels(*self._labels, "execution", str(rows)),
+                                         *(self._seconds.labels(*self._labels, stat, str(rows)) for stat in COMPUTE))
+        sized[0].inc()
+        for stat, child, seconds in zip(COMPUTE, sized[1:], (times.compute_input, times.compute_infer,
+                                                             times.compute_output)):
+            self._total[stat].inc(seconds * requests)
+            child.inc(seconds)
+        self._last.set(time.time())
+
+    def request(self, ok: bool, seconds: float) -> None:
+        stat = "success" if ok else "fail"
+        self._count[stat].inc()
+        self._total[stat].inc(seconds)
+
+
+class _Without:
+    """A collector's metric families but the named ones."""
+
+    def __init__(self, collector, names: tuple[str, ...]):
+        self.collector, self.names = collector, names
+
+    def collect(self):
+        return [family for family in self.collector.collect() if family.name not in self.names]
 

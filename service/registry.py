@@ -56,7 +56,7 @@ class Registry:
         name, version = path.parent.name, path.name
         try:
             model = await asyncio.to_thread(open_model, path, self.options(),
-                                            self.metrics.batch_observer(name))
+                                            self.metrics.model_observer(name, version))
         except Exception as exc:  # noqa: BLE001 - any bad package is reported, never fatal
             reason = str(exc) if isinstance(exc, PackageError) else f"{type(exc).__name__}: {exc}"
             # onnxruntime's messages name the file: the repository's path is the server's business

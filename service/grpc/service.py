@@ -9,6 +9,7 @@ its response's `error_message`, and the stream stays open.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -22,7 +23,7 @@ from rnnserve.service.core.errors import ServiceError, Unauthorized
 from rnnserve.service.grpc import messages
 from rnnserve.service.grpc.tensors import fill_outputs, requested, v2_header
 from rnnserve.service.http.codecs import codec_for, model_config, top_classes
-from rnnserve.service.http.responses import repository_index
+from rnnserve.service.http.responses import model_stats, repository_index
 from rnnserve.service.http.v2 import metadata_of
 
 log = logging.getLogger("rnnserve.grpc")
@@ -32,7 +33,8 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
          431: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
          504: grpc.StatusCode.DEADLINE_EXCEEDED}
-EXTENSIONS = ["classification", "model_configuration", "model_repository"]  # the V2 extensions served over gRPC
+# The V2 extensions served over gRPC
+EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
 
 
 def status_of(exc: ServiceError) -> grpc.StatusCode:
@@ -161,6 +163,11 @@ class InferenceService:
         config = model_config(self.state.registry.get(request.name, request.version or None))
         return messages.message("ModelConfigResponse")(config=json_format.ParseDict(
             config, messages.message("ModelConfig")()))
+
+    async def model_statistics(self, request):
+        figures = await asyncio.to_thread(self.state.metrics.statistics)
+        stats = model_stats(self.state.registry, figures, request.name or None, request.version or None)
+        return json_format.ParseDict({"model_stats": stats}, messages.message("ModelStatisticsResponse")())
 
     async def model_stream_infer(self, request):
         return await self.model_infer(request)

@@ -8,6 +8,7 @@ the client asks. Errors are `{"error": msg}`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from rnnserve.service.core.errors import BadRequest, InvalidInput, echo
 from rnnserve.service.http.body import VERSION_PARAMETER, check_json, json_response, parse, path_version
 from rnnserve.service.http.codecs import codec_for, model_config, top_classes
 from rnnserve.service.http.raw import raw_post
+from rnnserve.service.http.responses import model_stats
 from rnnserve.service.http.schemas import V2Error, V2GenerateRequest
 from rnnserve.service.http.tensors import encode_bytes
 from rnnserve.service.http.v1 import event_stream, start_generation
@@ -52,7 +54,7 @@ INFER_BODY = {
 async def server_metadata() -> dict:
     return {"name": "rnnserve", "version": __version__,
             "extensions": ["binary_tensor_data", "classification", "generate", "model_configuration",
-                           "model_repository"]}
+                           "model_repository", "statistics"]}
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -72,6 +74,24 @@ def metadata_of(model: ModelRuntime) -> dict:
     return {"name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx",
             "inputs": codec.v2_inputs(model), "outputs": codec.v2_outputs(model),
             "parameters": {"task": model.task, "labels": model.labels, "maxlen": model.package.maxlen}}
+
+
+@router.get("/models/stats", summary="Statistics extension: every loaded model version's")
+async def server_statistics(request: Request) -> dict:
+    return await _statistics(request, None)
+
+
+@router.get("/models/{name}/stats", summary="Statistics of a model's loaded versions")
+@router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one model version",
+            openapi_extra=VERSION_PARAMETER)
+async def model_statistics(name: str, request: Request) -> dict:
+    return await _statistics(request, name)
+
+
+async def _statistics(request: Request, name: str | None) -> dict:
+    state = request.app.state
+    figures = await asyncio.to_thread(state.metrics.statistics)  # every worker's files when there are several
+    return {"model_stats": model_stats(state.registry, figures, name, path_version(request))}
 
 
 @router.get("/models/{name}", summary="Model metadata")

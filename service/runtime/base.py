@@ -10,16 +10,17 @@ answers.
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 
 from rnnserve.service.core.package import Package, PackageError, check_io, read_package
-from rnnserve.service.runtime.batcher import Batcher, BatchObserver
+from rnnserve.service.runtime.batcher import Batcher
 from rnnserve.service.runtime.session import OrtSession
 
 
@@ -35,6 +36,26 @@ class RuntimeOptions:
     warmup: bool = True
 
 
+@dataclass(frozen=True)
+class BatchTimes:
+    """One batch's run in seconds, split as the V2 statistics extension splits it: compute_input (making the
+    model's inputs: tokenizing), compute_infer (onnxruntime's runs), compute_output (making the results)."""
+
+    compute_input: float
+    compute_infer: float
+    compute_output: float
+
+
+class RuntimeObserver(Protocol):
+    """What a runtime reports as it serves (service/metrics.py records it for /metrics and the statistics)."""
+
+    def batch(self, rows: int, waits: list[float], times: BatchTimes) -> None:
+        """One batch run: its inputs, the queue wait of each request in it (seconds), its times."""
+
+    def request(self, ok: bool, seconds: float) -> None:
+        """One predict() call, succeeded or failed, and its seconds from call to answer."""
+
+
 class ModelRuntime(ABC):
     """One package, its onnxruntime session and its batcher. The contract every task's runtime keeps:
     `run_batch(rows)` runs a list of inputs (texts, sequences [T, F], generation steps) in one onnxruntime run
@@ -46,24 +67,26 @@ class ModelRuntime(ABC):
     tasks: tuple[str, ...] = ()  # the package tasks this runtime runs
 
     def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
-                 observer: BatchObserver | None = None):
-        self.package, self.session = package, session
+                 observer: RuntimeObserver | None = None):
+        self.package, self.session, self.observer = package, session, observer
         serving = package.metadata.serving
         delay_ms = options.max_batch_delay_ms if serving.max_batch_delay_ms is None else serving.max_batch_delay_ms
-        self.batcher = Batcher(self.run_batch, max_batch_size=serving.max_batch_size or options.max_batch_size,
-                               max_delay_s=delay_ms / 1000,
-                               max_queue=options.max_queue, observer=observer, name=f"{self.name}/{self.version}")
+        self._times = BatchTimes(0.0, 0.0, 0.0)  # the last batch's (the batcher runs one batch at a time)
+        self.batcher = Batcher(self._timed_run if observer else self.run_batch,
+                               max_batch_size=serving.max_batch_size or options.max_batch_size,
+                               max_delay_s=delay_ms / 1000, max_queue=options.max_queue,
+                               observer=self._batch_done if observer else None, name=f"{self.name}/{self.version}")
 
     @classmethod
     def open(cls, path: str | Path, options: RuntimeOptions = RuntimeOptions(),
-             observer: BatchObserver | None = None) -> Self:
+             observer: RuntimeObserver | None = None) -> Self:
         """Validate the package, start its session, check it and warm it up. Raises PackageError with the
         reason."""
         return cls.start(read_package(Path(path)), options, observer)
 
     @classmethod
     def start(cls, package: Package, options: RuntimeOptions = RuntimeOptions(),
-              observer: BatchObserver | None = None) -> Self:
+              observer: RuntimeObserver | None = None) -> Self:
         """open() for a package already read and validated."""
         path = package.path
         if package.task not in cls.tasks:
@@ -93,6 +116,20 @@ class ModelRuntime(ABC):
     @abstractmethod
     def run_batch(self, rows: list) -> Any:
         """Rows -> one result for them, sliceable by row and len(rows) long (the batcher's worker thread)."""
+
+    def _timed_run(self, rows: list) -> Any:
+        """run_batch, its times kept for the observer: in onnxruntime's runs, after the last one, and the rest
+        (before the first, and between runs: making their inputs)."""
+        clock = self.session.clock(reset=True)
+        started = time.perf_counter()
+        out = self.run_batch(rows)
+        ended = time.perf_counter()
+        output = ended - clock.last if clock.first is not None else 0.0
+        self._times = BatchTimes(ended - started - clock.seconds - output, clock.seconds, output)
+        return out
+
+    def _batch_done(self, rows: int, waits: list[float]) -> None:
+        self.observer.batch(rows, waits, self._times)
 
     def concat(self, parts: list) -> Any:
         """Results of consecutive runs as one (numpy arrays by default)."""
@@ -124,10 +161,20 @@ class ModelRuntime(ABC):
     async def predict(self, rows: Sequence) -> Any:
         """Rows through the batcher, in runs of at most max_batch_size coalesced with other callers' requests:
         one result in input order. Raises Overloaded when the queue is full, ModelClosed once closed."""
-        runs, order = self._runs(rows)
-        if len(runs) == 1:
-            return await self.batcher.submit(runs[0])
-        return self._join(await asyncio.gather(*(self.batcher.submit(r) for r in runs)), order)
+        started = time.perf_counter()
+        try:
+            runs, order = self._runs(rows)
+            if len(runs) == 1:
+                out = await self.batcher.submit(runs[0])
+            else:
+                out = self._join(await asyncio.gather(*(self.batcher.submit(r) for r in runs)), order)
+        except Exception:
+            if self.observer:
+                self.observer.request(False, time.perf_counter() - started)
+            raise
+        if self.observer:
+            self.observer.request(True, time.perf_counter() - started)
+        return out
 
     def predict_batch(self, rows: Sequence) -> Any:
         """The same here and now, without the batcher (offline use: no event loop needed)."""

@@ -32,7 +32,7 @@ class _Item:
     enqueued: float = field(default_factory=time.monotonic)
 
 
-BatchObserver = Callable[[int, list[float], float], None]  # (batch rows, queue waits, run seconds)
+BatchObserver = Callable[[int, list[float]], None]  # (a batch's rows, each of its requests' queue wait in seconds)
 
 
 class BatchSizeMismatch(RuntimeError):
@@ -132,7 +132,7 @@ class Batcher:
                 await self._run([it])
             return
         if self._observer:
-            self._observer(len(rows), [started - it.enqueued for it in batch], time.monotonic() - started)
+            self._observer(len(rows), [started - it.enqueued for it in batch])
         offset = 0
         for it in batch:
             n = len(it.rows)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rnnserve.service.core.package import PackageError, read_package
-from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
-from rnnserve.service.runtime.batcher import BatchObserver
+from rnnserve.service.runtime.base import ModelRuntime, RuntimeObserver, RuntimeOptions
 from rnnserve.service.runtime.generator import TextGenerator
 from rnnserve.service.runtime.sequence import SequenceModel
 from rnnserve.service.runtime.text import TextClassifier
@@ -16,7 +15,7 @@ RUNTIMES: dict[str, type[ModelRuntime]] = {task: cls for cls in (TextClassifier,
 
 
 def open_model(path: str | Path, options: RuntimeOptions = RuntimeOptions(),
-               observer: BatchObserver | None = None) -> ModelRuntime:
+               observer: RuntimeObserver | None = None) -> ModelRuntime:
     package = read_package(path)
     if package.task not in RUNTIMES:
         raise PackageError(f"no runtime for task {package.task!r}")

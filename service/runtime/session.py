@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +62,20 @@ def load_cuda_libraries() -> None:
         preload()
 
 
+@dataclass
+class RunClock:
+    """The onnxruntime runs of one thread since its last reset: when the first began, when the last ended
+    (time.perf_counter) and their summed seconds."""
+
+    first: float | None = None
+    last: float = 0.0
+    seconds: float = 0.0
+
+
 class OrtSession:
     """One onnxruntime InferenceSession with the provider and threads chosen for this server; `run` is called
-    from one worker thread at a time (the model's batcher)."""
+    from one worker thread at a time (the model's batcher). Each thread's runs are timed (`clock`), so a
+    runtime can tell its onnxruntime time from its own (the statistics extension's compute_infer)."""
 
     def __init__(self, path: Path, provider: str = "auto", intra_op_threads: int = 0,
                  input_name: str = "input_ids", output_name: str = "probabilities"):
@@ -92,6 +105,7 @@ class OrtSession:
             log.info("using CPUExecutionProvider (no usable CUDA)", extra={"model_path": str(path)})
         self.threads = opts.intra_op_num_threads
         self.input_name, self.output_name = input_name, output_name
+        self._clocks = threading.local()
 
     def inputs(self) -> list:
         """The graph's inputs (onnxruntime NodeArgs: name, type, shape)."""
@@ -103,11 +117,24 @@ class OrtSession:
     def run(self, x: np.ndarray) -> np.ndarray:
         """The main input (e.g. int64 ids [N, T] or float32 sequences [N, T, F]) -> the main output (e.g.
         float32 probabilities [N, C])."""
-        return self._session.run([self.output_name], {self.input_name: x})[0]
+        return self.run_outputs([self.output_name], {self.input_name: x})[0]
 
     def run_outputs(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Any outputs from any inputs (graphs with carried state)."""
-        return self._session.run(names, feeds)
+        started = time.perf_counter()
+        out = self._session.run(names, feeds)
+        clock = self.clock()
+        clock.last = time.perf_counter()
+        clock.seconds += clock.last - started
+        if clock.first is None:
+            clock.first = started
+        return out
+
+    def clock(self, reset: bool = False) -> RunClock:
+        """This thread's RunClock (a fresh one with reset)."""
+        if reset or not hasattr(self._clocks, "clock"):
+            self._clocks.clock = RunClock()
+        return self._clocks.clock
 
     def warm_up(self, example: np.ndarray, batch_sizes: tuple[int, ...]) -> None:
         """Run batches of one example row repeated, so the first requests find the session's memory ready."""

@@ -19,8 +19,7 @@ from rnnserve.service.core.errors import Overloaded, PayloadTooLarge, ServiceErr
 from rnnserve.service.core.package import Package, PackageError, Task
 from rnnserve.service.core.tokenizer import Tokenizer, TokenStats
 from rnnserve.service.runtime import explain
-from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
-from rnnserve.service.runtime.batcher import BatchObserver
+from rnnserve.service.runtime.base import ModelRuntime, RuntimeObserver, RuntimeOptions
 from rnnserve.service.runtime.session import OrtSession
 
 
@@ -103,7 +102,7 @@ class TextClassifier(ModelRuntime):
     tasks = (Task.TEXT_CLASSIFICATION,)
 
     def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
-                 observer: BatchObserver | None = None):
+                 observer: RuntimeObserver | None = None):
         self.tokenizer = Tokenizer(package.tokenizer)
         self.explaining = 0  # explanations running now
         super().__init__(package, session, options, observer)

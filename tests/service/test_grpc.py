@@ -200,7 +200,7 @@ def test_message_size_follows_max_body_bytes(tmp_path):
         srv.stop()
 
 
-def test_two_workers_share_the_port(tmp_path):
+def test_two_workers_share_the_port_and_their_statistics(tmp_path):
     srv = Server(ROOT / "models", "--workers", "2")
     try:
         srv.wait_ready(180)
@@ -208,6 +208,13 @@ def test_two_workers_share_the_port(tmp_path):
         for _ in range(8):  # a channel stays on one worker: new channels land on either
             result = client(srv).infer("imdb-lstm-small", [text_input(TEXTS)])
             assert np.array_equal(result.as_numpy("probabilities"), expected)
+        # Whichever worker answers, the statistics are the server's: 9 requests of 3 texts.
+        for _ in range(6):
+            stats = client(srv).get_inference_statistics("imdb-lstm-small", as_json=True)["model_stats"][0]
+            assert int(stats["inference_count"]) == 27
+            assert int(stats["inference_stats"]["success"]["count"]) == 9
+            assert httpx.get(f"{srv.url}/v2/models/imdb-lstm-small/stats").json()["model_stats"][0][
+                "inference_count"] == 27
     finally:
         srv.stop()
 
@@ -281,3 +288,46 @@ def test_classification_and_model_configuration_extensions_on_both_protocols(ser
     with pytest.raises(grpc.RpcError) as err:
         grpc_call(server, "/inference.GRPCInferenceService/ModelInfer", request, messages.ModelInferResponse)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'classification'" in err.value.details()
+
+
+def test_statistics_extension_on_both_protocols(server):
+    import tritonclient.http as triton_http
+
+    c, http = client(server), triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+
+    def stats(protocol: str) -> dict:
+        if protocol == "grpc":  # json_format's JSON: uint64 as strings, zero fields left out
+            return c.get_inference_statistics("imdb-lstm-small", headers=KEY, as_json=True)["model_stats"][0]
+        return http.get_inference_statistics("imdb-lstm-small", "1", headers=KEY)["model_stats"][0]
+
+    def figure(stats: dict, *path: str) -> int:
+        for key in path:
+            stats = stats.get(key, {})
+        return int(stats or 0)
+
+    before = stats("http")
+    for n in (1, 2, 3):
+        c.infer("imdb-lstm-small", [text_input(TEXTS[:n])], headers=KEY)
+    grpc_after, after = stats("grpc"), stats("http")
+    for path in (("inference_count",), ("execution_count",), ("last_inference",),
+                 ("inference_stats", "success", "count"), ("inference_stats", "compute_infer", "ns")):
+        assert figure(grpc_after, *path) == figure(after, *path), path
+    assert after["name"] == "imdb-lstm-small" and after["version"] == "1"
+    assert figure(after, "inference_count") - figure(before, "inference_count") == 6
+    assert figure(after, "execution_count") - figure(before, "execution_count") == 3
+    for stat in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert figure(after, "inference_stats", stat, "count") - figure(before, "inference_stats", stat, "count") == 3
+        assert figure(after, "inference_stats", stat, "ns") > figure(before, "inference_stats", stat, "ns")
+    sizes = {row["batch_size"]: row for row in after["batch_stats"]}
+    assert {1, 2, 3} <= set(sizes) and all(sizes[n]["compute_infer"]["count"] >= 1 for n in (1, 2, 3))
+    assert after["last_inference"] / 1000 == pytest.approx(time.time(), abs=60)
+    every = httpx.get(f"{server.url}/v2/models/stats", headers=KEY).json()["model_stats"]
+    assert {"imdb-lstm-small", "reuters-lstm", "reuters-char-rnn"} <= {m["name"] for m in every}
+    assert len(c.get_inference_statistics(headers=KEY).model_stats) == len(every)
+    assert httpx.get(f"{server.url}/v2/models/nope/stats", headers=KEY).status_code == 404
+    with pytest.raises(InferenceServerException) as err:
+        c.get_inference_statistics("nope", headers=KEY)
+    assert err.value.status() == "StatusCode.NOT_FOUND" and "model 'nope' not found" in err.value.message()
+    extensions = c.get_server_metadata(headers=KEY).extensions
+    assert "statistics" in extensions and "statistics" in httpx.get(f"{server.url}/v2", headers=KEY).json()[
+        "extensions"]
