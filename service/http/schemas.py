@@ -74,6 +74,9 @@ class ExplainRequest(BaseModel):
 
 
 MAX_SEED = 2**64 - 1  # numpy's generators take any integer; JSON answers (orjson) carry up to 64 bits
+# The bounds before the validator: after it, pydantic writes them into the JSON schema as "ge"/"le", which
+# JSON Schema does not know (schemathesis then sent -849 as a valid seed).
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)]
 
 
 class GenerateRequest(BaseModel):
@@ -86,7 +89,7 @@ class GenerateRequest(BaseModel):
     temperature: StrictFloat = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 always takes the most "
                                "probable character.")
     top_k: Integer = Field(0, ge=0, description="Sample among the k most probable characters only (0: all).")
-    seed: Annotated[Integer, Field(ge=0, le=MAX_SEED)] | None = Field(
+    seed: Seed | None = Field(
         None, description="Random seed, 0 to 2^64 - 1 (null: none): the same seed, prompt and settings give the "
         "same text.")
     stream: StrictBool = Field(False, description="Send the characters as server-sent events as they come "
@@ -100,7 +103,7 @@ class V2GenerateParameters(BaseModel):
     max_tokens: Integer = Field(200, ge=1, description="Characters to generate (at most MAX_GENERATE_CHARS).")
     temperature: StrictFloat = Field(1.0, ge=0.0, le=10.0)
     top_k: Integer = Field(0, ge=0)
-    seed: Annotated[Integer, Field(ge=0, le=MAX_SEED)] | None = None
+    seed: Seed | None = None
 
 
 class V2GenerateRequest(BaseModel):

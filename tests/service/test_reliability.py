@@ -3,6 +3,7 @@ failed on the code before its fix."""
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import socket
@@ -98,10 +99,18 @@ def test_name_and_version_patterns_match_whole(api, path, body):
     assert api.post(path, json=body).status_code == 404
 
 
-@pytest.mark.parametrize("top_k", ["2", True, 1.0])
+@pytest.mark.parametrize("top_k", ["2", True, 1.5])
 def test_top_k_is_a_strict_integer(api, top_k):
     r = api.post("/v1/models/sentiment-lstm/predict", json={"text": "x", "top_k": top_k})
     assert r.status_code == 422 and "top_k" in r.json()["error"]["message"]
+
+
+def test_integers_are_json_schema_integers(api):
+    """2.0 is an integer to JSON Schema, as the OpenAPI document declares top_k; its bounds are JSON Schema's
+    keywords (minimum, maximum), which schema-driven clients and fuzzers read."""
+    r = api.post("/v1/models/sentiment-lstm/predict", json={"text": "x", "top_k": 2.0})
+    assert r.status_code == 200 and len(r.json()["predictions"][0]["top_k"]) == 2
+    assert not re.search(r'"(ge|le|gt|lt)":', api.get("/openapi.json").text)
 
 
 def test_v2_booleans_must_be_booleans(api):
