@@ -52,6 +52,10 @@ class Settings(BaseSettings):
                                     "(else 413).")
     max_generations: int = Field(32, ge=1, description="Generations running at once per model and server (each "
                                  "worker takes its share, at least one); more get 503 + Retry-After.")
+    sequence_idle_s: float = Field(60.0, gt=0, description="The sequence extension: a sequence idle this long "
+                                   "is dropped (its next step must start it again).")
+    max_sequences: int = Field(1000, ge=1, description="The sequence extension: sequences open per model version "
+                               "and server; starting one more evicts the least recently used.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Request body size (else 413).")
     max_header_bytes: int = Field(65_536, ge=1024, description="Request line and headers (else 431 and the "
                                   "connection closed).")

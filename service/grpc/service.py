@@ -22,7 +22,7 @@ from rnnserve import __version__
 from rnnserve.service.core.errors import ServiceError, Unauthorized
 from rnnserve.service.grpc import messages
 from rnnserve.service.grpc.tensors import fill_outputs, requested, v2_header
-from rnnserve.service.http.codecs import codec_for, model_config, top_classes
+from rnnserve.service.http.codecs import codec_for, inference, model_config, top_classes
 from rnnserve.service.http.responses import model_stats, repository_index
 from rnnserve.service.http.v2 import metadata_of
 
@@ -34,7 +34,8 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          431: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
          504: grpc.StatusCode.DEADLINE_EXCEEDED}
 # The V2 extensions served over gRPC
-EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
+EXTENSIONS = ["classification", "model_configuration", "model_repository", "sequence", "sequence(string_id)",
+              "statistics"]
 
 
 def status_of(exc: ServiceError) -> grpc.StatusCode:
@@ -148,7 +149,7 @@ class InferenceService:
         codec = codec_for(model)
         header, binary, raw = v2_header(request)
         rows = codec.decode_v2(model, header, binary, state.settings)
-        model, out = await state.registry.call(request.model_name, version, lambda m: m.predict(rows))
+        model, out = await state.registry.call(request.model_name, version, inference(state.sequences, header, rows))
         tensors = codec.encode_v2(model, out)
         response = messages.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                                id=request.id)

@@ -41,6 +41,9 @@ def v2_header(request) -> tuple[dict, bytes, bool]:
                                "BYTES and FP32")
         inputs.append(entry)
     header = {"inputs": inputs}
+    if request.parameters:
+        header["parameters"] = {key: getattr(value, value.WhichOneof("parameter_choice"))
+                                for key, value in request.parameters.items() if value.WhichOneof("parameter_choice")}
     if request.outputs:
         header["outputs"] = [{"name": out.name} for out in request.outputs]
     return header, binary, raw

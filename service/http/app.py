@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import re
+import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from rnnserve.service.http.middleware import OPEN_PATHS, ServiceMiddleware, cont
 from rnnserve.service.http.raw import RawRoutes
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.registry import Registry
+from rnnserve.service.runtime.states import SequenceStates
 from rnnserve.service.settings import STATE_DIR_ENV, Settings
 
 PAGE = "/ui"  # the built-in page (service/ui: plain HTML, CSS and JavaScript, nothing fetched from elsewhere)
@@ -52,6 +54,10 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
     registry = Registry(settings, metrics)
     state_dir = os.environ.get(STATE_DIR_ENV)  # several worker processes: set by the server's entry point
     control = ModelControl(registry, Path(state_dir) if state_dir else None)
+    # One process: its sequences in a directory of its own, removed with the app.
+    private = None if state_dir else tempfile.TemporaryDirectory(prefix="rnnserve-sequences-")
+    sequences = SequenceStates(Path(state_dir or private.name) / "sequences", settings.sequence_idle_s,
+                               settings.max_sequences)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,6 +73,8 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
                 loading.cancel()
             await control.close()
             await registry.close()
+            if private is not None:
+                private.cleanup()
 
     telemetry = {key: settings.telemetry for key in ("tracing", "metrics", "logs")}
     # /docs with Swagger UI's script and styles served from here (fastapi-offline ships them): the default
@@ -77,7 +85,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
                          static_url=DOCS_STATIC, swagger_ui_parameters={"validatorUrl": None},  # no call out
                          description="Serves recurrent text classifiers (SimpleRNN, GRU, LSTM) exported to ONNX.")
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
-    app.state.control = control
+    app.state.control, app.state.sequences = control, sequences
     for router in ROUTERS:
         app.include_router(router)
     app.add_api_route(DOCS, docs_page, include_in_schema=False)

@@ -6,7 +6,7 @@ its runtime, and a codec here."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -16,7 +16,9 @@ from rnnserve.service.http.responses import class_predictions, to_predictions, v
 from rnnserve.service.http.schemas import PredictRequest
 from rnnserve.service.http.tensors import SEQUENCES_NAME, TEXT_NAME, read_sequences, read_texts
 from rnnserve.service.runtime.base import ModelRuntime
+from rnnserve.service.runtime.generator import TextGenerator
 from rnnserve.service.runtime.sequence import SequenceModel
+from rnnserve.service.runtime.states import SequenceStates, SequenceStep
 from rnnserve.service.runtime.text import ClassificationResult, TextClassifier
 from rnnserve.service.settings import Settings
 
@@ -43,18 +45,22 @@ class Codec(ABC):
     def decode_v2(self, model: ModelRuntime, header: dict, binary: bytes, settings: Settings) -> Sequence:
         """A V2 request (its JSON header and binary tensor data) -> the runtime's rows."""
 
+    def classes(self, model: ModelRuntime) -> list[str]:
+        """The names of the classes the model's probabilities are over (none: it gives values)."""
+        return model.labels
+
     def v2_outputs(self, model: ModelRuntime) -> list[dict]:
         """The V2 metadata of the outputs: class probabilities and labels, or values."""
-        if model.labels:
-            return [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, len(model.labels)]},
+        if classes := self.classes(model):
+            return [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, len(classes)]},
                     {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}]
         return [{"name": VALUES_NAME, "datatype": "FP32", "shape": [-1, *model.package.metadata.output.shape[1:]]}]
 
     def encode_v2(self, model: ModelRuntime, out) -> Tensors:
         """The runtime's result -> V2 output tensors by name."""
         values = self.values(out).astype(np.float32, copy=False)
-        if model.labels:
-            return {PROBS_NAME: values, LABEL_NAME: [model.labels[i] for i in values.argmax(axis=1)]}
+        if classes := self.classes(model):
+            return {PROBS_NAME: values, LABEL_NAME: [classes[i] for i in values.argmax(axis=1)]}
         return {VALUES_NAME: values}
 
     def values(self, out) -> np.ndarray:
@@ -86,6 +92,22 @@ class TextCodec(Codec):
         return out.probabilities
 
 
+class GeneratorCodec(TextCodec):
+    """Character language models, read as classifiers of the next character: /v1 `texts` or `text` and V2
+    BYTES `text` [N] -> each text's next-character probabilities over the model's characters (and the most
+    probable one as the label). /v1 generate samples continuations; this reads texts as they are, and with the
+    sequence extension a text in steps, the state carried between them."""
+
+    def classes(self, model: TextGenerator) -> list[str]:
+        return model.chars
+
+    def encode_v1(self, model: TextGenerator, out: np.ndarray, body: PredictRequest) -> list[dict]:
+        return class_predictions(model.chars, out, body.top_k, body.return_probabilities)
+
+    def values(self, out: np.ndarray) -> np.ndarray:
+        return out
+
+
 class SequenceCodec(Codec):
     """Numeric-sequence models: /v1 `sequences` [N][T][F] (or [N][T]); V2 one FP32 tensor `sequences`
     [N, T, F]. Classifiers answer like text classifiers; regression with values."""
@@ -112,20 +134,52 @@ class SequenceCodec(Codec):
         return model.as_input(read_sequences(header, binary, model.shape, settings.max_texts_per_request))
 
 
-CODECS: dict[type[ModelRuntime], Codec] = {TextClassifier: TextCodec(), SequenceModel: SequenceCodec()}
+CODECS: dict[type[ModelRuntime], Codec] = {TextClassifier: TextCodec(), SequenceModel: SequenceCodec(),
+                                           TextGenerator: GeneratorCodec()}
 TRITON_TYPES = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}
+
+
+def inference(states: SequenceStates, header: dict, rows: Sequence) -> Callable[[ModelRuntime], Awaitable]:
+    """What a V2 infer request runs on a model (for registry.call): predict, or with the sequence extension's
+    parameters one step of its sequence. InvalidInput for parameters that are not the extension's types."""
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"'parameters' must be an object, not {echo(parameters)}")
+    sequence = sequence_of(parameters)
+    if sequence is None:
+        return lambda model: model.predict(rows)
+    return lambda model: states.step(model, sequence, rows)
+
+
+def sequence_of(parameters: dict) -> SequenceStep | None:
+    """The sequence extension's request parameters: `sequence_id` a non-zero integer or non-empty string (0,
+    "" or none: no sequence), `sequence_start` and `sequence_end` booleans (default false)."""
+    sequence_id = parameters.get("sequence_id", 0)
+    flags = {key: parameters.get(f"sequence_{key}", False) for key in ("start", "end")}
+    if type(sequence_id) not in (int, str):
+        raise InvalidInput(f"parameter 'sequence_id' must be an integer or a string, not {echo(sequence_id)}")
+    for key, flag in flags.items():
+        if type(flag) is not bool:
+            raise InvalidInput(f"parameter 'sequence_{key}' must be true or false, not {echo(flag)}")
+    if sequence_id in (0, ""):
+        if any(flags.values()):
+            raise InvalidInput("sequence_start and sequence_end need a sequence_id (a non-zero integer or a "
+                               "non-empty string)")
+        return None
+    return SequenceStep(sequence_id, **flags)
 
 
 def top_classes(model: ModelRuntime, probabilities: np.ndarray, k: object) -> list[list[str]]:
     """The classification extension: each row's k most probable classes as "score:index:label" (Triton's
     format, the score with six decimals), most probable first; k beyond the class count gives them all.
     InvalidInput unless k is an integer >= 1 and the model classifies."""
-    if not model.labels:
+    classes = codec_for(model).classes(model)
+    if not classes:
         raise InvalidInput(f"model {echo(model.name)} gives values, not classes: no classification")
     if type(k) is not int or k < 1:
         raise InvalidInput(f"parameter 'classification' must be an integer >= 1, not {echo(k)}")
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [[f"{row[i]:f}:{i}:{model.labels[i]}" for i in top] for row, top in zip(probabilities, order)]
+    return [[f"{row[i]:f}:{i}:{classes[i]}" for i in top] for row, top in zip(probabilities, order)]
 
 
 def model_config(model: ModelRuntime) -> dict:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request, Response
 from rnnserve import __version__
 from rnnserve.service.core.errors import BadRequest, InvalidInput, echo
 from rnnserve.service.http.body import VERSION_PARAMETER, check_json, json_response, parse, path_version
-from rnnserve.service.http.codecs import codec_for, model_config, top_classes
+from rnnserve.service.http.codecs import codec_for, inference, model_config, top_classes
 from rnnserve.service.http.raw import raw_post
 from rnnserve.service.http.responses import model_stats
 from rnnserve.service.http.schemas import V2Error, V2GenerateRequest
@@ -54,7 +54,7 @@ INFER_BODY = {
 async def server_metadata() -> dict:
     return {"name": "rnnserve", "version": __version__,
             "extensions": ["binary_tensor_data", "classification", "generate", "model_configuration",
-                           "model_repository", "statistics"]}
+                           "model_repository", "sequence", "sequence(string_id)", "statistics"]}
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -165,7 +165,7 @@ async def infer(name: str, request: Request) -> Response:
         return header, codec.decode_v2(model, header, binary, state.settings)
 
     header, rows = await parse(request, decode)
-    model, out = await state.registry.call(name, version, lambda m: m.predict(rows))
+    model, out = await state.registry.call(name, version, inference(state.sequences, header, rows))
     tensors = codec.encode_v2(model, out)
     outputs, blobs = [], []
     for out_name, binary_out, classes in _requested_outputs(header, list(tensors)):

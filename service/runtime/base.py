@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 import numpy as np
 
+from rnnserve.service.core.errors import InvalidInput, echo
 from rnnserve.service.core.package import Package, PackageError, check_io, read_package
 from rnnserve.service.runtime.batcher import Batcher
 from rnnserve.service.runtime.session import OrtSession
@@ -65,6 +66,7 @@ class ModelRuntime(ABC):
     what task a model is."""
 
     tasks: tuple[str, ...] = ()  # the package tasks this runtime runs
+    stateful = False  # runs a sequence step by step, its state carried between steps (`step`)
 
     def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
                  observer: RuntimeObserver | None = None):
@@ -161,13 +163,33 @@ class ModelRuntime(ABC):
     async def predict(self, rows: Sequence) -> Any:
         """Rows through the batcher, in runs of at most max_batch_size coalesced with other callers' requests:
         one result in input order. Raises Overloaded when the queue is full, ModelClosed once closed."""
+        return await self._counted(self._predict(rows))
+
+    async def step(self, rows: Sequence, state: list[np.ndarray] | None) -> tuple[Any, list[np.ndarray]]:
+        """One input run from a carried state (None: the zero state): its result, as predict's, and the state
+        after it. InvalidInput for a runtime that is not stateful."""
+        if not self.stateful:
+            raise InvalidInput(f"model {echo(self.name)} keeps no state between requests: a {self.task} package "
+                               "runs each request whole (no sequence_id)")
+        if len(rows) != 1:
+            raise InvalidInput(f"a sequence's request carries one input, not {len(rows)}")
+        return await self._counted(self._step(rows[0], state))
+
+    async def _predict(self, rows: Sequence) -> Any:
+        runs, order = self._runs(rows)
+        if len(runs) == 1:
+            return await self.batcher.submit(runs[0])
+        return self._join(await asyncio.gather(*(self.batcher.submit(r) for r in runs)), order)
+
+    async def _step(self, row: Any, state: list[np.ndarray] | None) -> tuple[Any, list[np.ndarray]]:
+        """One input from a state: its result (as predict's for [row]) and the state after it."""
+        raise NotImplementedError  # stateful runtimes only
+
+    async def _counted(self, call: Awaitable) -> Any:
+        """The call's result, counted as one request (succeeded or failed, and its seconds) for the observer."""
         started = time.perf_counter()
         try:
-            runs, order = self._runs(rows)
-            if len(runs) == 1:
-                out = await self.batcher.submit(runs[0])
-            else:
-                out = self._join(await asyncio.gather(*(self.batcher.submit(r) for r in runs)), order)
+            out = await call
         except Exception:
             if self.observer:
                 self.observer.request(False, time.perf_counter() - started)

@@ -39,7 +39,12 @@ class Sampling:
 
 
 class TextGenerator(ModelRuntime):
+    """Runs a character language model: `generate` samples a continuation; `predict` (texts [N] -> the next
+    character's probabilities [N, C] over `chars`, float32) and `step` (the same for one text from a carried
+    state, and the state after it: the V2 sequence extension) read texts as they are."""
+
     tasks = (Task.TEXT_GENERATION,)
+    stateful = True
 
     def __init__(self, package, session, options, observer=None):
         self.tokenizer = Tokenizer(package.tokenizer)
@@ -76,6 +81,21 @@ class TextGenerator(ModelRuntime):
             for j, i in enumerate(members):
                 out[i] = (logits[j], [st[:, j] for st in states])
         return out
+
+    async def _predict(self, rows: list[str]) -> np.ndarray:
+        results = await asyncio.gather(*(self._step(text, None) for text in rows))
+        return np.concatenate([probabilities for probabilities, _ in results])
+
+    async def _step(self, text: str, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The text run from the state (None: zeros) in windows: the next character's probabilities [1, C] and
+        the state after the text."""
+        ids = self.encode_prompt(text)
+        state = self.zero_state() if state is None else state
+        for start in range(0, len(ids), PROMPT_WINDOW):
+            (logits, state), = await self.batcher.submit([(ids[start:start + PROMPT_WINDOW], state)])
+        z = logits[self.first_id:].astype(np.float64)
+        p = np.exp(z - z.max())
+        return (p / p.sum()).astype(np.float32)[None], state
 
     def encode_prompt(self, prompt: str) -> np.ndarray:
         ids, _ = self.tokenizer.encode(prompt)

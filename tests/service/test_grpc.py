@@ -266,7 +266,7 @@ def test_classification_and_model_configuration_extensions_on_both_protocols(ser
     for protocol, c, mod in (("grpc", client(server), triton), ("http", http, triton_http)):
         tensor = mod.InferInput("text", [len(TEXTS)], "BYTES")
         tensor.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
-        result = c.infer("reuters-lstm", [tensor], headers=KEY,
+        result = c.infer("reuters-lstm", [tensor], headers=dict(KEY),  # tritonclient.http adds to the dict
                          outputs=[mod.InferRequestedOutput("probabilities", class_count=3)])
         answers[protocol] = result.as_numpy("probabilities")
         config = c.get_model_config("reuters-lstm", headers=KEY)
