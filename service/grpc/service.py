@@ -9,7 +9,6 @@ its response's `error_message`, and the stream stays open.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -166,7 +165,7 @@ class InferenceService:
             config, messages.message("ModelConfig")()))
 
     async def model_statistics(self, request):
-        figures = await asyncio.to_thread(self.state.metrics.statistics)
+        figures = await self.state.metrics.read_statistics()
         stats = model_stats(self.state.registry, figures, request.name or None, request.version or None)
         return json_format.ParseDict({"model_stats": stats}, messages.message("ModelStatisticsResponse")())
 

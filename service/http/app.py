@@ -39,6 +39,7 @@ DOCS = "/docs"
 ROUTERS = (health.router, v1.router, score.router, v2.router, repository.router)  # the route table
 DOCS_STATIC = "/docs/static"
 INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
+STATISTICS_FLUSH_S = 0.25  # how old another worker's figures in the statistics extension may be, at most
 # With API keys set, OpenAPI declares both ways to send one, so Swagger UI's Authorize button can supply it.
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
                     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
         # Load in the background: liveness answers at once, readiness waits for the models.
         loading = asyncio.create_task(control.start())
         app.state.loading = loading
+        flushing = asyncio.create_task(metrics.flush_every(STATISTICS_FLUSH_S))
         if wait_for_models:
             await loading
         try:
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
         finally:
             if not loading.done():
                 loading.cancel()
+            flushing.cancel()
+            await asyncio.gather(flushing, return_exceptions=True)  # its last flush
             await control.close()
             await registry.close()
             if private is not None:

@@ -8,7 +8,6 @@ the client asks. Errors are `{"error": msg}`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,7 +89,7 @@ async def model_statistics(name: str, request: Request) -> dict:
 
 async def _statistics(request: Request, name: str | None) -> dict:
     state = request.app.state
-    figures = await asyncio.to_thread(state.metrics.statistics)  # every worker's files when there are several
+    figures = await state.metrics.read_statistics()
     return {"model_stats": model_stats(state.registry, figures, name, path_version(request))}
 
 

@@ -208,7 +208,12 @@ def test_two_workers_share_the_port_and_their_statistics(tmp_path):
         for _ in range(8):  # a channel stays on one worker: new channels land on either
             result = client(srv).infer("imdb-lstm-small", [text_input(TEXTS)])
             assert np.array_equal(result.as_numpy("probabilities"), expected)
-        # Whichever worker answers, the statistics are the server's: 9 requests of 3 texts.
+        # Whichever worker answers, the statistics are the server's: 9 requests of 3 texts (each worker
+        # writes its figures within STATISTICS_FLUSH_S: wait for them, then ask workers in turn).
+        deadline = time.monotonic() + 10
+        while int(client(srv).get_inference_statistics("imdb-lstm-small", as_json=True)["model_stats"][0].get(
+                "inference_count", 0)) < 27 and time.monotonic() < deadline:
+            time.sleep(0.05)
         for _ in range(6):
             stats = client(srv).get_inference_statistics("imdb-lstm-small", as_json=True)["model_stats"][0]
             assert int(stats["inference_count"]) == 27
