@@ -21,7 +21,14 @@ from rnnserve import __version__
 from rnnserve.service.core.errors import ServiceError, Unauthorized
 from rnnserve.service.grpc import messages
 from rnnserve.service.grpc.tensors import fill_outputs, requested, v2_header
-from rnnserve.service.http.codecs import codec_for, inference, model_config, top_classes
+from rnnserve.service.http.codecs import (
+    check_classification,
+    codec_for,
+    inference,
+    model_config,
+    output_names,
+    top_classes,
+)
 from rnnserve.service.http.responses import model_stats, repository_index
 from rnnserve.service.http.v2 import metadata_of
 
@@ -148,11 +155,14 @@ class InferenceService:
         codec = codec_for(model)
         header, binary, raw = v2_header(request)
         rows = codec.decode_v2(model, header, binary, state.settings)
+        wanted = requested(request, output_names(model))  # checked before the model runs
+        for _, k in wanted:
+            if k is not None:
+                check_classification(model, k)
         model, out = await state.registry.call(request.model_name, version, inference(state.sequences, header, rows))
         tensors = codec.encode_v2(model, out)
         response = messages.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                                id=request.id)
-        wanted = requested(request, list(tensors))
         for name, k in wanted:
             if k is not None:
                 tensors[name] = top_classes(model, tensors[name], k)

@@ -156,8 +156,9 @@ def sequence_of(parameters: dict) -> SequenceStep | None:
     "" or none: no sequence), `sequence_start` and `sequence_end` booleans (default false)."""
     sequence_id = parameters.get("sequence_id", 0)
     flags = {key: parameters.get(f"sequence_{key}", False) for key in ("start", "end")}
-    if type(sequence_id) not in (int, str):
-        raise InvalidInput(f"parameter 'sequence_id' must be an integer or a string, not {echo(sequence_id)}")
+    if type(sequence_id) not in (int, str):  # JSON integers past 64 bits arrive as floats
+        raise InvalidInput(f"parameter 'sequence_id' must be an integer of at most 64 bits or a string, not "
+                           f"{echo(sequence_id)}")
     for key, flag in flags.items():
         if type(flag) is not bool:
             raise InvalidInput(f"parameter 'sequence_{key}' must be true or false, not {echo(flag)}")
@@ -169,15 +170,27 @@ def sequence_of(parameters: dict) -> SequenceStep | None:
     return SequenceStep(sequence_id, **flags)
 
 
-def top_classes(model: ModelRuntime, probabilities: np.ndarray, k: object) -> list[list[str]]:
-    """The classification extension: each row's k most probable classes as "score:index:label" (Triton's
-    format, the score with six decimals), most probable first; k beyond the class count gives them all.
-    InvalidInput unless k is an integer >= 1 and the model classifies."""
+def output_names(model: ModelRuntime) -> list[str]:
+    """The names of the V2 outputs the model gives."""
+    return [tensor["name"] for tensor in codec_for(model).v2_outputs(model)]
+
+
+def check_classification(model: ModelRuntime, k: object) -> list[str]:
+    """The model's classes for the classification extension; InvalidInput unless k is an integer >= 1 and the
+    model classifies. Handlers check it before running the model (a sequence's step must not run twice)."""
     classes = codec_for(model).classes(model)
     if not classes:
         raise InvalidInput(f"model {echo(model.name)} gives values, not classes: no classification")
     if type(k) is not int or k < 1:
         raise InvalidInput(f"parameter 'classification' must be an integer >= 1, not {echo(k)}")
+    return classes
+
+
+def top_classes(model: ModelRuntime, probabilities: np.ndarray, k: object) -> list[list[str]]:
+    """The classification extension: each row's k most probable classes as "score:index:label" (Triton's
+    format, the score with six decimals), most probable first; k beyond the class count gives them all.
+    InvalidInput as check_classification."""
+    classes = check_classification(model, k)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return [[f"{row[i]:f}:{i}:{classes[i]}" for i in top] for row, top in zip(probabilities, order)]
 

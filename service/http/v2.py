@@ -18,7 +18,14 @@ from fastapi import APIRouter, Request, Response
 from rnnserve import __version__
 from rnnserve.service.core.errors import BadRequest, InvalidInput, echo
 from rnnserve.service.http.body import VERSION_PARAMETER, check_json, json_response, parse, path_version
-from rnnserve.service.http.codecs import codec_for, inference, model_config, top_classes
+from rnnserve.service.http.codecs import (
+    check_classification,
+    codec_for,
+    inference,
+    model_config,
+    output_names,
+    top_classes,
+)
 from rnnserve.service.http.raw import raw_post
 from rnnserve.service.http.responses import model_stats
 from rnnserve.service.http.schemas import V2Error, V2GenerateRequest
@@ -164,10 +171,14 @@ async def infer(name: str, request: Request) -> Response:
         return header, codec.decode_v2(model, header, binary, state.settings)
 
     header, rows = await parse(request, decode)
+    wanted = _requested_outputs(header, output_names(model))  # checked before the model runs
+    for _, _, classes in wanted:
+        if classes is not None:
+            check_classification(model, classes)
     model, out = await state.registry.call(name, version, inference(state.sequences, header, rows))
     tensors = codec.encode_v2(model, out)
     outputs, blobs = [], []
-    for out_name, binary_out, classes in _requested_outputs(header, list(tensors)):
+    for out_name, binary_out, classes in wanted:
         value = tensors[out_name] if classes is None else top_classes(model, tensors[out_name], classes)
         if isinstance(value, np.ndarray):
             tensor = {"name": out_name, "datatype": "FP32", "shape": list(value.shape)}

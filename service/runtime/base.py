@@ -167,13 +167,17 @@ class ModelRuntime(ABC):
 
     async def step(self, rows: Sequence, state: list[np.ndarray] | None) -> tuple[Any, list[np.ndarray]]:
         """One input run from a carried state (None: the zero state): its result, as predict's, and the state
-        after it. InvalidInput for a runtime that is not stateful."""
+        after it. InvalidInput as check_step."""
+        self.check_step(rows)
+        return await self._counted(self._step(rows[0], state))
+
+    def check_step(self, rows: Sequence) -> None:
+        """InvalidInput unless this runtime is stateful and rows are one input (a sequence's request)."""
         if not self.stateful:
             raise InvalidInput(f"model {echo(self.name)} keeps no state between requests: a {self.task} package "
                                "runs each request whole (no sequence_id)")
         if len(rows) != 1:
             raise InvalidInput(f"a sequence's request carries one input, not {len(rows)}")
-        return await self._counted(self._step(rows[0], state))
 
     async def _predict(self, rows: Sequence) -> Any:
         runs, order = self._runs(rows)

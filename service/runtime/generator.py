@@ -89,7 +89,7 @@ class TextGenerator(ModelRuntime):
     async def _step(self, text: str, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
         """The text run from the state (None: zeros) in windows: the next character's probabilities [1, C] and
         the state after the text."""
-        ids = self.encode_prompt(text)
+        ids = self.encode_prompt(text, "text")
         state = self.zero_state() if state is None else state
         for start in range(0, len(ids), PROMPT_WINDOW):
             (logits, state), = await self.batcher.submit([(ids[start:start + PROMPT_WINDOW], state)])
@@ -97,10 +97,10 @@ class TextGenerator(ModelRuntime):
         p = np.exp(z - z.max())
         return (p / p.sum()).astype(np.float32)[None], state
 
-    def encode_prompt(self, prompt: str) -> np.ndarray:
+    def encode_prompt(self, prompt: str, what: str = "prompt") -> np.ndarray:
         ids, _ = self.tokenizer.encode(prompt)
         if not ids:
-            raise InvalidInput("the prompt is empty: give at least one character to continue")
+            raise InvalidInput(f"the {what} is empty: give at least one character to continue")
         return np.array(ids, np.int64)
 
     def sample(self, logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:

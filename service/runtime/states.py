@@ -54,15 +54,14 @@ class SequenceStates:
         """Run rows (one input) as the sequence's next step: from its state (zero at its start), the state
         after the step kept unless it ends. The model's result for the step. BadRequest for a step of a
         sequence that is not open."""
+        model.check_step(rows)
         path = self._path(model, sequence.id)
         lock = self._locks.get(path)
         if lock is None:
             lock = self._locks[path] = asyncio.Lock()
         async with lock:
-            if sequence.start:
-                await asyncio.to_thread(self._make_room, path.parent)
-                state = None
-            else:
+            state = None
+            if not sequence.start:
                 state = await asyncio.to_thread(self._read, path)
                 if state is None:
                     raise BadRequest(
@@ -70,8 +69,13 @@ class SequenceStates:
                         f"request has sequence_start true. It may have ended (sequence_end), been idle past "
                         f"{self.idle_s:g} s (SEQUENCE_IDLE_S) or been evicted as the least recently used of "
                         f"{self.max_sequences} (MAX_SEQUENCES)")
-            out, state = await model.step(rows, state)
-            await asyncio.to_thread(self._remove if sequence.end else self._write, path, state)
+            out, state = await model.step(rows, state)  # a step the model refuses changes nothing here
+            if sequence.end:
+                await asyncio.to_thread(path.unlink, True)
+            else:
+                if sequence.start:
+                    await asyncio.to_thread(self._make_room, path)
+                await asyncio.to_thread(self._write, path, state)
         return out
 
     def _path(self, model: ModelRuntime, sequence_id: int | str) -> Path:
@@ -100,15 +104,13 @@ class SequenceStates:
                 np.lib.format.write_array(fh, array, allow_pickle=False)
         os.replace(tmp, path)
 
-    def _remove(self, path: Path, state: list[np.ndarray]) -> None:
-        path.unlink(missing_ok=True)
-
-    def _make_room(self, folder: Path) -> None:
-        """Drop the version's idle sequences, then the least recently used while max_sequences are open."""
+    def _make_room(self, path: Path) -> None:
+        """Before the sequence at `path` opens: drop its version's idle sequences, then the least recently used
+        while max_sequences others are open (a sequence starting over takes no more room)."""
         now = time.time()
         open_ = []
-        for entry in os.scandir(folder) if folder.is_dir() else ():
-            if not entry.name.endswith(".npy"):
+        for entry in os.scandir(path.parent) if path.parent.is_dir() else ():
+            if not entry.name.endswith(".npy") or entry.name == path.name:
                 continue
             try:
                 used = entry.stat().st_mtime
@@ -119,5 +121,5 @@ class SequenceStates:
             else:
                 open_.append((used, entry.path))
         open_.sort()
-        for _, path in open_[:max(0, len(open_) - self.max_sequences + 1)]:
-            Path(path).unlink(missing_ok=True)
+        for _, victim in open_[:max(0, len(open_) - self.max_sequences + 1)]:
+            Path(victim).unlink(missing_ok=True)

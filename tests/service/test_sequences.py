@@ -90,14 +90,14 @@ def test_a_sequence_ends_expires_and_is_evicted_with_a_clear_error(tmp_path):
         srv.wait_ready(120)
         http = triton_http.InferenceServerClient(srv.url.removeprefix("http://"))
 
-        def step(sequence_id, start=False, end=False):
-            return http.infer(LM, [text_input(triton_http, "Oil ")], sequence_id=sequence_id,
-                              sequence_start=start, sequence_end=end)
+        def step(sequence_id, start=False, end=False, text="Oil ", **options):
+            return http.infer(LM, [text_input(triton_http, text)], sequence_id=sequence_id,
+                              sequence_start=start, sequence_end=end, **options)
 
-        def refused(sequence_id) -> str:
+        def refused(sequence_id, status="400", **options) -> str:
             with pytest.raises(InferenceServerException) as err:
-                step(sequence_id)
-            assert err.value.status() == "400"
+                step(sequence_id, **options)
+            assert err.value.status() == status
             return err.value.message()
 
         step(1, start=True)
@@ -107,6 +107,16 @@ def test_a_sequence_ends_expires_and_is_evicted_with_a_clear_error(tmp_path):
             step(sequence_id, start=True)
         assert "evicted as the least recently used of 2 (MAX_SEQUENCES)" in refused("a")
         step("b")
+        step("c")
+        # Refused requests change nothing: a start that starts "c" over, or whose input is refused, evicts
+        # no other sequence; a step whose outputs are refused does not move "b" on.
+        step("c", start=True)
+        assert "the text is empty" in refused("d", status="422", start=True, text="")
+        assert "unknown output 'nope'" in refused("b", status="422", text="net profit",
+                                                  outputs=[triton_http.InferRequestedOutput("nope")])
+        moved = step("b", text="net profit").as_numpy("probabilities")
+        whole = http.infer(LM, [text_input(triton_http, "Oil Oil net profit")]).as_numpy("probabilities")
+        assert np.abs(moved - whole).max() <= 1e-5
         step("c")
         time.sleep(1.5)  # past SEQUENCE_IDLE_S: an expiry is time passing, there is nothing else to wait on
         assert "idle past 1 s (SEQUENCE_IDLE_S)" in refused("b")
@@ -136,5 +146,8 @@ def test_models_that_keep_no_state_refuse_sequences(two_workers):
         grpc_client.infer("imdb-lstm-small", [text_input(triton_grpc, "a film")], sequence_id=3, sequence_start=True)
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "keeps no state between requests" in err.value.message()
+    with pytest.raises(InferenceServerException) as err:  # a step that is not a start: the same answer
+        http.infer("imdb-lstm-small", [text_input(triton_http, "a film")], sequence_id=3)
+    assert err.value.status() == "422" and "keeps no state between requests" in err.value.message()
     assert {"sequence", "sequence(string_id)"} <= set(grpc_client.get_server_metadata().extensions)
     assert {"sequence", "sequence(string_id)"} <= set(http.get_server_metadata()["extensions"])
