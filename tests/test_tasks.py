@@ -50,6 +50,31 @@ def test_sequence_packages_declare_their_input_and_pass_parity(task_repo, name):
     assert meta.task == {"waves-kind": "sequence-classification"}.get(name, "sequence-regression")
     assert meta.output.shape == {"waves-next": [None, 1], "waves-kind": [None, 4],
                                        "waves-steps": [None, 10, 1]}[name]
+    # one-way LSTMs: a step-wise graph too, for the sequence extension, gated against the whole graph
+    assert meta.stepwise == "stepwise.onnx" and [s["input"] for s in meta.state] == ["state_in_0", "cell_in_0"]
+    assert meta.parity["stepwise"]["max_abs_diff"] <= 1e-5 and meta.parity["stepwise"]["chunks"] == 4
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_a_sequence_sent_in_steps_gives_what_the_whole_gives(client, name):
+    """The V2 sequence extension on numeric models: chunks of 3, 1, 4 and 2 steps, the server carrying the
+    state; the last step's answer (per-step models: every step's, in order) equals the whole sequence's."""
+    x = waves(1, seed=11)
+
+    def infer(chunk: np.ndarray, **parameters) -> np.ndarray:
+        body = {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": list(chunk.shape),
+                            "data": chunk.ravel().tolist()}], "parameters": parameters}
+        r = client.post(f"/v2/models/{name}/infer", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        return np.array(out["data"], np.float32).reshape(out["shape"])
+
+    whole = infer(x)
+    cuts = [0, 3, 4, 8, 10]
+    steps = [infer(x[:, a:b], sequence_id=f"{name}-1", sequence_start=a == 0, sequence_end=b == 10)
+             for a, b in zip(cuts, cuts[1:])]
+    got = np.concatenate(steps, axis=1) if whole.ndim == 3 else steps[-1]
+    assert np.abs(got - whole).max() <= 1e-5
 
 
 def test_sequence_predictions_over_http_equal_offline(client, task_repo):
@@ -117,10 +142,13 @@ def test_v2_takes_fp32_tensors_json_and_binary(client, task_repo):
     ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1],
                                                  "data": [0.0] * 9}]}, 422, "10 numbers"),
     ("/v2/models/lm/infer", {"inputs": []}, 422, "one input tensor named 'text'"),
-    ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1],
-                                                 "data": [0.0] * 10}], "parameters": {"sequence_id": 7,
-                                                                                      "sequence_start": True}},
+    ("/v2/models/chars/infer", {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+                                "parameters": {"sequence_id": 7, "sequence_start": True}},
      422, "keeps no state between requests"),
+    ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 11, 1],
+                                                 "data": [0.0] * 11}], "parameters": {"sequence_id": 7,
+                                                                                      "sequence_start": True}},
+     422, "[N, 1..10, 1]"),
     # strict numbers, and nesting that follows the declared shape (issue 21)
     ("/v1/models/waves-next/predict", {"sequences": [[True] * 10]}, 422, "sequences"),
     ("/v1/models/waves-next/predict", {"sequences": [["0.5"] * 10]}, 422, "sequences"),

@@ -40,6 +40,7 @@ from rnnserve.training.onnx_rnn import (
     is_recurrent,
     loop_ops,
     stepwise_lm,
+    stepwise_sequences,
     unique_opsets,
 )
 from rnnserve.training.train import load_dataset, member_files, run_files
@@ -259,9 +260,10 @@ def check_target(models_dir: str | Path, name: str, version: int, overwrite: boo
     return target
 
 
-def write_package(models_dir: str | Path, name: str, version: int, proto: onnx.ModelProto, files: dict[str, str],
-                  metadata: dict, versions: dict[str, str], extras: list[Path] = (), overwrite: bool = False) -> Path:
-    """Write MODELS/NAME/VERSION: model.onnx, the text files (name -> content), copies of `extras`, and
+def write_package(models_dir: str | Path, name: str, version: int, proto: onnx.ModelProto,
+                  files: dict[str, str | bytes], metadata: dict, versions: dict[str, str], extras: list[Path] = (),
+                  overwrite: bool = False) -> Path:
+    """Write MODELS/NAME/VERSION: model.onnx, the files (name -> text or bytes), copies of `extras`, and
     metadata.json (`metadata` plus the format, name, version, the ONNX file's facts, library versions and the
     time), checked against the format the service reads before anything is written."""
     target = check_target(models_dir, name, version, overwrite)
@@ -280,8 +282,11 @@ def write_package(models_dir: str | Path, name: str, version: int, proto: onnx.M
         stage = Path(tmp) / "pkg"
         stage.mkdir()
         (stage / "model.onnx").write_bytes(onnx_bytes)
-        for filename, text in files.items():
-            (stage / filename).write_text(text, encoding="utf-8")
+        for filename, content in files.items():
+            if isinstance(content, bytes):
+                (stage / filename).write_bytes(content)
+            else:
+                (stage / filename).write_text(content, encoding="utf-8")
         for extra in extras:
             shutil.copy2(extra, stage / extra.name)
         (stage / "metadata.json").write_text(json.dumps(metadata, indent=2))
@@ -329,7 +334,12 @@ def _sequence_package(cfg, run, models, data_dir, parity_examples, atol, native)
     x = prepare_sequences(cfg).x_test[:parity_examples]  # normalised as the service normalises
     parity = parity_gate(models, proto.SerializeToString(), x, x, atol, SEQUENCE_INPUT, output)
     out_shape = [None, len(labels)] if labels else [None, steps, 1] if spec["per_step"] else [None, 1]
-    return proto, {}, {
+    files, stepwise = {}, {}
+    if step := stepwise_sequences(proto):  # the V2 sequence extension's graph, where the model allows one
+        files["stepwise.onnx"] = step[0].SerializeToString()
+        parity["stepwise"] = stepwise_gate(proto, step[0], step[1], x[:200], output, atol)
+        stepwise = {"stepwise": "stepwise.onnx", "state": step[1]}
+    return proto, files, stepwise | {
         "task": spec["task"],
         "labels": labels,
         "architecture": {},
@@ -339,6 +349,31 @@ def _sequence_package(cfg, run, models, data_dir, parity_examples, atol, native)
         "output": {"name": output, "dtype": "float32", "shape": out_shape},
         "parity": parity,
     }
+
+
+def stepwise_gate(whole: onnx.ModelProto, step: onnx.ModelProto, states: list[dict], x: np.ndarray, output: str,
+                  atol: float) -> dict:
+    """The step-wise graph fed each sequence of x [N, T, F] in chunks of 1, 2, 3... steps, each from the state
+    the chunk before left, against the whole graph on whole sequences: the last chunk's output (last-step
+    models) or every chunk's outputs in order (per-step models) within atol, else ExportError."""
+    import onnxruntime as ort
+
+    run_whole = ort.InferenceSession(whole.SerializeToString(), providers=["CPUExecutionProvider"])
+    run_step = ort.InferenceSession(step.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = run_whole.run([output], {SEQUENCE_INPUT: x})[0]
+    state = {s["input"]: np.zeros((1, len(x), s["shape"][2]), np.float32) for s in states}
+    names = [output, *(s["output"] for s in states)]
+    outs, start, size = [], 0, 1
+    while start < x.shape[1]:
+        out, *after = run_step.run(names, {SEQUENCE_INPUT: x[:, start:start + size], **state})
+        outs.append(out)
+        state = {s["input"]: value for s, value in zip(states, after)}
+        start, size = start + size, size + 1
+    got = np.concatenate(outs, axis=1) if expected.ndim == 3 else outs[-1]
+    diff = float(np.abs(got - expected).max())
+    if diff > atol:
+        raise ExportError(f"step-wise graph: |chunks - whole| = {diff:.3g} > {atol:g} on {len(x)} sequences")
+    return {"examples": len(x), "chunks": len(outs), "max_abs_diff": diff, "atol": atol}
 
 
 def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):

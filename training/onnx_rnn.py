@@ -264,6 +264,56 @@ def stepwise_lm(model, opset: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
+# Ops whose output at a step depends on later steps (or on the whole sequence): no step-wise graph then.
+WHOLE_SEQUENCE_OPS = ("Conv", "MaxPool", "AveragePool", "ReduceMean", "ReduceMax", "ReduceSum", "GlobalMaxPool",
+                      "GlobalAveragePool", "Loop", "Scan")
+
+
+def stepwise_sequences(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]] | None:
+    """A numeric-sequence graph (`sequences` [N, T, F] in) made step-wise, as the language model's is: each
+    recurrent node's initial state a graph input (`state_in_i` [1, N, H], LSTMs also `cell_in_i`) and its
+    state after the last step an output (`state_out_i`, `cell_out_i`), any T. Running a sequence in chunks,
+    each from the state the one before left, gives what the whole sequence gives (export's stepwise_gate
+    checks it). None for graphs whose steps depend on later steps: a bidirectional or masked layer, a Conv1D
+    or pooling front, pooling over the steps. (model, state pairs as the package's `state`)."""
+    if any(node.op_type in WHOLE_SEQUENCE_OPS for node in model.graph.node):
+        return None
+    recurrent = [node for node in model.graph.node if node.op_type in OPS.values()]
+    for node in recurrent:
+        direction = next((a.s.decode() for a in node.attribute if a.name == "direction"), "forward")
+        if direction != "forward" or (len(node.input) > 4 and node.input[4]):
+            return None
+    if not recurrent:
+        return None
+    step = onnx.ModelProto()
+    step.CopyFrom(model)
+    g = step.graph
+    states = []
+    for i, node in enumerate(n for n in g.node if n.op_type in OPS.values()):
+        hidden = next(a.i for a in node.attribute if a.name == "hidden_size")
+        pairs = [("state", 5, 1)] + ([("cell", 6, 2)] if node.op_type == "LSTM" else [])
+        inputs, outputs = list(node.input), list(node.output)
+        for kind, at_in, at_out in pairs:
+            inputs += [""] * (at_in + 1 - len(inputs))
+            outputs += [""] * (at_out + 1 - len(outputs))
+            inputs[at_in], outputs[at_out] = f"{kind}_in_{i}", outputs[at_out] or f"step/{i}/{kind}"
+            g.input.append(helper.make_tensor_value_info(f"{kind}_in_{i}", TensorProto.FLOAT, [1, "N", hidden]))
+            g.output.append(helper.make_tensor_value_info(f"{kind}_out_{i}", TensorProto.FLOAT, [1, "N", hidden]))
+            g.node.append(helper.make_node("Identity", [outputs[at_out]], [f"{kind}_out_{i}"]))
+            states.append({"input": f"{kind}_in_{i}", "output": f"{kind}_out_{i}", "shape": [1, None, hidden]})
+        node.input[:] = inputs
+        del node.output[:]
+        node.output.extend(outputs)
+    for value in (g.input[0], g.output[0]):  # any number of steps in, and per step out
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 3:
+            dims[1].ClearField("dim_value")
+            dims[1].dim_param = "T"
+    del g.value_info[:]  # shapes inferred for a fixed T
+    onnx.checker.check_model(step)
+    return step, states
+
+
 def unique_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
     """One opset import per domain, its highest version (onnx.compose.merge_models keeps both models' lists,
     so merged models named each domain twice, which onnxruntime's quantizer refuses). Changes `model`."""

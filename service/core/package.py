@@ -33,6 +33,7 @@ REQUIRED_FILES = ("model.onnx", "metadata.json")  # and tokenizer.json for the t
 # no "..", no "/", no leading dot; at most 128 characters (a file name has 255 bytes at most)
 NAME_RE = re.compile(r"(?=.{1,128}$)[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 VERSION_RE = re.compile(r"[0-9]{1,9}")
+STEPWISE_RE = re.compile(r"[A-Za-z0-9_-]+\.onnx")  # a file name, nothing of a path
 PLOT_RE = re.compile(r"[A-Za-z0-9_-]+\.png")  # the training plots a package may carry, served to the page
 
 
@@ -113,7 +114,10 @@ class PackageMetadata(BaseModel):
     input: TensorSpec
     output: TensorSpec
     dynamic_length: bool = Field(False, description="masked model: pad to the batch's longest text")
-    state: list[StateSpec] = []
+    state: list[StateSpec] = Field([], description="the step-wise graph's carried state, one pair a recurrent "
+                                   "node: the language model's model.onnx, or a numeric model's `stepwise` file")
+    stepwise: str | None = Field(None, description="a numeric-sequence package's step-wise graph (the V2 sequence "
+                                 "extension), a file beside model.onnx")
     serving: Serving = Serving()
     padding: Literal["pre", "post"] | None = None
     truncating: Literal["pre", "post"] | None = None
@@ -193,6 +197,9 @@ def read_package(path: str | Path) -> Package:
             raise PackageError(f"a sequence package declares its input shape [null, T, F]; got {shape!r}")
     elif not (path / "tokenizer.json").is_file():
         raise PackageError("missing tokenizer.json")
+    if metadata.stepwise is not None and not (
+            STEPWISE_RE.fullmatch(metadata.stepwise) and (path / metadata.stepwise).is_file() and metadata.state):
+        raise PackageError(f"stepwise {metadata.stepwise!r} must name a .onnx file beside model.onnx, with its state")
     expected = metadata.onnx.sha256
     actual = sha256_file(path / "model.onnx")
     if expected != actual:
@@ -223,21 +230,23 @@ def parse_metadata(raw: bytes | str | dict) -> PackageMetadata:
         raise PackageError(f"metadata.json: {fields}") from None
 
 
-def check_io(package: Package, inputs: list, outputs: list) -> None:
-    """Compare an ONNX session's declared inputs/outputs with the metadata (duck-typed NodeArgs)."""
+def check_io(package: Package, inputs: list, outputs: list, stepwise: bool = False) -> None:
+    """Compare an ONNX session's declared inputs/outputs with the metadata (duck-typed NodeArgs). stepwise:
+    the session runs the package's `stepwise` file (the state pairs are its, and it takes any T)."""
     meta = package.metadata
     by_name_in = {i.name: i for i in inputs}
     by_name_out = {o.name: o for o in outputs}
-    want_in = [meta.input.name, *(s["input"] for s in meta.state)]
-    want_out = [meta.output.name, *(s["output"] for s in meta.state)]
+    states = meta.state if stepwise or meta.stepwise is None else []
+    want_in = [meta.input.name, *(s["input"] for s in states)]
+    want_out = [meta.output.name, *(s["output"] for s in states)]
     if list(by_name_in) != want_in:
         raise PackageError(f"model inputs are {list(by_name_in)}, expected {want_in}")
     if not set(want_out) <= set(by_name_out):
         raise PackageError(f"model outputs {list(by_name_out)} lack {sorted(set(want_out) - set(by_name_out))}")
     if package.task != Task.TEXT_CLASSIFICATION:
         shape = by_name_in[want_in[0]].shape
-        if package.task != Task.TEXT_GENERATION and [d if isinstance(d, int) else None for d in shape[1:]] != \
-                meta.input.shape[1:]:
+        if package.task != Task.TEXT_GENERATION and not stepwise and \
+                [d if isinstance(d, int) else None for d in shape[1:]] != meta.input.shape[1:]:
             raise PackageError(f"model input shape {shape} differs from the metadata's {meta.input.shape}")
         return
     in_shape = by_name_in[INPUT_NAME].shape

@@ -131,7 +131,10 @@ class SequenceCodec(Codec):
         return [{"name": SEQUENCES_NAME, "datatype": "FP32", "shape": [-1, *model.shape]}]
 
     def decode_v2(self, model: SequenceModel, header: dict, binary: bytes, settings: Settings) -> np.ndarray:
-        return model.as_input(read_sequences(header, binary, model.shape, settings.max_texts_per_request))
+        # A sequence's step may carry 1..T steps, the state carrying the ones before.
+        stepping = model.stateful and _in_sequence(header)
+        x = read_sequences(header, binary, model.shape, settings.max_texts_per_request, up_to_steps=stepping)
+        return model.as_input(x, steps=x.shape[1] if stepping else None)
 
 
 CODECS: dict[type[ModelRuntime], Codec] = {TextClassifier: TextCodec(), SequenceModel: SequenceCodec(),
@@ -149,6 +152,11 @@ def inference(states: SequenceStates, header: dict, rows: Sequence) -> Callable[
     if sequence is None:
         return lambda model: model.predict(rows)
     return lambda model: states.step(model, sequence, rows)
+
+
+def _in_sequence(header: dict) -> bool:
+    parameters = header.get("parameters")
+    return isinstance(parameters, dict) and parameters.get("sequence_id") not in (None, 0, "")
 
 
 def sequence_of(parameters: dict) -> SequenceStep | None:

@@ -62,16 +62,23 @@ def read_texts(header: dict, binary: bytes, max_texts: int) -> list[str]:
     return texts
 
 
-def read_sequences(header: dict, binary: bytes, shape: tuple[int, int], max_rows: int) -> np.ndarray:
-    """One FP32 tensor `sequences` [N, T, F]: JSON data (flat, row-major, or nested) or binary little-endian."""
+def read_sequences(header: dict, binary: bytes, shape: tuple[int, int], max_rows: int,
+                   up_to_steps: bool = False) -> np.ndarray:
+    """One FP32 tensor `sequences` [N, T, F]: JSON data (flat, row-major, or nested) or binary little-endian.
+    up_to_steps: T may be 1..shape[0] (a sequence's step)."""
     tensor = one_input(header, SEQUENCES_NAME, "FP32")
     declared = tensor.get("shape")
+    steps = shape[0]
+    if (up_to_steps and isinstance(declared, list) and len(declared) == 3 and type(declared[1]) is int
+            and 1 <= declared[1] <= shape[0]):
+        steps = declared[1]
     if not (isinstance(declared, list) and len(declared) == 3 and all(type(d) is int for d in declared)
-            and declared[0] >= 1 and tuple(declared[1:]) == tuple(shape)):
-        raise InvalidInput(f"input shape must be [N, {shape[0]}, {shape[1]}] with N >= 1, got {echo(declared)}")
+            and declared[0] >= 1 and tuple(declared[1:]) == (steps, shape[1])):
+        expected = f"1..{shape[0]}" if up_to_steps else shape[0]
+        raise InvalidInput(f"input shape must be [N, {expected}, {shape[1]}] with N >= 1, got {echo(declared)}")
     if declared[0] > max_rows:  # before decoding anything
         raise PayloadTooLarge(f"{declared[0]} sequences in one request; the limit is {max_rows}")
-    count = declared[0] * shape[0] * shape[1]
+    count = declared[0] * steps * shape[1]
     size = binary_size(tensor, binary)
     if size is not None:
         if size != count * 4:

@@ -1,6 +1,8 @@
 """SequenceModel: runs a numeric-sequence package (classification or regression, one output per sequence or
 per step). Requests queue their sequences; the batcher stacks them, normalises them with the package's
-statistics (service/core/sequences.py, as in training) and runs onnxruntime in its worker thread.
+statistics (service/core/sequences.py, as in training) and runs onnxruntime in its worker thread. A package
+with a step-wise graph (`stepwise`, export's stepwise_sequences) also runs sequences step by step from a
+carried state (`step`: the V2 sequence extension), on a batcher of its own: step rows carry their state.
 
     with SequenceModel.open("models/waves-next/1") as model:
         model.predict_batch(np.zeros((2, 10, 1), np.float32))   # [2, 1] values
@@ -10,13 +12,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnserve.service.core.package import Task
+from rnnserve.service.core.package import Task, check_io
 from rnnserve.service.core.sequences import as_sequences, normalize
-from rnnserve.service.runtime.base import ModelRuntime
+from rnnserve.service.runtime.base import ModelRuntime, RuntimeObserver, RuntimeOptions
+from rnnserve.service.runtime.batcher import Batcher
+from rnnserve.service.runtime.session import OrtSession
 
 
 class SequenceModel(ModelRuntime):
+    """Runs a numeric-sequence model: sequences float32 [N, T, F] -> class probabilities [N, C] or values
+    [N, 1] / [N, T, 1]; with a step-wise graph, `step` runs one sequence of 1..T steps from a carried state."""
+
     tasks = (Task.SEQUENCE_CLASSIFICATION, Task.SEQUENCE_REGRESSION)
+
+    def __init__(self, package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
+                 observer: RuntimeObserver | None = None):
+        super().__init__(package, session, options, observer)
+        meta = package.metadata
+        self.stepwise, self.steps = None, None
+        if meta.stepwise:
+            self.stepwise = OrtSession(package.path / meta.stepwise, options.provider, options.intra_op_threads,
+                                       meta.input.name, meta.output.name)
+            check_io(package, self.stepwise.inputs(), self.stepwise.outputs(), stepwise=True)
+            self.steps = Batcher(self._run_steps, max_batch_size=self.batcher.max_batch_size,
+                                 max_delay_s=self.batcher.max_delay_s, max_queue=options.max_queue,
+                                 name=f"{self.name}/{self.version}/steps")
+
+    @property
+    def stateful(self) -> bool:
+        return self.stepwise is not None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -37,6 +61,42 @@ class SequenceModel(ModelRuntime):
         x = normalize(np.stack(rows), self.package.metadata.input.normalization)
         return self.session.run(x)
 
-    def as_input(self, values) -> np.ndarray:
-        """A request's nested lists -> float32 [N, T, F], or InvalidInput naming the shape this model takes."""
-        return as_sequences(values, *self.shape)
+    def as_input(self, values, steps: int | None = None) -> np.ndarray:
+        """A request's nested lists -> float32 [N, T, F] (T: the model's, or `steps`), or InvalidInput naming
+        the shape this model takes."""
+        return as_sequences(values, steps or self.shape[0], self.shape[1])
+
+    def zero_state(self) -> list[np.ndarray]:
+        return [np.zeros((1, s["shape"][2]), np.float32) for s in self.package.metadata.state]
+
+    async def _step(self, row: np.ndarray, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        (out, state), = await self.steps.submit([(row, self.zero_state() if state is None else state)])
+        return out[None], state
+
+    def _run_steps(self, rows: list[tuple[np.ndarray, list[np.ndarray]]]) -> list:
+        """Rows of (sequence [T, F], states [1, H] each) -> (output row, states after it) each; rows of equal
+        length share one run of the step-wise graph."""
+        meta = self.package.metadata
+        out: list = [None] * len(rows)
+        by_length: dict[int, list[int]] = {}
+        for i, (x, _) in enumerate(rows):
+            by_length.setdefault(len(x), []).append(i)
+        names = [meta.output.name, *(s["output"] for s in meta.state)]
+        for members in by_length.values():
+            feeds = {meta.input.name: normalize(np.stack([rows[i][0] for i in members]), meta.input.normalization)}
+            for k, s in enumerate(meta.state):  # per row [1, H] -> [1, N, H]
+                feeds[s["input"]] = np.stack([rows[i][1][k] for i in members], axis=1)
+            result, *states = self.stepwise.run_outputs(names, feeds)
+            for j, i in enumerate(members):
+                out[i] = (result[j], [st[:, j] for st in states])
+        return out
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        if self.steps is not None:
+            await self.steps.close(grace_s)
+        await super().close(grace_s)
+
+    def __exit__(self, *exc) -> None:
+        if self.steps is not None:
+            self.steps.shutdown()
+        super().__exit__(*exc)

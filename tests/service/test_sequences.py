@@ -23,10 +23,10 @@ TEXT = ("Oil prices rose sharply on Monday after the company said it would cut o
 
 
 def lm_repo(tmp_path):
-    """The bundled language model, and a classifier (which keeps no state)."""
+    """The bundled language model, the numeric model (its step-wise graph beside), a classifier (no state)."""
     models = tmp_path / "models"
     models.mkdir()
-    for name in (LM, "imdb-lstm-small"):
+    for name in (LM, "imdb-lstm-small", "waves-lstm-tutorial"):
         (models / name).symlink_to(ROOT / "models" / name)
     return models
 
@@ -151,3 +151,25 @@ def test_models_that_keep_no_state_refuse_sequences(two_workers):
     assert err.value.status() == "422" and "keeps no state between requests" in err.value.message()
     assert {"sequence", "sequence(string_id)"} <= set(grpc_client.get_server_metadata().extensions)
     assert {"sequence", "sequence(string_id)"} <= set(http.get_server_metadata()["extensions"])
+
+
+def test_a_numeric_sequence_in_steps_over_a_grpc_stream(two_workers):
+    """The bundled waves-lstm-tutorial through its step-wise graph: 10 steps sent 2, 5 and 3 at a time."""
+    x = np.random.default_rng(5).normal(size=(1, 10, 1)).astype(np.float32)
+
+    def tensor(chunk: np.ndarray) -> triton_grpc.InferInput:
+        t = triton_grpc.InferInput("sequences", list(chunk.shape), "FP32")
+        t.set_data_from_numpy(chunk)
+        return t
+
+    client = triton_grpc.InferenceServerClient(two_workers[0].grpc)
+    whole = client.infer("waves-lstm-tutorial", [tensor(x)]).as_numpy("values")
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    for a, b in ((0, 2), (2, 7), (7, 10)):
+        client.async_stream_infer("waves-lstm-tutorial", [tensor(x[:, a:b])], sequence_id=11,
+                                  sequence_start=a == 0, sequence_end=b == 10)
+    answers = [results.get(timeout=30) for _ in range(3)]
+    client.stop_stream()
+    assert all(error is None for _, error in answers), [error for _, error in answers if error]
+    assert np.abs(answers[-1][0].as_numpy("values") - whole).max() <= 1e-5

@@ -119,3 +119,41 @@ def test_masked_export_matches_keras_on_mixed_lengths(reviews_csv, tmp_path):
     keras_p = predict_proba(keras.models.load_model(tmp_path / "runs" / "masked" / "model.keras"), x_keras)
     assert np.abs(session.run(None, {"input_ids": x_onnx})[0] - keras_p).max() < 1e-5
     assert np.abs(session.run(None, {"input_ids": short})[0] - keras_p[:3]).max() < 1e-5
+
+
+@pytest.mark.parametrize("change,eligible", [(None, True), ("bidirectional", False), ("conv", False),
+                                             ("sequence_lens", False)])
+def test_a_step_wise_graph_only_where_steps_depend_on_earlier_steps_alone(change, eligible):
+    """stepwise_sequences on a small LSTM regression graph, and on the variants whose outputs at a step depend
+    on later steps: a backward direction, a Conv front, masking (sequence_lens)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rnnserve.training.onnx_rnn import stepwise_sequences
+
+    rng = np.random.default_rng(0)
+    dirs = 2 if change == "bidirectional" else 1
+    inits = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name) for name, shape in (
+        ("W", (dirs, 16, 1)), ("R", (dirs, 16, 4)), ("B", (dirs, 32)), ("k", (1, 1, 1)))]
+    inits.append(numpy_helper.from_array(np.array([10], np.int32), "lens"))
+    x = "x"
+    nodes = [helper.make_node("Transpose", ["sequences"], ["x"], perm=[1, 0, 2])]
+    if change == "conv":
+        nodes = [helper.make_node("Transpose", ["sequences"], ["c"], perm=[0, 2, 1]),
+                 helper.make_node("Conv", ["c", "k"], ["c2"]),
+                 helper.make_node("Transpose", ["c2"], ["x"], perm=[2, 0, 1])]
+    lens = "lens" if change == "sequence_lens" else ""
+    nodes.append(helper.make_node("LSTM", [x, "W", "R", "B", lens], ["Y", "Y_h"], hidden_size=4,
+                                  direction="bidirectional" if dirs == 2 else "forward"))
+    nodes.append(helper.make_node("Identity", ["Y_h"], ["values"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("sequences", TensorProto.FLOAT,
+                                                                         ["N", 10, 1])],
+                              [helper.make_tensor_value_info("values", TensorProto.FLOAT, [dirs, "N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    result = stepwise_sequences(model)
+    assert (result is not None) == eligible
+    if eligible:
+        step, states = result
+        assert [i.name for i in step.graph.input] == ["sequences", "state_in_0", "cell_in_0"]
+        assert [s["output"] for s in states] == ["state_out_0", "cell_out_0"]
+        onnx.checker.check_model(step)
