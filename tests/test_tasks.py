@@ -69,12 +69,21 @@ def test_a_sequence_sent_in_steps_gives_what_the_whole_gives(client, name):
         out = r.json()["outputs"][0]
         return np.array(out["data"], np.float32).reshape(out["shape"])
 
+    def stats() -> dict:
+        return client.get(f"/v2/models/{name}/stats").json()["model_stats"][0]
+
     whole = infer(x)
+    before = stats()
     cuts = [0, 3, 4, 8, 10]
     steps = [infer(x[:, a:b], sequence_id=f"{name}-1", sequence_start=a == 0, sequence_end=b == 10)
              for a, b in zip(cuts, cuts[1:])]
     got = np.concatenate(steps, axis=1) if whole.ndim == 3 else steps[-1]
     assert np.abs(got - whole).max() <= 1e-5
+    after = stats()  # the steps are runs like any other in the statistics extension
+    for key in ("inference_count", "execution_count"):
+        assert after[key] - before[key] == 4, key
+    for stat in ("success", "compute_infer"):
+        assert after["inference_stats"][stat]["count"] - before["inference_stats"][stat]["count"] == 4, stat
 
 
 def test_sequence_predictions_over_http_equal_offline(client, task_repo):
@@ -149,6 +158,9 @@ def test_v2_takes_fp32_tensors_json_and_binary(client, task_repo):
                                                  "data": [0.0] * 11}], "parameters": {"sequence_id": 7,
                                                                                       "sequence_start": True}},
      422, "[N, 1..10, 1]"),
+    ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 3, 1],
+                                                 "data": [0.0] * 3}], "parameters": {"sequence_start": True}},
+     422, "need a sequence_id"),
     # strict numbers, and nesting that follows the declared shape (issue 21)
     ("/v1/models/waves-next/predict", {"sequences": [[True] * 10]}, 422, "sequences"),
     ("/v1/models/waves-next/predict", {"sequences": [["0.5"] * 10]}, 422, "sequences"),

@@ -155,8 +155,9 @@ def inference(states: SequenceStates, header: dict, rows: Sequence) -> Callable[
 
 
 def _in_sequence(header: dict) -> bool:
+    """Whether the request is a sequence's step (its parameters checked first: InvalidInput as sequence_of)."""
     parameters = header.get("parameters")
-    return isinstance(parameters, dict) and parameters.get("sequence_id") not in (None, 0, "")
+    return isinstance(parameters, dict) and sequence_of(parameters) is not None
 
 
 def sequence_of(parameters: dict) -> SequenceStep | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self
@@ -73,7 +73,8 @@ class ModelRuntime(ABC):
         self.package, self.session, self.observer = package, session, observer
         serving = package.metadata.serving
         delay_ms = options.max_batch_delay_ms if serving.max_batch_delay_ms is None else serving.max_batch_delay_ms
-        self._times = BatchTimes(0.0, 0.0, 0.0)  # the last batch's (the batcher runs one batch at a time)
+        # The last batch's times, per batcher (each runs one batch at a time; a runtime may have two).
+        self._times: dict[OrtSession, BatchTimes] = {}
         self.batcher = Batcher(self._timed_run if observer else self.run_batch,
                                max_batch_size=serving.max_batch_size or options.max_batch_size,
                                max_delay_s=delay_ms / 1000, max_queue=options.max_queue,
@@ -119,19 +120,21 @@ class ModelRuntime(ABC):
     def run_batch(self, rows: list) -> Any:
         """Rows -> one result for them, sliceable by row and len(rows) long (the batcher's worker thread)."""
 
-    def _timed_run(self, rows: list) -> Any:
-        """run_batch, its times kept for the observer: in onnxruntime's runs, after the last one, and the rest
-        (before the first, and between runs: making their inputs)."""
-        clock = self.session.clock(reset=True)
+    def _timed_run(self, rows: list, run: Callable[[list], Any] | None = None,
+                   session: OrtSession | None = None) -> Any:
+        """run_batch (or `run` on `session`), its times kept for the observer: in onnxruntime's runs, after the
+        last one, and the rest (before the first, and between runs: making their inputs)."""
+        clock = (session or self.session).clock(reset=True)
         started = time.perf_counter()
-        out = self.run_batch(rows)
+        out = (run or self.run_batch)(rows)
         ended = time.perf_counter()
         output = ended - clock.last if clock.first is not None else 0.0
-        self._times = BatchTimes(ended - started - clock.seconds - output, clock.seconds, output)
+        self._times[session or self.session] = BatchTimes(ended - started - clock.seconds - output, clock.seconds,
+                                                          output)
         return out
 
-    def _batch_done(self, rows: int, waits: list[float]) -> None:
-        self.observer.batch(rows, waits, self._times)
+    def _batch_done(self, rows: int, waits: list[float], session: OrtSession | None = None) -> None:
+        self.observer.batch(rows, waits, self._times[session or self.session])
 
     def concat(self, parts: list) -> Any:
         """Results of consecutive runs as one (numpy arrays by default)."""

@@ -10,6 +10,8 @@ carried state (`step`: the V2 sequence extension), on a batcher of its own: step
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from rnnserve.service.core.package import Task, check_io
@@ -34,8 +36,11 @@ class SequenceModel(ModelRuntime):
             self.stepwise = OrtSession(package.path / meta.stepwise, options.provider, options.intra_op_threads,
                                        meta.input.name, meta.output.name)
             check_io(package, self.stepwise.inputs(), self.stepwise.outputs(), stepwise=True)
-            self.steps = Batcher(self._run_steps, max_batch_size=self.batcher.max_batch_size,
+            timed = functools.partial(self._timed_run, run=self._run_steps, session=self.stepwise)
+            self.steps = Batcher(timed if observer else self._run_steps, max_batch_size=self.batcher.max_batch_size,
                                  max_delay_s=self.batcher.max_delay_s, max_queue=options.max_queue,
+                                 observer=functools.partial(self._batch_done, session=self.stepwise)
+                                 if observer else None,
                                  name=f"{self.name}/{self.version}/steps")
 
     @property
