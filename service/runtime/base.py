@@ -182,6 +182,10 @@ class ModelRuntime(ABC):
         if len(rows) != 1:
             raise InvalidInput(f"a sequence's request carries one input, not {len(rows)}")
 
+    def zero_state(self) -> list[np.ndarray]:
+        """A sequence's state before its first step: zeros [1, H] for each of the package's state pairs."""
+        return [np.zeros((1, s["shape"][2]), np.float32) for s in self.package.metadata.state]
+
     async def _predict(self, rows: Sequence) -> Any:
         runs, order = self._runs(rows)
         if len(runs) == 1:

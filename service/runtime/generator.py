@@ -51,7 +51,6 @@ class TextGenerator(ModelRuntime):
         spec = package.tokenizer
         self.first_id = spec.index_from + 1  # ids below are padding and unseen characters: never sampled
         self.chars = spec.words[: self.tokenizer.max_id - spec.index_from]
-        self.states = package.metadata.state
         self.active = 0
         self._none_active = asyncio.Event()
         self._none_active.set()
@@ -63,24 +62,10 @@ class TextGenerator(ModelRuntime):
         if out[0][0].shape != (len(self.chars) + self.first_id,):
             raise PackageError(f"the model's logits do not cover the tokenizer's {len(self.chars)} characters")
 
-    def zero_state(self) -> list[np.ndarray]:
-        return [np.zeros((1, s["shape"][2]), np.float32) for s in self.states]
-
     def run_batch(self, rows: list[tuple[np.ndarray, list[np.ndarray]]]) -> list:
         """Rows of (ids, states) -> (logits [V], states) each; rows of equal length share one run."""
-        out: list = [None] * len(rows)
-        by_length: dict[int, list[int]] = {}
-        for i, (ids, _) in enumerate(rows):
-            by_length.setdefault(len(ids), []).append(i)
-        names = [self.package.metadata.output.name, *(s["output"] for s in self.states)]
-        for members in by_length.values():
-            feeds = {self.package.metadata.input.name: np.stack([rows[i][0] for i in members])}
-            for k, s in enumerate(self.states):  # per row [1, H] -> [1, N, H]
-                feeds[s["input"]] = np.stack([rows[i][1][k] for i in members], axis=1)
-            logits, *states = self.session.run_outputs(names, feeds)
-            for j, i in enumerate(members):
-                out[i] = (logits[j], [st[:, j] for st in states])
-        return out
+        meta = self.package.metadata
+        return self.session.run_steps(rows, meta.input.name, meta.output.name, meta.state)
 
     async def _predict(self, rows: list[str]) -> np.ndarray:
         results = await asyncio.gather(*(self._step(text, None) for text in rows))

@@ -71,9 +71,6 @@ class SequenceModel(ModelRuntime):
         the shape this model takes."""
         return as_sequences(values, steps or self.shape[0], self.shape[1])
 
-    def zero_state(self) -> list[np.ndarray]:
-        return [np.zeros((1, s["shape"][2]), np.float32) for s in self.package.metadata.state]
-
     async def _step(self, row: np.ndarray, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
         (out, state), = await self.steps.submit([(row, self.zero_state() if state is None else state)])
         return out[None], state
@@ -82,19 +79,8 @@ class SequenceModel(ModelRuntime):
         """Rows of (sequence [T, F], states [1, H] each) -> (output row, states after it) each; rows of equal
         length share one run of the step-wise graph."""
         meta = self.package.metadata
-        out: list = [None] * len(rows)
-        by_length: dict[int, list[int]] = {}
-        for i, (x, _) in enumerate(rows):
-            by_length.setdefault(len(x), []).append(i)
-        names = [meta.output.name, *(s["output"] for s in meta.state)]
-        for members in by_length.values():
-            feeds = {meta.input.name: normalize(np.stack([rows[i][0] for i in members]), meta.input.normalization)}
-            for k, s in enumerate(meta.state):  # per row [1, H] -> [1, N, H]
-                feeds[s["input"]] = np.stack([rows[i][1][k] for i in members], axis=1)
-            result, *states = self.stepwise.run_outputs(names, feeds)
-            for j, i in enumerate(members):
-                out[i] = (result[j], [st[:, j] for st in states])
-        return out
+        return self.stepwise.run_steps(rows, meta.input.name, meta.output.name, meta.state,
+                                       lambda x: normalize(x, meta.input.normalization))
 
     async def close(self, grace_s: float = 0.0) -> None:
         if self.steps is not None:

@@ -130,6 +130,25 @@ class OrtSession:
             clock.first = started
         return out
 
+    def run_steps(self, rows: list[tuple[np.ndarray, list[np.ndarray]]], input_name: str, output_name: str,
+                  states: list[dict], prepare=lambda x: x) -> list:
+        """A step-wise graph on rows of (input [T, ...], its states [1, H] each) -> (output row, states after it)
+        each; rows of equal T share one run (prepare: applied to each run's stacked inputs). states: the
+        package's state pairs (input and output names)."""
+        out: list = [None] * len(rows)
+        by_length: dict[int, list[int]] = {}
+        for i, (x, _) in enumerate(rows):
+            by_length.setdefault(len(x), []).append(i)
+        names = [output_name, *(s["output"] for s in states)]
+        for members in by_length.values():
+            feeds = {input_name: prepare(np.stack([rows[i][0] for i in members]))}
+            for k, s in enumerate(states):  # per row [1, H] -> [1, N, H]
+                feeds[s["input"]] = np.stack([rows[i][1][k] for i in members], axis=1)
+            result, *after = self.run_outputs(names, feeds)
+            for j, i in enumerate(members):
+                out[i] = (result[j], [st[:, j] for st in after])
+        return out
+
     def clock(self, reset: bool = False) -> RunClock:
         """This thread's RunClock (a fresh one with reset)."""
         if reset or not hasattr(self._clocks, "clock"):
