@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
                          description="Serves recurrent text classifiers (SimpleRNN, GRU, LSTM) exported to ONNX.")
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
     app.state.control, app.state.sequences = control, sequences
+    app.state.routes = [route for router in ROUTERS for route in router.routes]  # errors find a route's style
     for router in ROUTERS:
         app.include_router(router)
     app.add_api_route(DOCS, docs_page, include_in_schema=False)
@@ -105,7 +106,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
         open_prefixes += (PAGE + "/",)
         page_prefixes += (PAGE + "/",)
     # innermost: the RawRoutes of the route table, served first
-    app.add_middleware(RawRoutes, routes=[route for router in ROUTERS for route in router.routes])
+    app.add_middleware(RawRoutes, routes=app.state.routes)
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        max_score_bytes=settings.max_score_bytes,
                        known_models=registry.knows,

@@ -1,5 +1,6 @@
-"""One error model for HTTP: every failure becomes {"error": {"code", "message"}} (/v2 routes: {"error": msg},
-which tritonclient reads), with its status, its headers and the request id the middleware adds."""
+"""One error model for HTTP: every failure becomes the error body its route declares (its `responses`):
+{"error": {"code", "message"}}, or {"error": msg} on the V2 routes (tritonclient reads that), with its status,
+its headers and the request id the middleware adds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from rnnserve.service.core.errors import (
     BadRequest,
@@ -21,6 +23,7 @@ from rnnserve.service.core.errors import (
     UnsupportedMediaType,
 )
 from rnnserve.service.http.body import json_response, validation_error
+from rnnserve.service.http.schemas import V2Error
 
 log = logging.getLogger("rnnserve.app")
 # Starlette's own errors (routing, body parsing, the middleware's body limit) as the service's: each status and
@@ -45,8 +48,19 @@ def render_error(request: Request, exc: Exception) -> Response:
     elif not isinstance(exc, ServiceError):
         log.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
         exc = ServiceError("internal server error; see the logs for this request id")
-    body = {"error": exc.message} if request.url.path.startswith("/v2") else error_body(exc)
+    body = {"error": exc.message} if declared_error_model(request) is V2Error else error_body(exc)
     return json_response(body, status_code=exc.status, headers=exc.headers or None)
+
+
+def declared_error_model(request: Request) -> type | None:
+    """The error model the request's route declares for 400 in its `responses` (what OpenAPI documents). The
+    route is the router's match or, for errors raised before routing (the middleware's 401, 403), the first
+    route of the route table (app.state.routes) that matches the path; None where none does (an unknown path)."""
+    route = request.scope.get("route")
+    if route is None and "app" in request.scope:
+        routes = getattr(request.app.state, "routes", ())
+        route = next((r for r in routes if r.matches(request.scope)[0] != Match.NONE), None)
+    return getattr(route, "responses", {}).get(400, {}).get("model")
 
 
 def _from_starlette(exc: HTTPException) -> ServiceError:

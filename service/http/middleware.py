@@ -10,6 +10,7 @@ import logging
 import os
 import time
 
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
@@ -34,6 +35,13 @@ def content_security_policy(*script_hashes: str) -> str:
             "frame-ancestors 'none'")
 
 
+class StreamedBodyRoute(APIRoute):
+    """A route whose handler streams its request body (file scoring): MAX_SCORE_BYTES bounds the body instead
+    of MAX_BODY_BYTES. The middleware reads a route's `body_limit` (a limit's name) once routing matched it."""
+
+    body_limit = "max_score_bytes"
+
+
 class ServiceMiddleware:
     def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_score_bytes: int, known_models,
                  access_log: bool = True, api_keys: list[str] = (), metrics_public: bool = True,
@@ -52,8 +60,8 @@ class ServiceMiddleware:
         # that resolves to 127.0.0.1 (DNS rebinding) sends Host and Origin of that name, which match each other.
         self.loopback_only = loopback_only
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-        self.max_score_bytes = max_score_bytes  # file scoring streams its body, so it may be far larger
+        # Each route's limit by name (StreamedBodyRoute.body_limit); max_body_bytes for every other one
+        self.body_limits = {"max_body_bytes": max_body_bytes, "max_score_bytes": max_score_bytes}
         self.known_models = known_models  # callable: name -> bool (keeps metric labels bounded)
         self.access_log = access_log
         # Request ids: this process's random prefix and a counter (uuid4 per request cost 3% of a worker).
@@ -68,12 +76,7 @@ class ServiceMiddleware:
             rid = next(self._ids)
         token = request_id.set(rid)
         status, responded = 500, False
-        limit = self.max_score_bytes if scope["path"].endswith("/score") else self.max_body_bytes
-        length = _header(scope, b"content-length")
-        if length and length.isdigit() and int(length) > limit:
-            receive = _reject_body(limit, int(length))
-        else:
-            receive = _count_body(receive, limit)
+        receive = self._limit_body(scope, receive)
 
         extra = [(REQUEST_ID_HEADER, rid.encode("latin-1")), NOSNIFF]
         if scope["path"].startswith(self.page_prefixes):
@@ -125,6 +128,27 @@ class ServiceMiddleware:
             return None
         return origin
 
+    def _limit_body(self, scope, receive):
+        """receive, refusing a body past its route's limit (413): by its Content-Length at the first read, else
+        as it arrives. The route is known by then: a body is read after routing."""
+        seen, limit = 0, None
+
+        async def limited():
+            nonlocal seen, limit
+            if limit is None:
+                limit = self.body_limits[getattr(scope.get("route"), "body_limit", "max_body_bytes")]
+                length = _header(scope, b"content-length")
+                if length and length.isdigit() and int(length) > limit:
+                    raise _too_large(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(limit)
+            return message
+
+        return limited
+
     def _open(self, path: str) -> bool:
         return path in self.open_paths or path.startswith(self.open_prefixes)
 
@@ -172,25 +196,3 @@ def _header(scope, name: bytes) -> str | None:
 def _too_large(limit: int) -> HTTPException:
     # FastAPI re-raises HTTPException from body parsing, so this reaches the 413 handler intact.
     return HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-
-
-def _reject_body(limit: int, length: int):
-    async def receive():
-        raise _too_large(limit)
-
-    return receive
-
-
-def _count_body(receive, limit: int):
-    seen = 0
-
-    async def counted():
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _too_large(limit)
-        return message
-
-    return counted

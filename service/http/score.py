@@ -16,13 +16,14 @@ from starlette.responses import Response
 from rnnserve.service.core.errors import ClientGone, InvalidInput, PayloadTooLarge, ServiceError
 from rnnserve.service.core.rows import RowReader, codec_for, format_of
 from rnnserve.service.http.body import VERSION_PARAMETER, path_version
+from rnnserve.service.http.middleware import StreamedBodyRoute
 from rnnserve.service.http.v1 import ERRORS
 from rnnserve.service.runtime.text import ClassificationResult
 from rnnserve.service.scoring.pipeline import RowWriter, maybe_gunzip, score_stream
 from rnnserve.service.scoring.spool import BodySpool
 
 log = logging.getLogger("rnnserve.score")
-router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
+router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS, route_class=StreamedBodyRoute)
 
 CONTENT_FORMATS = {"text/csv": "csv", "application/csv": "csv", "application/x-ndjson": "jsonl",
                    "application/jsonl": "jsonl", "application/x-jsonlines": "jsonl", "application/jsonlines": "jsonl",

@@ -93,3 +93,23 @@ def test_deeply_nested_json_is_a_client_error(api):
     nested = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [[["deep"]]]}]}
     r = api.post("/v2/models/sentiment-lstm/infer", json=nested)
     assert r.status_code == 422 and isinstance(r.json()["error"], str)
+
+
+def test_every_route_answers_errors_in_the_model_it_declares(api):
+    """The error body follows the route's declared `responses` (what OpenAPI documents), not its URL: each
+    route with a model name answers an unknown one in its own declared shape, and so does an error raised
+    before routing (a wrong method)."""
+    seen = set()
+    for route in api.app.state.routes:
+        if "{name}" not in route.path:
+            continue
+        model = route.responses[400]["model"]
+        path = route.path.replace("{name}", "nope").replace("{version}", "1")
+        for method in route.methods:
+            r = api.request(method, path, json={})
+            assert r.status_code >= 400, (method, path)
+            model.model_validate(r.json())
+            seen.add(model.__name__)
+        r = api.request("PATCH", path)
+        assert r.status_code == 405 and model.model_validate(r.json())
+    assert seen == {"ErrorResponse", "V2Error"}
