@@ -11,7 +11,8 @@ extra). The public API, importable from here:
 - `open_model(path, options=RuntimeOptions())`: the runtime for a package's task (PackageError if invalid).
 - `TextClassifier`, `SequenceModel`, `TextGenerator`, `RuntimeOptions`: the runtimes and their options.
 - `read_package(path)`, `Package`, `PackageError`: the model package format.
-- `score_files(source, package, output, ...)`: score files with Ray Data (the [ray] extra).
+- `score_files(source, package, output, options=ScoreOptions(), ...)`: score files with Ray Data (the [ray]
+  extra); `ScoreOptions`: how rows are read and written (columns, formats, charset, probabilities).
 
 Names are imported when first used, so `import rnnserve` (and the settings, the CLI's --help) stay light.
 """
@@ -32,6 +33,7 @@ _PUBLIC = {
     "Package": "rnnserve.service.core.package",
     "PackageError": "rnnserve.service.core.package",
     "score_files": "rnnserve.service.engines.ray_data",
+    "ScoreOptions": "rnnserve.service.scoring.pipeline",
 }
 __all__ = ["__version__", *_PUBLIC]
 

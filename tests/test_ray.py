@@ -73,6 +73,7 @@ def test_ray_data_scores_the_raw_reviews_exactly_as_the_local_scorer(cluster, da
 
 def test_ray_data_reads_json_lines_and_parquet_and_keeps_every_row(cluster, model_repo, tmp_path):
     from rnnserve.service.engines.ray_data import score_files
+    from rnnserve.service.scoring.pipeline import ScoreOptions
 
     lines = [{"id": "a", "text": "a wonderful film"}, {"id": "b", "text": 7}, {"id": "c"},
              {"id": "d", "text": "dull and far too long"}]
@@ -83,7 +84,7 @@ def test_ray_data_reads_json_lines_and_parquet_and_keeps_every_row(cluster, mode
                    tmp_path / "in" / "part-2.parquet")
     out = tmp_path / "out"
     summary = score_files(str(tmp_path / "in"), str(model_repo / "topics-gru" / "1"), str(out),
-                          output_format="jsonl", probabilities=True)
+                          ScoreOptions(output_format="jsonl", probabilities=True))
     assert summary == {"rows": 8, "scored": 4, "errors": 4}
     rows = [json.loads(line) for f in sorted(out.iterdir()) for line in f.read_text().splitlines()]
     rows.sort(key=lambda r: (r["file"], r["row"]))

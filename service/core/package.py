@@ -128,6 +128,8 @@ class PackageMetadata(BaseModel):
     parity: dict = {}
     quantization: dict = Field({}, description="INT8 packages: what was quantized, from which package, and "
                                "the accuracy gate's figures (training/quantize.py)")
+    distillation: dict = Field({}, description="a student's teacher {name, version, sha256, test_accuracy}, "
+                               "temperature and alpha (training/distill.py); empty otherwise")
     source: dict = Field({}, description="where the model came from: empty for a package trained here; an "
                          "import's {kind: imported, file, format, sha256, output, preprocessing, keras_version}")
     training: dict = {}

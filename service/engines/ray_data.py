@@ -9,7 +9,7 @@ Parquet or JSON Lines files; rows carry `row` (and `file`, for several input fil
 recovered by sorting on them.
 
     from rnnserve.service.engines.ray_data import score_files
-    score_files("reviews.csv", "models/imdb-lstm/1", "scores/", actors=2)
+    score_files("reviews.csv", "models/imdb-lstm/1", "scores/", ScoreOptions(probabilities=True), actors=2)
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 
-from rnnserve.service.core.rows import SUFFIX_FORMATS, Row, RowReader, format_of
+from rnnserve.service.core.rows import SUFFIX_FORMATS, Row, format_of
 from rnnserve.service.runtime.base import RuntimeOptions
 from rnnserve.service.runtime.text import TextClassifier, classify_each
+from rnnserve.service.scoring.pipeline import ScoreOptions
 from rnnserve.service.settings import MAX_TEXT_CHARS
 
 FORMATS = SUFFIX_FORMATS | {".parquet": "parquet"}
@@ -62,12 +63,11 @@ def list_files(source: str | list[str]) -> list[tuple[pafs.FileSystem, str]]:
 class TextFiles(ray.data.Datasource):
     """One read task per file, yielding blocks of (file, row, id, text, error)."""
 
-    def __init__(self, source: str | list[str], text_column: str = "text", id_column: str | None = None,
-                 fmt: str | None = None, max_chars: int = MAX_TEXT_CHARS, encoding: str | None = None):
+    def __init__(self, source: str | list[str], options: ScoreOptions = ScoreOptions(),
+                 max_chars: int = MAX_TEXT_CHARS):
         self.files = list_files(source)
-        self.formats = [fmt or input_format(path) for _, path in self.files]
-        self.text_column, self.id_column, self.max_chars = text_column, id_column, max_chars
-        self.encoding = encoding
+        self.formats = [options.input_format or input_format(path) for _, path in self.files]
+        self.options, self.max_chars = options, max_chars
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(fs.get_file_info(path).size or 0 for fs, path in self.files)
@@ -91,7 +91,7 @@ class TextFiles(ray.data.Datasource):
             yield _table(path, block)
 
     def _text_rows(self, fs: pafs.FileSystem, path: str, fmt: str) -> Iterator[Row]:
-        reader = RowReader(fmt, self.text_column, self.id_column, self.max_chars, encoding=self.encoding)
+        reader = self.options.reader(fmt, self.max_chars)
         gzip = "gzip" if path.endswith(".gz") else None
         with fs.open_input_stream(path, compression=gzip) as stream:
             while data := stream.read(CHUNK):
@@ -103,13 +103,13 @@ class TextFiles(ray.data.Datasource):
         with fs.open_input_file(path) as fh:
             table = pq.ParquetFile(fh)
             names = table.schema_arrow.names
-            id_column = self.id_column or ("id" if "id" in names else None)
-            has_text = self.text_column in names
-            no_text = f"no string in column {self.text_column!r}" if has_text else \
-                f"no column {self.text_column!r}; columns are {names}"
-            for batch in table.iter_batches(BLOCK_ROWS, columns=[c for c in (self.text_column, id_column)
-                                                                 if c in names]):
-                texts = batch.column(self.text_column).to_pylist() if has_text else [None] * batch.num_rows
+            text_column = self.options.text_column
+            id_column = self.options.id_column or ("id" if "id" in names else None)
+            has_text = text_column in names
+            no_text = f"no string in column {text_column!r}" if has_text else \
+                f"no column {text_column!r}; columns are {names}"
+            for batch in table.iter_batches(BLOCK_ROWS, columns=[c for c in (text_column, id_column) if c in names]):
+                texts = batch.column(text_column).to_pylist() if has_text else [None] * batch.num_rows
                 ids = batch.column(id_column).to_pylist() if id_column else [None] * batch.num_rows
                 for text, id_ in zip(texts, ids):
                     number += 1
@@ -180,22 +180,21 @@ def score_dataset(ds: ray.data.Dataset, package: str, *, actors: int = 1, probab
                           batch_size=batch_size, concurrency=actors, num_cpus=1, batch_format="numpy")
 
 
-def score_files(source: str | list[str], package: str, output: str, *, output_format: str = "parquet",
-                actors: int = 1, text_column: str = "text", id_column: str | None = None, fmt: str | None = None,
-                probabilities: bool = False, threads: int = 1, batch_size: int = 256,
-                encoding: str | None = None) -> dict:
+def score_files(source: str | list[str], package: str, output: str, options: ScoreOptions = ScoreOptions(), *,
+                actors: int = 1, threads: int = 1, batch_size: int = 256) -> dict:
     """Score files (a path, a directory, a URI, or a list of them) with a package, writing a directory of
-    Parquet or JSON Lines files. Connects to the Ray cluster already initialised, or starts a local one.
-    Returns the counts of rows, scored rows and error rows."""
-    files = TextFiles(source, text_column, id_column, fmt, encoding=encoding)
+    Parquet (options.output_format None or "parquet"), JSON Lines or CSV files. Connects to the Ray cluster
+    already initialised, or starts a local one. Returns the counts of rows, scored rows and error rows."""
+    files = TextFiles(source, options)
     # Reading takes no CPU reservation: it costs a fraction of scoring, and N actors may then use N CPUs (a read
     # task waiting for a CPU that the actors hold would wait for ever).
     rows = ray.data.read_datasource(files, num_cpus=0)
-    scored = score_dataset(rows, package, actors=actors, probabilities=probabilities, threads=threads,
+    scored = score_dataset(rows, package, actors=actors, probabilities=options.probabilities, threads=threads,
                            batch_size=batch_size)
     if len(files.files) == 1:
         scored = scored.drop_columns(["file"])
     scored = scored.materialize()  # scored rows are small (no text): kept for the write and the counts
-    {"parquet": scored.write_parquet, "jsonl": scored.write_json, "csv": scored.write_csv}[output_format](output)
+    write = {"parquet": scored.write_parquet, "jsonl": scored.write_json, "csv": scored.write_csv}
+    write[options.output_format or "parquet"](output)
     rows, errors = scored.count(), scored.filter(expr=col("error").is_not_null()).count()
     return {"rows": rows, "scored": rows - errors, "errors": errors}

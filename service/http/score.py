@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
@@ -14,12 +15,12 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from rnnserve.service.core.errors import ClientGone, InvalidInput, PayloadTooLarge, ServiceError
-from rnnserve.service.core.rows import RowReader, codec_for, format_of
+from rnnserve.service.core.rows import codec_for, format_of
 from rnnserve.service.http.body import VERSION_PARAMETER, path_version
 from rnnserve.service.http.middleware import StreamedBodyRoute
 from rnnserve.service.http.v1 import ERRORS
 from rnnserve.service.runtime.text import ClassificationResult
-from rnnserve.service.scoring.pipeline import RowWriter, maybe_gunzip, score_stream
+from rnnserve.service.scoring.pipeline import ScoreOptions, maybe_gunzip, score_stream
 from rnnserve.service.scoring.spool import BodySpool
 
 log = logging.getLogger("rnnserve.score")
@@ -149,8 +150,7 @@ def _charset(request: Request, upload: UploadFile | None) -> str | None:
     return codec_for(next((value for key, _, value in params if key.strip().lower() == "charset"), None))
 
 
-async def _score(request: Request, name: str, version: str | None, fmt, text_column, id_column, output,
-                 probabilities):
+async def _score(request: Request, name: str, version: str | None, options: ScoreOptions):
     registry, settings = request.app.state.registry, request.app.state.settings
     model = registry.get(name, version, ("text-classification",))
     pinned = model.version  # the whole file is scored by this version, whatever loads meanwhile
@@ -166,18 +166,18 @@ async def _score(request: Request, name: str, version: str | None, fmt, text_col
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidInput("multipart upload needs a file field named 'file'")
-    fmt = _input_format(request, fmt, upload)
-    if output is None:
-        output = "csv" if "text/csv" in request.headers.get("accept", "") else "jsonl"
-    reader = RowReader(fmt, text_column, id_column, settings.max_text_chars, encoding=_charset(request, upload))
-    writer = RowWriter(output, model.labels, probabilities)
+    fmt = _input_format(request, options.input_format, upload)
+    accepted = "csv" if "text/csv" in request.headers.get("accept", "") else "jsonl"
+    options = replace(options, output_format=options.output_format or accepted, encoding=_charset(request, upload))
+    reader = options.reader(fmt, settings.max_text_chars)
+    writer = options.writer(model.labels)
 
     async def classify(texts: list[str]) -> ClassificationResult:
         # Each block goes to the current copy: a reload swaps copies under a long stream. Once the model is
         # unloaded, each block becomes error rows (NotFound) and the stream still ends with its summary.
         return (await registry.call(name, pinned, lambda model: model.predict(texts)))[1]
 
-    return ScoreResponse(MEDIA[output], lambda chunks: score_stream(chunks, reader, writer, classify), upload,
+    return ScoreResponse(MEDIA[writer.fmt], lambda chunks: score_stream(chunks, reader, writer, classify), upload,
                          settings.max_score_bytes)
 
 
@@ -196,5 +196,6 @@ async def score(name: str, request: Request,
                 format: Literal["csv", "jsonl", "text"] | None = Format, text_column: str = TextColumn,
                 id_column: str | None = IdColumn, output: Literal["jsonl", "csv"] | None = Output,
                 probabilities: bool = Probabilities):
-    return await _score(request, name, path_version(request), format, text_column, id_column, output,
-                        probabilities)
+    options = ScoreOptions(input_format=format, text_column=text_column, id_column=id_column, output_format=output,
+                           probabilities=probabilities)
+    return await _score(request, name, path_version(request), options)

@@ -14,15 +14,16 @@ import gzip
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from rnnserve.service.core.errors import UnsupportedMediaType
-from rnnserve.service.core.rows import RowReader, codec_for, format_of
+from rnnserve.service.core.rows import codec_for, format_of
 from rnnserve.service.runtime.base import RuntimeOptions
 from rnnserve.service.runtime.text import TextClassifier
-from rnnserve.service.scoring.pipeline import RowWriter, score_stream
+from rnnserve.service.scoring.pipeline import ScoreOptions, score_stream
 from rnnserve.service.settings import MAX_TEXT_CHARS
 
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "text": "text/plain"}
@@ -50,14 +51,14 @@ def read_chunks(path: Path, progress: tqdm):
             yield data
 
 
-async def score_local(args, fmt: str, out) -> dict:
-    options = RuntimeOptions(intra_op_threads=args.threads, max_batch_size=args.batch_size, warmup=False)
+async def score_local(args, options: ScoreOptions, out) -> dict:
+    runtime_options = RuntimeOptions(intra_op_threads=args.threads, max_batch_size=args.batch_size, warmup=False)
     try:
-        model = await asyncio.to_thread(TextClassifier.open, args.package, options)
+        model = await asyncio.to_thread(TextClassifier.open, args.package, runtime_options)
     except Exception as exc:  # noqa: BLE001 - any package that cannot be opened is the user's error to read
         raise CliError(f"cannot load {args.package}: {exc}") from None
-    reader = RowReader(fmt, args.text_column, args.id_column, MAX_TEXT_CHARS, encoding=args.encoding)
-    writer = RowWriter(args.output_format, model.labels, args.probabilities)
+    reader = options.reader(options.input_format, MAX_TEXT_CHARS)
+    writer = options.writer(model.labels)
 
     async def chunks():
         for data in read_chunks(Path(args.input), args.progress):
@@ -72,21 +73,21 @@ async def score_local(args, fmt: str, out) -> dict:
     return {"rows": reader.rows_read}
 
 
-def score_remote(args, fmt: str, out) -> dict:
+def score_remote(args, options: ScoreOptions, out) -> dict:
     import httpx  # here, not at the top: local scoring starts faster without it
 
-    params = {"format": fmt, "text_column": args.text_column, "output": args.output_format,
-              "probabilities": str(args.probabilities).lower()}
-    if args.id_column:
-        params["id_column"] = args.id_column
+    params = {"format": options.input_format, "text_column": options.text_column, "output": options.output_format,
+              "probabilities": str(options.probabilities).lower()}
+    if options.id_column:
+        params["id_column"] = options.id_column
     url = f"{args.url.rstrip('/')}/v1/models/{args.model}/score"
-    charset = f"; charset={args.encoding}" if args.encoding else ""
+    charset = f"; charset={options.encoding}" if options.encoding else ""
     summary: dict = {}
     rows = 0
     try:
         with httpx.Client(timeout=httpx.Timeout(30, read=None)) as client:
             with client.stream("POST", url, params=params, content=read_chunks(Path(args.input), args.progress),
-                               headers={"content-type": CONTENT_TYPES[fmt] + charset}) as r:
+                               headers={"content-type": CONTENT_TYPES[options.input_format] + charset}) as r:
                 if r.status_code != 200:
                     r.read()
                     raise CliError(f"server answered {r.status_code}: {r.text}")
@@ -106,7 +107,7 @@ def score_remote(args, fmt: str, out) -> dict:
     return summary or {"rows": rows}
 
 
-def score_ray(args, fmt: str | None) -> dict:
+def score_ray(args, options: ScoreOptions) -> dict:
     """Ray Data (the [ray] extra): a directory of Parquet or JSON Lines files, rows numbered as in the input."""
     try:
         import ray
@@ -118,10 +119,8 @@ def score_ray(args, fmt: str | None) -> dict:
         raise CliError("--engine ray writes a directory of files: pass -o DIRECTORY")
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
     try:
-        return score_files(args.input, args.package, args.output, output_format=args.output_format,
-                           actors=args.actors, text_column=args.text_column, id_column=args.id_column, fmt=fmt,
-                           probabilities=args.probabilities, threads=max(1, args.threads), encoding=args.encoding,
-                           batch_size=args.batch_size)
+        return score_files(args.input, args.package, args.output, options, actors=args.actors,
+                           threads=max(1, args.threads), batch_size=args.batch_size)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
     finally:
@@ -162,14 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.input)
     try:
         try:
-            args.encoding = codec_for(args.encoding)
+            encoding = codec_for(args.encoding)
         except UnsupportedMediaType as exc:
             raise CliError(exc.message) from None
+        options = ScoreOptions(input_format=args.format, text_column=args.text_column, id_column=args.id_column,
+                               encoding=encoding, output_format=args.output_format, probabilities=args.probabilities)
         if args.engine == "ray":
             if not args.package:
                 raise CliError("--engine ray needs --package")
             started = time.perf_counter()
-            summary = score_ray(args, args.format)
+            summary = score_ray(args, options)
             seconds = time.perf_counter() - started
             print(f"scored {summary['rows']} rows ({summary['errors']} errors) in {seconds:.1f} s "
                   f"({summary['rows'] / max(seconds, 1e-9):.0f} rows/s) into {args.output}", file=sys.stderr)
@@ -182,14 +183,15 @@ def main(argv: list[str] | None = None) -> int:
             raise CliError("--url needs --model NAME")
         if args.package and not (Path(args.package) / "metadata.json").is_file():
             raise CliError(f"{args.package} is not a model package directory")
-        fmt = input_format(path, args.format)
+        options = replace(options, input_format=input_format(path, args.format))
         out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
         started = time.perf_counter()
         total = path.stat().st_size if path.suffix != ".gz" else None
         with tqdm(total=total, unit="B", unit_scale=True, desc="scoring", file=sys.stderr,
                   disable=None) as args.progress:
             try:
-                summary = asyncio.run(score_local(args, fmt, out)) if args.package else score_remote(args, fmt, out)
+                summary = (asyncio.run(score_local(args, options, out)) if args.package
+                           else score_remote(args, options, out))
             finally:
                 if out is not sys.stdout:
                     out.close()

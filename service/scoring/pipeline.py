@@ -13,17 +13,37 @@ import json
 import time
 import zlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import orjson
 
 from rnnserve.service.core.errors import BadRequest, PayloadTooLarge
-from rnnserve.service.core.rows import Row, RowReader
+from rnnserve.service.core.rows import InputFormat, Row, RowReader
 from rnnserve.service.runtime.text import Classify, classify_each
 
 OutputFormat = Literal["jsonl", "csv"]
 BLOCK_ROWS = 512
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreOptions:
+    """How a file's rows are read and its scored rows written: the endpoint's query, rnnserve-score's flags and
+    Ray Data's score_files take these same options."""
+
+    input_format: str | None = None  # csv, jsonl, text (Ray: parquet too); None: from the file name/Content-Type
+    text_column: str = "text"  # the CSV column or JSON field holding the text
+    id_column: str | None = None  # the row id's column or field; None: "id" where there is one
+    encoding: str | None = None  # the input's charset (a Python codec); None: UTF-8, or UTF-16 after its BOM
+    output_format: str | None = None  # jsonl, csv (Ray: parquet too); None: jsonl, or what the client accepts
+    probabilities: bool = False  # add every label's probability to each row
+
+    def reader(self, fmt: InputFormat, max_chars: int | None) -> RowReader:
+        return RowReader(fmt, self.text_column, self.id_column, max_chars, encoding=self.encoding)
+
+    def writer(self, labels: list[str]) -> RowWriter:
+        return RowWriter(self.output_format or "jsonl", labels, self.probabilities)
 
 
 class RowWriter:
