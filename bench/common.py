@@ -31,18 +31,30 @@ def start_server(cmd: list[str], port: int, ready_path: str = "/health/ready", t
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     if log:
         out.close()  # the child holds its own copy
+    try:
+        wait_http(f"http://127.0.0.1:{port}{ready_path}", proc, timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}: {' '.join(cmd)}") from None
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc
+
+
+def wait_http(url: str, proc: subprocess.Popen | None, timeout: float) -> None:
+    """Poll url until it answers 200 (a server's readiness). RuntimeError as soon as proc (the server, where
+    this process started it) has exited; TimeoutError after timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).status_code == 200:
-                return proc
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError("server did not become ready")
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
 
 
 def stop_server(proc) -> None:

@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
+
+from bench.common import wait_http
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,17 +168,10 @@ class Server:
         self._wait("/health/ready", timeout)
 
     def _wait(self, path: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(self.url + path, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{path} not 200 within {timeout}s")
+        try:
+            wait_http(self.url + path, self.proc, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.proc.stdout.read()}") from None
 
     def stop(self) -> str:
         if self.proc.poll() is None:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.common import wait_http
 from tests.conftest import ROOT, free_port
 
 IMAGE = "rnnserve:test"
@@ -110,14 +111,7 @@ def test_compose_file_is_valid_and_brings_the_api_up(image, tmp_path):
     files = ["-f", str(rendered), "-p", f"rnnservetest{port}"]
     try:
         sh(compose, *files, "up", "-d", "--no-build", "api", env=env, timeout=300)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_http(f"http://127.0.0.1:{port}/health/ready", None, 180)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/models/reuters-gru/predict",
                        json={"text": "Oil prices rose as OPEC agreed to cut crude output"})
         assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "crude"

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from bench.common import wait_http
 from tests.conftest import DATA_DIR, ROOT, free_port, in_process, wait_ready
 
 ray = pytest.importorskip("ray", reason="Ray is the [ray] extra: pip install -e '.[ray]'")
@@ -119,16 +119,10 @@ def serve_app(cluster, model_repo, tmp_path):
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "Ray Serve did not become ready in 180 s"
-            time.sleep(0.5)
+        try:
+            wait_http(url + "/v2/health/ready", proc, 180)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}: {proc.stdout.read()[-3000:]}") from None
         yield url
     finally:
         proc.send_signal(signal.SIGINT)  # serve run shuts the application down on Ctrl-C

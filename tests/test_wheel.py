@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import venv
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bench.common import wait_http
 from tests.conftest import ROOT, free_port
 
 
@@ -57,15 +57,7 @@ def test_the_installed_command_serves_the_bundled_models(installed):
                             stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(1200):  # the models load in the background: readiness within 120 s
-            if proc.poll() is not None:
-                raise AssertionError(f"rnnserve exited {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_http(f"{url}/health/ready", proc, 120)  # the models load in the background
         r = httpx.post(f"{url}/v1/models/imdb-lstm-small/predict", json={"text": "a wonderful, moving film"})
         assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "positive"
         assert httpx.get(f"{url}/ui/").status_code == 200
