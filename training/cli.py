@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import typing
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from rnnserve.training.config import PRESETS, TUTORIAL_ACCURACY, ConfigError, TrainConfig, preset_config
@@ -34,26 +34,36 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, type=base, default=None)
 
 
-def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+def _config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The preset (over base, when given), then the flags."""
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    start = base.to_dict() if base else {}
     if args.preset:
-        return preset_config(args.preset, **overrides)
-    if "dataset" not in overrides:
+        preset_config(args.preset)  # an unknown preset is named
+        return TrainConfig.from_dict({**start, **PRESETS[args.preset], **overrides})
+    if "dataset" not in {**start, **overrides}:
         raise ConfigError("give --preset NAME or --dataset (imdb, reuters or a CSV/JSONL file)")
-    return TrainConfig.from_dict(overrides)
+    return TrainConfig.from_dict({**start, **overrides})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`train`, and `distill` (a train with a teacher, whose configuration is the student's starting point)."""
+    from rnnserve.training.distill import Distillation
     from rnnserve.training.train import train
 
-    cfg = _config_from_args(args)
+    distillation = None
+    if getattr(args, "teacher", None):
+        distillation = Distillation(Path(args.teacher), args.temperature, args.alpha)
+        cfg = _config_from_args(args, replace(distillation.teacher_config(), ensemble=1))
+    else:
+        cfg = _config_from_args(args)
     name = args.name or args.preset or Path(cfg.dataset).stem
     out = Path(args.out or Path("runs") / name)
     if args.validation_only and args.export:
         raise ConfigError("--validation-only leaves the test split out, and a package reports its test figures: "
                           "drop --export, or --validation-only for the final run")
     metrics = train(cfg, out, args.data_dir, verbose=1 if args.progress else 2,
-                    evaluate_test=not args.validation_only)
+                    evaluate_test=not args.validation_only, distillation=distillation)
     print(json.dumps({"run_dir": str(out), **metrics}, indent=2))
     if args.preset in TUTORIAL_ACCURACY and "test" in metrics:
         print(f"tutorial reports {TUTORIAL_ACCURACY[args.preset]:.2%}; this run {metrics['test']['accuracy']:.2%}")
@@ -167,12 +177,8 @@ def _labels(value: str | None) -> list[str] | None:
     return [label.strip() for label in value.split(",")]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnserve-train", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    data_help = f"local copy of the Keras datasets (default ${DATA_DIR_ENV}; else Keras downloads them)"
-
-    p = sub.add_parser("train", help="train a classifier into a run directory (and optionally export it)")
+def _add_run_flags(p: argparse.ArgumentParser, data_help: str) -> None:
+    """train's and distill's flags: where the run and package go, and the configuration."""
     p.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
     p.add_argument("--out", help="run directory (default runs/NAME)")
@@ -187,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stdout.isatty(),
                    help="Keras progress bars (default: when on a terminal; else one line per epoch)")
     _add_config_flags(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnserve-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data_help = f"local copy of the Keras datasets (default ${DATA_DIR_ENV}; else Keras downloads them)"
+
+    p = sub.add_parser("train", help="train a classifier into a run directory (and optionally export it)")
+    _add_run_flags(p, data_help)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="train a student on a teacher package's probabilities and the labels "
+                       "(starting from the teacher's configuration, one model)")
+    p.add_argument("--teacher", required=True, help="the teacher package, e.g. models/imdb-lstm-ensemble/1")
+    p.add_argument("--temperature", type=float, default=2.0, help="T > 0 softening both distributions")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="the true labels' share of the loss (the teacher's: 1 - alpha)")
+    _add_run_flags(p, data_help)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="train presets with several seeds: test accuracy mean, sd, min, max "

@@ -32,6 +32,7 @@ from rnnserve.service.core.package import (
 )
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
 from rnnserve.training.config import TrainConfig
+from rnnserve.training.distill import DISTILLATION_FILE
 from rnnserve.training.layers import MaxMeanPooling
 from rnnserve.training.onnx_rnn import (
     POOLINGS,
@@ -244,6 +245,8 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
         "metrics": {k: metrics[k] for k in ("validation", "test") if k in metrics},
         "maxlen": cfg.maxlen,
     }
+    if (run / DISTILLATION_FILE).is_file():
+        metadata["distillation"] = json.loads((run / DISTILLATION_FILE).read_text())
     extras = [run / f for f in ("curves.png", "confusion.png", "history.json") if (run / f).is_file()]
     return write_package(models_dir, name, version, proto, files, metadata, library_versions(), extras)
 

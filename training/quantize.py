@@ -69,7 +69,7 @@ def quantize_package(package_dir: str | Path, models_dir: str | Path, name: str,
         shutil.copytree(source.path, staged)
         model_path = staged / "model.onnx"
         _quantize(source.path / "model.onnx", model_path)
-        accuracy = [float((_predict(path, meta, x_val).argmax(1) == y_val).mean())
+        accuracy = [float((predict_package(path, meta, x_val).argmax(1) == y_val).mean())
                     for path in (source.path / "model.onnx", model_path)]
         loss = (accuracy[0] - accuracy[1]) * 100
         gate = {"split": split, "examples": int(len(y_val)), "accuracy_float": round(accuracy[0], 6),
@@ -78,7 +78,7 @@ def quantize_package(package_dir: str | Path, models_dir: str | Path, name: str,
             raise QuantizeError(f"INT8 loses {loss:.2f} points of {split} accuracy ({accuracy[0]:.2%} -> "
                                 f"{accuracy[1]:.2%} on {len(y_val)} examples); the limit is {max_loss}")
         model = onnx.load(model_path)
-        test = classification_metrics(ds.y_test, _predict(model_path, meta,
+        test = classification_metrics(ds.y_test, predict_package(model_path, meta,
                                                           tokenizer.pad(ds.x_test, dynamic=meta.dynamic_length)))
         data = meta.model_dump(mode="json")
         data.update(name=name, version=version, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -101,7 +101,7 @@ def quantize_package(package_dir: str | Path, models_dir: str | Path, name: str,
     return target
 
 
-def _predict(model: Path, meta: PackageMetadata, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def predict_package(model: Path, meta: PackageMetadata, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return np.concatenate([session.run([meta.output.name], {meta.input.name: x[i:i + batch_size]})[0]
                            for i in range(0, len(x), batch_size)])

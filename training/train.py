@@ -17,6 +17,7 @@ import numpy as np
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.config import ConfigError, TrainConfig
 from rnnserve.training.data import Dataset, load_keras_dataset, load_text_dataset
+from rnnserve.training.distill import Distillation, compile_student, distillation_targets
 from rnnserve.training.metrics import (
     classification_metrics,
     confusion_matrix,
@@ -158,12 +159,16 @@ def evaluate_run_on_test(run_dir: str | Path, data_dir: str | Path | None = None
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, verbose: int = 1,
-          evaluate_test: bool = True) -> dict:
+          evaluate_test: bool = True, distillation: Distillation | None = None) -> dict:
     """Fit (each ensemble member in turn), evaluate on the validation split and, unless told not to, on the
-    test split; save everything export needs into out_dir."""
+    test split; save everything export needs into out_dir. distillation: fit on a teacher package's
+    probabilities as well as the labels (training/distill.py). Raises ConfigError for a configuration that
+    cannot be trained (or a teacher it cannot learn from)."""
     from rnnserve.training.embeddings import skipgram_embeddings
 
     cfg.validate()
+    if distillation:
+        distillation.check(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -174,7 +179,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     if cfg.pretrained_embeddings == "skipgram":
         embeddings = skipgram_embeddings(data.embedding_texts, data.vocab_size, cfg.embedding_dim, cfg.seed)
     weights = class_weights(cfg, y_fit, len(data.labels)) if data.labels else None
-    models, histories = fit_members(cfg, out, data, (x_fit, y_fit), (x_val, y_val), embeddings, weights, verbose)
+    soft = distillation.soft_targets(len(x_fit), y_fit, data_dir) if distillation else None
+    models, histories = fit_members(cfg, out, data, (x_fit, y_fit), (x_val, y_val), embeddings, weights, verbose,
+                                    distillation and (distillation, soft))
     metrics = {
         "train_seconds": round(time.perf_counter() - started, 1),
         "epochs_run": sum(len(h.get("loss", [])) for h in histories),
@@ -190,6 +197,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
         metrics["test"] = score_test_split(data, models, out)
     for name, text in data.files.items():
         (out / name).write_text(text, encoding="utf-8")
+    if distillation:
+        distillation.write(out)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     (out / "history.json").write_text(json.dumps(histories[0], indent=2))  # the curves show the first member
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -197,26 +206,37 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     return metrics
 
 
-def fit_members(cfg: TrainConfig, out: Path, data: Prepared, fit, val, embeddings, weights, verbose):
-    """Train cfg.ensemble models (seeds seed, seed + 1, ...) and save each; early stopping on val_loss."""
+def fit_members(cfg: TrainConfig, out: Path, data: Prepared, fit, val, embeddings, weights, verbose,
+                teacher: tuple[Distillation, np.ndarray] | None = None):
+    """Train cfg.ensemble models (seeds seed, seed + 1, ...) and save each; early stopping on the validation
+    loss (with a teacher: on the loss against the true labels). teacher: the distillation and its soft
+    targets for the fit examples, [N, C]."""
     import keras
 
     onehot = cfg.label_smoothing > 0 and data.labels and len(data.labels) > 2  # smoothing wants one-hot targets
 
-    def targets(y):
+    def targets(y, soft=None):
+        if teacher:
+            return distillation_targets(y, len(data.labels), soft, cfg.label_smoothing)
         return keras.utils.to_categorical(y, len(data.labels)) if onehot else y
 
     models, histories = [], []
     for i, filename in enumerate(member_files(cfg)):
         seed_everything(cfg.seed + i)
         model = data.build(-(-len(fit[0]) // cfg.batch_size), embeddings)
+        loss = model.loss
+        if teacher:
+            compile_student(model, len(data.labels), teacher[0])
         callbacks = []
         if cfg.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True))
-        history = model.fit(fit[0], targets(fit[1]), batch_size=cfg.batch_size, epochs=cfg.epochs,
-                            validation_data=(val[0], targets(val[1])) if len(val[0]) else None,
+                monitor="val_label_loss" if teacher else "val_loss", mode="min",
+                patience=cfg.early_stopping_patience, restore_best_weights=True))
+        history = model.fit(fit[0], targets(fit[1], teacher and teacher[1]), batch_size=cfg.batch_size,
+                            epochs=cfg.epochs, validation_data=(val[0], targets(val[1])) if len(val[0]) else None,
                             class_weight=weights, callbacks=callbacks, verbose=verbose)
+        if teacher:  # saved with its own loss: a file that loads without this module's functions
+            model.compile(optimizer=model.optimizer, loss=loss, metrics=["accuracy"])
         model.save(out / filename)
         models.append(model)
         histories.append({k: [float(v) for v in vs] for k, vs in history.history.items()})

@@ -17,7 +17,8 @@ def run_cli(*args, env=None):
                           env={**base, **(env or {})}, timeout=600)
 
 
-@pytest.mark.parametrize("sub", ["train", "reproduce", "test", "export", "evaluate", "presets"])
+@pytest.mark.parametrize("sub", ["train", "distill", "reproduce", "test", "export", "evaluate", "quantize", "import",
+                                 "presets"])
 def test_help(sub):
     r = run_cli(sub, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
