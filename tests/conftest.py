@@ -140,6 +140,13 @@ def model_repo(tmp_path_factory, reviews_csv) -> Path:
     return models
 
 
+def port_open(port: int) -> bool:
+    """Something listens on 127.0.0.1:port."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,11 +203,17 @@ def in_process(models_dir: Path, **settings) -> TestClient:
 
 
 def wait_ready(client: TestClient, timeout: float = 60) -> None:
+    wait_until(lambda: client.get("/health/ready").status_code == 200, timeout, "the models to load")
+
+
+def wait_until(condition, timeout: float = 30, what: str = "the condition") -> None:
+    """Poll condition() every 10 ms until it is true: tests wait on what the code exposes (a counter, a
+    gauge, a port, a status), with a deadline, not for a fixed time. TimeoutError naming `what` past it."""
     deadline = time.monotonic() + timeout
-    while client.get("/health/ready").status_code != 200:
+    while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError("models did not load")
-        time.sleep(0.05)
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from rnnserve.service.grpc import messages
-from tests.conftest import ROOT, Server, free_port
+from tests.conftest import ROOT, Server, free_port, port_open, wait_until
 
 TEXTS = ["A moving, beautifully acted film.", "Dull, predictable and far too long.", "café ☕ “fine”"]
 
@@ -210,10 +210,8 @@ def test_two_workers_share_the_port_and_their_statistics(tmp_path):
             assert np.array_equal(result.as_numpy("probabilities"), expected)
         # Whichever worker answers, the statistics are the server's: 9 requests of 3 texts (each worker
         # writes its figures within STATISTICS_FLUSH_S: wait for them, then ask workers in turn).
-        deadline = time.monotonic() + 10
-        while int(client(srv).get_inference_statistics("imdb-lstm-small", as_json=True)["model_stats"][0].get(
-                "inference_count", 0)) < 27 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: int(client(srv).get_inference_statistics("imdb-lstm-small", as_json=True)[
+            "model_stats"][0].get("inference_count", 0)) >= 27, 10, "every worker's statistics")
         for _ in range(6):
             stats = client(srv).get_inference_statistics("imdb-lstm-small", as_json=True)["model_stats"][0]
             assert int(stats["inference_count"]) == 27
@@ -234,7 +232,7 @@ def test_graceful_shutdown_answers_a_request_on_an_open_stream(tmp_path):
         c.async_stream_infer("imdb-lstm-small", [text_input(["first"])])
         assert results.get(timeout=30)[1] is None
         srv.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_until(lambda: not port_open(srv.port), what="the shutdown to begin (HTTP stops listening)")
         c.async_stream_infer("imdb-lstm-small", [text_input(["during the grace period"])])
         result, error = results.get(timeout=30)
         assert error is None and result.as_numpy("probabilities").shape == (1, 2)
@@ -255,9 +253,7 @@ def test_tritonclient_and_the_server_in_one_process(tmp_path):
     app = create_app(Settings(models_dir=Path(ROOT / "models"), grpc_port=port, access_log=False))
     with TestClient(app):
         c = triton.InferenceServerClient(f"127.0.0.1:{port}")
-        deadline = time.monotonic() + 120
-        while not c.is_server_ready() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(c.is_server_ready, 120, "gRPC readiness")
         assert c.infer("imdb-lstm-small", [text_input(TEXTS)]).as_numpy("probabilities").shape == (3, 2)
 
 

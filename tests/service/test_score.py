@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import DATA_DIR, ROOT, Server
+from tests.conftest import DATA_DIR, ROOT, Server, wait_until
 
 RAW = DATA_DIR / "raw" / "imdb_train.csv.gz"
 
@@ -142,7 +142,8 @@ def test_disconnect_stops_the_work(model_repo):
             received += sock.recv(1 << 16)
     sock.close()
     assert received.startswith(b"HTTP/1.1 200") and received.count(b'"row"') >= 2000
-    time.sleep(1.0)
+    wait_until(lambda: 'endpoint="/v1/models/{name}/score"' in httpx.get(f"{server.url}/metrics").text, 30,
+               "the server to end the score request")
     after_close = rows_inferred(server)
     time.sleep(1.5)
     assert rows_inferred(server) == after_close, "the server kept scoring after the client left"

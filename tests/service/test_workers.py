@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, wait_until
 
 NAME = "sentiment-lstm"
 
@@ -45,12 +45,8 @@ def workers(srv: Server) -> list[int]:
 
 
 def wait_for_workers(srv: Server, count: int, timeout: float = 90) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while len(found := workers(srv)) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{count} workers did not load within {timeout} s")
-        time.sleep(0.02)
-    return found
+    wait_until(lambda: len(workers(srv)) >= count, timeout, f"{count} workers to load")
+    return workers(srv)
 
 
 def _child_of(pid: int, parent: int) -> bool:
@@ -118,13 +114,12 @@ def test_a_version_copied_in_is_served_by_every_worker_within_two_polls(repo, se
         staged = repo / f".{NAME}-2"  # copied beside, then renamed in: a version appears whole
         shutil.copytree(repo / NAME / "1", staged)
         os.rename(staged, repo / NAME / "2")
-        copied = time.monotonic()
-        while not all(predict(client).json()["version"] == 2 for _ in range(20)):
-            # two poll periods, and the load and warm-up of a tiny package
-            assert time.monotonic() - copied < 2 * 0.5 + 3, "the new version was not served everywhere in time"
+        # two poll periods, and the load and warm-up of a tiny package
+        wait_until(lambda: all(predict(client).json()["version"] == 2 for _ in range(20)), 2 * 0.5 + 3,
+                   "every worker to serve the new version")
         shutil.rmtree(repo / NAME / "2")
-        time.sleep(1.5)  # two poll periods and the reload
-        assert {predict(client).json()["version"] for _ in range(20)} == {1}
+        wait_until(lambda: {predict(client).json()["version"] for _ in range(20)} == {1}, 2 * 0.5 + 3,
+                   "every worker to serve version 1 again (two poll periods and the reload)")
 
 
 def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_fail(repo, serve):
@@ -143,13 +138,14 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_fail(repo,
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(results) >= 100, what="the load to run")
     victim = workers(srv)[0]
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
     wait_for_workers(srv, 3, timeout=30)  # the replacement has loaded the repository
     replaced = time.monotonic() - killed
-    time.sleep(0.5)
+    served = len(results)
+    wait_until(lambda: len(results) >= served + 100, what="the load to go on with the replacement")
     stop.set()
     for t in threads:
         t.join(timeout=30)
