@@ -13,6 +13,7 @@ serve: $(VENV)/.installed-serve
 
 test: $(VENV)/.installed-dev $(TOOLS)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest
 

@@ -108,14 +108,20 @@ class ModelControl:
                 failure.status, failure.code = error["status"], error["code"]
                 raise failure
 
+    @property
+    def _shared(self) -> Path:
+        """The workers' shared state directory (a server of several workers has one)."""
+        assert self.state_dir is not None
+        return self.state_dir
+
     def _publish(self, name: str, op: str) -> int:
-        with open(self.state_dir / "lock", "a") as lock:
+        with open(self._shared / "lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             desired = self._read_desired()
             generation = desired["generation"] + 1
             desired["generation"] = generation
             desired["models"][name] = {"op": op, "generation": generation}
-            _write_json(self.state_dir / "desired.json", desired)
+            _write_json(self._shared / "desired.json", desired)
         return generation
 
     async def _follow(self) -> None:
@@ -135,7 +141,7 @@ class ModelControl:
 
     async def _apply_changes(self) -> None:
         try:
-            stat = (self.state_dir / "desired.json").stat()
+            stat = (self._shared / "desired.json").stat()
         except FileNotFoundError:
             return
         if (stat.st_mtime_ns, stat.st_size) == self._seen:
@@ -188,22 +194,22 @@ class ModelControl:
         if self.state_dir is None:
             return {"generation": 0, "models": {}}
         try:
-            return json.loads((self.state_dir / "desired.json").read_text())
+            return json.loads((self._shared / "desired.json").read_text())
         except FileNotFoundError:
             return {"generation": 0, "models": {}}
 
     def _status_path(self, pid: int) -> Path:
-        return self.state_dir / "workers" / f"{pid}.json"
+        return self._shared / "workers" / f"{pid}.json"
 
     def _write_status(self) -> None:
         if self.state_dir is not None:
-            (self.state_dir / "workers").mkdir(exist_ok=True)
+            (self._shared / "workers").mkdir(exist_ok=True)
             _write_json(self._status_path(os.getpid()), {"generation": self._generation, "results": self._applied})
 
     def _live_statuses(self) -> dict[int, dict]:
         """Every live worker's status; the files of workers that died are removed."""
         statuses = {}
-        for path in (self.state_dir / "workers").glob("*.json"):
+        for path in (self._shared / "workers").glob("*.json"):
             pid = int(path.stem)
             if not alive(pid):
                 path.unlink(missing_ok=True)

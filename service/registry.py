@@ -76,7 +76,7 @@ class Registry:
                                         "provider": model.session.provider, "threads": model.session.threads})
         return model
 
-    async def load_all(self, skip: set[str] = frozenset()) -> None:
+    async def load_all(self, skip: frozenset[str] | set[str] = frozenset()) -> None:
         """Load every package in the repository but the names in `skip` (unloaded through the API)."""
         root = self.settings.models_dir
         if not root.is_dir():

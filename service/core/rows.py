@@ -84,7 +84,8 @@ class RowReader:
         self._skipping = False  # inside a line that was given up: drop bytes until it ends
         self._started = False
         self._head = b""  # the first bytes, until there are enough to tell a byte-order mark
-        self._decoder = None  # an incremental decoder for encodings that are not ASCII-compatible
+        # an incremental decoder for encodings that are not ASCII-compatible
+        self._decoder: codecs.IncrementalDecoder | None = None
         self._record: list[str] = []  # a CSV record whose quoted field is still open: its lines, breaks kept
         self._record_bytes = 0
         self._header: list[str] | None = None
@@ -167,6 +168,7 @@ class RowReader:
         return data
 
     def _decode_stream(self, data: bytes, final: bool = False) -> bytes:
+        assert self._decoder is not None
         try:
             return self._decoder.decode(data, final).encode("utf-8", "surrogatepass")
         except (UnicodeError, ValueError) as exc:  # e.g. UTF-16 declared, and no BOM nor even length
@@ -323,7 +325,9 @@ def _still_quoted(line: str, quoted: bool) -> bool:
     i = 0
     while True:
         if quoted:
-            i = QUOTED_TEXT.match(line, i).end()
+            inside = QUOTED_TEXT.match(line, i)
+            assert inside is not None  # it matches the empty string too
+            i = inside.end()
             if i == len(line):
                 return True
             quoted, i = False, i + 1  # a lone quote closes the field

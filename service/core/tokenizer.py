@@ -146,7 +146,7 @@ class Tokenizer:
         spec.validate()
         self.spec = spec
         self._normalize = normalizer(spec.normalization)
-        table = {} if spec.char_level else {ord(c): spec.split for c in spec.filters}
+        table: dict[int, str | None] = {} if spec.char_level else {ord(c): spec.split for c in spec.filters}
         table.update({ord(c): None for c in spec.strip})
         if spec.lower:
             if spec.lower_ascii_only:
@@ -312,26 +312,27 @@ class Tokenizer:
         maxlen = maxlen or self.spec.maxlen
         if self._fast is None:
             encoded = [self.encode(text) for text in texts]
-            counts = [(len(ids), oov) for ids, oov in encoded]
+            counts = [[len(ids), oov] for ids, oov in encoded]
             x = self.pad([ids for ids, _ in encoded], maxlen, dynamic)
         else:
             texts = list(texts) if self._normalize is None else [self._normalize(t)[0] for t in texts]
             x, counts = self._fast_batch(texts, maxlen, dynamic)
         return x, [TokenStats(kept=min(n, maxlen), oov=oov, truncated=n > maxlen) for n, oov in counts]
 
-    def _fast_batch(self, texts: list[str], maxlen: int, dynamic: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    def _fast_batch(self, texts: list[str], maxlen: int, dynamic: bool) -> tuple[np.ndarray, list[list[int]]]:
         x = np.zeros((len(texts), maxlen), dtype=np.int64)
         counts = np.zeros((len(texts), 2), dtype=np.int64)
         pre_pad = self.spec.padding == "pre"
+        assert self._fast is not None  # only called with the compiled tokenizer
         for row in self._fast.encode_batch(texts, x, counts, maxlen, pre_pad, self.spec.truncating == "pre"):
             ids, oov, _ = self._encode_spans(texts[row])  # declined: a lone surrogate, or non-ASCII under ascii_only
             x[row] = self.pad([ids], maxlen)[0]
             counts[row] = len(ids), oov
-        counts = counts.tolist()
+        lengths = counts.tolist()
         if dynamic:
-            width = max(1, min(maxlen, max((n for n, _ in counts), default=1)))
+            width = max(1, min(maxlen, max((n for n, _ in lengths), default=1)))
             x = np.ascontiguousarray(x[:, maxlen - width:] if pre_pad else x[:, :width])
-        return x, counts
+        return x, lengths
 
 
 def _back(words: list[tuple[str, int, int]], origin: Origin) -> list[tuple[str, int, int]]:

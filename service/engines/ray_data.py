@@ -15,6 +15,7 @@ recovered by sorting on them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,9 +75,9 @@ class TextFiles(ray.data.Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ray.data.ReadTask]:
-        return [ray.data.ReadTask(lambda fs=fs, path=path, fmt=fmt: self._read(fs, path, fmt),
+        return [ray.data.ReadTask(functools.partial(self._read, fs, path, fmt),
                                   ray.data.block.BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
-                                                               input_files=[path]))
+                                                               input_files=(path,)))
                 for (fs, path), fmt in zip(self.files, self.formats)]
 
     def _read(self, fs: pafs.FileSystem, path: str, fmt: str) -> Iterator[pa.Table]:

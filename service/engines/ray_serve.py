@@ -31,4 +31,4 @@ class RnnServe:
     of 5 requests in flight per replica would starve the batcher: max_ongoing_requests lets batches form."""
 
 
-app = RnnServe.bind()
+app = RnnServe.bind()  # type: ignore[attr-defined]  # serve.deployment made it a Deployment

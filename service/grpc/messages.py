@@ -23,9 +23,9 @@ def message(name: str, package: str = "inference") -> type:
 
 def methods(service: str = SERVICE) -> dict[str, tuple[type, type, bool]]:
     """Each RPC of a service: (request class, response class, streaming: both ways, or unary)."""
-    service = POOL.FindServiceByName(service)
+    descriptor = POOL.FindServiceByName(service)
     return {m.name: (message_factory.GetMessageClass(m.input_type), message_factory.GetMessageClass(m.output_type),
-                     m.server_streaming) for m in service.methods}
+                     m.server_streaming) for m in descriptor.methods}
 
 
 ModelInferRequest = message("ModelInferRequest")

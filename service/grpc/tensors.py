@@ -10,6 +10,8 @@ FP32 flat little-endian) or in typed `contents` (grpcurl's and KServe's examples
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from rnnserve.service.core.errors import BadRequest, InvalidInput, echo
@@ -40,7 +42,7 @@ def v2_header(request) -> tuple[dict, bytes, bool]:
             raise InvalidInput(f"input {echo(tensor.name)} has datatype {echo(tensor.datatype)}; this server takes "
                                "BYTES and FP32")
         inputs.append(entry)
-    header = {"inputs": inputs}
+    header: dict[str, Any] = {"inputs": inputs}
     if request.parameters:
         header["parameters"] = {key: getattr(value, value.WhichOneof("parameter_choice"))
                                 for key, value in request.parameters.items() if value.WhichOneof("parameter_choice")}

@@ -56,9 +56,13 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
     state_dir = os.environ.get(STATE_DIR_ENV)  # several worker processes: set by the server's entry point
     control = ModelControl(registry, Path(state_dir) if state_dir else None)
     # One process: its sequences in a directory of its own, removed with the app.
-    private = None if state_dir else tempfile.TemporaryDirectory(prefix="rnnserve-sequences-")
-    sequences = SequenceStates(Path(state_dir or private.name) / "sequences", settings.sequence_idle_s,
-                               settings.max_sequences)
+    private: tempfile.TemporaryDirectory | None = None
+    if state_dir:
+        shared = Path(state_dir)
+    else:
+        private = tempfile.TemporaryDirectory(prefix="rnnserve-sequences-")
+        shared = Path(private.name)
+    sequences = SequenceStates(shared / "sequences", settings.sequence_idle_s, settings.max_sequences)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -96,9 +100,12 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
     app.add_api_route(DOCS, docs_page, include_in_schema=False)
     # Open with API keys set: what holds no data (a browser's navigation cannot carry a key). The page asks for
     # one, Swagger UI's Authorize button takes one; every call they make needs it.
-    open_paths, open_prefixes, page_prefixes = (DOCS, app.openapi_url), (DOCS_STATIC + "/",), ()
+    open_paths: tuple[str, ...] = (DOCS, app.openapi_url or DOCS)
+    open_prefixes: tuple[str, ...] = (DOCS_STATIC + "/",)
+    page_prefixes: tuple[str, ...] = ()
     if settings.keys():
-        app.openapi = declare_keys(app, OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set()))
+        open_to_all = OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set())
+        app.openapi = declare_keys(app, open_to_all)  # type: ignore[method-assign]  # as FastAPI's docs do
     if settings.ui:
         app.mount(PAGE, StaticFiles(directory=UI_DIR, html=True), name="ui")
         app.add_api_route("/", lambda: RedirectResponse(f"{PAGE}/"), include_in_schema=False)

@@ -9,11 +9,12 @@ from typing import TypeVar
 
 import orjson
 from fastapi import Request, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rnnserve.service.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 MAX_ERRORS_LISTED = 5  # a body with a million wrong values gets a short answer, not a million messages
 # Parsing a body this large would hold the event loop for milliseconds: do it in a thread, where the
 # interpreter's switch interval lets the loop answer other requests in between.
@@ -87,12 +88,13 @@ def _branch(part) -> bool:
     return isinstance(part, str) and (part in ("none", "float", "str", "int", "bool") or "[" in part)
 
 
-def model_parser(model: type[T]) -> Callable[[bytes], T]:
-    def parse_model(body: bytes) -> T:
+def model_parser(model: type[M]) -> Callable[[bytes], M]:
+    def parse_model(body: bytes) -> M:
         try:
             return model.model_validate_json(body)
         except ValidationError as exc:
-            raise validation_error(exc.errors(include_url=False, include_context=False, include_input=False)) from None
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            raise validation_error([dict(e) for e in errors]) from None
 
     return parse_model
 

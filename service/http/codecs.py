@@ -30,7 +30,7 @@ class Codec(ABC):
     """A runtime's /v1 and V2 wire formats. decode_* raise InvalidInput (422) or PayloadTooLarge (413)."""
 
     @abstractmethod
-    def decode_v1(self, model: ModelRuntime, body: PredictRequest, settings: Settings) -> Sequence:
+    def decode_v1(self, model: ModelRuntime, body: PredictRequest, settings: Settings) -> Sequence | np.ndarray:
         """A /v1 predict body -> the runtime's rows."""
 
     @abstractmethod
@@ -42,7 +42,8 @@ class Codec(ABC):
         """The V2 metadata of the inputs the model takes."""
 
     @abstractmethod
-    def decode_v2(self, model: ModelRuntime, header: dict, binary: bytes, settings: Settings) -> Sequence:
+    def decode_v2(self, model: ModelRuntime, header: dict, binary: bytes,
+                  settings: Settings) -> Sequence | np.ndarray:
         """A V2 request (its JSON header and binary tensor data) -> the runtime's rows."""
 
     def classes(self, model: ModelRuntime) -> list[str]:
@@ -200,6 +201,7 @@ def top_classes(model: ModelRuntime, probabilities: np.ndarray, k: object) -> li
     format, the score with six decimals), most probable first; k beyond the class count gives them all.
     InvalidInput as check_classification."""
     classes = check_classification(model, k)
+    assert isinstance(k, int)  # checked just now
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return [[f"{row[i]:f}:{i}:{classes[i]}" for i in top] for row, top in zip(probabilities, order)]
 

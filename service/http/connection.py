@@ -7,6 +7,7 @@ the moment the previous response has been sent. A request being computed or stre
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -32,7 +33,8 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         settings = limits()
-        self._head_bytes, self._in_head, self._head_timer, self._heads = 0, True, None, 0
+        self._head_bytes, self._in_head, self._heads = 0, True, 0
+        self._head_timer: asyncio.TimerHandle | None = None
         if len(self.connections) > settings.per_worker(settings.max_connections):
             now = time.monotonic()
             if now - GuardedHttpTools._last_refusal_log > 10:

@@ -41,15 +41,18 @@ def render_error(request: Request, exc: Exception) -> Response:
     """The one answer for any exception, from its class: {"error": {"code", "message"}}, or {"error": message}
     on /v2 routes (tritonclient reads that), with the class's status and headers. Unexpected exceptions are
     logged and answered 500."""
+    error: ServiceError
     if isinstance(exc, RequestValidationError):
-        exc = validation_error(exc.errors())
+        error = validation_error(list(exc.errors()))
     elif isinstance(exc, HTTPException):
-        exc = _from_starlette(exc)
-    elif not isinstance(exc, ServiceError):
+        error = _from_starlette(exc)
+    elif isinstance(exc, ServiceError):
+        error = exc
+    else:
         log.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
-        exc = ServiceError("internal server error; see the logs for this request id")
-    body = {"error": exc.message} if declared_error_model(request) is V2Error else error_body(exc)
-    return json_response(body, status_code=exc.status, headers=exc.headers or None)
+        error = ServiceError("internal server error; see the logs for this request id")
+    body = {"error": error.message} if declared_error_model(request) is V2Error else error_body(error)
+    return json_response(body, status_code=error.status, headers=error.headers or None)
 
 
 def declared_error_model(request: Request) -> type | None:

@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
@@ -44,9 +45,9 @@ class StreamedBodyRoute(APIRoute):
 
 class ServiceMiddleware:
     def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_score_bytes: int, known_models,
-                 access_log: bool = True, api_keys: list[str] = (), metrics_public: bool = True,
+                 access_log: bool = True, api_keys: Sequence[str] = (), metrics_public: bool = True,
                  open_paths: tuple[str, ...] = (), open_prefixes: tuple[str, ...] = (),
-                 origins: list[str] = (), page_prefixes: tuple[str, ...] = (), loopback_only: bool = False):
+                 origins: Sequence[str] = (), page_prefixes: tuple[str, ...] = (), loopback_only: bool = False):
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
         # What holds no data needs no key (a browser's navigation cannot send one): health, the docs, the page.

@@ -56,7 +56,10 @@ class PredictRequest(BaseModel):
 
     @property
     def all_texts(self) -> list[str]:
-        return self.texts if self.texts is not None else [self.text]
+        if self.texts is not None:
+            return self.texts
+        assert self.text is not None  # the validator requires one of them
+        return [self.text]
 
 
 class ExplainRequest(BaseModel):

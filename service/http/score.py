@@ -46,7 +46,7 @@ class ScoreResponse(Response):
     goes through a BodySpool, so reading it never waits for the client to read the answer."""
 
     def __init__(self, media_type: str, run, upload: UploadFile | None, max_bytes: int):
-        self.media_type, self.run, self.upload, self.max_bytes = media_type, run, upload, max_bytes
+        self.content_type, self.run, self.upload, self.max_bytes = media_type, run, upload, max_bytes
         self.status_code, self.background = 200, None
 
     async def __call__(self, scope, receive, send):
@@ -109,7 +109,7 @@ class ScoreResponse(Response):
 
     async def _stream(self, send, chunks) -> None:
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", self.media_type.encode())]})
+                    "headers": [(b"content-type", self.content_type.encode())]})
         try:
             async for text in self.run(chunks):
                 await send({"type": "http.response.body", "body": text.encode("utf-8"), "more_body": True})
@@ -126,7 +126,7 @@ class ScoreResponse(Response):
 
     async def _end(self, send, reason: str) -> None:
         """End a stream that could not finish with a last line saying why (instead of the summary)."""
-        tail = json.dumps({"error": reason}) if "json" in self.media_type else f"# error {reason}"
+        tail = json.dumps({"error": reason}) if "json" in self.content_type else f"# error {reason}"
         await send({"type": "http.response.body", "body": tail.encode() + b"\n", "more_body": False})
 
 
@@ -157,15 +157,16 @@ async def _score(request: Request, name: str, version: str | None, options: Scor
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_score_bytes:
         raise PayloadTooLarge(f"upload of {length} bytes exceeds the limit of {settings.max_score_bytes} bytes")
-    upload = None
+    upload: UploadFile | None = None
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=1, max_fields=8)
         except ClientDisconnect:  # an abandoned upload is the client's doing, not a server error
             raise ClientGone("the client closed the connection during the upload") from None
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
+        field = form.get("file")
+        if not isinstance(field, UploadFile):
             raise InvalidInput("multipart upload needs a file field named 'file'")
+        upload = field
     fmt = _input_format(request, options.input_format, upload)
     accepted = "csv" if "text/csv" in request.headers.get("accept", "") else "jsonl"
     options = replace(options, output_format=options.output_format or accepted, encoding=_charset(request, upload))

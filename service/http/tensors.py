@@ -126,7 +126,8 @@ def flatten(data: list) -> list:
 def decode_bytes(buf: bytes, expected: int) -> list[bytes]:
     """Triton's BYTES serialisation: each element is a little-endian uint32 length, then the bytes. Stops
     at the first element beyond the `expected` count the shape declared."""
-    out, i = [], 0
+    out: list[bytes] = []
+    i = 0
     while i < len(buf):
         if len(out) == expected:
             raise InvalidInput(f"shape says {expected} texts but the binary data holds more")

@@ -41,7 +41,7 @@ from rnnserve.service.http.schemas import (
 )
 from rnnserve.service.runtime.generator import Sampling
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict] = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": PredictRequest.model_json_schema()}}}}

@@ -134,6 +134,7 @@ class ModelRuntime(ABC):
         return out
 
     def _batch_done(self, rows: int, waits: list[float], session: OrtSession | None = None) -> None:
+        assert self.observer is not None  # the batcher calls this only when there is one
         self.observer.batch(rows, waits, self._times[session or self.session])
 
     def concat(self, parts: list) -> Any:
@@ -148,7 +149,7 @@ class ModelRuntime(ABC):
         """A better order to run rows in (None: as given); the result comes back in the given order."""
         return None
 
-    def _runs(self, rows: Sequence) -> tuple[list[Sequence], np.ndarray | None]:
+    def _runs(self, rows: Sequence) -> tuple[list[Any], np.ndarray | None]:
         step = self.batcher.max_batch_size
         order = self.order(rows) if len(rows) > step else None
         if order is not None:

@@ -63,7 +63,7 @@ def occlusion_groups(words: list[Word], method: str, window: int) -> list[list[i
 
 def left_out(words: list[Word], groups: list[list[int]]) -> list[tuple[int, ...]]:
     """For each group, the positions of its words' ids: what its variant leaves out of the text's ids."""
-    return [tuple(words[i].position for i in group) for group in groups]
+    return [tuple(p for i in group if (p := words[i].position) is not None) for group in groups]
 
 
 def attribute(words: list[Word], groups: list[list[int]], full: float, without: list[float]) -> None:

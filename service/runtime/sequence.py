@@ -72,6 +72,7 @@ class SequenceModel(ModelRuntime):
         return as_sequences(values, steps or self.shape[0], self.shape[1])
 
     async def _step(self, row: np.ndarray, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        assert self.steps is not None  # check_step refused models without a step-wise graph (not stateful)
         (out, state), = await self.steps.submit([(row, self.zero_state() if state is None else state)])
         return out[None], state
 
@@ -79,6 +80,7 @@ class SequenceModel(ModelRuntime):
         """Rows of (sequence [T, F], states [1, H] each) -> (output row, states after it) each; rows of equal
         length share one run of the step-wise graph."""
         meta = self.package.metadata
+        assert self.stepwise is not None
         return self.stepwise.run_steps(rows, meta.input.name, meta.output.name, meta.state,
                                        lambda x: normalize(x, meta.input.normalization))
 

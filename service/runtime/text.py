@@ -20,6 +20,7 @@ from rnnserve.service.core.package import Package, PackageError, Task
 from rnnserve.service.core.tokenizer import Tokenizer, TokenStats
 from rnnserve.service.runtime import explain
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeObserver, RuntimeOptions
+from rnnserve.service.runtime.explain import Word
 from rnnserve.service.runtime.session import OrtSession
 
 
@@ -164,8 +165,8 @@ class TextClassifier(ModelRuntime):
         try:
             words, ids = await asyncio.to_thread(self._read_words, text, max_words)
             groups = explain.occlusion_groups(words, method, window)
-            ids = np.array(ids, np.int64)
-            rows = [text, *(Occluded(ids, drop) for drop in explain.left_out(words, groups))]
+            text_ids = np.array(ids, np.int64)
+            rows = [text, *(Occluded(text_ids, drop) for drop in explain.left_out(words, groups))]
             step = self.batcher.max_batch_size
             result = ClassificationResult.concat([await self.batcher.submit(rows[i:i + step], background=True)
                                         for i in range(0, len(rows), step)])
@@ -177,7 +178,7 @@ class TextClassifier(ModelRuntime):
         explain.attribute(words, groups, float(probs[0, label]), probs[1:, label].tolist())
         return Explanation(result[:1], label, words, method, window if method == "window" else 1, len(result))
 
-    def _read_words(self, text: str, max_words: int | None) -> tuple[list[explain.Word], list[int]]:
+    def _read_words(self, text: str, max_words: int | None) -> tuple[list[Word], list[int]]:
         if max_words is not None and (n := self.tokenizer.count_words(text)) > max_words:
             raise PayloadTooLarge(f"the text has {n} words; at most {max_words} can be explained")
         return explain.read_words(self.tokenizer, text)

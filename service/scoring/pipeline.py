@@ -43,7 +43,8 @@ class ScoreOptions:
         return RowReader(fmt, self.text_column, self.id_column, max_chars, encoding=self.encoding)
 
     def writer(self, labels: list[str]) -> RowWriter:
-        return RowWriter(self.output_format or "jsonl", labels, self.probabilities)
+        """JSON Lines or CSV rows (Parquet is Ray Data's to write)."""
+        return RowWriter("csv" if self.output_format == "csv" else "jsonl", labels, self.probabilities)
 
 
 class RowWriter:
@@ -164,9 +165,9 @@ async def score_stream(chunks: AsyncIterator[bytes], reader: RowReader, writer: 
         while True:
             getter = asyncio.ensure_future(blocks.get())
             done, _ = await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done and producer.exception() is not None:  # reading the body failed
+            if getter not in done and (failure := producer.exception()) is not None:  # reading the body failed
                 getter.cancel()
-                raise producer.exception()
+                raise failure
             block = await getter
             if block is None:
                 break

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import tempfile
+from typing import IO
 
 
 class BodySpool:
@@ -15,7 +16,7 @@ class BodySpool:
         self.memory_bytes = memory_bytes
         self._memory: collections.deque[bytes] = collections.deque()
         self._in_memory = 0
-        self._file = None
+        self._file: IO[bytes] | None = None
         self._written = self._read = 0  # file offsets
         self._sizes: collections.deque[int] = collections.deque()  # chunk sizes in the file, in order
         self._closed = False
@@ -28,8 +29,9 @@ class BodySpool:
         else:  # spill; everything after the first spilled chunk goes to the file too, keeping the order
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="rnnserve-upload-")
-            self._file.seek(self._written)
-            self._file.write(chunk)
+            spill = self._file
+            spill.seek(self._written)
+            spill.write(chunk)
             self._written += len(chunk)
             self._sizes.append(len(chunk))
         self._ready.set()
@@ -47,13 +49,15 @@ class BodySpool:
                 self._in_memory -= len(chunk)
                 return chunk
             if self._sizes:
-                self._file.seek(self._read)
-                chunk = self._file.read(self._sizes.popleft())
+                spill = self._file
+                assert spill is not None  # chunk sizes are kept for chunks in the file
+                spill.seek(self._read)
+                chunk = spill.read(self._sizes.popleft())
                 self._read += len(chunk)
                 if not self._sizes:  # drained: back to memory, and the file can be reused from the start
-                    self._file.seek(0)
-                    self._file.truncate()
-                    self._file.close()
+                    spill.seek(0)
+                    spill.truncate()
+                    spill.close()
                     self._file, self._written, self._read = None, 0, 0
                 return chunk
             if self._closed:
