@@ -6,7 +6,7 @@ TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: serve test docs bench bundled-models clean proto
+.PHONY: serve test test-fast docs bench bundled-models clean proto
 
 serve: $(VENV)/.installed-serve
 	$(PY) -m rnnserve.service
@@ -16,6 +16,11 @@ test: $(VENV)/.installed-dev $(TOOLS)/.installed
 	$(VENV)/bin/mypy
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest
+
+test-fast: $(VENV)/.installed-dev  # the API, runtime and scoring tests, without the slow tier (-m slow)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -m "not slow"
 
 proto: $(VENV)/.installed-dev  # the gRPC descriptor set the server loads, from service/grpc/*.proto
 	$(PY) -m grpc_tools.protoc -Iservice/grpc --descriptor_set_out=service/grpc/protocol.binpb \

@@ -23,6 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCAL = "http://127.0.0.1:8000"  # in-process clients' origin
 
 
+# The slow tier (marker `slow`): Docker images, a real browser, a Ray cluster, a wheel build, the bundled
+# models over their full test splits, and training as the subject. `make test-fast` runs the rest.
+SLOW_MODULES = {"test_docker", "test_page", "test_ray", "test_wheel", "test_bundled_models"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.stem in SLOW_MODULES or item.path.parent.name == "training":
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI (RNNSERVE_CI=1) a skipped test fails: a skip there means missing tooling (Docker, Chromium,
