@@ -6,7 +6,7 @@ TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: serve test test-fast docs bench bundled-models clean proto
+.PHONY: serve test test-fast fixtures docs bench bundled-models clean proto
 
 serve: $(VENV)/.installed-serve
 	$(PY) -m rnnserve.service
@@ -21,6 +21,9 @@ test-fast: $(VENV)/.installed-dev  # the API, runtime and scoring tests, without
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -m "not slow"
+
+fixtures: $(VENV)/.installed-dev  # the tiny packages the service tests run on (tests/fixtures/, committed)
+	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m tests.fixtures.build
 
 proto: $(VENV)/.installed-dev  # the gRPC descriptor set the server loads, from service/grpc/*.proto
 	$(PY) -m grpc_tools.protoc -Iservice/grpc --descriptor_set_out=service/grpc/protocol.binpb \

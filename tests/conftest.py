@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -90,65 +91,45 @@ def write_csv(path: Path, texts: list[str], labels: list[str]) -> Path:
 
 @pytest.fixture(scope="session")
 def reviews_csv(tmp_path_factory) -> Path:
-    texts, labels = real_reviews(150)
-    return write_csv(tmp_path_factory.mktemp("data") / "reviews.csv", texts, labels)
+    from tests.fixtures.build import reviews_csv as write_reviews
+
+    return write_reviews(tmp_path_factory.mktemp("data"))
 
 
-def train_and_export(csv_path: Path, models_dir: Path, name: str, **cfg) -> Path:
-    from rnnserve.training.config import TrainConfig
-    from rnnserve.training.export import export_run
-    from rnnserve.training.train import train
-
-    config = TrainConfig.from_dict(dict(dataset=str(csv_path), num_words=2000, maxlen=40, embedding_dim=8, units=8,
-                                        epochs=1, batch_size=32, validation_split=0.0, seed=1) | cfg)
-    run = models_dir.parent / "runs" / name
-    train(config, run, verbose=0)
-    return export_run(run, models_dir, name, 1, parity_examples=200)
+FIXTURES = ROOT / "tests" / "fixtures"  # tiny real packages, committed (make fixtures: tests/fixtures/build.py)
 
 
-SEQUENCE_MODELS = {  # name -> synthetic data set
-    "waves-next": "waves-next", "waves-kind": "waves-kind", "waves-steps": "waves-steps"}
-TINY = dict(units=8, epochs=2, batch_size=64, optimizer="adam", validation_split=0.1, seed=3)
-
-
-def train_export_task(models, name, **cfg):
-    from rnnserve.training.config import TrainConfig
-    from rnnserve.training.export import export_run
-    from rnnserve.training.train import train
-
-    run = models.parent / "runs" / name
-    train(TrainConfig.from_dict(cfg), run, DATA_DIR, verbose=0)
-    return export_run(run, models, name, 1, DATA_DIR, parity_examples=200)
+def _fixture_copy(tmp_path_factory, name: str, *parts: str) -> Path:
+    """A copy of committed fixture folders (tests may change their repository), under a fresh directory."""
+    root = tmp_path_factory.mktemp(name)
+    for part in parts:
+        source, target = part.split(":") if ":" in part else (part, part)
+        shutil.copytree(FIXTURES / source, root / target)
+    return root
 
 
 @pytest.fixture(scope="session")
-def task_repo(tmp_path_factory, reviews_csv):
-    """Tiny real packages of the other tasks: three numeric-sequence models (next value, wave kind, next value
-    per step), a character-level classifier and a two-layer character LSTM language model."""
-    models = tmp_path_factory.mktemp("tasks") / "models"
-    for name, dataset in SEQUENCE_MODELS.items():
-        train_export_task(models, name, task="sequences", dataset=dataset, maxlen=10, cell="lstm", **TINY)
-    train_export_task(models, "chars", dataset=str(reviews_csv), char_level=True, maxlen=300, cell="gru",
-                  mask_zero=True, embedding_dim=8, **TINY)
-    corpus = DATA_DIR / "raw" / "reuters_train_raw.csv.gz"
-    if not corpus.is_file():
-        pytest.skip(f"{corpus} is absent (set RNNSERVE_DATA_DIR)")
-    train_export_task(models, "lm", task="lm", dataset=str(corpus), max_chars=40_000, maxlen=40, cell="lstm",
-                  layers=2, embedding_dim=16, test_split=0.1, **TINY)
-    return models
+def model_repo(tmp_path_factory) -> Path:
+    """Two tiny real packages: an LSTM sentiment model and a masked 3-class BiGRU (tests/fixtures/models)."""
+    return _fixture_copy(tmp_path_factory, "repo", "models") / "models"
 
 
 @pytest.fixture(scope="session")
-def model_repo(tmp_path_factory, reviews_csv) -> Path:
-    """A repository with two tiny real packages: an LSTM sentiment model and a masked 3-class GRU."""
-    root = tmp_path_factory.mktemp("repo")
-    models = root / "models"
-    train_and_export(reviews_csv, models, "sentiment-lstm", cell="lstm")
-    texts, _ = real_reviews(60)
-    topics = ["alpha", "beta", "gamma"]
-    three = write_csv(root / "three.csv", texts, [topics[i % 3] for i in range(len(texts))])
-    train_and_export(three, models, "topics-gru", cell="gru", bidirectional=True, mask_zero=True)
-    return models
+def task_repo(tmp_path_factory) -> Path:
+    """Tiny real packages of the other tasks (tests/fixtures/tasks): three numeric-sequence models (next value,
+    wave kind, next value per step), a character-level classifier and a two-layer character LSTM language
+    model, with the language model's Keras file in ../runs/lm."""
+    return _fixture_copy(tmp_path_factory, "tasks", "tasks:models", "runs") / "models"
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory) -> Path:
+    """model_repo's two packages trained here, with their runs (../runs) and training files: for the tests
+    whose subject is training (INT8, distillation), which read the packages' own data."""
+    from tests.fixtures.build import build_models, reviews_csv
+
+    root = tmp_path_factory.mktemp("trained")
+    return build_models(root / "models", reviews_csv(root))
 
 
 def port_open(port: int) -> bool:

@@ -15,7 +15,8 @@ import pytest
 
 from rnnserve.service.core.package import read_package
 from rnnserve.service.core.sequences import normalize
-from tests.conftest import SEQUENCE_MODELS, Server, in_process, wait_ready
+from tests.conftest import Server, in_process, wait_ready
+from tests.fixtures.build import SEQUENCE_MODELS
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from tests.conftest import in_process, wait_ready
 from tests.training.test_cli import run_cli
 
 
-def test_a_student_learns_from_its_teacher_records_it_and_is_served(model_repo, tmp_path):
-    teacher = model_repo / "topics-gru" / "1"
+def test_a_student_learns_from_its_teacher_records_it_and_is_served(trained_repo, tmp_path):
+    teacher = trained_repo / "topics-gru" / "1"
     models = tmp_path / "models"
     r = run_cli("distill", "--teacher", str(teacher), "--cell", "lstm", "--bidirectional", "--units", "4",
                 "--epochs", "1", "--temperature", "3", "--alpha", "0.25", "--out", str(tmp_path / "run"),
@@ -37,14 +37,14 @@ def test_a_student_learns_from_its_teacher_records_it_and_is_served(model_repo, 
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
 
 
-def test_the_teachers_probabilities_are_those_the_server_gives_for_the_fit_texts(model_repo, tmp_path):
+def test_the_teachers_probabilities_are_those_the_server_gives_for_the_fit_texts(trained_repo, tmp_path):
     """At T = 1 the soft targets are the teacher package's own probabilities for the examples the student
     fits, in order: the same numbers its tokenizer and model.onnx give through the service."""
     from rnnserve.service.runtime.loader import open_model
     from rnnserve.service.runtime.text import Occluded
     from rnnserve.training.train import load_dataset
 
-    teacher = Distillation(model_repo / "topics-gru" / "1", temperature=1.0)
+    teacher = Distillation(trained_repo / "topics-gru" / "1", temperature=1.0)
     cfg = teacher.teacher_config()
     ds = load_dataset(cfg, None)
     soft = teacher.soft_targets(10, np.asarray(ds.y_train[:10]), None)
@@ -81,8 +81,8 @@ def test_the_loss_is_hintons():
                                + (1 - alpha) * -(y2[:, 2:] * np.log(soften(two, t))).sum(1) * t * t, rtol=1e-4)
 
 
-def test_teachers_it_cannot_learn_from_are_named(model_repo, task_repo, tmp_path):
-    teacher = Distillation(model_repo / "topics-gru" / "1")
+def test_teachers_it_cannot_learn_from_are_named(trained_repo, task_repo, tmp_path):
+    teacher = Distillation(trained_repo / "topics-gru" / "1")
     cfg = teacher.teacher_config()
     other = TrainConfig.from_dict({**cfg.to_dict(), "dataset": "imdb"})
     with pytest.raises(ConfigError, match=r"student's dataset \('imdb'\) must be the teacher's"):

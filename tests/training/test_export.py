@@ -9,7 +9,7 @@ import pytest
 
 from rnnserve.service.core.package import read_package
 from rnnserve.service.core.tokenizer import Tokenizer
-from tests.conftest import train_and_export
+from tests.fixtures.build import train_and_export
 
 VARIANTS = {
     "simple_rnn": dict(cell="simple_rnn"),
@@ -157,3 +157,11 @@ def test_a_step_wise_graph_only_where_steps_depend_on_earlier_steps_alone(change
         assert [i.name for i in step.graph.input] == ["sequences", "state_in_0", "cell_in_0"]
         assert [s["output"] for s in states] == ["state_out_0", "cell_out_0"]
         onnx.checker.check_model(step)
+
+
+def test_export_refuses_names_the_server_would_refuse(trained_repo, tmp_path):
+    from rnnserve.training.export import ExportError, export_run
+
+    for name in ("bad\nname", "a..b", ".hidden", "x/y"):
+        with pytest.raises(ExportError, match="invalid model name"):
+            export_run(trained_repo.parent / "runs" / "sentiment-lstm", tmp_path, name, 1)
