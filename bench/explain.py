@@ -1,7 +1,7 @@
 """What an explanation costs: milliseconds per /explain computation (the runtime, in-process) against one
 prediction of the same text, for raw IMDB reviews of median length and long ones, occlusion and window.
 
-    python bench/explain.py [--models imdb-lstm-small,imdb-gru,imdb-simple-rnn] [--texts 20]
+    python bench/explain.py [--models imdb-lstm-small,imdb-gru-ensemble,imdb-simple-rnn] [--texts 20]
 
 Writes bench/results/explain.json.
 """
@@ -55,7 +55,7 @@ async def run_all(names: list[str], sets: dict[str, list[str]]) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="imdb-lstm-small,imdb-gru,imdb-simple-rnn")
+    ap.add_argument("--models", default="imdb-lstm-small,imdb-gru-ensemble,imdb-simple-rnn")
     ap.add_argument("--texts", type=int, default=20)
     args = ap.parse_args()
     pool = reviews(2000)

@@ -4,9 +4,9 @@ round after round, while a separate process alternates a one-text /predict on th
 /health/live every 10 ms. Prints both probes' latencies during the explanations, how many explanations were
 answered and refused (503 past MAX_EXPLANATIONS), and the worker's peak memory.
 
-    python bench/explain_load.py [--model imdb-gru] [--explains 8] [--rounds 3] [--max-explanations 2]
+    python bench/explain_load.py [--model imdb-gru-ensemble] [--explains 8] [--rounds 3] [--max-explanations 2]
 
-Targets: /predict p99 <= 1 s, /health/live p99 <= 50 ms, worker peak under 1 GB, on imdb-gru (the bundled
+Targets: /predict p99 <= 1 s, /health/live p99 <= 50 ms, worker peak under 1 GB, on imdb-gru-ensemble (the bundled
 ensemble, its 64-variant run ~230 ms on 2 CPUs). Writes bench/results/explain_load.json.
 """
 
@@ -66,7 +66,7 @@ def percentiles(samples, spans) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="imdb-gru")
+    ap.add_argument("--model", default="imdb-gru-ensemble")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--explains", type=int, default=8, help="concurrent explanation clients")
     ap.add_argument("--rounds", type=int, default=3)

@@ -3,6 +3,7 @@ onnxruntime, no batching, pure-Python tokenizer; 1 and 2 uvicorn workers) and th
 and with Granian), same model, same reviews. Single-text requests at c=1, 16, 64, and 64-text batches.
 
     python bench/load.py [--model imdb-lstm-tutorial] [--duration 10] [--no-granian]
+    python bench/load.py --service-only --model imdb-lstm-ensemble,imdb-lstm   # models side by side, one server
 
 Needs `wrk` (apt-get install wrk). Requests carry real IMDB reviews of 800-1,000 characters (50 of them,
 picked at random per request). Prints a table with each cell's ratio to the best baseline and writes
@@ -71,14 +72,19 @@ def scenarios(url: str, duration: int, tmp: Path, texts: list[str], batches: boo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="imdb-lstm-tutorial")
+    ap.add_argument("--model", default="imdb-lstm-tutorial", help="a model, or several (comma-separated) with "
+                    "--service-only")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--duration", type=int, default=10, help="seconds per scenario")
     ap.add_argument("--no-granian", action="store_true", help="skip the Granian run")
+    ap.add_argument("--service-only", action="store_true", help="no baselines: each --model on one server with "
+                    "the default settings, one after another")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     texts = [t for t in reviews(2000) if 800 <= len(t) <= 1000][:50]
+    if args.service_only:
+        return compare_models(args, args.model.split(","), texts)
     package = max((Path(args.models_dir) / args.model).iterdir(), key=lambda p: int(p.name))
     service = [sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--no-access-log",
                "--log-level", "warning", "--port"]
@@ -120,6 +126,36 @@ def main() -> int:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "load.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def compare_models(args, models: list[str], texts: list[str]) -> int:
+    """Each model's scenarios on one server (default settings), side by side; bench/results/load_models.json."""
+    port = free_port()
+    proc = start_server([sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir,
+                         "--no-access-log", "--log-level", "warning", "--port", str(port)], port)
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+              "duration_s": args.duration, "results": {}}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for model in models:
+                url = f"http://127.0.0.1:{port}/v1/models/{model}/predict"
+                report["results"][model] = scenarios(url, args.duration, Path(tmp), texts, batches=True)
+    finally:
+        stop_server(proc)
+    first = report["results"][models[0]]
+    print(f"{report['machine']}, rnnserve (defaults), {args.duration}s per scenario")
+    print(f"{'model':22} {'scenario':22} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{'vs ' + models[0]:>24}")
+    for model, rows in report["results"].items():
+        for r, base in zip(rows, first):
+            r["vs_first"] = r["requests_per_s"] / base["requests_per_s"]
+            print(f"{model:22} {r['scenario']:22} {r['requests_per_s']:8.0f} "
+                  f"{r.get('texts_per_s', r['requests_per_s']):8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+                  f"{r['errors']:6d} {r['vs_first']:23.2f}x")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "load_models.json").write_text(json.dumps(report, indent=2))
     return 0
 
 

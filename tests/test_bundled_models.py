@@ -12,19 +12,22 @@ import pytest
 from rnnserve.service.core.package import read_package
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.service.settings import BUNDLED_MODELS
+from rnnserve.training.config import TEACHERS
 from rnnserve.training.evaluate import evaluate_package, onnx_predict
 from tests.conftest import real_reviews
 
-# Test-split accuracy each bundled model must reach: its issue's target (5, 15), or, for the model kept from
-# before, the figure it reached.
+# Test-split accuracy each bundled model must reach: its issue's target (5, 15; 28: a distilled student within
+# half a point of its teacher ensemble's), or, for the model kept from before, the figure it reached.
 TARGETS = {
-    "imdb-lstm": 0.89,
-    "imdb-gru": 0.89,
+    "imdb-lstm-ensemble": 0.89,
+    "imdb-gru-ensemble": 0.89,
     "imdb-simple-rnn": 0.86,
-    "reuters-lstm": 0.80,
-    "reuters-gru": 0.80,
+    "reuters-lstm-ensemble": 0.80,
+    "reuters-gru-ensemble": 0.80,
     "reuters-simple-rnn": 0.72,
     "imdb-lstm-small": 0.879,  # the earlier imdb-lstm: 87.92%
+    "imdb-lstm": 0.9068 - 0.005,  # distilled from imdb-lstm-ensemble (90.68%)
+    "reuters-lstm": 0.8419 - 0.005,  # distilled from reuters-lstm-ensemble (84.19%)
 }
 
 
@@ -44,6 +47,15 @@ def test_recorded_accuracy_is_recomputed_and_meets_target(name, data_dir):
     assert abs(measured["accuracy"] - recorded["accuracy"]) * 100 <= 0.01
     assert abs(measured["macro_f1"] - recorded["macro_f1"]) * 100 <= 0.01
     assert measured["accuracy"] >= TARGETS[name]
+
+
+@pytest.mark.parametrize("student,teacher", sorted(TEACHERS.items()))
+def test_the_default_names_are_students_of_their_bundled_ensembles(student, teacher):
+    meta, taught_by = package(student).metadata, package(teacher).metadata
+    assert meta.distillation["teacher"] == {"name": teacher, "version": 1, "sha256": taught_by.onnx.sha256,
+                                            "test_accuracy": taught_by.metrics["test"]["accuracy"]}
+    assert meta.architecture["ensemble"] == 1 and taught_by.architecture["ensemble"] == 3
+    assert meta.metrics["test"]["accuracy"] >= taught_by.metrics["test"]["accuracy"] - 0.005
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
@@ -96,7 +108,7 @@ def test_export_gate_was_passed(name):
     assert parity["examples"] >= examples and parity["max_abs_diff"] <= 1e-5 and parity["label_disagreements"] == 0
 
 
-@pytest.mark.parametrize("name", ["imdb-lstm", "imdb-gru", "imdb-simple-rnn", "imdb-lstm-tutorial"])
+@pytest.mark.parametrize("name", ["imdb-lstm", "imdb-gru-ensemble", "imdb-simple-rnn", "imdb-lstm-tutorial"])
 def test_http_equals_the_offline_pipeline_on_raw_reviews(bundled_server, name):
     texts, _ = real_reviews(40)
     r = httpx.post(f"{bundled_server.url}/v1/models/{name}/predict",
@@ -114,15 +126,16 @@ def test_every_bundled_model_is_served(bundled_server):
     models = {m["name"]: m for m in httpx.get(f"{bundled_server.url}/v1/models").json()["models"]}
     assert set(TARGETS) <= set(models)
     assert all(m["state"] == "ready" for m in models.values())
-    reuters = models["reuters-gru"]
+    reuters = models["reuters-gru-ensemble"]
     assert len(reuters["labels"]) == 46 and reuters["labels"][3] == "earn"
-    meta = json.loads((BUNDLED_MODELS / "reuters-gru" / "1" / "metadata.json").read_text())
+    meta = json.loads((BUNDLED_MODELS / "reuters-gru-ensemble" / "1" / "metadata.json").read_text())
     assert reuters["metrics"] == meta["metrics"]
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_typographic_text_is_read_as_typed_text(bundled_server, name):
-    # The sentence: with ’ the negations were unknown words and imdb-lstm read it as positive (0.78).
+    # The sentence: with ’ the negations were unknown words and imdb-lstm (then the ensemble) read it as
+    # positive (0.78).
     typed = "I didn't like it. It wasn't good."
     variants = [typed, "I didn\u2019t like it.\u00a0It wasn\u2019t good.",
                 "I didn\u02bct like it \u2014 it wasn\uff07t good."]
@@ -131,7 +144,7 @@ def test_typographic_text_is_read_as_typed_text(bundled_server, name):
     predictions = r.json()["predictions"]
     assert all(p["probabilities"] == predictions[0]["probabilities"] for p in predictions), predictions
     assert all(p["tokens"] == predictions[0]["tokens"] for p in predictions)
-    if name == "imdb-lstm":
+    if name in ("imdb-lstm", "imdb-lstm-ensemble"):
         assert predictions[1]["label"] == "negative"
     r = httpx.post(f"{bundled_server.url}/v1/models/{name}/explain", json={"text": variants[1]}, timeout=60)
     words = {w["text"]: w for w in r.json()["words"]}

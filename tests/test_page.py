@@ -145,8 +145,8 @@ def test_a_file_scored_from_the_page(watched, bundled_server, tmp_path):
         writer.writerows((f"r{i}", t) for i, t in enumerate(texts))
     page = watched.page
     page.goto(bundled_server.url + "/ui/")
-    page.wait_for_selector("#model-select option[value='imdb-gru']", state="attached")
-    page.select_option("#model-select", "imdb-gru")
+    page.wait_for_selector("#model-select option[value='imdb-gru-ensemble']", state="attached")
+    page.select_option("#model-select", "imdb-gru-ensemble")
     page.set_input_files("#score-file", str(path))
     page.click("#score-form button")
     page.wait_for_selector("#score-download", state="visible")
@@ -156,7 +156,7 @@ def test_a_file_scored_from_the_page(watched, bundled_server, tmp_path):
     lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines[:-1]]
     assert json.loads(lines[-1])["summary"]["rows"] == len(texts)
-    predicted = httpx.post(bundled_server.url + "/v1/models/imdb-gru/predict", json={"texts": texts})
+    predicted = httpx.post(bundled_server.url + "/v1/models/imdb-gru-ensemble/predict", json={"texts": texts})
     predicted = predicted.json()["predictions"]
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(len(texts))]
     assert [r["label"] for r in rows] == [p["label"] for p in predicted]
