@@ -100,16 +100,17 @@ def test_wrong_output_count_is_an_error():
 
 
 def test_full_queue_refuses():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def slow(rows):
+        entered.set()
         gate.wait(5)
         return rows
 
     async def main():
         b = Batcher(slow, max_batch_size=1, max_delay_s=0, max_queue=2)
         first = asyncio.ensure_future(b.submit([1]))
-        await asyncio.sleep(0.05)  # the first is now running
+        assert await asyncio.to_thread(entered.wait, 5)  # the first is now running
         queued = [asyncio.ensure_future(b.submit([1])) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded):
@@ -150,16 +151,17 @@ def test_close_with_grace_finishes_queued_work():
 
 
 def test_close_without_grace_answers_the_running_batch():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def stuck(rows):
+        entered.set()
         gate.wait(5)
         return rows
 
     async def main():
         b = Batcher(stuck, max_batch_size=1, max_delay_s=0)
         running = asyncio.ensure_future(b.submit([1]))
-        await asyncio.sleep(0.05)  # now inside the worker thread
+        assert await asyncio.to_thread(entered.wait, 5)  # now inside the worker thread
         closing = asyncio.ensure_future(b.close(grace_s=0))
         result = await asyncio.wait_for(asyncio.gather(running, return_exceptions=True), 2)
         gate.set()

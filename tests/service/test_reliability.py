@@ -21,7 +21,7 @@ from rnnserve.service.runtime.base import RuntimeOptions
 from rnnserve.service.runtime.text import TextClassifier
 from rnnserve.service.scoring.pipeline import RowWriter, score_stream
 from rnnserve.service.settings import Settings
-from tests.conftest import Server, in_process, wait_ready
+from tests.conftest import Server, in_process, wait_ready, wait_until
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -159,7 +159,10 @@ def test_concurrent_loads_of_one_model_close_every_superseded_copy(model_repo):
 
         runner = asyncio.create_task(traffic())
         await asyncio.gather(*(registry.load("sentiment-lstm") for _ in range(10)))
-        await asyncio.sleep(0.05)
+        deadline = asyncio.get_running_loop().time() + 10
+        while id(registry.get("sentiment-lstm")) not in served:  # the traffic reaches the installed copy
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.001)
         stop.set()
         await runner
         installed = registry.get("sentiment-lstm")
@@ -318,9 +321,9 @@ def test_sigterm_past_the_grace_period_ends_a_stream_with_a_reason(model_repo):
             sock.sendall(b"POST /v1/models/sentiment-lstm/score HTTP/1.1\r\nHost: x\r\n"
                          b"Content-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n" % len(body)
                          + body[:len(body) // 10])
-            time.sleep(0.5)
+            first = sock.recv(65536)  # the stream has begun: the signal comes while it runs
             srv.proc.send_signal(signal.SIGTERM)
-            answer = b"".join(iter(lambda: sock.recv(65536), b""))
+            answer = first + b"".join(iter(lambda: sock.recv(65536), b""))
         assert answer.startswith(b"HTTP/1.1 200") and b'{"error": "the server is shutting down' in answer
         assert srv.proc.wait(timeout=30) == 0
     finally:
@@ -339,10 +342,8 @@ def test_an_abandoned_multipart_upload_is_no_server_error(model_repo):
                          b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" + part)
             time.sleep(0.3)
         counted = 'endpoint="/v1/models/{name}/score",model="sentiment-lstm",status="400"'
-        deadline = time.monotonic() + 10
-        while counted not in (metrics := httpx.get(f"{srv.url}/metrics").text) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert counted in metrics and 'status="500"' not in metrics
+        wait_until(lambda: counted in httpx.get(f"{srv.url}/metrics").text, 10, "the 400 to be counted")
+        assert 'status="500"' not in httpx.get(f"{srv.url}/metrics").text
     finally:
         log = srv.stop()
     assert "Traceback" not in log
