@@ -119,7 +119,7 @@ def task_repo(tmp_path_factory) -> Path:
     """Tiny real packages of the other tasks (tests/fixtures/tasks): three numeric-sequence models (next value,
     wave kind, next value per step), a character-level classifier and a two-layer character LSTM language
     model, with the language model's Keras file in ../runs/lm."""
-    return _fixture_copy(tmp_path_factory, "tasks", "tasks:models", "runs") / "models"
+    return _fixture_copy(tmp_path_factory, "tasks", "tasks:models", "keras:runs") / "models"
 
 
 @pytest.fixture(scope="session")
