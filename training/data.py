@@ -129,9 +129,9 @@ def load_keras_dataset(
         raise DataError(f"unknown dataset {name!r}; choose from {sorted(DATA_FILES)}")
     root = resolve_data_dir(data_dir)
     if root is None:
-        (x_train, y_train), (x_test, y_test), word_index = _download(name, num_words, skip_top, maxlen,
-                                                                      test_split, seed, start_char, oov_char,
-                                                                      index_from)
+        load = dict(num_words=num_words, skip_top=skip_top, maxlen=maxlen, seed=seed, start_char=start_char,
+                    oov_char=oov_char, index_from=index_from)
+        (x_train, y_train), (x_test, y_test), word_index = _download(name, test_split, load)
         if not num_words:  # Keras's max id: every indexed word occurs in these datasets
             num_words = len(word_index) + index_from
     else:
@@ -184,17 +184,16 @@ def load_keras_dataset(
                    np.asarray(y_test, dtype=np.int64), list(labels), spec)
 
 
-def _download(name, num_words, skip_top, maxlen, test_split, seed, start_char, oov_char, index_from):
-    """Keras's own download and cache, for users without a local copy."""
+def _download(name: str, test_split: float, kwargs: dict):
+    """Keras's own download and cache, for users without a local copy: keras.datasets.NAME.load_data(**kwargs)
+    (and test_split for Reuters)."""
     try:
         import keras  # training extra only
     except ImportError as exc:
         raise DataError("no data directory given and Keras is not installed; pass --data-dir") from exc
     module = getattr(keras.datasets, name)
-    kwargs = dict(num_words=num_words, skip_top=skip_top, maxlen=maxlen, seed=seed, start_char=start_char,
-                  oov_char=oov_char, index_from=index_from)
     if name == "reuters":
-        kwargs["test_split"] = test_split
+        kwargs = {**kwargs, "test_split": test_split}
     try:
         train, test = module.load_data(**kwargs)
         word_index = module.get_word_index()

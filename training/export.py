@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -47,6 +48,15 @@ from rnnserve.training.onnx_rnn import (
 from rnnserve.training.train import load_dataset, member_files, run_files
 
 OPSET = 17
+
+
+class Packaged(NamedTuple):
+    """A task's packager's result: the ONNX model, the package's other files (name -> text or bytes) and the
+    task's metadata.json sections, which export_run merges with the run's."""
+
+    proto: onnx.ModelProto
+    files: dict[str, str | bytes]
+    described: dict
 
 
 class ExportError(Exception):
@@ -231,7 +241,8 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
         raise ExportError("only text classifiers export through tf2onnx's Loop graphs (for comparison)")
     models = [keras.models.load_model(run / f) for f in member_files(cfg)]
     package = {"text": _text_package, "sequences": _sequence_package, "lm": _lm_package}[cfg.task]
-    proto, files, described = package(cfg, run, models, data_dir, parity_examples, atol, native)
+    proto, files, described = package(cfg, run, models, data_dir=data_dir, parity_examples=parity_examples,
+                                      atol=atol, native=native)
     metadata = {
         **described,
         "architecture": {k: getattr(cfg, k) for k in (
@@ -300,7 +311,8 @@ def write_package(models_dir: str | Path, name: str, version: int, proto: onnx.M
     return target
 
 
-def _text_package(cfg, run, models, data_dir, parity_examples, atol, native):
+def _text_package(cfg: TrainConfig, run: Path, models: list, *, data_dir: str | Path | None,
+                  parity_examples: int, atol: float, native: bool) -> Packaged:
     spec = TokenizerSpec.load(run / "tokenizer.json")
     labels = json.loads((run / "labels.json").read_text())
     # Masked models ignore padding, so their packages pad after the tokens and only to the batch's
@@ -312,7 +324,7 @@ def _text_package(cfg, run, models, data_dir, parity_examples, atol, native):
     seqs = ds.x_test[:parity_examples]
     parity = parity_gate(models, proto.SerializeToString(), Tokenizer(spec).pad(seqs),
                          Tokenizer(package_spec).pad(seqs, dynamic=dynamic), atol)
-    return proto, {"tokenizer.json": package_spec.to_json()}, {
+    return Packaged(proto, {"tokenizer.json": package_spec.to_json()}, {
         "task": Task.TEXT_CLASSIFICATION,
         "labels": labels,
         "architecture": {"vocab_size": spec.vocab_size},
@@ -323,10 +335,11 @@ def _text_package(cfg, run, models, data_dir, parity_examples, atol, native):
         "padding": package_spec.padding,
         "truncating": package_spec.truncating,
         "parity": parity,
-    }
+    })
 
 
-def _sequence_package(cfg, run, models, data_dir, parity_examples, atol, native):
+def _sequence_package(cfg: TrainConfig, run: Path, models: list, *, data_dir: str | Path | None,
+                      parity_examples: int, atol: float, native: bool) -> Packaged:
     from rnnserve.training.train import prepare_sequences
 
     spec = json.loads((run / "input.json").read_text())
@@ -342,7 +355,7 @@ def _sequence_package(cfg, run, models, data_dir, parity_examples, atol, native)
         files["stepwise.onnx"] = step[0].SerializeToString()
         parity["stepwise"] = stepwise_gate(proto, step[0], step[1], x[:200], output, atol)
         stepwise = {"stepwise": "stepwise.onnx", "state": step[1]}
-    return proto, files, stepwise | {
+    return Packaged(proto, files, stepwise | {
         "task": spec["task"],
         "labels": labels,
         "architecture": {},
@@ -351,7 +364,7 @@ def _sequence_package(cfg, run, models, data_dir, parity_examples, atol, native)
                   "normalization": spec["normalization"]},
         "output": {"name": output, "dtype": "float32", "shape": out_shape},
         "parity": parity,
-    }
+    })
 
 
 def stepwise_gate(whole: onnx.ModelProto, step: onnx.ModelProto, states: list[dict], x: np.ndarray, output: str,
@@ -379,7 +392,8 @@ def stepwise_gate(whole: onnx.ModelProto, step: onnx.ModelProto, states: list[di
     return {"examples": len(x), "chunks": len(outs), "max_abs_diff": diff, "atol": atol}
 
 
-def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):
+def _lm_package(cfg: TrainConfig, run: Path, models: list, *, data_dir: str | Path | None,
+                parity_examples: int, atol: float, native: bool) -> Packaged:
     from rnnserve.training.lm import prepare_lm
 
     spec = TokenizerSpec.load(run / "tokenizer.json")
@@ -393,7 +407,7 @@ def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):
     states = [{"input": i.name, "output": o.name, "shape": [d.dim_value or None for d in
                                                            i.type.tensor_type.shape.dim]}
               for i, o in zip(proto.graph.input[1:], proto.graph.output[1:])]
-    return proto, {"tokenizer.json": spec.to_json()}, {
+    return Packaged(proto, {"tokenizer.json": spec.to_json()}, {
         "task": Task.TEXT_GENERATION,
         "labels": [],
         "architecture": {"vocab_size": spec.vocab_size},
@@ -402,7 +416,7 @@ def _lm_package(cfg, run, models, data_dir, parity_examples, atol, native):
         "output": {"name": LOGITS_OUTPUT, "dtype": "float32", "shape": [None, spec.vocab_size]},
         "state": states,
         "parity": parity,
-    }
+    })
 
 
 def library_versions() -> dict[str, str]:

@@ -84,6 +84,7 @@ def prepare_lm(cfg: TrainConfig, data_dir=None):
     encode = lambda t: np.array(tok.encode(t)[0], np.int64)  # noqa: E731
     x_train, y_train = windows(encode(text[:cut]), cfg.maxlen)
     x_test, y_test = windows(encode(text[cut:]), cfg.maxlen)
-    return Prepared(x_train, y_train, x_test, y_test,
-                    lambda steps, emb: build_lm(cfg, spec.vocab_size, steps), None, predict_proba, lm_metrics,
-                    {"tokenizer.json": spec.to_json()}, vocab_size=spec.vocab_size)
+    return Prepared(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                    build=lambda steps, emb: build_lm(cfg, spec.vocab_size, steps), labels=None,
+                    predict=predict_proba, score=lm_metrics, files={"tokenizer.json": spec.to_json()},
+                    vocab_size=spec.vocab_size)

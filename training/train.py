@@ -74,7 +74,7 @@ def class_weights(cfg: TrainConfig, y: np.ndarray, num_classes: int) -> dict[int
     return {c: float(w) for c, w in enumerate(weights)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Prepared:
     """A task's data, ready for Keras, and how to build, score and describe its models."""
 
@@ -97,11 +97,11 @@ def prepare_text(cfg: TrainConfig, data_dir) -> Prepared:
     ds = load_dataset(cfg, data_dir)
     tok = Tokenizer(ds.tokenizer)
     n_fit = int(len(ds.x_train) * (1.0 - cfg.validation_split))
-    return Prepared(tok.pad(ds.x_train), ds.y_train, tok.pad(ds.x_test), ds.y_test,
-                    lambda steps, emb: build_model(cfg, ds.tokenizer.vocab_size, ds.num_classes, steps, emb),
-                    ds.labels, predict_proba, classification_metrics,
-                    {"tokenizer.json": ds.tokenizer.to_json(), "labels.json": json.dumps(ds.labels)},
-                    ds.x_train[:n_fit], ds.tokenizer.vocab_size)
+    return Prepared(x_train=tok.pad(ds.x_train), y_train=ds.y_train, x_test=tok.pad(ds.x_test), y_test=ds.y_test,
+                    build=lambda steps, emb: build_model(cfg, ds.tokenizer.vocab_size, ds.num_classes, steps, emb),
+                    labels=ds.labels, predict=predict_proba, score=classification_metrics,
+                    files={"tokenizer.json": ds.tokenizer.to_json(), "labels.json": json.dumps(ds.labels)},
+                    embedding_texts=ds.x_train[:n_fit], vocab_size=ds.tokenizer.vocab_size)
 
 
 def prepare_sequences(cfg: TrainConfig) -> Prepared:
@@ -119,11 +119,13 @@ def prepare_sequences(cfg: TrainConfig) -> Prepared:
     stats = normalization(x_fit)  # from the sequences trained on only
     outputs = len(ds.labels) if ds.labels else 1
     spec = {"shape": [steps, features], "normalization": stats, "per_step": ds.per_step, "task": ds.task}
-    return Prepared(normalize(ds.x_train, stats), ds.y_train, normalize(ds.x_test, stats), ds.y_test,
-                    lambda steps_per_epoch, emb: build_sequence_model(cfg, outputs, ds.per_step, steps_per_epoch),
-                    ds.labels, predict_proba if ds.labels else predict_values,
-                    classification_metrics if ds.labels else regression_metrics,
-                    {"input.json": json.dumps(spec), "labels.json": json.dumps(ds.labels or [])})
+    return Prepared(x_train=normalize(ds.x_train, stats), y_train=ds.y_train, x_test=normalize(ds.x_test, stats),
+                    y_test=ds.y_test,
+                    build=lambda steps_per_epoch, emb: build_sequence_model(cfg, outputs, ds.per_step,
+                                                                            steps_per_epoch),
+                    labels=ds.labels, predict=predict_proba if ds.labels else predict_values,
+                    score=classification_metrics if ds.labels else regression_metrics,
+                    files={"input.json": json.dumps(spec), "labels.json": json.dumps(ds.labels or [])})
 
 
 def prepare(cfg: TrainConfig, data_dir) -> Prepared:
