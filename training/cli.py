@@ -62,6 +62,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.validation_only and args.export:
         raise ConfigError("--validation-only leaves the test split out, and a package reports its test figures: "
                           "drop --export, or --validation-only for the final run")
+    if args.export:
+        from rnnserve.training.export import check_target
+
+        check_target(args.models_dir, args.export, args.version, args.overwrite)  # before the training
     metrics = train(cfg, out, args.data_dir, verbose=1 if args.progress else 2,
                     evaluate_test=not args.validation_only, distillation=distillation)
     print(json.dumps({"run_dir": str(out), **metrics}, indent=2))

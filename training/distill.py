@@ -11,18 +11,20 @@ scale of the hard one's). Softmax models' log-probabilities are their logits up 
 The teacher runs through onnxruntime, as the server runs it, on the texts the student fits and no others:
 never the validation split (the student is chosen on it) or the test split. The student's dataset, test split
 and validation split must be the teacher's, so the texts the student is chosen on were never trained on by the
-teacher either.
+teacher either: a Keras dataset by its name, a file of one's own by its sha256, which the teacher's package
+records (`dataset.sha256`), wherever the file is now.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from rnnserve.service.core.package import Package, PackageError, Task, read_package
+from rnnserve.service.core.package import Package, PackageError, Task, read_package, sha256_file
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.config import ConfigError, TrainConfig
 
@@ -42,6 +44,8 @@ class Distillation:
 
     def read_teacher(self) -> Package:
         """The teacher package; ConfigError when it is unreadable or no text classifier."""
+        if not Path(self.teacher).is_dir():
+            raise ConfigError(f"--teacher {self.teacher}: no such package directory (MODELS/NAME/VERSION)")
         try:
             package = read_package(self.teacher)
         except PackageError as exc:
@@ -60,8 +64,8 @@ class Distillation:
 
     def check(self, cfg: TrainConfig) -> None:
         """ConfigError unless the student (cfg) can learn from this teacher."""
-        if not self.temperature > 0:
-            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"--temperature must be a finite number > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
         if cfg.task != "text":
@@ -69,21 +73,37 @@ class Distillation:
         if cfg.class_weight != "none":
             raise ConfigError("class_weight does not apply to distillation: the teacher's probabilities are targets")
         teacher = self.teacher_config()
-        for name in ("dataset", "test_split", "validation_split", "label_column"):
+        same = ["test_split", "validation_split", "label_column"]
+        recorded = self.read_teacher().metadata.dataset.get("sha256")
+        if recorded:  # a file of one's own: the same bytes, wherever the file is now
+            path = Path(cfg.dataset)
+            if not path.is_file() and cfg.dataset != teacher.dataset:
+                raise ConfigError(f"the student's dataset ({cfg.dataset!r}) must be the teacher's (the file "
+                                  f"{teacher.dataset!r}, sha256 {recorded[:12]}...)")
+            if not path.is_file():
+                raise ConfigError(f"the teacher's dataset {cfg.dataset!r} is not here: pass --dataset with the "
+                                  "file it was trained on")
+            if sha256_file(path) != recorded:
+                raise ConfigError(f"{cfg.dataset} is not the file the teacher was trained on (its sha256 differs "
+                                  f"from the teacher's {recorded[:12]}...): the student must fit the same texts")
+        else:
+            same.insert(0, "dataset")
+        for name in same:
             if getattr(cfg, name) != getattr(teacher, name):
                 raise ConfigError(f"the student's {name} ({getattr(cfg, name)!r}) must be the teacher's "
                                   f"({getattr(teacher, name)!r}): the teacher never trained on the texts the "
                                   "student is chosen on")
 
-    def soft_targets(self, n_fit: int, y_fit: np.ndarray, data_dir) -> np.ndarray:
+    def soft_targets(self, dataset: str, n_fit: int, y_fit: np.ndarray, data_dir) -> np.ndarray:
         """The teacher's probabilities at the temperature, [n_fit, C] float32, for the first n_fit training
-        examples (the texts the student fits), run through onnxruntime. ConfigError when the teacher's
-        labels for those examples are not the student's (another dataset)."""
+        examples of `dataset` (the texts the student fits; check() showed it is the teacher's), tokenized as
+        the teacher tokenizes and run through onnxruntime. ConfigError when the teacher's labels for those
+        examples are not the student's."""
         from rnnserve.training.quantize import predict_package
         from rnnserve.training.train import load_dataset
 
         package = self.read_teacher()
-        ds = load_dataset(self.teacher_config(), data_dir)
+        ds = load_dataset(replace(self.teacher_config(), dataset=dataset), data_dir)
         if len(ds.x_train) < n_fit or not np.array_equal(np.asarray(ds.y_train[:n_fit]), np.asarray(y_fit)):
             raise ConfigError(f"the teacher's training examples are not the student's: {self.teacher} was "
                               "trained on another copy of the dataset")

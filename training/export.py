@@ -252,14 +252,15 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
         "training": cfg.to_dict() | {"train_seconds": metrics["train_seconds"], "epochs_run": metrics["epochs_run"]},
         "dataset": {"name": Path(cfg.dataset).name, "train_examples": metrics["split_sizes"]["train"],
                     "test_examples": metrics["split_sizes"]["test"], "test_split": cfg.test_split}
-        | described["dataset"],
+        | ({"sha256": metrics["dataset_sha256"]} if "dataset_sha256" in metrics else {}) | described["dataset"],
         "metrics": {k: metrics[k] for k in ("validation", "test") if k in metrics},
         "maxlen": cfg.maxlen,
     }
     if (run / DISTILLATION_FILE).is_file():
         metadata["distillation"] = json.loads((run / DISTILLATION_FILE).read_text())
     extras = [run / f for f in ("curves.png", "confusion.png", "history.json") if (run / f).is_file()]
-    return write_package(models_dir, name, version, proto, files, metadata, library_versions(), extras)
+    return write_package(models_dir, name, version, proto, files, metadata, library_versions(), extras,
+                         overwrite=overwrite)
 
 
 def check_target(models_dir: str | Path, name: str, version: int, overwrite: bool) -> Path:

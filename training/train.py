@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnserve.service.core.package import sha256_file
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.config import ConfigError, TrainConfig
 from rnnserve.training.data import Dataset, load_keras_dataset, load_text_dataset
@@ -43,6 +44,13 @@ def load_dataset(cfg: TrainConfig, data_dir: str | Path | None) -> Dataset:
     return load_text_dataset(cfg.dataset, cfg.text_column, cfg.label_column, num_words=cfg.num_words,
                              test_split=cfg.test_split, char_level=cfg.char_level,
                              normalization=cfg.normalization_rules(), **common)
+
+
+def dataset_fingerprint(cfg: TrainConfig) -> dict:
+    """{"dataset_sha256": ...} for a dataset that is a file of one's own (what a student checks it learns on
+    the same texts, wherever the file is now); {} for the Keras and synthetic data sets, named by their name."""
+    path = Path(cfg.dataset)
+    return {"dataset_sha256": sha256_file(path)} if path.is_file() else {}
 
 
 def seed_everything(seed: int) -> None:
@@ -181,10 +189,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = N
     if cfg.pretrained_embeddings == "skipgram":
         embeddings = skipgram_embeddings(data.embedding_texts, data.vocab_size, cfg.embedding_dim, cfg.seed)
     weights = class_weights(cfg, y_fit, len(data.labels)) if data.labels else None
-    soft = distillation.soft_targets(len(x_fit), y_fit, data_dir) if distillation else None
+    soft = distillation.soft_targets(cfg.dataset, len(x_fit), y_fit, data_dir) if distillation else None
     models, histories = fit_members(cfg, out, data, (x_fit, y_fit), (x_val, y_val), embeddings, weights, verbose,
                                     distillation and (distillation, soft))
     metrics = {
+        **dataset_fingerprint(cfg),
         "train_seconds": round(time.perf_counter() - started, 1),
         "epochs_run": sum(len(h.get("loss", [])) for h in histories),
         "params": int(sum(m.count_params() for m in models)),

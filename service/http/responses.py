@@ -121,6 +121,7 @@ def describe(model: ModelRuntime) -> dict:
     return {"name": model.name, "version": model.version, "task": model.task, "labels": model.labels,
             "architecture": meta.architecture, "maxlen": model.package.maxlen, "dataset": meta.dataset,
             "metrics": meta.metrics, "source": meta.source or {"kind": "trained"},
+            "distillation": meta.distillation or None, "quantization": meta.quantization or None,
             "provider": model.session.provider, "threads": model.session.threads,
             "max_batch_size": model.batcher.max_batch_size, "plots": model.package.plots}
 

@@ -8,13 +8,13 @@ ordinary request models."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from rnnserve.service.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceError, echo
+from rnnserve.service.core.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, ServiceError, echo
 from rnnserve.service.http.body import (
     OFF_LOOP_BYTES,
     VERSION_PARAMETER,
@@ -39,6 +39,7 @@ from rnnserve.service.http.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from rnnserve.service.runtime.base import ModelRuntime
 from rnnserve.service.runtime.generator import Sampling
 
 ERRORS: dict[int | str, dict] = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
@@ -48,11 +49,22 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json"
 parse_predict = model_parser(PredictRequest)
 
 
-def _declared_json(request: Request) -> None:
-    check_json(request)
+def model_taking(*tasks: str) -> Callable:
+    """A dependency of the routes with an ordinary request model: the model version the path names (404, or
+    422 wrong_task naming the operation to use), then a body declared JSON (415) and present (400), before
+    FastAPI validates it (422), in the order /predict checks them. Only a body that is not JSON at all is
+    refused before (400): FastAPI decodes it first."""
+    async def model_named(name: str, request: Request) -> ModelRuntime:
+        model = request.app.state.registry.get(name, path_version(request), tasks)
+        check_json(request)
+        if not await request.body():
+            raise BadRequest("request body is not valid JSON: it is empty")
+        return model
+
+    return model_named
 
 
-JSON_BODY = [Depends(_declared_json)]  # 415 before the body is validated: a JSON body must say it is JSON
+CLASSIFIER, GENERATOR = Depends(model_taking("text-classification")), Depends(model_taking("text-generation"))
 
 
 @router.get("/models", response_model=ModelList, summary="Every model in the repository, failed ones with reasons")
@@ -116,15 +128,15 @@ def _counted(raw: bytes, limit: int) -> bytes:
     return raw
 
 
-@router.post("/models/{name}/generate", response_model=GenerateResponse, dependencies=JSON_BODY,
+@router.post("/models/{name}/generate", response_model=GenerateResponse,
              responses={200: {"content": {"text/event-stream": {}}}},
              summary="Continue a prompt with a character language model (JSON, or server-sent events)")
-@router.post("/models/{name}/versions/{version}/generate", response_model=GenerateResponse, dependencies=JSON_BODY,
+@router.post("/models/{name}/versions/{version}/generate", response_model=GenerateResponse,
              openapi_extra=VERSION_PARAMETER, responses={200: {"content": {"text/event-stream": {}}}},
              summary="Generate with one version")
-async def generate(name: str, body: GenerateRequest, request: Request) -> Response:
-    state, version = request.app.state, path_version(request)
-    model = state.registry.get(name, version, ("text-generation",))
+async def generate(body: GenerateRequest, request: Request,
+                   model: ModelRuntime = GENERATOR) -> Response:
+    state = request.app.state
     first, chars = await start_generation(state, model, body.prompt,
                                           Sampling(body.max_chars, body.temperature, body.top_k, body.seed))
     if body.stream:
@@ -165,13 +177,13 @@ def event_stream(first: str, chars: AsyncIterator[str], frame, done) -> Streamin
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-@router.post("/models/{name}/explain", response_model=ExplainResponse, dependencies=JSON_BODY,
+@router.post("/models/{name}/explain", response_model=ExplainResponse,
              summary="Each word's contribution to a label's probability, by occlusion")
-@router.post("/models/{name}/versions/{version}/explain", response_model=ExplainResponse, dependencies=JSON_BODY,
+@router.post("/models/{name}/versions/{version}/explain", response_model=ExplainResponse,
              openapi_extra=VERSION_PARAMETER, summary="Explain with one version")
-async def explain(name: str, body: ExplainRequest, request: Request) -> Response:
+async def explain(name: str, body: ExplainRequest, request: Request,
+                  model: ModelRuntime = CLASSIFIER) -> Response:
     state, version = request.app.state, path_version(request)
-    model = state.registry.get(name, version, ("text-classification",))
     check_limits([body.text], 1, state.settings.max_text_chars)
     if body.label is not None and body.label not in model.labels:
         raise InvalidInput(f"label {echo(body.label)} is not one of the model's labels: {model.labels}")

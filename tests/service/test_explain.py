@@ -151,6 +151,15 @@ def test_other_errors_are_those_of_predict(api):
     url = "/v1/models/sentiment-lstm/explain"
     assert api.post(url, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
     assert api.post(url, content=b"text=x", headers={"content-type": "text/plain"}).status_code == 415
+    # In predict's order: the model (404, or the wrong task naming the operation to use), then a body
+    # declared JSON (415) and present (400), then its fields (422)
+    assert api.post("/v1/models/nope/explain", json={"text": 5}).status_code == 404
+    assert api.post("/v1/models/nope/explain", content=b"x", headers={"content-type": "text/plain"}).status_code == 404
+    assert api.post("/v1/models/sentiment-lstm/versions/9/explain", json={"text": 5}).status_code == 404
+    r = api.post("/v1/models/sentiment-lstm/generate", json={"texts": ["a"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "wrong_task", r.text
+    r = api.post(url, content=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
 def test_an_explanation_does_not_hold_up_predict():

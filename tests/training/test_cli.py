@@ -94,3 +94,17 @@ def test_validation_only_run_is_tested_once_then_exported(reviews_csv, tmp_path)
     assert run_cli("test", str(run)).returncode == 2  # the test split is touched once
     assert run_cli("export", str(run), "--name", "v", "--models-dir", str(models)).returncode == 0
     assert run_cli("train", "--dataset", str(reviews_csv), "--validation-only", "--export", "x").returncode == 2
+
+
+def test_an_existing_package_is_refused_before_training_and_replaced_with_overwrite(reviews_csv, tmp_path):
+    args = ["train", "--dataset", str(reviews_csv), "--units", "4", "--embedding-dim", "4", "--maxlen", "20",
+            "--epochs", "1", "--num-words", "500", "--models-dir", str(tmp_path / "models"), "--export", "m"]
+    assert run_cli(*args, "--out", str(tmp_path / "r1")).returncode == 0
+    first = json.loads((tmp_path / "models" / "m" / "1" / "metadata.json").read_text())["created_at"]
+    r = run_cli(*args, "--out", str(tmp_path / "r2"))
+    assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
+    assert not (tmp_path / "r2").exists()  # refused before any training
+    r = run_cli(*args, "--out", str(tmp_path / "r3"), "--overwrite", "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "models" / "m" / "1" / "metadata.json").read_text())
+    assert meta["training"]["seed"] == 7 and meta["created_at"] >= first

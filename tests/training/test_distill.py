@@ -2,6 +2,8 @@
 CLI, records its teacher and is served; the loss is Hinton et al.'s; teachers it cannot learn from are named."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +37,7 @@ def test_a_student_learns_from_its_teacher_records_it_and_is_served(trained_repo
         wait_ready(client)
         r = client.post("/v1/models/student/predict", json={"texts": ["a wonderful film", "dull"]})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+        assert client.get("/v1/models/student").json()["distillation"]["teacher"]["name"] == "topics-gru"
 
 
 def test_the_teachers_probabilities_are_those_the_server_gives_for_the_fit_texts(trained_repo, tmp_path):
@@ -47,12 +50,12 @@ def test_the_teachers_probabilities_are_those_the_server_gives_for_the_fit_texts
     teacher = Distillation(trained_repo / "topics-gru" / "1", temperature=1.0)
     cfg = teacher.teacher_config()
     ds = load_dataset(cfg, None)
-    soft = teacher.soft_targets(10, np.asarray(ds.y_train[:10]), None)
+    soft = teacher.soft_targets(cfg.dataset, 10, np.asarray(ds.y_train[:10]), None)
     runtime = open_model(teacher.teacher)
     served = runtime.run_batch([Occluded(np.asarray(ids), ()) for ids in ds.x_train[:10]]).probabilities
     np.testing.assert_allclose(soft, served, atol=1e-6)
     with pytest.raises(ConfigError, match="training examples are not the student's"):
-        teacher.soft_targets(10, 1 - np.asarray(ds.y_train[:10]), None)
+        teacher.soft_targets(cfg.dataset, 10, 1 - np.asarray(ds.y_train[:10]), None)
 
 
 def test_the_loss_is_hintons():
@@ -85,7 +88,7 @@ def test_teachers_it_cannot_learn_from_are_named(trained_repo, task_repo, tmp_pa
     teacher = Distillation(trained_repo / "topics-gru" / "1")
     cfg = teacher.teacher_config()
     other = TrainConfig.from_dict({**cfg.to_dict(), "dataset": "imdb"})
-    with pytest.raises(ConfigError, match=r"student's dataset \('imdb'\) must be the teacher's"):
+    with pytest.raises(ConfigError, match=r"student's dataset \('imdb'\) must be the teacher's \(the file"):
         teacher.check(other)
     with pytest.raises(ConfigError, match="validation_split"):
         teacher.check(TrainConfig.from_dict({**cfg.to_dict(), "validation_split": 0.3}))
@@ -93,6 +96,26 @@ def test_teachers_it_cannot_learn_from_are_named(trained_repo, task_repo, tmp_pa
         teacher.check(TrainConfig.from_dict({**cfg.to_dict(), "class_weight": "balanced"}))
     with pytest.raises(ConfigError, match="--alpha must be in"):
         Distillation(teacher.teacher, alpha=1.5).check(cfg)
+    with pytest.raises(ConfigError, match="--temperature must be a finite number > 0"):
+        Distillation(teacher.teacher, temperature=float("inf")).check(cfg)
+    # The teacher's file is known by its bytes: a copy elsewhere is the same dataset, a changed one is not
+    moved = tmp_path / "moved.csv"
+    moved.write_bytes(Path(cfg.dataset).read_bytes())
+    teacher.check(TrainConfig.from_dict({**cfg.to_dict(), "dataset": str(moved)}))
+    moved.write_bytes(Path(cfg.dataset).read_bytes().replace(b"a", b"b", 1))
+    with pytest.raises(ConfigError, match="is not the file the teacher was trained on"):
+        teacher.check(TrainConfig.from_dict({**cfg.to_dict(), "dataset": str(moved)}))
+    with pytest.raises(ConfigError, match=r"student's dataset \('\S+gone.csv'\) must be the teacher's"):
+        teacher.check(TrainConfig.from_dict({**cfg.to_dict(), "dataset": str(tmp_path / "gone.csv")}))
+    elsewhere = tmp_path / "teacher" / "1"  # a teacher whose training file is gone from where it was
+    shutil.copytree(teacher.teacher, elsewhere)
+    meta = json.loads((elsewhere / "metadata.json").read_text())
+    meta["training"]["dataset"] = str(tmp_path / "gone.csv")
+    (elsewhere / "metadata.json").write_text(json.dumps(meta))
+    gone = Distillation(elsewhere)
+    with pytest.raises(ConfigError, match="gone.csv' is not here: pass --dataset"):
+        gone.check(gone.teacher_config())
+    gone.check(TrainConfig.from_dict({**gone.teacher_config().to_dict(), "dataset": cfg.dataset}))
     with pytest.raises(ConfigError, match="a teacher is a text classifier"):
         Distillation(task_repo / "waves-next" / "1").read_teacher()
     r = run_cli("distill", "--teacher", str(tmp_path / "nope"), "--epochs", "1")

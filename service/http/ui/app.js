@@ -59,7 +59,11 @@ function testFigure(m) {
 }
 
 // Where a package came from: trained here, or imported from a file with its own preprocessing.
-function origin(source) {
+function origin(source, distillation) {
+  if (distillation && distillation.teacher) {
+    const t = distillation.teacher;
+    return `distilled from ${t.name} v${t.version} (temperature ${distillation.temperature}, alpha ${distillation.alpha})`;
+  }
   if (!source || source.kind !== "imported") return "trained here";
   const prep = source.preprocessing || {};
   const how = { "keras-dataset": `keras.datasets.${prep.dataset} ids`, "keras-tokenizer": `Tokenizer ${prep.file}`,
@@ -103,7 +107,7 @@ async function loadModels() {
       testFigure(m),
       m.input ? ["input", `${m.input.steps} steps x ${m.input.features} features`] : ["max length", `${m.maxlen} tokens`],
       ["runs on", `${m.provider}, ${m.threads} threads`],
-      ["source", origin(m.source)],
+      ["source", origin(m.source, m.distillation)],
     ];
     if (m.labels.length) facts.splice(1, 0, ["labels", m.labels.length > 6 ? `${m.labels.length} classes` : m.labels.join(", ")]);
     const dl = el("dl");
