@@ -113,20 +113,28 @@ def main() -> int:
         if name.startswith("baseline"):
             for r in rows:
                 best[r["scenario"]] = max(best.get(r["scenario"], 0), r["requests_per_s"])
+    for rows in report["results"].values():
+        for r in rows:
+            r["vs_best_baseline"] = r["requests_per_s"] / best[r["scenario"]] if r["scenario"] in best else None
     print(f"{report['machine']}, model {args.model}, {args.duration}s per scenario")
-    print(f"{'server':28} {'scenario':22} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'vs best baseline':>16}")
+    print_and_save(report, "server", "vs_best_baseline", "vs best baseline", "load.json")
+    return 0
+
+
+def print_and_save(report: dict, column: str, ratio: str, ratio_header: str, filename: str) -> None:
+    """The report's rows, one line each, with each row's `ratio` (None: blank) last; then bench/results/FILE."""
+    width = max(len(column), *(len(name) for name in report["results"]))
+    print(f"{column:{width}} {'scenario':22} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{ratio_header:>24}")
     for name, rows in report["results"].items():
         for r in rows:
-            ratio = r["requests_per_s"] / best[r["scenario"]] if r["scenario"] in best else None
-            r["vs_best_baseline"] = ratio
-            print(f"{name:28} {r['scenario']:22} {r['requests_per_s']:8.0f} "
+            value = "" if r[ratio] is None else f"{r[ratio]:.2f}x"
+            print(f"{name:{width}} {r['scenario']:22} {r['requests_per_s']:8.0f} "
                   f"{r.get('texts_per_s', r['requests_per_s']):8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-                  f"{r['errors']:6d} {'' if ratio is None else f'{ratio:.2f}x':>16}")
+                  f"{r['errors']:6d} {value:>24}")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "load.json").write_text(json.dumps(report, indent=2))
-    return 0
+    (out / filename).write_text(json.dumps(report, indent=2))
 
 
 def compare_models(args, models: list[str], texts: list[str]) -> int:
@@ -144,18 +152,11 @@ def compare_models(args, models: list[str], texts: list[str]) -> int:
     finally:
         stop_server(proc)
     first = report["results"][models[0]]
-    print(f"{report['machine']}, rnnserve (defaults), {args.duration}s per scenario")
-    print(f"{'model':22} {'scenario':22} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'vs ' + models[0]:>24}")
-    for model, rows in report["results"].items():
+    for rows in report["results"].values():
         for r, base in zip(rows, first):
             r["vs_first"] = r["requests_per_s"] / base["requests_per_s"]
-            print(f"{model:22} {r['scenario']:22} {r['requests_per_s']:8.0f} "
-                  f"{r.get('texts_per_s', r['requests_per_s']):8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-                  f"{r['errors']:6d} {r['vs_first']:23.2f}x")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "load_models.json").write_text(json.dumps(report, indent=2))
+    print(f"{report['machine']}, rnnserve (defaults), {args.duration}s per scenario")
+    print_and_save(report, "model", "vs_first", "vs " + models[0], "load_models.json")
     return 0
 
 
