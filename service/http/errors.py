@@ -39,8 +39,8 @@ def error_body(exc: ServiceError) -> dict:
 
 def render_error(request: Request, exc: Exception) -> Response:
     """The one answer for any exception, from its class: {"error": {"code", "message"}}, or {"error": message}
-    on /v2 routes (tritonclient reads that), with the class's status and headers. Unexpected exceptions are
-    logged and answered 500."""
+    where the route declares V2Error (the V2 routes: tritonclient reads that), with the class's status and
+    headers. Unexpected exceptions are logged and answered 500."""
     error: ServiceError
     if isinstance(exc, RequestValidationError):
         error = validation_error(list(exc.errors()))
