@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,10 @@ class Distillation:
     temperature: float = 2.0
     alpha: float = 0.5
 
-    def read_teacher(self) -> Package:
-        """The teacher package; ConfigError when it is unreadable or no text classifier."""
+    @cached_property
+    def package(self) -> Package:
+        """The teacher package, read and checked once; ConfigError when it is unreadable or no text
+        classifier."""
         if not Path(self.teacher).is_dir():
             raise ConfigError(f"--teacher {self.teacher}: no such package directory (MODELS/NAME/VERSION)")
         try:
@@ -59,7 +62,7 @@ class Distillation:
 
     def teacher_config(self) -> TrainConfig:
         """The teacher's training configuration, the student's starting point."""
-        training = self.read_teacher().metadata.training
+        training = self.package.metadata.training
         return TrainConfig.from_dict({k: v for k, v in training.items() if k in TrainConfig.__dataclass_fields__})
 
     def check(self, cfg: TrainConfig) -> None:
@@ -74,7 +77,7 @@ class Distillation:
             raise ConfigError("class_weight does not apply to distillation: the teacher's probabilities are targets")
         teacher = self.teacher_config()
         same = ["test_split", "validation_split", "label_column"]
-        recorded = self.read_teacher().metadata.dataset.get("sha256")
+        recorded = self.package.metadata.dataset.get("sha256")
         if recorded:  # a file of one's own: the same bytes, wherever the file is now
             path = Path(cfg.dataset)
             if not path.is_file() and cfg.dataset != teacher.dataset:
@@ -102,7 +105,7 @@ class Distillation:
         from rnnserve.training.quantize import predict_package
         from rnnserve.training.train import load_dataset
 
-        package = self.read_teacher()
+        package = self.package
         ds = load_dataset(replace(self.teacher_config(), dataset=dataset), data_dir)
         if len(ds.x_train) < n_fit or not np.array_equal(np.asarray(ds.y_train[:n_fit]), np.asarray(y_fit)):
             raise ConfigError(f"the teacher's training examples are not the student's: {self.teacher} was "
@@ -118,7 +121,7 @@ class Distillation:
 
     def record(self) -> dict:
         """What the student's package says of its teacher: metadata.json's `distillation`."""
-        meta = self.read_teacher().metadata
+        meta = self.package.metadata
         return {"teacher": {"name": meta.name, "version": meta.version, "sha256": meta.onnx.sha256,
                             "test_accuracy": meta.metrics.get("test", {}).get("accuracy")},
                 "temperature": self.temperature, "alpha": self.alpha, "method": "Hinton et al. 2015, soft targets"}

@@ -117,6 +117,6 @@ def test_teachers_it_cannot_learn_from_are_named(trained_repo, task_repo, tmp_pa
         gone.check(gone.teacher_config())
     gone.check(TrainConfig.from_dict({**gone.teacher_config().to_dict(), "dataset": cfg.dataset}))
     with pytest.raises(ConfigError, match="a teacher is a text classifier"):
-        Distillation(task_repo / "waves-next" / "1").read_teacher()
+        Distillation(task_repo / "waves-next" / "1").teacher_config()
     r = run_cli("distill", "--teacher", str(tmp_path / "nope"), "--epochs", "1")
     assert r.returncode == 2 and "--teacher" in r.stderr and "Traceback" not in r.stderr
