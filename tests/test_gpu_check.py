@@ -19,7 +19,7 @@ HAS_CUDA_BUILD = CUDA in ort.get_available_providers()
 
 def test_auto_takes_the_cpu_without_onnxruntime_gpu_and_says_so(model_repo, caplog):
     with caplog.at_level(logging.INFO, logger="rnnserve.session"):
-        session = OrtSession(model_repo / "sentiment-lstm" / "1" / "model.onnx", "auto")
+        session = OrtSession((model_repo / "sentiment-lstm" / "1" / "model.onnx").read_bytes(), "auto")
     if HAS_CUDA_BUILD:
         assert session.provider == CUDA
     else:

@@ -1,4 +1,4 @@
-"""`rnnserve-train` / `python -m rnnserve.training`: train, export, import, evaluate, quantize, list presets."""
+"""`rnnserve-train` / `python -m rnnserve.training`: train, export, import, evaluate, quantize, seal, list presets."""
 
 from __future__ import annotations
 
@@ -168,6 +168,29 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_seal(args) -> int:
+    """Write manifest.json for packages written before the whole-package manifest (needs no TensorFlow)."""
+    from rnnserve.service.core.package import MANIFEST, PackageError, parse_metadata, read_package, seal, sha256_file
+
+    for path in map(Path, args.packages):
+        try:
+            if (path / MANIFEST).exists() and not args.again:
+                read_package(path)  # a sealed package stays as sealed unless it is asked for again
+                print(f"{path}: sealed already")
+                continue
+            metadata = parse_metadata((path / "metadata.json").read_bytes())
+            if sha256_file(path / "model.onnx") != metadata.onnx.sha256:
+                raise PackageError("model.onnx does not match the sha256 in its metadata.json: not sealing a "
+                                   "package that changed since it was written")
+            seal(path)
+            read_package(path)
+        except (PackageError, OSError) as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            return 2
+        print(f"{path}: sealed ({MANIFEST} written)")
+    return 0
+
+
 def _labels(value: str | None) -> list[str] | None:
     """--labels a,b,c or --labels @FILE (one a line)."""
     if value is None:
@@ -303,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("seal", help="write manifest.json (every file's sha256) for packages written before the "
+                       "server required one, after checking model.onnx against its metadata")
+    p.add_argument("packages", nargs="+", metavar="MODELS/NAME/VERSION")
+    p.add_argument("--again", action="store_true", help="seal a package that has a manifest anew, accepting its "
+                   "files as they are now")
+    p.set_defaults(func=cmd_seal)
     return parser
 
 
@@ -326,6 +356,8 @@ def import_tensorflow_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is cmd_seal:  # the serving install has no training extra
+        return cmd_seal(args)
     if args.func in (cmd_train, cmd_export, cmd_reproduce, cmd_quantize, cmd_import):  # these import TensorFlow
         import_tensorflow_quietly()
     from rnnserve.training.export import ExportError  # keeps --help free of TensorFlow start-up

@@ -30,6 +30,7 @@ from rnnserve.service.core.package import (
     VALUES_OUTPUT,
     Task,
     parse_metadata,
+    seal,
 )
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
 from rnnserve.training.config import TrainConfig
@@ -305,6 +306,7 @@ def write_package(models_dir: str | Path, name: str, version: int, proto: onnx.M
         for extra in extras:
             shutil.copy2(extra, stage / extra.name)
         (stage / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        seal(stage)
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from rnnserve.service.core.package import PackageError, PackageMetadata, Task, read_package
+from rnnserve.service.core.package import MANIFEST, PackageError, PackageMetadata, Task, read_package, seal
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.metrics import classification_metrics
@@ -93,6 +93,8 @@ def quantize_package(package_dir: str | Path, models_dir: str | Path, name: str,
                                   "validation_gate": gate})
         PackageMetadata.model_validate(data)  # what the server will read
         (staged / "metadata.json").write_text(json.dumps(data, indent=2) + "\n")
+        (staged / MANIFEST).unlink()  # the source's
+        seal(staged)
         read_package(staged)
         if target.exists():
             shutil.rmtree(target)

@@ -1,33 +1,41 @@
 """The model package format: read and validate a package directory (pure: no onnxruntime, no HTTP).
 
 A package is NAME/VERSION/ holding model.onnx, metadata.json (PackageMetadata: written by export, validated
-here, so a bad field is named at export or at load) and, for the tasks that read text, tokenizer.json; the
-sha256 of model.onnx must match the metadata, and the tokenizer spec must load.
+here, so a bad field is named at export or at load), for the tasks that read text tokenizer.json, and
+manifest.json: every other file of the package with its size and sha256, written last by whatever writes a
+package (`seal`). A package is read whole or refused: a file missing, added or changed (against the manifest)
+is named in the PackageError, and the files the server loads (graphs, tokenizer, metadata) are parsed from the
+very bytes that were checked (`Package.read`), so nothing can change between the check and the load.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import json
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError
 from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from rnnserve.service.core.errors import ServiceError
 from rnnserve.service.core.tokenizer import TokenizerSpec
 
 PACKAGE_FORMAT = "rnnserve-package/1"
+MANIFEST_FORMAT = "rnnserve-manifest/1"
+MANIFEST = "manifest.json"
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "probabilities"
 SEQUENCE_INPUT = "sequences"  # numeric-sequence packages: float32 [N, T, F]
 VALUES_OUTPUT = "values"  # sequence regression: [N, 1], or [N, T, 1] per step
 LOGITS_OUTPUT = "logits"  # language models: the next character's logits [N, vocab]
 REQUIRED_FILES = ("model.onnx", "metadata.json")  # and tokenizer.json for the tasks that read text
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest lists a handful of files: a larger one is no manifest
 # Names and versions come from URLs: these patterns keep every lookup inside the repository.
 # Used with fullmatch: "$" alone would let a trailing newline through ("1\n").
 # no "..", no "/", no leading dot; at most 128 characters (a file name has 255 bytes at most)
@@ -137,6 +145,20 @@ class PackageMetadata(BaseModel):
     created_at: str | None = None
 
 
+class ManifestEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bytes: NonNegativeInt
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Manifest(BaseModel):
+    """manifest.json: every file of the package but itself (plain file names: a package has no folders)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["rnnserve-manifest/1"]
+    files: dict[str, ManifestEntry]
+
+
 @dataclass
 class Package:
     name: str
@@ -144,6 +166,13 @@ class Package:
     path: Path
     metadata: PackageMetadata
     tokenizer: TokenizerSpec | None  # None for numeric-sequence packages
+    manifest: Manifest = field(default_factory=lambda: Manifest(format=MANIFEST_FORMAT, files={}))
+    digest: str = ""  # sha256 of manifest.json: the whole package's identity
+
+    def read(self, filename: str) -> bytes:
+        """A file of the package as checked against the manifest: its bytes, or PackageError (the file missing,
+        or changed since the package was read)."""
+        return read_checked(self.path, filename, self.manifest)
 
     @property
     def task(self) -> Task:
@@ -177,44 +206,120 @@ def sha256_file(path: Path) -> str:
 
 
 def read_package(path: str | Path) -> Package:
-    """Validate files, metadata, checksum and tokenizer; raise PackageError with the reason."""
+    """Validate the package whole: the manifest against the directory's files and their sha256, then the
+    metadata, the tokenizer spec and the files the task needs; raise PackageError with the reason (the file
+    named)."""
     path = Path(path)
     name, version = path.parent.name, path.name
     if not NAME_RE.fullmatch(name) or not VERSION_RE.fullmatch(version):
         raise PackageError(f"{path}: expected MODELS/NAME/VERSION with a numeric version")
-    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    manifest_bytes = _read(path, MANIFEST, MAX_MANIFEST_BYTES)
+    manifest = parse_manifest(manifest_bytes)
+    check_files(path, manifest)
+    metadata = parse_metadata(read_checked(path, "metadata.json", manifest).removeprefix(codecs.BOM_UTF8))
+    task = metadata.task
+    required = (*REQUIRED_FILES, "tokenizer.json") if task.reads_text else REQUIRED_FILES
+    missing = [f for f in required if f not in manifest.files]
     if missing:
         raise PackageError(f"missing {', '.join(missing)}")
-    try:
-        raw = (path / "metadata.json").read_bytes().removeprefix(codecs.BOM_UTF8)  # an editor's BOM is no error
-    except OSError as exc:
-        raise PackageError(f"metadata.json is not readable: {exc}") from exc
-    metadata = parse_metadata(raw)
-    task = metadata.task
     if task.classifies and len(metadata.labels) < 2:
         raise PackageError("a classifier's metadata labels must name two or more classes")
     if not task.reads_text:
         shape = metadata.input.shape
         if not (len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape[1:])):
             raise PackageError(f"a sequence package declares its input shape [null, T, F]; got {shape!r}")
-    elif not (path / "tokenizer.json").is_file():
-        raise PackageError("missing tokenizer.json")
     if metadata.stepwise is not None and not (
-            STEPWISE_RE.fullmatch(metadata.stepwise) and (path / metadata.stepwise).is_file() and metadata.state):
+            STEPWISE_RE.fullmatch(metadata.stepwise) and metadata.stepwise in manifest.files and metadata.state):
         raise PackageError(f"stepwise {metadata.stepwise!r} must name a .onnx file beside model.onnx, with its state")
-    expected = metadata.onnx.sha256
-    actual = sha256_file(path / "model.onnx")
-    if expected != actual:
-        raise PackageError(f"model.onnx sha256 {actual[:12]}... does not match metadata ({expected[:12]}...)")
+    if manifest.files["model.onnx"].sha256 != metadata.onnx.sha256:
+        raise PackageError(f"model.onnx sha256 {manifest.files['model.onnx'].sha256[:12]}... in the manifest does "
+                           f"not match metadata ({metadata.onnx.sha256[:12]}...)")
     spec = None
     if task.reads_text:
         try:
-            spec = TokenizerSpec.load(path / "tokenizer.json")
-        except (OSError, ValueError, TypeError) as exc:
+            spec = TokenizerSpec.from_dict(json.loads(read_checked(path, "tokenizer.json", manifest)))
+        except (ValueError, TypeError) as exc:
             raise PackageError(f"tokenizer.json is invalid: {exc}") from exc
         if spec.maxlen != metadata.maxlen:
             raise PackageError(f"tokenizer maxlen {spec.maxlen} differs from metadata maxlen {metadata.maxlen}")
-    return Package(name=name, version=int(version), path=path, metadata=metadata, tokenizer=spec)
+    return Package(name=name, version=int(version), path=path, metadata=metadata, tokenizer=spec,
+                   manifest=manifest, digest=hashlib.sha256(manifest_bytes).hexdigest())
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}"
+                           for e in exc.errors(include_url=False))
+        raise PackageError(f"{MANIFEST} is invalid: {fields}") from None
+    bad = [f for f in manifest.files if f == MANIFEST or not _plain_name(f)]
+    if bad:
+        raise PackageError(f"{MANIFEST} names {bad[0]!r}: a package's files are plain names beside it")
+    return manifest
+
+
+def check_files(path: Path, manifest: Manifest) -> None:
+    """The directory holds exactly the manifest's files, each of its size and sha256: PackageError naming the
+    first that is missing, added or changed."""
+    try:
+        present = {entry.name: entry for entry in os.scandir(path)}
+    except OSError as exc:
+        raise PackageError(f"the package directory is not readable: {exc.strerror}") from None
+    added = sorted(set(present) - set(manifest.files) - {MANIFEST})
+    if added:
+        raise PackageError(f"{added[0]} is not in {MANIFEST}: a file added to a package after it was written is "
+                           "refused (write the package again, or remove the file)")
+    for filename, entry in sorted(manifest.files.items()):
+        found = present.get(filename)
+        if found is None:
+            raise PackageError(f"missing {filename}: {MANIFEST} lists it")
+        if not found.is_file(follow_symlinks=False):
+            raise PackageError(f"{filename} is not a plain file (a link or a folder is refused)")
+        if sha256_file(Path(found.path)) != entry.sha256:
+            raise PackageError(f"{filename} was changed: its sha256 differs from {MANIFEST}'s")
+
+
+def read_checked(path: Path, filename: str, manifest: Manifest) -> bytes:
+    """A listed file's bytes, checked against its manifest entry (PackageError if missing or changed)."""
+    entry = manifest.files.get(filename)
+    if entry is None:
+        raise PackageError(f"{filename} is not in {MANIFEST}")
+    data = _read(path, filename, entry.bytes)
+    if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise PackageError(f"{filename} was changed: its sha256 differs from {MANIFEST}'s")
+    return data
+
+
+def _read(path: Path, filename: str, limit: int) -> bytes:
+    """At most limit + 1 bytes of a plain file of the package (a longer file is then known to differ)."""
+    try:
+        with open(path / filename, "rb") as fh:
+            return fh.read(limit + 1)
+    except FileNotFoundError:
+        hint = (" (a package written before the whole-package manifest: `rnnserve-train seal DIR` adds one)"
+                if filename == MANIFEST else "")
+        raise PackageError(f"missing {filename}{hint}") from None
+    except OSError as exc:
+        raise PackageError(f"{filename} is not readable: {exc.strerror}") from None
+
+
+def _plain_name(filename: str) -> bool:
+    return filename not in ("", ".", "..") and "/" not in filename and "\\" not in filename and "\0" not in filename
+
+
+def seal(path: str | Path) -> Manifest:
+    """Write manifest.json for the package directory's files as they are now (the last file a writer writes:
+    a reader that finds it finds the whole package). Returns the manifest."""
+    path = Path(path)
+    files = {entry.name: ManifestEntry(bytes=entry.stat().st_size, sha256=sha256_file(Path(entry.path)))
+             for entry in sorted(os.scandir(path), key=lambda e: e.name)
+             if entry.name != MANIFEST and not entry.name.startswith(f".{MANIFEST}")}
+    manifest = Manifest(format=MANIFEST_FORMAT, files=files)
+    tmp = path / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
+    os.replace(tmp, path / MANIFEST)
+    return manifest
 
 
 def parse_metadata(raw: bytes | str | dict) -> PackageMetadata:

@@ -91,12 +91,12 @@ class ModelRuntime(ABC):
     def start(cls, package: Package, options: RuntimeOptions = RuntimeOptions(),
               observer: RuntimeObserver | None = None) -> Self:
         """open() for a package already read and validated."""
-        path = package.path
         if package.task not in cls.tasks:
             raise PackageError(f"{package.name} is a {package.task} package; {cls.__name__} runs "
                                f"{' and '.join(cls.tasks)} packages")
-        session = OrtSession(path / "model.onnx", options.provider, options.intra_op_threads,
-                            package.metadata.input.name, package.metadata.output.name)
+        session = OrtSession(package.read("model.onnx"), options.provider, options.intra_op_threads,
+                             package.metadata.input.name, package.metadata.output.name,
+                             label=f"{package.name}/{package.version}/model.onnx")
         check_io(package, session.inputs(), session.outputs())
         runtime = cls(package, session, options, observer)
         try:

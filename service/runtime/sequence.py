@@ -33,8 +33,9 @@ class SequenceModel(ModelRuntime):
         meta = package.metadata
         self.stepwise, self.steps = None, None
         if meta.stepwise:
-            self.stepwise = OrtSession(package.path / meta.stepwise, options.provider, options.intra_op_threads,
-                                       meta.input.name, meta.output.name)
+            self.stepwise = OrtSession(package.read(meta.stepwise), options.provider, options.intra_op_threads,
+                                       meta.input.name, meta.output.name,
+                                       label=f"{package.name}/{package.version}/{meta.stepwise}")
             check_io(package, self.stepwise.inputs(), self.stepwise.outputs(), stepwise=True)
             timed = functools.partial(self._timed_run, run=self._run_steps, session=self.stepwise)
             self.steps = Batcher(timed if observer else self._run_steps, max_batch_size=self.batcher.max_batch_size,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import logging
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from rnnserve.service.core.package import PackageError
 from rnnserve.service.cpus import usable_cpus
 
 log = logging.getLogger("rnnserve.session")
@@ -37,6 +41,21 @@ def share_cpu_arena() -> None:
             info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
             ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
             _arena_shared = True
+
+
+@functools.cache
+def no_external_data() -> str:
+    """An empty folder of this process's own, where onnxruntime is told to look for a graph's external data
+    files: a graph given as bytes would otherwise read them relative to the working directory. Packages keep
+    their weights inside model.onnx (the import inlines external data), so any reference fails the load."""
+    folder = tempfile.mkdtemp(prefix="rnnserve-no-external-data-")
+    atexit.register(_remove, folder)
+    return folder
+
+
+def _remove(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
 
 
 def choose_providers(setting: str) -> list:
@@ -77,8 +96,11 @@ class OrtSession:
     from one worker thread at a time (the model's batcher). Each thread's runs are timed (`clock`), so a
     runtime can tell its onnxruntime time from its own (the statistics extension's compute_infer)."""
 
-    def __init__(self, path: Path, provider: str = "auto", intra_op_threads: int = 0,
-                 input_name: str = "input_ids", output_name: str = "probabilities"):
+    def __init__(self, model: bytes, provider: str = "auto", intra_op_threads: int = 0,
+                 input_name: str = "input_ids", output_name: str = "probabilities", label: str = "model.onnx"):
+        """model: the serialized graph, from bytes that were checked (Package.read), never a path: onnxruntime
+        then reads no file itself (none swapped after the check, no external data beside it). label: how the
+        log names it."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads or usable_cpus()
         opts.inter_op_num_threads = 1
@@ -88,21 +110,22 @@ class OrtSession:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         share_cpu_arena()
         opts.add_session_config_entry("session.use_env_allocators", "1")
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", no_external_data())
         wanted = choose_providers(provider)
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+            self._session = _session(model, opts, wanted, label)
         except Exception:
             if wanted == [CPU] or provider == "cuda":
                 raise
-            log.warning("CUDA session failed; falling back to CPU", extra={"model_path": str(path)})
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+            log.warning("CUDA session failed; falling back to CPU", extra={"model_path": label})
+            self._session = _session(model, opts, [CPU], label)
         self.provider = self._session.get_providers()[0]
         if provider == "cuda" and self.provider != CUDA:
             # onnxruntime logs a CUDA provider it cannot create and goes on with the CPU alone.
-            raise RuntimeError(f"provider=cuda but onnxruntime could not create a CUDA session for {path} (no "
+            raise RuntimeError(f"provider=cuda but onnxruntime could not create a CUDA session for {label} (no "
                                "GPU, or CUDA 13 / cuDNN 9 libraries missing: see the log above)")
         if provider == "auto" and self.provider != CUDA:
-            log.info("using CPUExecutionProvider (no usable CUDA)", extra={"model_path": str(path)})
+            log.info("using CPUExecutionProvider (no usable CUDA)", extra={"model_path": label})
         self.threads = opts.intra_op_num_threads
         self.input_name, self.output_name = input_name, output_name
         self._clocks = threading.local()
@@ -159,3 +182,13 @@ class OrtSession:
         """Run batches of one example row repeated, so the first requests find the session's memory ready."""
         for n in batch_sizes:
             self.run(np.repeat(example, n, axis=0))
+
+
+def _session(model: bytes, opts: ort.SessionOptions, providers: list, label: str) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(model, sess_options=opts, providers=providers)
+    except Exception as exc:
+        if "external" in str(exc).lower():  # "External data path ...", "... from external tensors"
+            raise PackageError(f"{label} keeps weights in external data files: a package's graph is one file "
+                               "(rnnserve-train import inlines external data)") from None
+        raise

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from rnnserve.service.core.package import seal
 from tests.conftest import Server, real_reviews
 
 
@@ -138,6 +139,7 @@ def test_reload_and_unload_under_traffic_fail_no_request(live_repo):
         shutil.copytree(live_repo / "sentiment-lstm" / "1", live_repo / "sentiment-lstm" / "2")
         meta = live_repo / "sentiment-lstm" / "2" / "metadata.json"
         meta.write_text(json.dumps(json.loads(meta.read_text()) | {"version": 2}))
+        seal(meta.parent)
         for _ in range(3):
             assert httpx.post(f"{srv.url}/v2/repository/models/sentiment-lstm/load", timeout=60).status_code == 200
         assert httpx.post(f"{srv.url}/v2/repository/models/topics-gru/unload").status_code == 200

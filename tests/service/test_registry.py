@@ -6,7 +6,7 @@ import shutil
 import httpx
 import pytest
 
-from rnnserve.service.core.package import PackageError, read_package
+from rnnserve.service.core.package import PackageError, read_package, seal
 from tests.conftest import Server
 
 
@@ -30,6 +30,9 @@ def test_read_package_reasons(broken_repo):
     meta_path = broken_repo / "topics-gru" / "1" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps(meta | {"maxlen": 7}))
+    with pytest.raises(PackageError, match="metadata.json was changed"):
+        read_package(broken_repo / "topics-gru" / "1")
+    seal(meta_path.parent)  # as its writer would have
     with pytest.raises(PackageError, match="maxlen"):
         read_package(broken_repo / "topics-gru" / "1")
 
@@ -48,6 +51,7 @@ def test_a_bad_metadata_field_is_named(broken_repo, change, field):
     meta = json.loads(meta_path.read_text()) | {"serving": {}}
     change(meta)
     meta_path.write_text(json.dumps(meta))
+    seal(meta_path.parent)
     with pytest.raises(PackageError, match=field.replace(".", r"\.")):
         read_package(broken_repo / "topics-gru" / "1")
 

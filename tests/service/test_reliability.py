@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from rnnserve.service.core.errors import ModelClosed
-from rnnserve.service.core.package import PackageError
+from rnnserve.service.core.package import PackageError, seal
 from rnnserve.service.core.rows import RowReader
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.registry import Registry
@@ -180,6 +180,7 @@ def test_a_model_whose_embedding_misses_tokenizer_ids_is_refused_at_load(model_r
     spec = json.loads((package / "tokenizer.json").read_text())
     assert spec["num_words"] and len(spec["words"]) + spec["index_from"] > spec["num_words"]
     (package / "tokenizer.json").write_text(json.dumps(spec | {"num_words": None}))  # ids beyond the embedding
+    seal(package)
     with pytest.raises(PackageError, match="does not take the tokenizer's ids"):
         TextClassifier.open(package, RuntimeOptions(warmup=False))
 
@@ -356,6 +357,7 @@ def test_a_text_that_fails_alone_does_not_fail_its_block(model_repo, tmp_path):
     shutil.copytree(model_repo / "sentiment-lstm" / "1", package)
     spec = json.loads((package / "tokenizer.json").read_text())
     (package / "tokenizer.json").write_text(json.dumps(spec | {"num_words": None}))
+    seal(package)
     rare = spec["words"][spec["num_words"] + 100]  # its id is past the embedding
     body = f"id,text\n1,a fine film\n2,{rare}\n3,a dull film\n".encode()
 
@@ -363,7 +365,7 @@ def test_a_text_that_fails_alone_does_not_fail_its_block(model_repo, tmp_path):
         from rnnserve.service.core.package import read_package
         from rnnserve.service.runtime.session import OrtSession
 
-        clf = TextClassifier(read_package(package), OrtSession(package / "model.onnx", "cpu", 1))
+        clf = TextClassifier(read_package(package), OrtSession((package / "model.onnx").read_bytes(), "cpu", 1))
 
         async def chunks():
             yield body

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rnnserve.service.core.package import read_package, seal
 from rnnserve.service.core.rows import RowReader, read_file
 from rnnserve.service.core.tokenizer import TokenizerSpec
 from rnnserve.training.data import read_text_file
@@ -171,7 +172,6 @@ def test_score_honours_a_declared_charset_and_refuses_an_unknown_one(api):
 
 
 def test_settings_and_package_files_read_the_same_with_a_byte_order_mark(tmp_path, model_repo):
-    from rnnserve.service.core.package import read_package
     from rnnserve.service.settings import Settings
 
     keys = tmp_path / "keys.txt"
@@ -181,6 +181,7 @@ def test_settings_and_package_files_read_the_same_with_a_byte_order_mark(tmp_pat
     shutil.copytree(model_repo / "sentiment-lstm" / "1", package)
     for name in ("metadata.json", "tokenizer.json"):
         (package / name).write_bytes(codecs.BOM_UTF8 + (package / name).read_bytes())
+    seal(package)
     assert read_package(package).metadata.name == "sentiment-lstm"
     TokenizerSpec.load(package / "tokenizer.json")
 

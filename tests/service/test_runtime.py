@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rnnserve.service.core.package import PackageError
+from rnnserve.service.core.package import PackageError, seal
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.service.runtime.base import RuntimeOptions
 from rnnserve.service.runtime.text import TextClassifier
@@ -66,6 +66,7 @@ def test_open_refuses_bad_packages_with_reasons(model_repo, tmp_path):
     shutil.copytree(model_repo / "sentiment-lstm" / "1", broken)
     meta = json.loads((broken / "metadata.json").read_text())
     (broken / "metadata.json").write_text(json.dumps(meta | {"labels": ["only-one"]}))
+    seal(broken)
     with pytest.raises(PackageError, match="two or more"):
         TextClassifier.open(broken)
     with pytest.raises(PackageError, match="missing"):

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from rnnserve.service.core.package import seal
 from rnnserve.service.settings import BUNDLED_MODELS
 from tests.conftest import LOCAL, in_process, wait_ready
 
@@ -207,6 +208,7 @@ def test_a_plot_that_is_not_a_png_is_not_served(tmp_path):
     shutil.copytree(BUNDLED_MODELS / CLASSIFIER, models / CLASSIFIER)
     (models / CLASSIFIER / "1" / "curves.png").write_bytes(b"<html><script>alert(1)</script></html>")
     (models / CLASSIFIER / "1" / "empty.png").write_bytes(b"")
+    seal(models / CLASSIFIER / "1")
     with in_process(models) as c:
         wait_ready(c)
         for name in ("curves.png", "empty.png"):
