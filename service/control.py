@@ -26,7 +26,7 @@ import os
 import time
 from pathlib import Path
 
-from rnnserve.service.core.errors import NotFound, ServiceError, echo
+from rnnserve.service.core.errors import NotFound, ServiceError, StorageUnavailable, echo
 from rnnserve.service.processes import alive
 from rnnserve.service.registry import Registry
 
@@ -47,9 +47,9 @@ class ModelControl:
         self.settings = registry.settings
         self._applied: dict[str, dict] = {}  # name -> {"generation", "error"} as this worker applied them
         self._generation = 0
-        self._seen: tuple[int, int] | None = None  # desired.json's (mtime_ns, size) last read
         self._on_disk: dict[str, set[str]] = {}  # name -> versions, at the last repository scan
         self._task: asyncio.Task | None = None
+        self.problem: str | None = None  # why this worker's status could not be written (readiness says it)
 
     async def start(self) -> None:
         """Load the repository as the desired state says, say so, then follow changes in the background."""
@@ -90,7 +90,12 @@ class ModelControl:
         self.registry.check_name(name)
         if op == "load" and not (self.settings.models_dir / name).is_dir() and not self.registry.knows(name):
             raise NotFound(f"no model {echo(name)} in the repository")  # nothing to publish for every worker
-        generation = await asyncio.to_thread(self._publish, name, op)
+        try:
+            generation = await asyncio.to_thread(self._publish, name, op)
+        except OSError as exc:
+            log.error("model control could not publish a change", extra={"model": name, "reason": exc.strerror})
+            raise StorageUnavailable(f"{op} of model {echo(name)}: the server's control state could not be written "
+                                     f"({exc.strerror or exc}); nothing was changed") from None
         deadline = time.monotonic() + self.settings.control_timeout_s
         while True:
             statuses = self._live_statuses()
@@ -131,6 +136,8 @@ class ModelControl:
         while True:
             try:
                 if self.state_dir is not None:
+                    if self.problem is not None:
+                        self._write_status()
                     await self._apply_changes()
                 if time.monotonic() >= next_scan:
                     await self._apply_repository()
@@ -140,14 +147,11 @@ class ModelControl:
             await asyncio.sleep(POLL_S if self.state_dir is not None else poll_s)
 
     async def _apply_changes(self) -> None:
-        try:
-            stat = (self._shared / "desired.json").stat()
-        except FileNotFoundError:
-            return
-        if (stat.st_mtime_ns, stat.st_size) == self._seen:
-            return
-        self._seen = (stat.st_mtime_ns, stat.st_size)
+        # Read whole every time and judged by its generation: a file's (mtime, size) can stay the same across
+        # two publishes (coarse timestamps, network and overlay file systems), its content cannot.
         desired = self._read_desired()
+        if desired["generation"] == self._generation:
+            return
         for name, entry in sorted(desired["models"].items(), key=lambda item: item[1]["generation"]):
             if entry["generation"] <= self._applied.get(name, {}).get("generation", 0):
                 continue
@@ -202,9 +206,21 @@ class ModelControl:
         return self._shared / "workers" / f"{pid}.json"
 
     def _write_status(self) -> None:
-        if self.state_dir is not None:
+        """This worker's status for the control calls that wait on it. A write that fails (a full or read-only
+        disk) is logged, said in readiness and tried again at the next poll; the worker goes on serving."""
+        if self.state_dir is None:
+            return
+        try:
             (self._shared / "workers").mkdir(exist_ok=True)
             _write_json(self._status_path(os.getpid()), {"generation": self._generation, "results": self._applied})
+        except OSError as exc:
+            if self.problem is None:
+                log.error("model control could not write this worker's status", extra={"reason": exc.strerror})
+            self.problem = f"the model control state could not be written: {exc.strerror or exc}"
+            return
+        if self.problem is not None:
+            log.info("model control state written again")
+        self.problem = None
 
     def _live_statuses(self) -> dict[int, dict]:
         """Every live worker's status; the files of workers that died are removed."""
@@ -222,5 +238,8 @@ class ModelControl:
 def _write_json(path: Path, data: dict) -> None:
     """Whole or not at all: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

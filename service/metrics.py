@@ -12,6 +12,7 @@ histograms by model, and batch-size labels would multiply its series."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -23,6 +24,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from rnnserve.service.processes import alive
 
+log = logging.getLogger("rnnserve.metrics")
+# prometheus_client grows a worker's value file by doubling it and writes it through mmap: where the file system
+# has no room for the new pages, the write kills the process (SIGBUS). Below this much free space values stop
+# being recorded instead, and readiness says why, until there is room again.
+MIN_FREE_BYTES = 4 << 20
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 STATISTICS = ("rnnserve_statistics", "rnnserve_statistics_seconds", "rnnserve_last_inference_timestamp_seconds")
@@ -42,7 +48,12 @@ class VersionStatistics:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """directory: prometheus_client's multiprocess directory (several workers), None for one process."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory
+        self.problem: str | None = None  # why values are not being recorded (readiness says it)
+        self.check_storage()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("rnnserve_requests_total", "HTTP requests", ["model", "endpoint", "status"],
@@ -73,9 +84,32 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._observers: dict[tuple[str, str], ModelObserver] = {}  # the latest for each model version
 
+    def check_storage(self) -> None:
+        """Record values only while the multiprocess directory has room for them (MIN_FREE_BYTES) and takes
+        writes; else stop and say why (logged once, readiness), until it has room again."""
+        if not self.directory:
+            return
+        try:
+            st = os.statvfs(self.directory)
+            free = st.f_bavail * st.f_frsize
+            problem = ("metrics are not recorded: their directory is read-only" if st.f_flag & os.ST_RDONLY else
+                       f"metrics are not recorded: their directory has {free} bytes free (at least {MIN_FREE_BYTES} "
+                       "needed)" if free < MIN_FREE_BYTES else None)
+        except OSError as exc:
+            problem = f"metrics are not recorded: their directory is not usable ({exc.strerror})"
+        if problem != self.problem:
+            (log.error if problem else log.info)(problem or "metrics are recorded again")
+        self.problem = problem
+
+    def set_models(self, loaded: int, failed: int) -> None:
+        """The gauges of model versions loaded and failed."""
+        if self.problem is None:
+            self.models_loaded.set(loaded)
+            self.models_failed.set(failed)
+
     def exposition(self) -> bytes:
         """The text a scrape gets: this app's collectors, or every worker's when there are several."""
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        directory = self.directory
         if not directory:
             return generate_latest(self.registry)
         for path in Path(directory).glob("gauge_live*_*.db"):  # gauges of workers that died go with them
@@ -95,7 +129,7 @@ class Metrics:
     def statistics(self) -> dict[tuple[str, str], VersionStatistics]:
         """(model, version) -> its statistics, the whole server's as written (every worker's files when there
         are several, the dead ones' too: counters are kept, as in /metrics)."""
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        directory = self.directory
         families = (self.statistics_registry.collect() if not directory else
                     (f for f in multiprocess.MultiProcessCollector(None, directory).collect() if f.name in STATISTICS))
         out: dict[tuple[str, str], VersionStatistics] = defaultdict(VersionStatistics)
@@ -115,6 +149,8 @@ class Metrics:
     def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one HTTP request. The labelled children are looked up once per (model, endpoint, status), a
         bounded set, instead of on every request."""
+        if self.problem is not None:
+            return
         key = (model, endpoint, status)
         children = self._request_children.get(key)
         if children is None:
@@ -144,6 +180,7 @@ class Metrics:
         try:
             while True:
                 await asyncio.sleep(seconds)
+                self.check_storage()
                 self.flush()
         finally:
             self.flush()
@@ -168,6 +205,8 @@ class ModelObserver:
 
     def batch(self, rows: int, waits: list[float], times) -> None:
         """times: the runtime's BatchTimes (this layer is below the runtimes')."""
+        if self._metrics.problem is not None:
+            return
         self._texts.inc(rows)
         self._size.observe(rows)
         self._infer.observe(times.compute_infer)
@@ -192,7 +231,7 @@ class ModelObserver:
 
     def flush(self) -> None:
         """Write what was recorded since the last flush to the collectors."""
-        if not self._counts and not self._seconds:
+        if (not self._counts and not self._seconds) or self._metrics.problem is not None:
             return
         pending = ((self._metrics.stat_counts, self._counts), (self._metrics.stat_seconds, self._seconds))
         self._counts, self._seconds = defaultdict(float), defaultdict(float)

@@ -170,9 +170,7 @@ class Registry:
         return dict(self.failures.get(name, {}))
 
     def _update_gauges(self) -> None:
-        loaded, failed = self.counts()
-        self.metrics.models_loaded.set(loaded)
-        self.metrics.models_failed.set(failed)
+        self.metrics.set_models(*self.counts())
 
     def get(self, name: str, version: str | int | None = None, tasks: tuple[str, ...] | None = None) -> ModelRuntime:
         """The loaded model; with tasks, WrongTask (422) unless it runs one of them."""

@@ -189,6 +189,34 @@ def test_nan_is_refused(client):
     assert r.status_code == 422 and "finite" in r.json()["error"]["message"]
 
 
+def test_a_finite_value_the_normalisation_takes_to_infinity_is_refused_over_every_protocol(client, task_repo):
+    """3e38 is a float32, but (3e38 - mean) / 0.742 is not: the model would see infinity (issue 34)."""
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    values = [3e38] + [0.0] * 9
+    r = client.post("/v1/models/waves-next/predict", json={"sequences": [values]})
+    assert r.status_code == 422 and "sequences[0][0][0] = 3e+38" in r.json()["error"]["message"]
+    tensor = {"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1]}
+    r = client.post("/v2/models/waves-next/infer", json={"inputs": [tensor | {"data": values}]})
+    assert r.status_code == 422 and "beyond float32's range after the package's normalisation" in r.json()["error"]
+    raw = np.array(values, "<f4").tobytes()
+    header = json.dumps({"inputs": [tensor | {"parameters": {"binary_data_size": len(raw)}}]}).encode()
+    r = client.post("/v2/models/waves-next/infer", content=header + raw,
+                    headers={"inference-header-content-length": str(len(header))})
+    assert r.status_code == 422 and "sequences[0][0][0]" in r.json()["error"]
+    srv = Server(task_repo)
+    try:
+        srv.wait_ready()
+        grpc_input = triton_grpc.InferInput("sequences", [1, 10, 1], "FP32")
+        grpc_input.set_data_from_numpy(np.array(values, np.float32).reshape(1, 10, 1))
+        with pytest.raises(InferenceServerException) as err:
+            triton_grpc.InferenceServerClient(srv.grpc).infer("waves-next", [grpc_input])
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "sequences[0][0][0]" in err.value.message()
+    finally:
+        srv.stop()
+
+
 def test_model_list_shows_each_task(client):
     tasks = {m["name"]: m["task"] for m in client.get("/v1/models").json()["models"]}
     assert tasks == {"waves-next": "sequence-regression", "waves-kind": "sequence-classification",

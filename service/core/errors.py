@@ -48,6 +48,12 @@ class MethodNotAllowed(ServiceError):
     status, code = 405, "method_not_allowed"
 
 
+class Conflict(ServiceError):
+    """The request raced another that changed what it relied on (e.g. two steps of one sequence at once)."""
+
+    status, code = 409, "conflict"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
@@ -72,6 +78,13 @@ class NotReady(ServiceError):
 class Overloaded(ServiceError):
     status, code = 503, "overloaded"
     headers = {"Retry-After": "1"}
+
+
+class StorageUnavailable(ServiceError):
+    """State the server keeps on disk (a sequence's, model control's) could not be read or written: the disk is
+    full, read-only or failing. Nothing was changed."""
+
+    status, code = 503, "storage_unavailable"
 
 
 class ModelClosed(Overloaded):

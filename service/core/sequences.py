@@ -13,7 +13,22 @@ def normalize(x: np.ndarray, stats: dict | None) -> np.ndarray:
     x = np.asarray(x, np.float32)
     if not stats:
         return x
-    return ((x - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # what overflows is refused by check_normalized
+        return ((x - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)).astype(np.float32)
+
+
+def check_normalized(x: np.ndarray, stats: dict | None) -> None:
+    """InvalidInput (422) naming the first value of x [N, T, F] that the package's normalisation takes beyond
+    float32's range: finite as sent, infinite as the model would see it."""
+    if not stats:
+        return
+    bad = np.argwhere(~np.isfinite(normalize(x, stats)))
+    if len(bad):
+        n, t, f = (int(i) for i in bad[0])
+        mean, std = stats["mean"][f], stats["std"][f]
+        raise InvalidInput(f"sequences[{n}][{t}][{f}] = {float(x[n, t, f]):g} is beyond float32's range after the "
+                           f"package's normalisation (x - {mean:g}) / {std:g}: values of feature {f} must lie "
+                           f"within about {mean:g} ± {3.4e38 * min(std, 1.0):.3g}")
 
 
 def as_sequences(values, steps: int, features: int) -> np.ndarray:

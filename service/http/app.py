@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
     if settings is None:  # a worker process (or an ASGI server given the factory): settings from the environment
         settings = Settings()
         logs.configure(settings.log_level, settings.log_json)
-    metrics = Metrics()
+    metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     registry = Registry(settings, metrics)
     state_dir = os.environ.get(STATE_DIR_ENV)  # several worker processes: set by the server's entry point
     control = ModelControl(registry, Path(state_dir) if state_dir else None)

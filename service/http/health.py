@@ -19,9 +19,13 @@ async def live() -> dict:
 @router.get("/health/ready", response_model=Health, responses={503: {"model": Health}},
             summary="200 once every valid model is loaded and warmed up")
 async def ready(request: Request) -> Response:
-    registry = request.app.state.registry
+    state = request.app.state
+    registry = state.registry
     loaded, failed = registry.counts()
     body = {"status": "ready" if registry.ready else "loading", "models_loaded": loaded, "models_failed": failed}
+    problems = [p for p in (state.control.problem, state.metrics.problem) if p]
+    if problems:  # still serving: what does not work is said, not a reason to take the server out of service
+        body["problems"] = problems
     return json_response(body, status_code=200 if registry.ready else 503)
 
 

@@ -34,7 +34,7 @@ from rnnserve.service.http.v1 import event_stream, start_generation
 from rnnserve.service.runtime.base import ModelRuntime
 from rnnserve.service.runtime.generator import Sampling
 
-V2_ERRORS: dict[int | str, dict] = {code: {"model": V2Error} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
+V2_ERRORS: dict[int | str, dict] = {code: {"model": V2Error} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

@@ -15,7 +15,7 @@ import functools
 import numpy as np
 
 from rnnserve.service.core.package import Task, check_io
-from rnnserve.service.core.sequences import as_sequences, normalize
+from rnnserve.service.core.sequences import as_sequences, check_normalized, normalize
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeObserver, RuntimeOptions
 from rnnserve.service.runtime.batcher import Batcher
 from rnnserve.service.runtime.session import OrtSession
@@ -69,8 +69,10 @@ class SequenceModel(ModelRuntime):
 
     def as_input(self, values, steps: int | None = None) -> np.ndarray:
         """A request's nested lists -> float32 [N, T, F] (T: the model's, or `steps`), or InvalidInput naming
-        the shape this model takes."""
-        return as_sequences(values, steps or self.shape[0], self.shape[1])
+        the shape this model takes, or the value its normalisation would take beyond float32's range."""
+        x = as_sequences(values, steps or self.shape[0], self.shape[1])
+        check_normalized(x, self.package.metadata.input.normalization)
+        return x
 
     async def _step(self, row: np.ndarray, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
         assert self.steps is not None  # check_step refused models without a step-wise graph (not stateful)

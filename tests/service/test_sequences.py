@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -15,7 +17,8 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from rnnserve.service.settings import STATE_DIR_ENV
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, in_process, wait_ready
+from tests.service.storage import full_directory
 
 LM = "reuters-char-rnn"
 TEXT = ("Oil prices rose sharply on Monday after the company said it would cut output by ten percent, "
@@ -47,7 +50,7 @@ def two_workers(tmp_path_factory):
     port of its own, so a test decides which one a step reaches (a server's workers share one socket, and
     which takes a connection is the kernel's choice)."""
     models, state = lm_repo(tmp_path_factory.mktemp("seq")), tmp_path_factory.mktemp("state")
-    servers = [Server(models, env={STATE_DIR_ENV: str(state)}) for _ in range(2)]
+    servers = [Server(models, "--max-sequences", "4", env={STATE_DIR_ENV: str(state)}) for _ in range(2)]
     try:
         for srv in servers:
             srv.wait_ready(120)
@@ -173,3 +176,79 @@ def test_a_numeric_sequence_in_steps_over_a_grpc_stream(two_workers):
     client.stop_stream()
     assert all(error is None for _, error in answers), [error for _, error in answers if error]
     assert np.abs(answers[-1][0].as_numpy("values") - whole).max() <= 1e-5
+
+
+def v2_step(url: str, text: str, model: str = LM, **parameters) -> httpx.Response:
+    """One V2 infer request on a connection of its own."""
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}], "parameters": parameters}
+    return httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=60)
+
+
+def probabilities(r: httpx.Response) -> np.ndarray:
+    assert r.status_code == 200, r.text
+    return np.array(next(o["data"] for o in r.json()["outputs"] if o["name"] == "probabilities"))
+
+
+def test_concurrent_steps_of_one_sequence_on_two_workers_are_kept_or_refused_never_lost(two_workers):
+    """30 steps of one sequence at once, alternating between the workers: each is answered and kept, or
+    refused with 409; the final state is the start's and every kept step's (issue 34: 3 of 32 were lost)."""
+    urls = [srv.url for srv in two_workers]
+    assert v2_step(urls[0], "Oil ", sequence_id=500, sequence_start=True).status_code == 200
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda i: v2_step(urls[i % 2], "x", sequence_id=500), range(30)))
+    assert {r.status_code for r in answers} <= {200, 409}, [r.text for r in answers if r.status_code not in (200, 409)]
+    assert all("was stepped by another request" in r.json()["error"] for r in answers if r.status_code == 409)
+    kept = sum(r.status_code == 200 for r in answers)
+    last = probabilities(v2_step(urls[1], ".", sequence_id=500, sequence_end=True))
+    whole = probabilities(v2_step(urls[0], "Oil " + "x" * kept + "."))
+    assert np.abs(last - whole).max() <= 1e-5, f"{kept} steps kept"
+
+
+def test_concurrent_starts_on_two_workers_keep_max_sequences_exactly(two_workers):
+    urls = [srv.url for srv in two_workers]
+    ids = [f"start-{i}" for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        starts = list(pool.map(lambda i: v2_step(urls[i % 2], "a", sequence_id=ids[i], sequence_start=True),
+                               range(12)))
+    assert {r.status_code for r in starts} == {200}
+    still_open = [v2_step(urls[0], "b", sequence_id=i).status_code for i in ids]
+    assert still_open.count(200) == 4 and set(still_open) == {200, 400}  # --max-sequences 4
+
+
+def test_a_full_or_read_only_state_directory_refuses_steps_with_503_and_changes_nothing(task_repo, tmp_path,
+                                                                                           monkeypatch):
+    """The state cannot be stored: the step answers 503 saying so, the sequence stays as it was, no other
+    sequence is evicted for it, no temporary file is left; the server goes on serving."""
+    with full_directory(tmp_path / "state") as state:
+        monkeypatch.setenv(STATE_DIR_ENV, str(state.path))
+        with in_process(task_repo, max_sequences=2) as client:
+            wait_ready(client)
+
+            def step(sequence_id, text="Oil ", **flags):
+                body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}],
+                        "parameters": {"sequence_id": sequence_id, **flags}}
+                return client.post("/v2/models/lm/infer", json=body)
+
+            def whole(text):
+                return client.post("/v2/models/lm/infer", json={"inputs": [
+                    {"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]})
+
+            assert step(1, sequence_start=True).status_code == 200
+            assert step(2, sequence_start=True).status_code == 200
+            state.fill()
+            for refused in (step(3, sequence_start=True), step(1, "net ")):
+                assert refused.status_code == 503, refused.text
+                assert "the sequence state could not be stored" in refused.json()["error"]
+            assert whole("a text").status_code == 200
+            assert client.get("/health/ready").status_code == 200
+            assert not list(state.path.rglob("*.tmp"))
+            state.free()
+            # Neither 1 nor 2 was evicted for the start that failed, and 1 did not move on.
+            assert np.abs(probabilities(step(1, "net ")) - probabilities(whole("Oil net "))).max() <= 1e-5
+            assert step(2, "net ").status_code == 200
+            state.read_only()
+            try:
+                assert step(1, "profit").status_code == 503 and step(4, sequence_start=True).status_code == 503
+            finally:
+                state.read_only(False)
+            assert np.abs(probabilities(step(1, "profit")) - probabilities(whole("Oil net profit"))).max() <= 1e-5
