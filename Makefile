@@ -25,9 +25,8 @@ test-fast: $(VENV)/.installed-dev  # the API, runtime and scoring tests, without
 fixtures: $(VENV)/.installed-dev  # the tiny packages the service tests run on (tests/fixtures/, committed)
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m tests.fixtures.build
 
-proto: $(VENV)/.installed-dev  # the gRPC descriptor set the server loads, from service/grpc/*.proto
-	$(PY) -m grpc_tools.protoc -Iservice/grpc --descriptor_set_out=service/grpc/protocol.binpb \
-	  service/grpc/inference.proto service/grpc/health.proto
+proto: $(VENV)/.installed-dev  # the gRPC descriptor set the server loads, from service/grpc/inference.proto
+	$(PY) -m grpc_tools.protoc -Iservice/grpc --descriptor_set_out=service/grpc/protocol.binpb service/grpc/inference.proto
 
 docs: $(VENV)/.installed-dev  # the documentation site as static files in site/
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -8,13 +8,15 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 from pydantic import ValidationError
 
 from rnnserve.service import logs
+from rnnserve.service.grpc.server import port_taken
 from rnnserve.service.settings import STATE_DIR_ENV, Settings
 
-APP_FACTORY = "rnnserve.service.grpc.server:create_app"
+APP_FACTORY = "rnnserve.service.app:create_app"
 
 
 def serve_granian(settings: Settings, workers: int) -> None:
@@ -32,7 +34,8 @@ def serve_granian(settings: Settings, workers: int) -> None:
     handler = {"formatter": "generic", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
     dictconfig = {"formatters": {"generic": formatter}, "handlers": {"console": handler, "access": handler}}
     Server(APP_FACTORY, factory=True, interface=Interfaces.ASGI, address=settings.host, port=settings.port,
-           workers=workers, log_level=settings.log_level.lower(), log_dictconfig=dictconfig, log_access=False,
+           workers=workers, log_level=cast(Any, settings.log_level.lower()), log_dictconfig=dictconfig,
+           log_access=False,
            workers_kill_timeout=max(1, int(settings.shutdown_grace_s)) + 5, backlog=2048,
            # Granian's own guards: its head buffer and read deadline; requests in flight per worker
            http1_settings=HTTP1Settings(max_buffer_size=settings.max_header_bytes,
@@ -69,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not settings.models_dir.is_dir():
         print(f"error: model repository {settings.models_dir} does not exist", file=sys.stderr)
+        return 2
+    if settings.grpc_port and port_taken(settings.host, settings.grpc_port):
+        print(f"error: the gRPC port {settings.host}:{settings.grpc_port} is in use by another process (another "
+              "server?): choose another with --grpc-port, or 0 for no gRPC", file=sys.stderr)
         return 2
     workers = settings.worker_count()
     # Every worker process builds its app from the environment, so both servers get the same settings.

@@ -2,17 +2,19 @@
 polling loads what appears on disk.
 
 With one worker (and in-process) a control call acts on the registry directly. With several, the server's
-parent process makes a state directory (`RNNSERVE_STATE_DIR`) that its workers share:
+parent process makes a state directory (Settings.state_dir) that its workers share:
 
-    desired.json       {"generation": G, "models": {name: {"op": "load" | "unload", "generation": g}}}
+    desired.json       Desired: {"generation": G, "models": {name: {"op": "load" | "unload", "generation": g,
+                       "serving": a load's batch settings or null}}}
     lock               taken (flock) to publish a change
-    workers/PID.json   what each worker has applied: {"generation": G, "results": {name: {generation, error}}}
+    workers/PID.json   WorkerStatus: what each worker has applied, {"generation": G, "results": {name:
+                       {"generation", "error": {"status", "code", "message"} or null}}}
 
 A control call publishes the change under the lock and waits until every live worker has applied it (each
-polls desired.json every POLL_S), then answers with their outcome: the first error any of them met, or
-ControlTimeout (504) naming the workers that had not applied it within `control_timeout_s`. A worker that
-starts later (a replacement for one that died) loads the repository as the desired state says before it
-reports ready. No RPC layer: files, a lock and the processes' ids.
+reads desired.json every POLL_S and knows a change by its generation), then answers with their outcome: the
+first error any of them met, or ControlTimeout (504) naming the workers that had not applied it within
+`control_timeout_s`. A worker that starts later (a replacement for one that died) loads the repository as the
+desired state says before it reports ready. No RPC layer: files, a lock and the processes' ids.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import time
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
 
 from rnnserve.service.core.errors import NotFound, ServiceError, StorageUnavailable, echo
+from rnnserve.service.core.package import Serving
 from rnnserve.service.processes import alive
 from rnnserve.service.registry import Registry
 
@@ -38,6 +43,49 @@ class ControlTimeout(ServiceError):
     status, code = 504, "control_timeout"
 
 
+class Change(BaseModel):
+    op: Literal["load", "unload"]
+    generation: int
+    serving: Serving | None = None  # a load's configuration (Triton's load with `config`)
+
+
+class Desired(BaseModel):
+    generation: int = 0
+    models: dict[str, Change] = {}
+
+    def unloaded(self) -> set[str]:
+        return {name for name, change in self.models.items() if change.op == "unload"}
+
+
+class ErrorRecord(BaseModel):
+    """A ServiceError as a worker met it, for the worker that answers the call."""
+
+    status: int
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: Exception) -> ErrorRecord:
+        if isinstance(exc, ServiceError):
+            return cls(status=exc.status, code=exc.code, message=exc.message)
+        return cls(status=500, code="internal_error", message=f"{type(exc).__name__}: {exc}")
+
+    def error(self) -> ServiceError:
+        failure = ServiceError(self.message)
+        failure.status, failure.code = self.status, self.code
+        return failure
+
+
+class Applied(BaseModel):
+    generation: int
+    error: ErrorRecord | None = None
+
+
+class WorkerStatus(BaseModel):
+    generation: int = 0
+    results: dict[str, Applied] = {}
+
+
 class ModelControl:
     """Load, unload and repository polling for one worker: `start` after the registry exists, `close` at
     shutdown. `state_dir` None: a server of one process, where the registry is the whole truth."""
@@ -45,8 +93,7 @@ class ModelControl:
     def __init__(self, registry: Registry, state_dir: Path | None = None):
         self.registry, self.state_dir = registry, state_dir
         self.settings = registry.settings
-        self._applied: dict[str, dict] = {}  # name -> {"generation", "error"} as this worker applied them
-        self._generation = 0
+        self.status = WorkerStatus()  # what this worker has applied
         self._on_disk: dict[str, set[str]] = {}  # name -> versions, at the last repository scan
         self._task: asyncio.Task | None = None
         self.problem: str | None = None  # why this worker's status could not be written (readiness says it)
@@ -54,11 +101,12 @@ class ModelControl:
     async def start(self) -> None:
         """Load the repository as the desired state says, say so, then follow changes in the background."""
         desired = self._read_desired()
-        unloaded = {name for name, entry in desired["models"].items() if entry["op"] == "unload"}
-        await self.registry.load_all(skip=unloaded)
-        self._generation = desired["generation"]
-        self._applied = {name: {"generation": entry["generation"], "error": None}
-                         for name, entry in desired["models"].items()}
+        for name, change in desired.models.items():
+            self.registry.configure(name, change.serving)
+        await self.registry.load_all(skip=desired.unloaded())
+        self.status = WorkerStatus(generation=desired.generation,
+                                   results={name: Applied(generation=change.generation)
+                                            for name, change in desired.models.items()})
         self._on_disk = self._scan()
         self._write_status()
         if self.state_dir is not None or self.settings.repository_poll_s:
@@ -72,46 +120,55 @@ class ModelControl:
         if self.state_dir is not None:
             self._status_path(os.getpid()).unlink(missing_ok=True)
 
-    async def load(self, name: str) -> None:
-        """Load or reload `name` on every worker (Registry.load's errors, from whichever worker met one)."""
-        await self._control(name, "load")
+    async def load(self, name: str, serving: Serving | None = None) -> None:
+        """Load or reload `name` on every worker (Registry.load's errors, from whichever worker met one).
+        serving: batch settings for every version of it, until the next load (None: the package's)."""
+        await self._control(name, Change(op="load", generation=0, serving=serving))
 
     async def unload(self, name: str) -> None:
         """Unload `name` on every worker (a name whose versions all failed is forgotten); NotFound (404) when
         it is neither loaded nor failed here."""
         if not self.registry.knows(name):
             raise NotFound(f"model {echo(name)} is not loaded")
-        await self._control(name, "unload")
+        await self._control(name, Change(op="unload", generation=0))
 
-    async def _control(self, name: str, op: str) -> None:
+    async def _apply(self, name: str, change: Change) -> None:
+        if change.op == "load":
+            self.registry.configure(name, change.serving)
+            await self.registry.load(name)
+        elif self.registry.knows(name):
+            await self.registry.unload(name)
+
+    async def _control(self, name: str, change: Change) -> None:
         if self.state_dir is None:
-            await (self.registry.load if op == "load" else self.registry.unload)(name)
+            if change.op == "unload":
+                await self.registry.unload(name)
+            else:
+                await self._apply(name, change)
             return
         self.registry.check_name(name)
-        if op == "load" and not (self.settings.models_dir / name).is_dir() and not self.registry.knows(name):
+        if change.op == "load" and not (self.settings.models_dir / name).is_dir() and not self.registry.knows(name):
             raise NotFound(f"no model {echo(name)} in the repository")  # nothing to publish for every worker
         try:
-            generation = await asyncio.to_thread(self._publish, name, op)
+            generation = await asyncio.to_thread(self._publish, name, change)
         except OSError as exc:
             log.error("model control could not publish a change", extra={"model": name, "reason": exc.strerror})
-            raise StorageUnavailable(f"{op} of model {echo(name)}: the server's control state could not be written "
-                                     f"({exc.strerror or exc}); nothing was changed") from None
+            raise StorageUnavailable(f"{change.op} of model {echo(name)}: the server's control state could not be "
+                                     f"written ({exc.strerror or exc}); nothing was changed") from None
         deadline = time.monotonic() + self.settings.control_timeout_s
         while True:
             statuses = self._live_statuses()
             waiting = [pid for pid, status in statuses.items()
-                       if status["results"].get(name, {}).get("generation", 0) < generation]
+                       if status.results.get(name, Applied(generation=0)).generation < generation]
             if not waiting:
                 break
             if time.monotonic() > deadline:
-                raise ControlTimeout(f"{op} of model {echo(name)}: worker(s) {sorted(waiting)} did not apply it "
-                                     f"within {self.settings.control_timeout_s:g} s")
+                raise ControlTimeout(f"{change.op} of model {echo(name)}: worker(s) {sorted(waiting)} did not apply "
+                                     f"it within {self.settings.control_timeout_s:g} s")
             await asyncio.sleep(POLL_S)
         for status in statuses.values():
-            if (error := status["results"][name].get("error")) is not None:
-                failure = ServiceError(error["message"])
-                failure.status, failure.code = error["status"], error["code"]
-                raise failure
+            if (error := status.results[name].error) is not None:
+                raise error.error()
 
     @property
     def _shared(self) -> Path:
@@ -119,15 +176,14 @@ class ModelControl:
         assert self.state_dir is not None
         return self.state_dir
 
-    def _publish(self, name: str, op: str) -> int:
+    def _publish(self, name: str, change: Change) -> int:
         with open(self._shared / "lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             desired = self._read_desired()
-            generation = desired["generation"] + 1
-            desired["generation"] = generation
-            desired["models"][name] = {"op": op, "generation": generation}
-            _write_json(self._shared / "desired.json", desired)
-        return generation
+            desired.generation += 1
+            desired.models[name] = change.model_copy(update={"generation": desired.generation})
+            _write(self._shared / "desired.json", desired)
+        return desired.generation
 
     async def _follow(self) -> None:
         """Apply published changes as they come; scan the repository every repository_poll_s if set."""
@@ -150,23 +206,18 @@ class ModelControl:
         # Read whole every time and judged by its generation: a file's (mtime, size) can stay the same across
         # two publishes (coarse timestamps, network and overlay file systems), its content cannot.
         desired = self._read_desired()
-        if desired["generation"] == self._generation:
+        if desired.generation == self.status.generation:
             return
-        for name, entry in sorted(desired["models"].items(), key=lambda item: item[1]["generation"]):
-            if entry["generation"] <= self._applied.get(name, {}).get("generation", 0):
+        for name, change in sorted(desired.models.items(), key=lambda item: item[1].generation):
+            if change.generation <= self.status.results.get(name, Applied(generation=0)).generation:
                 continue
             error = None
             try:
-                if entry["op"] == "load":
-                    await self.registry.load(name)
-                elif self.registry.knows(name):
-                    await self.registry.unload(name)
-            except ServiceError as exc:
-                error = {"status": exc.status, "code": exc.code, "message": exc.message}
+                await self._apply(name, change)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, never left unapplied
-                error = {"status": 500, "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-            self._applied[name] = {"generation": entry["generation"], "error": error}
-        self._generation = desired["generation"]
+                error = ErrorRecord.of(exc)
+            self.status.results[name] = Applied(generation=change.generation, error=error)
+        self.status.generation = desired.generation
         self._write_status()
 
     async def _apply_repository(self) -> None:
@@ -174,7 +225,7 @@ class ModelControl:
         version that validates serves, a removed one goes; one that fails is reported and the old keeps
         serving), a name whose directory went is unloaded. Names unloaded through the API stay unloaded."""
         now = await asyncio.to_thread(self._scan)
-        unloaded = {name for name, entry in self._read_desired()["models"].items() if entry["op"] == "unload"}
+        unloaded = self._read_desired().unloaded()
         for name in sorted(set(now) | set(self._on_disk)):
             if now.get(name) == self._on_disk.get(name) or name in unloaded:
                 continue
@@ -194,13 +245,13 @@ class ModelControl:
             found.setdefault(name, set()).add(version)
         return found
 
-    def _read_desired(self) -> dict:
+    def _read_desired(self) -> Desired:
         if self.state_dir is None:
-            return {"generation": 0, "models": {}}
+            return Desired()
         try:
-            return json.loads((self._shared / "desired.json").read_text())
+            return Desired.model_validate_json((self._shared / "desired.json").read_bytes())
         except FileNotFoundError:
-            return {"generation": 0, "models": {}}
+            return Desired()
 
     def _status_path(self, pid: int) -> Path:
         return self._shared / "workers" / f"{pid}.json"
@@ -212,7 +263,7 @@ class ModelControl:
             return
         try:
             (self._shared / "workers").mkdir(exist_ok=True)
-            _write_json(self._status_path(os.getpid()), {"generation": self._generation, "results": self._applied})
+            _write(self._status_path(os.getpid()), self.status)
         except OSError as exc:
             if self.problem is None:
                 log.error("model control could not write this worker's status", extra={"reason": exc.strerror})
@@ -222,7 +273,7 @@ class ModelControl:
             log.info("model control state written again")
         self.problem = None
 
-    def _live_statuses(self) -> dict[int, dict]:
+    def _live_statuses(self) -> dict[int, WorkerStatus]:
         """Every live worker's status; the files of workers that died are removed."""
         statuses = {}
         for path in (self._shared / "workers").glob("*.json"):
@@ -230,16 +281,16 @@ class ModelControl:
             if not alive(pid):
                 path.unlink(missing_ok=True)
                 continue
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                statuses[pid] = json.loads(path.read_text())
+            with contextlib.suppress(FileNotFoundError, ValidationError):
+                statuses[pid] = WorkerStatus.model_validate_json(path.read_bytes())
         return statuses
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Whole or not at all: readers never see half a file."""
+def _write(path: Path, data: BaseModel) -> None:
+    """Whole or not at all: readers never see half a file, and no temporary file is left."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data))
+        tmp.write_text(data.model_dump_json())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,10 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from rnnserve.service.core.errors import ModelClosed, NotFound, NotReady, WrongTask, echo
-from rnnserve.service.core.package import NAME_RE, VERSION_RE, PackageError, scan_repository
+from rnnserve.service.core.package import NAME_RE, VERSION_RE, PackageError, Serving, scan_repository
 from rnnserve.service.cpus import usable_cpus
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
@@ -24,6 +24,7 @@ from rnnserve.service.settings import Settings
 
 log = logging.getLogger("rnnserve.registry")
 T = TypeVar("T")
+R = TypeVar("R", bound=ModelRuntime)
 
 
 @dataclass
@@ -38,24 +39,33 @@ class Registry:
     models: dict[str, dict[int, ModelRuntime]] = field(default_factory=dict)
     failures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> version -> reason
     ready: bool = False  # the repository has been loaded once (readiness)
+    overrides: dict[str, Serving] = field(default_factory=dict)  # name -> a load's batch settings (configure)
     # One load or unload per name at a time: concurrent ones for a name each built a copy, and the copies
     # they superseded were never closed (memory and threads leaked).
     _locks: dict[str, asyncio.Lock] = field(default_factory=lambda: collections.defaultdict(asyncio.Lock),
                                             init=False, repr=False)
 
-    def options(self) -> RuntimeOptions:
+    def configure(self, name: str, serving: Serving | None) -> None:
+        """The batch settings a load's configuration gives every version of `name` from its next load on (None:
+        the package's and the server's again)."""
+        if serving is None:
+            self.overrides.pop(name, None)
+        else:
+            self.overrides[name] = serving
+
+    def options(self, name: str = "") -> RuntimeOptions:
         s = self.settings
         # Worker processes share the CPUs: each sizes its onnxruntime threads to its share.
         threads = s.intra_op_threads or max(1, usable_cpus() // s.worker_count())
         return RuntimeOptions(provider=s.provider, intra_op_threads=threads, max_batch_size=s.max_batch_size,
                               max_batch_delay_ms=s.max_batch_delay_ms,
-                              max_queue=s.max_queue, warmup=s.warmup)
+                              max_queue=s.max_queue, warmup=s.warmup, serving=self.overrides.get(name))
 
     async def load_path(self, path: Path, install: bool = True) -> ModelRuntime | None:
         """Validate, load and warm one package; install=False leaves the swap to the caller."""
         name, version = path.parent.name, path.name
         try:
-            model = await asyncio.to_thread(open_model, path, self.options(),
+            model = await asyncio.to_thread(open_model, path, self.options(name),
                                             self.metrics.model_observer(name, version))
         except Exception as exc:  # noqa: BLE001 - any bad package is reported, never fatal
             reason = str(exc) if isinstance(exc, PackageError) else f"{type(exc).__name__}: {exc}"
@@ -172,11 +182,20 @@ class Registry:
     def _update_gauges(self) -> None:
         self.metrics.set_models(*self.counts())
 
-    def get(self, name: str, version: str | int | None = None, tasks: tuple[str, ...] | None = None) -> ModelRuntime:
-        """The loaded model; with tasks, WrongTask (422) unless it runs one of them."""
+    @overload
+    def get(self, name: str, version: str | int | None = None) -> ModelRuntime: ...
+
+    @overload
+    def get(self, name: str, version: str | int | None, needs: type[R],
+            hint: Callable[[ModelRuntime], str] | None = None) -> R: ...
+
+    def get(self, name: str, version: str | int | None = None, needs: type[ModelRuntime] = ModelRuntime,
+            hint: Callable[[ModelRuntime], str] | None = None) -> ModelRuntime:
+        """The loaded model; WrongTask (422) unless its runtime is a `needs` (hint: how to use the model instead,
+        in the caller's protocol)."""
         model = self._get(name, version)
-        if tasks is not None and model.task not in tasks:
-            raise WrongTask(model, tasks)
+        if not isinstance(model, needs):
+            raise WrongTask(model.name, model.task, needs.tasks, hint(model) if hint else "")
         return model
 
     def _get(self, name: str, version: str | int | None = None) -> ModelRuntime:
@@ -197,15 +216,15 @@ class Registry:
             raise NotFound(f"model {echo(name)} has no loaded version {version}; loaded: {sorted(versions)}")
         return versions[int(version)]
 
-    async def call(self, name: str, version: str | int | None,
-                   work: Callable[[ModelRuntime], Awaitable[T]]) -> tuple[ModelRuntime, T]:
-        """Run work(model) on the current copy of a model version. A request that reached a copy just as a
-        reload replaced and closed it is run again on its successor, so reloads fail no request."""
-        model = self.get(name, version)
+    async def call(self, name: str, version: str | int | None, work: Callable[[R], Awaitable[T]],
+                   needs: type[R] = ModelRuntime) -> tuple[R, T]:  # type: ignore[assignment]
+        """Run work(model) on the current copy of a model version (a `needs`, as get). A request that reached a
+        copy just as a reload replaced and closed it is run again on its successor, so reloads fail no request."""
+        model = self.get(name, version, needs)
         try:
             return model, await work(model)
         except ModelClosed:
-            model = self.get(name, version)
+            model = self.get(name, version, needs)
             return model, await work(model)
 
     def names(self) -> list[str]:

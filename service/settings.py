@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rnnserve.service.cpus import usable_cpus
 
 MAX_TEXT_CHARS = 100_000  # the default limit on one text, for the server and the command-line scorer
-STATE_DIR_ENV = "RNNSERVE_STATE_DIR"  # set by the server's entry point for its workers (service/control.py)
+STATE_DIR_ENV = "RNNSERVE_STATE_DIR"  # set by the server's entry point for its workers (Settings.state_dir)
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the V2 inference protocol over gRPC "
                            "(inference.GRPCInferenceService), in every worker; 0: no gRPC.")
+    grpc_reflection: bool = Field(False, description="gRPC server reflection (grpcurl and other tools can list the "
+                                  "services without the .proto files); off, as in Triton.")
+    max_grpc_connections: int = Field(256, ge=1, description="Open gRPC connections per server (each worker takes "
+                                      "its share); more are refused by grpcio before their handshake. HTTP's "
+                                      "MAX_CONNECTIONS is apart: keep both within the descriptor limit.")
+    grpc_idle_s: float = Field(300.0, gt=0, description="A gRPC connection with no call this long is closed "
+                               "(GOAWAY: clients reconnect when they next call).")
     server: Literal["uvicorn", "granian"] = Field("uvicorn", description="HTTP server: uvicorn with httptools and "
                                                   "uvloop (the faster here, bench/load.py), or Granian (the [granian] "
                                                   "extra).")
@@ -85,6 +92,9 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="Log one line per request.")
     telemetry: bool = Field(False, description="FastAPI's OpenTelemetry instrumentation (traces, metrics, logs to a "
                             "configured OpenTelemetry SDK). Off, no request pays for checking whether it is set up.")
+
+    state_dir: Path | None = Field(None, description="Set by the server for its worker processes: the directory "
+                                   "they share for model control, metrics and sequences (not a setting to give).")
 
     def worker_count(self) -> int:
         return self.workers or usable_cpus()

@@ -186,10 +186,12 @@ class Server:
 def in_process(models_dir: Path, **settings) -> TestClient:
     """The real app with real models, driven in-process through Starlette's TestClient (lifespan included);
     use it as a context manager."""
-    from rnnserve.service.http.app import create_app
+    from rnnserve.service.app import create_app
     from rnnserve.service.settings import Settings
 
-    # The base URL a browser on this machine would use: the service binds loopback by default.
+    # The base URL a browser on this machine would use: the service binds loopback by default. No gRPC port
+    # unless the test asks for one.
+    settings = {"grpc_port": 0} | settings
     return TestClient(create_app(Settings(models_dir=models_dir, access_log=False, **settings)),
                       raise_server_exceptions=False, base_url=LOCAL)
 

@@ -150,7 +150,7 @@ def test_v2_takes_fp32_tensors_json_and_binary(client, task_repo):
     ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP64", "shape": [1, 10, 1],
                                                  "data": [0.0] * 10}]}, 422, "FP32"),
     ("/v2/models/waves-next/infer", {"inputs": [{"name": "sequences", "datatype": "FP32", "shape": [1, 10, 1],
-                                                 "data": [0.0] * 9}]}, 422, "10 numbers"),
+                                                 "data": [0.0] * 9}]}, 422, "10 elements"),
     ("/v2/models/lm/infer", {"inputs": []}, 422, "one input tensor named 'text'"),
     ("/v2/models/chars/infer", {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
                                 "parameters": {"sequence_id": 7, "sequence_start": True}},

@@ -92,15 +92,11 @@ class ModelClosed(Overloaded):
 
 
 class WrongTask(ServiceError):
-    """The operation does not fit the model's task (e.g. texts sent to a numeric-sequence model)."""
+    """The operation does not fit the model's task (e.g. texts sent to a numeric-sequence model). hint: how to
+    use this model instead, in the words of the protocol the request came by."""
 
     status, code = 422, "wrong_task"
-    USE = {"text-classification": "POST /v1/models/{name}/predict with texts",
-           "sequence-classification": "POST /v1/models/{name}/predict with sequences",
-           "sequence-regression": "POST /v1/models/{name}/predict with sequences",
-           "text-generation": "POST /v1/models/{name}/generate with a prompt"}
 
-    def __init__(self, model, tasks: tuple[str, ...]):
-        use = self.USE.get(model.task, "").format(name=model.name)
-        super().__init__(f"model {echo(model.name)} is a {model.task} model, and this operation needs "
-                         f"{' or '.join(tasks)}" + (f"; use {use}" if use else ""))
+    def __init__(self, name: str, task: str, needs: tuple[str, ...], hint: str = ""):
+        super().__init__(f"model {echo(name)} is a {task} model, and this operation needs {' or '.join(needs)}"
+                         + (f"; {hint}" if hint else ""))

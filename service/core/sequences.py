@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from rnnserve.service.core.errors import InvalidInput
+from rnnserve.service.core.package import Normalization
 
 
-def normalize(x: np.ndarray, stats: dict | None) -> np.ndarray:
+def normalize(x: np.ndarray, stats: Normalization | None) -> np.ndarray:
     """(x - mean) / std per feature, as trained; x unchanged (as float32) without statistics."""
     x = np.asarray(x, np.float32)
     if not stats:
@@ -17,7 +18,7 @@ def normalize(x: np.ndarray, stats: dict | None) -> np.ndarray:
         return ((x - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)).astype(np.float32)
 
 
-def check_normalized(x: np.ndarray, stats: dict | None) -> None:
+def check_normalized(x: np.ndarray, stats: Normalization | None) -> None:
     """InvalidInput (422) naming the first value of x [N, T, F] that the package's normalisation takes beyond
     float32's range: finite as sent, infinite as the model would see it."""
     if not stats:

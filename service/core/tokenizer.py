@@ -24,7 +24,7 @@ import numpy as np
 from rnnserve.service.core.normalize import Origin, check_rules, normalizer
 
 try:
-    from rnnserve.service.core import _fasttok
+    from rnnserve.service.core import _fasttok  # type: ignore[attr-defined]  # the C extension, when built
 except ImportError:  # no compiler at install time: the reference serves alone
     _fasttok = None
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 from ray import serve
 
 from rnnserve.service import logs
-from rnnserve.service.http.app import create_app
+from rnnserve.service.app import create_app
 from rnnserve.service.settings import Settings
 
 
 def build_app():
-    settings = Settings()
+    settings = Settings(grpc_port=0)  # Serve's proxy routes HTTP; its replicas serve no port of their own
     logs.configure(settings.log_level, settings.log_json)
     return create_app(settings, wait_for_models=True)
 

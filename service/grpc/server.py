@@ -1,69 +1,85 @@
-"""The ASGI app factory every worker runs: the HTTP app, and beside it in the same event loop the gRPC server
-(GRPC_PORT; 0: none) with its own handlers on the app's state, and `grpc.health.v1.Health` for Kubernetes'
-gRPC probes (SERVING once the models are loaded). grpcio sets SO_REUSEPORT on Linux, so the workers share
-the port; a client's HTTP/2 connection stays on one worker.
+"""The gRPC server of one worker, in the same event loop as its HTTP app: the V2 protocol
+(inference.GRPCInferenceService, grpc/service.py), `grpc.health.v1.Health` from grpcio-health-checking (Check and
+Watch, SERVING once the models are loaded, NOT_SERVING from shutdown on), and server reflection when
+GRPC_REFLECTION is on.
+
+grpcio sets SO_REUSEPORT, so the workers share the port and the kernel spreads connections over them; a
+client's HTTP/2 connection stays on one worker. The server's limits (grpcio's channel arguments): messages as
+large as MAX_BODY_BYTES; at most the worker's share of MAX_GRPC_CONNECTIONS connections (more are refused
+before their handshake); a handshake within HEADER_TIMEOUT_S; a connection idle past GRPC_IDLE_S closed with
+GOAWAY; 128 calls at once on one connection.
 """
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import asyncio
+import socket
 
 import grpc
-from fastapi import FastAPI
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from rnnserve.service.grpc import messages
-from rnnserve.service.grpc.service import InferenceService
-from rnnserve.service.http.app import create_app as create_http_app
+from rnnserve.service.grpc.service import InferenceServicer
 from rnnserve.service.settings import Settings
+from rnnserve.service.v2.dataplane import DataPlane
+
+MAX_STREAMS = 128  # calls at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
 
 
-def health_handler(registry) -> grpc.GenericRpcHandler:
-    """grpc.health.v1.Health/Check: SERVING once every model has loaded (the HTTP readiness), NOT_SERVING
-    before; for the whole server ("") and for the inference service's name alike, SERVICE_UNKNOWN otherwise."""
-    status = messages.HealthCheckResponse.ServingStatus
-
-    async def check(request, context):
-        if request.service not in ("", messages.SERVICE):
-            return messages.HealthCheckResponse(status=status.Value("SERVICE_UNKNOWN"))
-        return messages.HealthCheckResponse(status=status.Value("SERVING" if registry.ready else "NOT_SERVING"))
-
-    ((request_type, response_type, _),) = messages.methods(messages.HEALTH).values()
-    return grpc.method_handlers_generic_handler(messages.HEALTH, {"Check": grpc.unary_unary_rpc_method_handler(
-        check, request_type.FromString, response_type.SerializeToString)})
-
-
-async def start_grpc(state, settings: Settings) -> grpc.aio.Server:
-    """Bind and start the gRPC server on settings.host:grpc_port; a message may be as large as a request body
-    (grpcio's default is 4 MiB)."""
+def options(settings: Settings) -> list[tuple[str, int]]:
     limit = settings.max_body_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", max(limit, 64 << 20)),
-                                      ("grpc.so_reuseport", 1)])
-    server.add_generic_rpc_handlers((InferenceService(state).handlers(), health_handler(state.registry)))
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    if not server.add_insecure_port(f"{host}:{settings.grpc_port}"):
-        raise RuntimeError(f"cannot bind the gRPC port {host}:{settings.grpc_port}")
-    await server.start()
-    return server
+    return [("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", max(limit, 64 << 20)),
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_allowed_incoming_connections", settings.per_worker(settings.max_grpc_connections)),
+            ("grpc.server_handshake_timeout_ms", round(settings.header_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", round(settings.grpc_idle_s * 1000)),
+            ("grpc.max_concurrent_streams", MAX_STREAMS)]
 
 
-def create_app(settings: Settings | None = None, wait_for_models: bool = False) -> FastAPI:
-    """The HTTP app (http/app.py) with the gRPC server started and stopped in its lifespan: stopped first at
-    shutdown, calls in flight given SHUTDOWN_GRACE_S, before the models close."""
-    app = create_http_app(settings, wait_for_models)
-    settings = app.state.settings
-    if not settings.grpc_port:
-        return app
-    http_lifespan = app.router.lifespan_context
+class GrpcServer:
+    """start() binds and serves; ready() once the models are loaded; stop() at shutdown (NOT_SERVING first,
+    then calls in flight get SHUTDOWN_GRACE_S)."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        async with http_lifespan(app) as state:
-            server = await start_grpc(app.state, settings)
-            try:
-                yield state
-            finally:
-                await server.stop(settings.shutdown_grace_s)
+    def __init__(self, settings: Settings, dataplane: DataPlane):
+        self.settings = settings
+        self.server = grpc.aio.server(options=options(settings))
+        self.server.add_generic_rpc_handlers((InferenceServicer(dataplane).handlers(),))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if settings.grpc_reflection:
+            names = (messages.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self.server, pool=messages.POOL)
 
-    app.router.lifespan_context = lifespan
-    return app
+    async def start(self) -> None:
+        for service in ("", messages.SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        if not self.server.add_insecure_port(f"{host}:{self.settings.grpc_port}"):
+            raise RuntimeError(f"cannot bind the gRPC port {host}:{self.settings.grpc_port}")
+        await self.server.start()
+
+    async def ready(self, loading: asyncio.Task) -> None:
+        """SERVING for the whole server and the inference service once `loading` is done (readiness)."""
+        await asyncio.shield(loading)
+        for service in ("", messages.SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_s)
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process listens on host:port. The server's own workers share the port (SO_REUSEPORT);
+    this bind without it fails when anything listens there, so a second server is refused at start instead of
+    taking a share of the first one's connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a connection in TIME_WAIT is no listener
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -1,36 +1,29 @@
-"""The RPCs of `inference.GRPCInferenceService`, one handler each, on the HTTP app's own registry, model control,
-codecs, limits, API keys and metrics, so a model answers the same over both protocols.
+"""inference.GRPCInferenceService: one handler per RPC, named after it, each a translation to the V2 data plane
+(service/v2/dataplane.py) and back, so a model answers the same over both protocols.
 
-Errors: the service's exceptions carry an HTTP status; each becomes the gRPC status that means the same, with
-the same message (NOT_FOUND 404, INVALID_ARGUMENT 400/415/422, RESOURCE_EXHAUSTED 413/431, UNAVAILABLE 503,
-UNAUTHENTICATED 401, PERMISSION_DENIED 403, DEADLINE_EXCEEDED 504). On ModelStreamInfer a request's failure is
-its response's `error_message`, and the stream stays open.
+Every call is checked for its API key first (`authorization: Bearer KEY` or `x-api-key: KEY` metadata),
+carries a request id back in its trailing metadata (`x-request-id`: the client's, if it is at most 128
+printable characters) and is counted in /metrics by the data plane. Errors: the service's exceptions carry an
+HTTP status; each becomes the gRPC status that means the same, with the same message (NOT_FOUND 404,
+INVALID_ARGUMENT 400/415/422, ABORTED 409, RESOURCE_EXHAUSTED 413/431, UNAVAILABLE 503, UNAUTHENTICATED 401,
+PERMISSION_DENIED 403, DEADLINE_EXCEEDED 504). On ModelStreamInfer a request's failure is its response's
+`error_message`, and the stream stays open.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
-import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf import json_format
 
-from rnnserve import __version__
-from rnnserve.service.core.errors import ServiceError, Unauthorized
+from rnnserve.service.core.errors import ServiceError
 from rnnserve.service.grpc import messages
-from rnnserve.service.grpc.tensors import fill_outputs, requested, v2_header
-from rnnserve.service.http.codecs import (
-    check_classification,
-    codec_for,
-    inference,
-    model_config,
-    output_names,
-    top_classes,
-)
-from rnnserve.service.http.responses import model_stats, repository_index
-from rnnserve.service.http.v2 import metadata_of
+from rnnserve.service.grpc.tensors import infer_request, infer_response, parameters
+from rnnserve.service.logs import accept_request_id, request_id
+from rnnserve.service.v2.dataplane import DataPlane
 
 log = logging.getLogger("rnnserve.grpc")
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -39,167 +32,127 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
          431: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
          504: grpc.StatusCode.DEADLINE_EXCEEDED}
-# The V2 extensions served over gRPC
-EXTENSIONS = ["classification", "model_configuration", "model_repository", "sequence", "sequence(string_id)",
-              "statistics"]
+M = messages.message
 
 
 def status_of(exc: ServiceError) -> grpc.StatusCode:
     return CODES.get(exc.status, grpc.StatusCode.INTERNAL)
 
 
-class InferenceService:
-    """The handlers, bound to one worker's app state (settings, registry, control, metrics)."""
+class InferenceServicer:
+    """The RPCs, on one worker's data plane."""
 
-    def __init__(self, state):
-        self.state = state
-        self.keys = [k.encode() for k in state.settings.keys()]
+    def __init__(self, dataplane: DataPlane):
+        self.dataplane = dataplane
 
     def handlers(self) -> grpc.GenericRpcHandler:
-        """Every RPC of the service, each wrapped with the API key check, error statuses and metrics."""
+        """Every RPC of the service, each wrapped with the key check, error statuses and metrics."""
         table = {}
         for name, (request_type, response_type, streaming) in messages.methods().items():
-            handler = getattr(self, _snake(name))
-            if streaming:
-                table[name] = grpc.stream_stream_rpc_method_handler(
-                    self._streaming(name, handler), request_type.FromString, response_type.SerializeToString)
-            else:
-                table[name] = grpc.unary_unary_rpc_method_handler(
-                    self._unary(name, handler), request_type.FromString, response_type.SerializeToString)
+            handler = getattr(self, name)  # each RPC's handler bears its name
+            wrap = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
+            table[name] = wrap((self._streaming if streaming else self._unary)(name, handler),
+                               request_type.FromString, response_type.SerializeToString)
         return grpc.method_handlers_generic_handler(messages.SERVICE, table)
 
-    def _unary(self, rpc: str, handler):
+    def _begin(self, context: grpc.aio.ServicerContext) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        rid = accept_request_id(_text(metadata.get("x-request-id")))
+        request_id.set(rid)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        given = _bytes(metadata.get("x-api-key"))
+        bearer = _bytes(metadata.get("authorization"))
+        if given is None and bearer is not None and bearer[:7].lower() == b"bearer ":
+            given = bearer[7:]
+        self.dataplane.authorize(None if given is None else given.strip())
+
+    def _unary(self, rpc: str, handler: Callable[..., Awaitable]):
         async def call(request, context: grpc.aio.ServicerContext):
-            start, model, status = time.perf_counter(), getattr(request, "model_name", "") or getattr(
-                request, "name", ""), 200
-            context.set_trailing_metadata((("x-request-id", _request_id(context)),))
+            started, status = time.perf_counter(), 200
             try:
-                self._authorize(context)
+                self._begin(context)
                 return await handler(request)
             except ServiceError as exc:
                 status = exc.status
-                await context.abort(status_of(exc), str(exc))
+                await context.abort(status_of(exc), exc.message)
             except Exception:
                 status = 500
-                log.exception("gRPC %s failed", rpc, extra={"request_id": _request_id(context)})
+                log.exception("gRPC %s failed", rpc)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
-                self.state.metrics.request_done(model if status != 404 else "", f"grpc:{rpc}", status,
-                                                time.perf_counter() - start)
+                name = getattr(request, "model_name", "") or getattr(request, "name", "")
+                self.dataplane.observe(name, f"grpc:{rpc}", status, time.perf_counter() - started)
         return call
 
-    def _streaming(self, rpc: str, handler):
-        async def call(requests, context: grpc.aio.ServicerContext):
+    def _streaming(self, rpc: str, handler: Callable[..., Awaitable]):
+        async def call(requests: AsyncIterator, context: grpc.aio.ServicerContext):
             try:
-                self._authorize(context)
+                self._begin(context)
             except ServiceError as exc:
-                await context.abort(status_of(exc), str(exc))
+                self.dataplane.observe("", f"grpc:{rpc}", exc.status, 0.0)
+                await context.abort(status_of(exc), exc.message)
             async for request in requests:
-                start, status = time.perf_counter(), 200
+                started, status = time.perf_counter(), 200
                 try:
-                    yield messages.ModelStreamInferResponse(infer_response=await handler(request))
+                    yield M("ModelStreamInferResponse")(infer_response=await handler(request))
                 except ServiceError as exc:
                     status = exc.status
-                    yield messages.ModelStreamInferResponse(error_message=str(exc))
+                    yield M("ModelStreamInferResponse")(error_message=exc.message)
                 except Exception:
                     status = 500
-                    log.exception("gRPC %s failed", rpc, extra={"request_id": _request_id(context)})
-                    yield messages.ModelStreamInferResponse(error_message="internal error")
+                    log.exception("gRPC %s failed", rpc)
+                    yield M("ModelStreamInferResponse")(error_message="internal error")
                 finally:
-                    self.state.metrics.request_done(request.model_name if status != 404 else "", f"grpc:{rpc}",
-                                                    status, time.perf_counter() - start)
+                    self.dataplane.observe(request.model_name, f"grpc:{rpc}", status, time.perf_counter() - started)
         return call
 
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        """With API keys set, `authorization: Bearer KEY` or `x-api-key: KEY` metadata (Unauthorized else)."""
-        if not self.keys:
-            return
-        given = b""
-        for key, value in context.invocation_metadata() or ():
-            value = value.encode() if isinstance(value, str) else value
-            if key == "x-api-key":
-                given = value.strip()
-            elif key == "authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-        # Every key compared in constant time, as the HTTP middleware does.
-        if not given or not any([hmac.compare_digest(given, key) for key in self.keys]):
-            raise Unauthorized("missing or invalid API key: send metadata 'authorization: Bearer KEY' or "
-                               "'x-api-key: KEY'")
+    async def ServerLive(self, request):  # noqa: N802 - the protocol's names
+        return M("ServerLiveResponse")(live=True)
 
-    async def server_live(self, request):
-        return messages.message("ServerLiveResponse")(live=True)
+    async def ServerReady(self, request):  # noqa: N802
+        return M("ServerReadyResponse")(ready=self.dataplane.ready())
 
-    async def server_ready(self, request):
-        return messages.message("ServerReadyResponse")(ready=self.state.registry.ready)
+    async def ModelReady(self, request):  # noqa: N802
+        return M("ModelReadyResponse")(ready=self.dataplane.model_ready(request.name, request.version or None))
 
-    async def model_ready(self, request):
-        model = self.state.registry.get(request.name, request.version or None)
-        codec_for(model)  # a model this protocol cannot run is no V2 model
-        return messages.message("ModelReadyResponse")(ready=True)
+    async def ServerMetadata(self, request):  # noqa: N802
+        return M("ServerMetadataResponse")(**self.dataplane.server_metadata())
 
-    async def server_metadata(self, request):
-        return messages.message("ServerMetadataResponse")(name="rnnserve", version=__version__,
-                                                           extensions=EXTENSIONS)
-
-    async def model_metadata(self, request):
-        registry = self.state.registry
-        meta = metadata_of(registry.get(request.name, request.version or None))
-        if not request.version:
-            meta["versions"] = [str(v) for v in sorted(registry.versions(request.name))]
+    async def ModelMetadata(self, request):  # noqa: N802
+        meta = self.dataplane.model_metadata(request.name, request.version or None)
         meta.pop("parameters")  # not in the gRPC message
-        return messages.message("ModelMetadataResponse")(**meta)
+        return M("ModelMetadataResponse")(**meta)
 
-    async def model_infer(self, request):
-        state, version = self.state, request.model_version or None
-        model = state.registry.get(request.model_name, version)
-        codec = codec_for(model)
-        header, binary, raw = v2_header(request)
-        rows = codec.decode_v2(model, header, binary, state.settings)
-        wanted = requested(request, output_names(model))  # checked before the model runs
-        for _, k in wanted:
-            if k is not None:
-                check_classification(model, k)
-        model, out = await state.registry.call(request.model_name, version, inference(state.sequences, header, rows))
-        tensors = codec.encode_v2(model, out)
-        response = messages.ModelInferResponse(model_name=model.name, model_version=str(model.version),
-                                               id=request.id)
-        for name, k in wanted:
-            if k is not None:
-                tensors[name] = top_classes(model, tensors[name], k)
-        fill_outputs(response, tensors, [name for name, _ in wanted], raw)
-        return response
+    async def ModelInfer(self, request):  # noqa: N802
+        infer, raw = infer_request(request, self.dataplane.max_rows)
+        return infer_response(await self.dataplane.infer(infer), raw)
 
-    async def model_config(self, request):
-        config = model_config(self.state.registry.get(request.name, request.version or None))
-        return messages.message("ModelConfigResponse")(config=json_format.ParseDict(
-            config, messages.message("ModelConfig")()))
+    async def ModelStreamInfer(self, request):  # noqa: N802 - one request of the stream
+        return await self.ModelInfer(request)
 
-    async def model_statistics(self, request):
-        figures = await self.state.metrics.read_statistics()
-        stats = model_stats(self.state.registry, figures, request.name or None, request.version or None)
-        return json_format.ParseDict({"model_stats": stats}, messages.message("ModelStatisticsResponse")())
+    async def ModelConfig(self, request):  # noqa: N802
+        config = self.dataplane.model_config(request.name, request.version or None)
+        return M("ModelConfigResponse")(config=json_format.ParseDict(config, M("ModelConfig")()))
 
-    async def model_stream_infer(self, request):
-        return await self.model_infer(request)
+    async def ModelStatistics(self, request):  # noqa: N802
+        stats = await self.dataplane.statistics(request.name or None, request.version or None)
+        return json_format.ParseDict({"model_stats": stats}, M("ModelStatisticsResponse")())
 
-    async def repository_index(self, request):
-        rows = repository_index(self.state.registry)
-        if request.ready:
-            rows = [row for row in rows if row["state"] == "READY"]
-        return messages.message("RepositoryIndexResponse")(models=rows)
+    async def RepositoryIndex(self, request):  # noqa: N802
+        return M("RepositoryIndexResponse")(models=self.dataplane.repository_index(request.ready))
 
-    async def repository_model_load(self, request):
-        await self.state.control.load(request.model_name)
-        return messages.message("RepositoryModelLoadResponse")()
+    async def RepositoryModelLoad(self, request):  # noqa: N802
+        await self.dataplane.load(request.model_name, parameters(request.parameters).get("config"))
+        return M("RepositoryModelLoadResponse")()
 
-    async def repository_model_unload(self, request):
-        await self.state.control.unload(request.model_name)
-        return messages.message("RepositoryModelUnloadResponse")()
+    async def RepositoryModelUnload(self, request):  # noqa: N802
+        await self.dataplane.unload(request.model_name)
+        return M("RepositoryModelUnloadResponse")()
 
 
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
 
 
-def _request_id(context) -> str:
-    return dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value

@@ -1,14 +1,11 @@
-"""create_app(settings): the FastAPI app, its lifespan (background model loading), middleware and error handlers."""
+"""create_http_app(state, dataplane, lifespan): the FastAPI app over a worker's ServerState and V2 data plane,
+with its routes, middleware and error handlers; the caller (service/app.py) owns the lifespan."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import os
 import re
-import tempfile
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -21,17 +18,13 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from rnnserve import __version__
-from rnnserve.service import logs
-from rnnserve.service.control import ModelControl
 from rnnserve.service.core.errors import ServiceError
-from rnnserve.service.http import health, repository, score, v1, v2
+from rnnserve.service.http import connection, health, repository, score, v1, v2
 from rnnserve.service.http.errors import handle_error
 from rnnserve.service.http.middleware import OPEN_PATHS, ServiceMiddleware, content_security_policy, is_loopback
 from rnnserve.service.http.raw import RawRoutes
-from rnnserve.service.metrics import Metrics
-from rnnserve.service.registry import Registry
-from rnnserve.service.runtime.states import SequenceStates
-from rnnserve.service.settings import STATE_DIR_ENV, Settings
+from rnnserve.service.state import ServerState
+from rnnserve.service.v2.dataplane import DataPlane
 
 PAGE = "/ui"  # the built-in page (service/ui: plain HTML, CSS and JavaScript, nothing fetched from elsewhere)
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -39,51 +32,15 @@ DOCS = "/docs"
 ROUTERS = (health.router, v1.router, score.router, v2.router, repository.router)  # the route table
 DOCS_STATIC = "/docs/static"
 INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
-STATISTICS_FLUSH_S = 0.25  # how old another worker's figures in the statistics extension may be, at most
 # With API keys set, OpenAPI declares both ways to send one, so Swagger UI's Authorize button can supply it.
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
                     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 
 
-def create_app(settings: Settings | None = None, wait_for_models: bool = False) -> FastAPI:
-    """wait_for_models: startup ends only once the models are loaded (for hosts that route traffic to an app
-    as soon as it has started, such as Ray Serve); by default they load in the background."""
-    if settings is None:  # a worker process (or an ASGI server given the factory): settings from the environment
-        settings = Settings()
-        logs.configure(settings.log_level, settings.log_json)
-    metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    registry = Registry(settings, metrics)
-    state_dir = os.environ.get(STATE_DIR_ENV)  # several worker processes: set by the server's entry point
-    control = ModelControl(registry, Path(state_dir) if state_dir else None)
-    # One process: its sequences in a directory of its own, removed with the app.
-    private: tempfile.TemporaryDirectory | None = None
-    if state_dir:
-        shared = Path(state_dir)
-    else:
-        private = tempfile.TemporaryDirectory(prefix="rnnserve-sequences-")
-        shared = Path(private.name)
-    sequences = SequenceStates(shared / "sequences", settings.sequence_idle_s, settings.max_sequences)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        # Load in the background: liveness answers at once, readiness waits for the models.
-        loading = asyncio.create_task(control.start())
-        app.state.loading = loading
-        flushing = asyncio.create_task(metrics.flush_every(STATISTICS_FLUSH_S))
-        if wait_for_models:
-            await loading
-        try:
-            yield
-        finally:
-            if not loading.done():
-                loading.cancel()
-            flushing.cancel()
-            await asyncio.gather(flushing, return_exceptions=True)  # its last flush
-            await control.close()
-            await registry.close()
-            if private is not None:
-                private.cleanup()
-
+def create_http_app(state: ServerState, dataplane: DataPlane, lifespan) -> FastAPI:
+    """The HTTP side of one worker. lifespan: the worker's (it starts and stops the state)."""
+    settings = state.settings
+    connection.configure(settings)
     telemetry = {key: settings.telemetry for key in ("tracing", "metrics", "logs")}
     # /docs with Swagger UI's script and styles served from here (fastapi-offline ships them): the default
     # page loads them from a public CDN and is blank in an air-gapped deployment. No /redoc: its page still
@@ -92,8 +49,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
                          docs_url=None, redoc_url=None,  # /docs: below, with its Content-Security-Policy
                          static_url=DOCS_STATIC, swagger_ui_parameters={"validatorUrl": None},  # no call out
                          description="Serves recurrent text classifiers (SimpleRNN, GRU, LSTM) exported to ONNX.")
-    app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
-    app.state.control, app.state.sequences = control, sequences
+    app.state.server, app.state.dataplane = state, dataplane  # read through http/context.py
     app.state.routes = [route for router in ROUTERS for route in router.routes]  # errors find a route's style
     for router in ROUTERS:
         app.include_router(router)
@@ -103,7 +59,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
     open_paths: tuple[str, ...] = (DOCS, app.openapi_url or DOCS)
     open_prefixes: tuple[str, ...] = (DOCS_STATIC + "/",)
     page_prefixes: tuple[str, ...] = ()
-    if settings.keys():
+    if dataplane.keys:
         open_to_all = OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set())
         app.openapi = declare_keys(app, open_to_all)  # type: ignore[method-assign]  # as FastAPI's docs do
     if settings.ui:
@@ -114,10 +70,8 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
         page_prefixes += (PAGE + "/",)
     # innermost: the RawRoutes of the route table, served first
     app.add_middleware(RawRoutes, routes=app.state.routes)
-    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       max_score_bytes=settings.max_score_bytes,
-                       known_models=registry.knows,
-                       access_log=settings.access_log, api_keys=settings.keys(),
+    app.add_middleware(ServiceMiddleware, dataplane=dataplane, max_body_bytes=settings.max_body_bytes,
+                       max_score_bytes=settings.max_score_bytes, access_log=settings.access_log,
                        metrics_public=settings.metrics_public, open_paths=open_paths, open_prefixes=open_prefixes,
                        origins=settings.origins(), page_prefixes=page_prefixes,
                        loopback_only=is_loopback(settings.host))

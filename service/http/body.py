@@ -11,7 +11,7 @@ import orjson
 from fastapi import Request, Response
 from pydantic import BaseModel, ValidationError
 
-from rnnserve.service.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from rnnserve.service.core.errors import BadRequest, InvalidInput, UnsupportedMediaType
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -57,15 +57,6 @@ async def parse(request: Request, parser: Callable[[bytes], T]) -> T:
     if len(body) >= OFF_LOOP_BYTES:
         return await asyncio.to_thread(parser, body)
     return parser(body)
-
-
-def check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
-    """The request limits every text-taking route checks before any work: PayloadTooLarge (413) past them."""
-    if len(texts) > max_texts:
-        raise PayloadTooLarge(f"{len(texts)} texts in one request; the limit is {max_texts}")
-    for i, text in enumerate(texts):
-        if len(text) > max_chars:
-            raise PayloadTooLarge(f"text {i} has {len(text)} characters; the limit is {max_chars}")
 
 
 def validation_error(errors: list[dict]) -> BadRequest | InvalidInput:

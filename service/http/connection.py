@@ -1,6 +1,7 @@
 """uvicorn's httptools protocol with the guards it lacks: a cap on the bytes of a request's head (431), a
 deadline for a head to arrive (connections that send nothing, or trickle, are closed), and a cap on open
-connections per worker (refused and logged). Limits come from the settings (RNNSERVE_* in each worker).
+connections per worker (refused and logged). Limits come from the worker's settings, given by its app factory
+(`configure`) before the server accepts a connection.
 
 The head deadline runs only while the connection owes the server a head: from the connection's start, and from
 the moment the previous response has been sent. A request being computed or streamed is never cut by it."""
@@ -8,7 +9,6 @@ the moment the previous response has been sent. A request being computed or stre
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 
@@ -22,9 +22,18 @@ from rnnserve.service.settings import Settings
 log = logging.getLogger("rnnserve.http")
 
 
-@functools.cache
+_limits: Settings | None = None
+
+
+def configure(settings: Settings) -> None:
+    """The settings every connection of this worker is held to (the app factory calls it)."""
+    global _limits
+    _limits = settings
+
+
 def limits() -> Settings:
-    return Settings()
+    assert _limits is not None, "the app factory configures the connections' limits before any is accepted"
+    return _limits
 
 
 class GuardedHttpTools(HttpToolsProtocol):

@@ -39,8 +39,8 @@ def error_body(exc: ServiceError) -> dict:
 
 def render_error(request: Request, exc: Exception) -> Response:
     """The one answer for any exception, from its class: {"error": {"code", "message"}}, or {"error": message}
-    where the route declares V2Error (the V2 routes: tritonclient reads that), with the class's status and
-    headers. Unexpected exceptions are logged and answered 500."""
+    where the route declares V2Error and on every other /v2 path (the V2 protocol's shape: tritonclient reads
+    that), with the class's status and headers. Unexpected exceptions are logged and answered 500."""
     error: ServiceError
     if isinstance(exc, RequestValidationError):
         error = validation_error(list(exc.errors()))
@@ -51,7 +51,8 @@ def render_error(request: Request, exc: Exception) -> Response:
     else:
         log.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
         error = ServiceError("internal server error; see the logs for this request id")
-    body = {"error": error.message} if declared_error_model(request) is V2Error else error_body(error)
+    v2 = declared_error_model(request) is V2Error or request.url.path.startswith("/v2")  # unknown /v2 paths too
+    body = {"error": error.message} if v2 else error_body(error)
     return json_response(body, status_code=error.status, headers=error.headers or None)
 
 
@@ -70,7 +71,7 @@ def _from_starlette(exc: HTTPException) -> ServiceError:
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 400 and message == "There was an error parsing the body":
         message = "request body could not be parsed (invalid UTF-8 or JSON?)"
-    return STARLETTE_ERRORS.get(exc.status_code, BadRequest)(message, exc.headers)
+    return STARLETTE_ERRORS.get(exc.status_code, BadRequest)(message, dict(exc.headers or {}))
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:

@@ -6,12 +6,13 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from rnnserve.service.http.body import json_response
+from rnnserve.service.http.context import server
 from rnnserve.service.http.schemas import ErrorResponse, Health
 
 router = APIRouter(tags=["health"], responses={401: {"model": ErrorResponse}})
 
 
-@router.get("/health/live", response_model=Health, summary="The process is up")
+@router.get("/health/live", response_model=Health, response_model_exclude_none=True, summary="The process is up")
 async def live() -> dict:
     return {"status": "live"}
 
@@ -19,12 +20,13 @@ async def live() -> dict:
 @router.get("/health/ready", response_model=Health, responses={503: {"model": Health}},
             summary="200 once every valid model is loaded and warmed up")
 async def ready(request: Request) -> Response:
-    state = request.app.state
+    state = server(request)
     registry = state.registry
     loaded, failed = registry.counts()
-    body = {"status": "ready" if registry.ready else "loading", "models_loaded": loaded, "models_failed": failed}
-    problems = [p for p in (state.control.problem, state.metrics.problem) if p]
-    if problems:  # still serving: what does not work is said, not a reason to take the server out of service
+    body: dict = {"status": "ready" if registry.ready else "loading", "models_loaded": loaded,
+                  "models_failed": failed}
+    # Still serving: what does not work is said, and is no reason to take the server out of service.
+    if problems := state.problems():
         body["problems"] = problems
     return json_response(body, status_code=200 if registry.ready else 503)
 
@@ -32,4 +34,4 @@ async def ready(request: Request) -> Response:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(server(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

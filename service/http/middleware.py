@@ -1,13 +1,10 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, security headers, the Origin check,
-API keys, body limit, metrics, access log."""
+API keys, body limit, metrics, access log, and an early error's body read before it is answered."""
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
-import itertools
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -15,14 +12,17 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from rnnserve.service.core.errors import Forbidden, Unauthorized, echo
+from rnnserve.service.core.errors import Forbidden, echo
 from rnnserve.service.http.errors import render_error
-from rnnserve.service.logs import request_id
-from rnnserve.service.metrics import Metrics
+from rnnserve.service.logs import accept_request_id, request_id
+from rnnserve.service.v2.dataplane import DataPlane
 
 log = logging.getLogger("rnnserve.access")
 REQUEST_ID_HEADER = b"x-request-id"
-MAX_REQUEST_ID = 128  # a longer (or non-printable) X-Request-ID is replaced, never echoed or logged
+# An error answered before the body was read (an unknown model, a refused key) first reads the rest of the body,
+# up to this much: a server that closes with unread bytes makes the kernel reset the connection, and clients
+# that send the whole body before reading (urllib, requests) lose the answer. Past it the connection is closed.
+DRAIN_BYTES = 64 << 20
 OPEN_PATHS = {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"}
 NOSNIFF = (b"x-content-type-options", b"nosniff")  # a browser takes each answer for its declared type only
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -44,12 +44,13 @@ class StreamedBodyRoute(APIRoute):
 
 
 class ServiceMiddleware:
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_score_bytes: int, known_models,
-                 access_log: bool = True, api_keys: Sequence[str] = (), metrics_public: bool = True,
+    def __init__(self, app, dataplane: DataPlane, max_body_bytes: int, max_score_bytes: int,
+                 access_log: bool = True, metrics_public: bool = True,
                  open_paths: tuple[str, ...] = (), open_prefixes: tuple[str, ...] = (),
                  origins: Sequence[str] = (), page_prefixes: tuple[str, ...] = (), loopback_only: bool = False):
         self.app = app
-        self.api_keys = [k.encode() for k in api_keys]
+        self.dataplane = dataplane
+        self.keyed = bool(dataplane.keys)
         # What holds no data needs no key (a browser's navigation cannot send one): health, the docs, the page.
         self.open_paths = OPEN_PATHS | set(open_paths) | ({"/metrics"} if metrics_public else set())
         self.open_prefixes = open_prefixes
@@ -60,24 +61,19 @@ class ServiceMiddleware:
         # Bound to a loopback address, the service's own origin can only be a loopback name: a page from a name
         # that resolves to 127.0.0.1 (DNS rebinding) sends Host and Origin of that name, which match each other.
         self.loopback_only = loopback_only
-        self.metrics = metrics
         # Each route's limit by name (StreamedBodyRoute.body_limit); max_body_bytes for every other one
         self.body_limits = {"max_body_bytes": max_body_bytes, "max_score_bytes": max_score_bytes}
-        self.known_models = known_models  # callable: name -> bool (keeps metric labels bounded)
         self.access_log = access_log
-        # Request ids: this process's random prefix and a counter (uuid4 per request cost 3% of a worker).
-        self._ids = map(f"{os.urandom(4).hex()}{os.getpid():x}-{{:x}}".format, itertools.count(1))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        rid = _header(scope, REQUEST_ID_HEADER)
-        if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
-            rid = next(self._ids)
+        rid = accept_request_id(_header(scope, REQUEST_ID_HEADER))
         token = request_id.set(rid)
         status, responded = 500, False
-        receive = self._limit_body(scope, receive)
+        body = _BodyState(receive)
+        receive = self._limit_body(scope, body.receive)
 
         extra = [(REQUEST_ID_HEADER, rid.encode("latin-1")), NOSNIFF]
         if scope["path"].startswith(self.page_prefixes):
@@ -88,13 +84,15 @@ class ServiceMiddleware:
             if message["type"] == "http.response.start":
                 status, responded = message["status"], True
                 message["headers"] = list(message.get("headers", [])) + extra
+                if status >= 400:
+                    await body.drain(DRAIN_BYTES)
             await send(message)
 
         try:
             if (origin := self._foreign_origin(scope)) is not None:
                 raise _forbidden(origin)
-            if self.api_keys and not self._open(scope["path"]) and not self._authorized(scope):
-                raise Unauthorized(UNAUTHORIZED)
+            if self.keyed and not self._open(scope["path"]):
+                self.dataplane.authorize(_key(scope))
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
             if responded:  # the status is on the wire already: nothing better can be sent
@@ -105,9 +103,7 @@ class ServiceMiddleware:
             seconds = time.perf_counter() - started
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
-            name = scope.get("path_params", {}).get("name", "")
-            model = name if name and self.known_models(name) else ""
-            self.metrics.request_done(model, endpoint, status, seconds)
+            self.dataplane.observe(scope.get("path_params", {}).get("name", ""), endpoint, status, seconds)
             if self.access_log:
                 log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
                                            "ms": round(seconds * 1000, 2)})
@@ -153,23 +149,43 @@ class ServiceMiddleware:
     def _open(self, path: str) -> bool:
         return path in self.open_paths or path.startswith(self.open_prefixes)
 
-    def _authorized(self, scope) -> bool:
-        given = b""
-        for key, value in scope["headers"]:
-            if key == b"x-api-key":
-                given = value.strip()  # as for Bearer: surrounding spaces are not part of a key
-            elif key == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-        # Compare against every key in constant time; the key itself is never logged.
-        return any([hmac.compare_digest(given, key) for key in self.api_keys]) if given else False
+
+
+class _BodyState:
+    """receive(), noting whether the request's body has been read to its end, so an early error can read the
+    rest first (`drain`)."""
+
+    def __init__(self, receive):
+        self._receive, self.done = receive, False
+
+    async def receive(self):
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.done = True
+        return message
+
+    async def drain(self, limit: int) -> None:
+        """Read and discard what is left of the body, up to `limit` bytes."""
+        seen = 0
+        while not self.done and seen <= limit:
+            seen += len((await self.receive()).get("body", b""))
+
+
+def _key(scope) -> bytes | None:
+    """The API key a request carries: `X-API-Key: KEY` or `Authorization: Bearer KEY` (spaces around it are not
+    part of it)."""
+    given = None
+    for key, value in scope["headers"]:
+        if key == b"x-api-key":
+            given = value.strip()
+        elif key == b"authorization" and value[:7].lower() == b"bearer ":
+            given = value[7:].strip()
+    return given
 
 
 def _forbidden(origin: str) -> Forbidden:
     return Forbidden(f"a page from origin {echo(origin)} may not change this service's state: only the service's "
                      "own origin and those in RNNSERVE_CORS_ORIGINS may")
-
-
-UNAUTHORIZED = "missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY"
 
 
 def _loopback(host: str) -> bool:

@@ -202,3 +202,5 @@ class Health(BaseModel):
     status: str
     models_loaded: int = 0
     models_failed: int = 0
+    problems: list[str] | SkipJsonSchema[None] = Field(None, description="What does not work though the server "
+                                                       "serves (state it cannot write), when anything")

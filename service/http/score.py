@@ -17,9 +17,11 @@ from starlette.responses import Response
 from rnnserve.service.core.errors import ClientGone, InvalidInput, PayloadTooLarge, ServiceError
 from rnnserve.service.core.rows import codec_for, format_of
 from rnnserve.service.http.body import VERSION_PARAMETER, path_version
+from rnnserve.service.http.codecs import usage
+from rnnserve.service.http.context import server
 from rnnserve.service.http.middleware import StreamedBodyRoute
 from rnnserve.service.http.v1 import ERRORS
-from rnnserve.service.runtime.text import ClassificationResult
+from rnnserve.service.runtime.text import ClassificationResult, TextClassifier
 from rnnserve.service.scoring.pipeline import ScoreOptions, maybe_gunzip, score_stream
 from rnnserve.service.scoring.spool import BodySpool
 
@@ -151,8 +153,8 @@ def _charset(request: Request, upload: UploadFile | None) -> str | None:
 
 
 async def _score(request: Request, name: str, version: str | None, options: ScoreOptions):
-    registry, settings = request.app.state.registry, request.app.state.settings
-    model = registry.get(name, version, ("text-classification",))
+    registry, settings = server(request).registry, server(request).settings
+    model = registry.get(name, version, TextClassifier, usage)
     pinned = model.version  # the whole file is scored by this version, whatever loads meanwhile
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_score_bytes:

@@ -8,27 +8,28 @@ ordinary request models."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse
 
-from rnnserve.service.core.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, ServiceError, echo
+from rnnserve.service.core.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, echo
 from rnnserve.service.http.body import (
     OFF_LOOP_BYTES,
     VERSION_PARAMETER,
     check_json,
-    check_limits,
     json_response,
     model_parser,
     parse,
     path_version,
 )
-from rnnserve.service.http.codecs import codec_for
-from rnnserve.service.http.errors import error_body
+from rnnserve.service.http.codecs import codec_for, usage
+from rnnserve.service.http.context import server
+from rnnserve.service.http.generation import event_stream, start_generation
 from rnnserve.service.http.raw import raw_post
-from rnnserve.service.http.responses import model_listing, to_predictions
+from rnnserve.service.http.responses import to_predictions
 from rnnserve.service.http.schemas import (
     ErrorResponse,
     ExplainRequest,
@@ -39,23 +40,27 @@ from rnnserve.service.http.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from rnnserve.service.registry import Registry
 from rnnserve.service.runtime.base import ModelRuntime
-from rnnserve.service.runtime.generator import Sampling
+from rnnserve.service.runtime.generator import Sampling, TextGenerator
+from rnnserve.service.runtime.text import TextClassifier
+from rnnserve.service.v2.codecs import check_text_limits
 
 ERRORS: dict[int | str, dict] = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
+R = TypeVar("R", bound=ModelRuntime)
 router = APIRouter(prefix="/v1", tags=["v1"], responses=ERRORS)
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": PredictRequest.model_json_schema()}}}}
 parse_predict = model_parser(PredictRequest)
 
 
-def model_taking(*tasks: str) -> Callable:
+def model_taking(runtime: type[R]) -> Callable:
     """A dependency of the routes with an ordinary request model: the model version the path names (404, or
     422 wrong_task naming the operation to use), then a body declared JSON (415) and present (400), before
     FastAPI validates it (422), in the order /predict checks them. Only a body that is not JSON at all is
     refused before (400): FastAPI decodes it first."""
     async def model_named(name: str, request: Request) -> ModelRuntime:
-        model = request.app.state.registry.get(name, path_version(request), tasks)
+        model = server(request).registry.get(name, path_version(request), runtime, usage)
         check_json(request)
         if not await request.body():
             raise BadRequest("request body is not valid JSON: it is empty")
@@ -64,18 +69,31 @@ def model_taking(*tasks: str) -> Callable:
     return model_named
 
 
-CLASSIFIER, GENERATOR = Depends(model_taking("text-classification")), Depends(model_taking("text-generation"))
+CLASSIFIER, GENERATOR = Depends(model_taking(TextClassifier)), Depends(model_taking(TextGenerator))
 
 
 @router.get("/models", response_model=ModelList, summary="Every model in the repository, failed ones with reasons")
 async def list_models(request: Request) -> dict:
-    registry = request.app.state.registry
+    registry = server(request).registry
     return {"models": [model_listing(registry, name) for name in registry.names()]}
 
 
 @router.get("/models/{name}", summary="One model: versions, labels, architecture, metrics, provider")
 async def get_model(name: str, request: Request) -> dict:
-    return model_listing(request.app.state.registry, name)
+    return model_listing(server(request).registry, name)
+
+
+def model_listing(registry: Registry, name: str) -> dict:
+    """/v1/models/{name}: the newest loaded version described, every loaded version, the failed ones with
+    their reasons. NotFound (404) for a name the registry has not seen."""
+    versions, failed = registry.versions(name), registry.failed(name)
+    if not versions and not failed:
+        raise NotFound(f"model {echo(name)} not found")
+    # A version in the registry has loaded, been checked and warmed: ready.
+    described = [codec_for(model).describe(model) | {"state": "ready"} for _, model in sorted(versions.items())]
+    latest = described[-1] if described else {"name": name, "state": "failed"}
+    return latest | {"versions": described,
+                     "failed_versions": [{"version": v, "reason": r} for v, r in sorted(failed.items())]}
 
 
 @router.get("/models/{name}/files/{filename}", response_class=FileResponse,
@@ -84,7 +102,7 @@ async def get_model(name: str, request: Request) -> dict:
             responses={200: {"content": {"image/png": {}}}}, openapi_extra=VERSION_PARAMETER,
             summary="A training plot of one version")
 async def plot(name: str, filename: str, request: Request) -> FileResponse:
-    package = request.app.state.registry.get(name, path_version(request)).package
+    package = server(request).registry.get(name, path_version(request)).package
     if filename not in package.plots:  # only the package's own plots: no other file, no path
         raise NotFound(f"model {echo(name)} has no plot {echo(filename)}; it has {package.plots}")
     path = package.path / filename
@@ -101,15 +119,15 @@ async def plot(name: str, filename: str, request: Request) -> FileResponse:
           response_model_exclude_none=True, openapi_extra=PREDICT_BODY | VERSION_PARAMETER,
           summary="Classify texts with one version")
 async def predict(name: str, request: Request) -> Response:
-    state, version = request.app.state, path_version(request)
+    state, version = server(request), path_version(request)
     model = state.registry.get(name, version)  # an unknown model is a 404 before the body is read
     codec = codec_for(model)
     check_json(request)
     body = await parse(request, lambda raw: parse_predict(_counted(raw, state.settings.max_texts_per_request)))
-    rows = codec.decode_v1(model, body, state.settings)
+    rows = codec.decode(model, body, state.settings)
     model, out = await state.registry.call(name, version, lambda m: m.predict(rows))
     return json_response({"model": model.name, "version": model.version,
-                          "predictions": codec.encode_v1(model, out, body)})
+                          "predictions": codec.encode(model, out, body)})
 
 
 def _counted(raw: bytes, limit: int) -> bytes:
@@ -135,9 +153,8 @@ def _counted(raw: bytes, limit: int) -> bytes:
              openapi_extra=VERSION_PARAMETER, responses={200: {"content": {"text/event-stream": {}}}},
              summary="Generate with one version")
 async def generate(body: GenerateRequest, request: Request,
-                   model: ModelRuntime = GENERATOR) -> Response:
-    state = request.app.state
-    first, chars = await start_generation(state, model, body.prompt,
+                   model: TextGenerator = GENERATOR) -> Response:
+    first, chars = await start_generation(server(request).settings, model, body.prompt,
                                           Sampling(body.max_chars, body.temperature, body.top_k, body.seed))
     if body.stream:
         return event_stream(first, chars, lambda c: {"text": c},
@@ -147,44 +164,14 @@ async def generate(body: GenerateRequest, request: Request,
                           "chars": len(text), "seed": body.seed})
 
 
-async def start_generation(state, model, prompt: str, sampling: Sampling) -> tuple[str, AsyncIterator[str]]:
-    """(first character, the rest): the limits and the prompt's errors raise here, before any event is sent."""
-    if len(prompt) > state.settings.max_text_chars:
-        raise PayloadTooLarge(f"the prompt has {len(prompt)} characters; the limit is {state.settings.max_text_chars}")
-    chars = model.generate(prompt, sampling, state.settings.max_generate_chars,
-                           state.settings.per_worker(state.settings.max_generations))
-    return await anext(chars), chars
-
-
-def event_stream(first: str, chars: AsyncIterator[str], frame, done) -> StreamingResponse:
-    """Server-sent events: one `data: frame(c)` per character, then done(whole text)'s event (None: none), or
-    `event: error` with the one error model's body if the generation fails midway."""
-
-    async def events() -> AsyncIterator[bytes]:
-        text = [first]
-        yield b"data: " + orjson.dumps(frame(first)) + b"\n\n"
-        try:
-            async for c in chars:
-                text.append(c)
-                yield b"data: " + orjson.dumps(frame(c)) + b"\n\n"
-        except ServiceError as exc:
-            yield b"event: error\ndata: " + orjson.dumps(error_body(exc)) + b"\n\n"
-            return
-        last = done("".join(text))
-        if last is not None:
-            yield last + b"\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
 @router.post("/models/{name}/explain", response_model=ExplainResponse,
              summary="Each word's contribution to a label's probability, by occlusion")
 @router.post("/models/{name}/versions/{version}/explain", response_model=ExplainResponse,
              openapi_extra=VERSION_PARAMETER, summary="Explain with one version")
 async def explain(name: str, body: ExplainRequest, request: Request,
-                  model: ModelRuntime = CLASSIFIER) -> Response:
-    state, version = request.app.state, path_version(request)
-    check_limits([body.text], 1, state.settings.max_text_chars)
+                  model: TextClassifier = CLASSIFIER) -> Response:
+    state, version = server(request), path_version(request)
+    check_text_limits([body.text], 1, state.settings.max_text_chars)
     if body.label is not None and body.label not in model.labels:
         raise InvalidInput(f"label {echo(body.label)} is not one of the model's labels: {model.labels}")
     label = None if body.label is None else model.labels.index(body.label)

@@ -1,42 +1,31 @@
-"""Open Inference Protocol (KServe V2) over HTTP, as Triton speaks it, so `tritonclient.http` works unchanged.
-
-Text classifiers take one BYTES tensor `text` [N]; numeric-sequence models one FP32 tensor `sequences`
-[N, T, F] (JSON `data`, flat or nested, or the binary tensor extension). Outputs: classifiers `probabilities`
-(FP32 [N, C]) and `label` (BYTES [N]); regression `values` (FP32 [N, 1] or [N, T, 1]); as JSON or binary as
-the client asks. Errors are `{"error": msg}`.
-"""
+"""The V2 inference protocol over HTTP, as Triton speaks it, so `tritonclient.http` and the KServe SDK work
+unchanged: JSON (and the binary tensor extension) <-> the data plane's types (service/v2), nothing more.
+Errors are `{"error": msg}`. The operations themselves, their checks and shapes are service/v2's."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from rnnserve import __version__
 from rnnserve.service.core.errors import BadRequest, InvalidInput, echo
 from rnnserve.service.http.body import VERSION_PARAMETER, check_json, json_response, parse, path_version
-from rnnserve.service.http.codecs import (
-    check_classification,
-    codec_for,
-    inference,
-    model_config,
-    output_names,
-    top_classes,
-)
+from rnnserve.service.http.context import dataplane, server
+from rnnserve.service.http.generation import event_stream, start_generation
 from rnnserve.service.http.raw import raw_post
-from rnnserve.service.http.responses import model_stats
 from rnnserve.service.http.schemas import V2Error, V2GenerateRequest
-from rnnserve.service.http.tensors import encode_bytes
-from rnnserve.service.http.v1 import event_stream, start_generation
-from rnnserve.service.runtime.base import ModelRuntime
-from rnnserve.service.runtime.generator import Sampling
+from rnnserve.service.runtime.generator import Sampling, TextGenerator
+from rnnserve.service.v2 import tensors
+from rnnserve.service.v2.dataplane import DataPlane
+from rnnserve.service.v2.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
-V2_ERRORS: dict[int | str, dict] = {code: {"model": V2Error} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
+V2_ERRORS: dict[int | str, dict] = {code: {"model": V2Error}
+                                    for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=V2_ERRORS)
 HEADER_LENGTH = "Inference-Header-Content-Length"
+HTTP_EXTENSIONS = ["binary_tensor_data", "generate"]
 
 INFER_BODY = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -57,10 +46,8 @@ INFER_BODY = {
 
 
 @router.get("", summary="Server metadata")
-async def server_metadata() -> dict:
-    return {"name": "rnnserve", "version": __version__,
-            "extensions": ["binary_tensor_data", "classification", "generate", "model_configuration",
-                           "model_repository", "sequence", "sequence(string_id)", "statistics"]}
+async def server_metadata(request: Request) -> dict:
+    return dataplane(request).server_metadata(HTTP_EXTENSIONS)
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -70,44 +57,41 @@ async def server_live() -> dict:
 
 @router.get("/health/ready", summary="Server readiness")
 async def server_ready(request: Request) -> Response:
-    ready = request.app.state.registry.ready
+    ready = dataplane(request).ready()
     return json_response({"ready": ready}, status_code=200 if ready else 503)
-
-
-def metadata_of(model: ModelRuntime) -> dict:
-    """A model version's V2 metadata (the versions: its own)."""
-    codec = codec_for(model)
-    return {"name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx",
-            "inputs": codec.v2_inputs(model), "outputs": codec.v2_outputs(model),
-            "parameters": {"task": model.task, "labels": model.labels, "maxlen": model.package.maxlen}}
 
 
 @router.get("/models/stats", summary="Statistics extension: every loaded model version's")
 async def server_statistics(request: Request) -> dict:
-    return await _statistics(request, None)
+    return {"model_stats": await dataplane(request).statistics(None, None)}
 
 
 @router.get("/models/{name}/stats", summary="Statistics of a model's loaded versions")
 @router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one model version",
             openapi_extra=VERSION_PARAMETER)
 async def model_statistics(name: str, request: Request) -> dict:
-    return await _statistics(request, name)
-
-
-async def _statistics(request: Request, name: str | None) -> dict:
-    state = request.app.state
-    figures = await state.metrics.read_statistics()
-    return {"model_stats": model_stats(state.registry, figures, name, path_version(request))}
+    return {"model_stats": await dataplane(request).statistics(name, path_version(request))}
 
 
 @router.get("/models/{name}", summary="Model metadata")
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata", openapi_extra=VERSION_PARAMETER)
 async def model_metadata(name: str, request: Request) -> dict:
-    registry, version = request.app.state.registry, path_version(request)
-    meta = metadata_of(registry.get(name, version))
-    if version is None:
-        meta["versions"] = [str(v) for v in sorted(registry.versions(name))]
-    return meta
+    return dataplane(request).model_metadata(name, path_version(request))
+
+
+@router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")
+@router.get("/models/{name}/versions/{version}/config", summary="Model version configuration",
+            openapi_extra=VERSION_PARAMETER)
+async def model_configuration(name: str, request: Request) -> dict:
+    return dataplane(request).model_config(name, path_version(request))
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness",
+            openapi_extra=VERSION_PARAMETER)
+async def model_ready(name: str, request: Request) -> dict:
+    model = dataplane(request).model(name, path_version(request))  # tritonclient reads a non-200 as not ready
+    return {"name": model.name, "ready": True}
 
 
 @router.post("/models/{name}/generate", summary="Generate extension: text_input -> text_output (language models)")
@@ -130,76 +114,82 @@ async def generate_stream(name: str, request: Request, body: V2GenerateRequest) 
 
 
 async def _generation(name: str, request: Request, body: V2GenerateRequest):
-    """The /v1 generate's runtime, limits and sampling, under the extension's names."""
-    state, version = request.app.state, path_version(request)
-    model = state.registry.get(name, version, ("text-generation",))
+    """/v1 generate's runtime, limits and sampling, under the extension's names."""
+    state = server(request)
+    model = state.registry.get(name, path_version(request), TextGenerator, lambda m: "use V2 infer instead")
     check_json(request)
     p = body.parameters
-    first, chars = await start_generation(state, model, body.text_input,
+    first, chars = await start_generation(state.settings, model, body.text_input,
                                           Sampling(p.max_tokens, p.temperature, p.top_k, p.seed))
     return model, first, chars
-
-
-@router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")
-@router.get("/models/{name}/versions/{version}/config", summary="Model version configuration",
-            openapi_extra=VERSION_PARAMETER)
-async def model_configuration(name: str, request: Request) -> dict:
-    return model_config(request.app.state.registry.get(name, path_version(request)))
-
-
-@router.get("/models/{name}/ready", summary="Model readiness")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness",
-            openapi_extra=VERSION_PARAMETER)
-async def model_ready(name: str, request: Request) -> dict:
-    model = request.app.state.registry.get(name, path_version(request))
-    codec_for(model)  # a model this protocol cannot run is no V2 model
-    return {"name": model.name, "ready": True}
 
 
 @raw_post(router, "/models/{name}/infer", summary="Inference", openapi_extra=INFER_BODY)
 @raw_post(router, "/models/{name}/versions/{version}/infer", summary="Inference on one version",
           openapi_extra=INFER_BODY | VERSION_PARAMETER)
 async def infer(name: str, request: Request) -> Response:
-    state, version = request.app.state, path_version(request)
-    model = state.registry.get(name, version)  # an unknown model is a 404 before the body is read
-    codec = codec_for(model)
+    plane, version = dataplane(request), path_version(request)
+    plane.model(name, version)  # an unknown model is a 404 before the body is read
     check_json(request, tritonclient=True)
     header_length = request.headers.get(HEADER_LENGTH)
+    header, infer_request = await parse(request, lambda body: decode(body, header_length, name, version, plane))
+    return encode(await plane.infer(infer_request), header)
 
-    def decode(body: bytes) -> tuple[dict, Sequence]:
-        header, binary = _split_body(body, header_length)
-        return header, codec.decode_v2(model, header, binary, state.settings)
 
-    header, rows = await parse(request, decode)
-    wanted = _requested_outputs(header, output_names(model))  # checked before the model runs
-    for _, _, classes in wanted:
-        if classes is not None:
-            check_classification(model, classes)
-    model, out = await state.registry.call(name, version, inference(state.sequences, header, rows))
-    tensors = codec.encode_v2(model, out)
-    outputs, blobs = [], []
-    for out_name, binary_out, classes in wanted:
-        value = tensors[out_name] if classes is None else top_classes(model, tensors[out_name], classes)
-        tensor: dict[str, Any]
-        if isinstance(value, np.ndarray):
-            tensor = {"name": out_name, "datatype": "FP32", "shape": list(value.shape)}
-            raw, data = value.astype("<f4").tobytes(), value.ravel().tolist()
-        elif classes is not None:  # [N, k] strings
-            data = [c for row in value for c in row]
-            tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(value), len(value[0]) if value else 0]}
-            raw = encode_bytes(data)
+def decode(body: bytes, header_length: str | None, name: str, version: str | None,
+           plane: DataPlane) -> tuple[dict, InferRequest]:
+    """An infer body (JSON, then binary tensor data when Inference-Header-Content-Length says where the JSON
+    ends) -> (its JSON header, the request). Every tensor's shape is checked before its data is decoded."""
+    header, binary = _split(body, header_length)
+    inputs, offset = [], 0
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not all(isinstance(t, dict) for t in raw_inputs):
+        raise InvalidInput("'inputs' must be a list of tensors")
+    for item in raw_inputs:
+        name_, datatype = item.get("name"), item.get("datatype")
+        shape = tensors.declared_shape(name_, datatype, item.get("shape"), plane.max_rows)
+        size = _parameters(item).get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or not 0 <= size <= len(binary) - offset:
+                raise BadRequest(f"binary_data_size {echo(size)} of input {echo(name_)} does not fit the "
+                                 f"{len(binary) - offset} binary bytes left")
+            chunk, offset = binary[offset:offset + size], offset + size
+            data = tensors.decode_bytes(chunk, shape) if datatype == "BYTES" else tensors.decode_fp32(chunk, shape)
+        elif isinstance(item.get("data"), list):
+            data = _json_data(item["data"], datatype, shape)
         else:
-            tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(value)]}
-            raw, data = encode_bytes(value), value
-        if binary_out:
-            tensor["parameters"] = {"binary_data_size": len(raw)}
+            raise InvalidInput(f"input {echo(name_)} needs 'data' (or binary data)")
+        inputs.append(Tensor(str(name_), str(datatype), shape, data))
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
+    outputs = header.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise InvalidInput("'outputs' must be a list of {name, parameters}")
+    request_id = header.get("id")
+    return header, InferRequest(
+        name, version, inputs, [RequestedOutput(str(o.get("name")), _parameters(o)) for o in outputs],
+        _parameters(header), None if request_id is None else str(request_id))
+
+
+def encode(response: InferResponse, header: dict) -> Response:
+    """The answer as JSON, with the outputs asked for as binary (binary_data, or binary_data_output for all)
+    after it."""
+    default = _flag(_parameters(header), "binary_data_output", False)
+    binary_of = {o.get("name"): _flag(_parameters(o), "binary_data", default) for o in header.get("outputs", [])}
+    outputs, blobs = [], []
+    for tensor in response.outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if binary_of.get(tensor.name, default):
+            raw = tensors.raw_bytes(tensor.data)
+            entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            tensor["data"] = data
-        outputs.append(tensor)
-    result: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version), "outputs": outputs}
-    if "id" in header:
-        result["id"] = header["id"]
+            entry["data"] = tensor.data.ravel().tolist() if isinstance(tensor.data, np.ndarray) else tensor.data
+        outputs.append(entry)
+    result: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version,
+                              "outputs": outputs}
+    if response.id is not None:
+        result["id"] = response.id
     payload = orjson.dumps(result)
     if not blobs:
         return Response(payload, media_type="application/json")
@@ -207,7 +197,7 @@ async def infer(name: str, request: Request) -> Response:
                     headers={HEADER_LENGTH: str(len(payload))})
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     if header_length is None:
         json_part, binary = body, b""
     else:
@@ -227,29 +217,48 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return header, binary
 
 
-def _flag(params, key: str, default: bool) -> bool:
+def _parameters(item: dict) -> dict:
+    params = item.get("parameters", {})
+    if not isinstance(params, dict):
+        raise InvalidInput(f"'parameters' must be an object, not {echo(params)}")
+    return params
+
+
+def _flag(params: dict, key: str, default: bool) -> bool:
     """A boolean parameter: JSON true or false, nothing else ("no" is not false)."""
-    value = params.get(key, default) if isinstance(params, dict) else default
+    value = params.get(key, default)
     if not isinstance(value, bool):
         raise InvalidInput(f"parameter {key!r} must be true or false, not {echo(value)}")
     return value
 
 
-def _requested_outputs(header: dict, names: list[str]) -> list[tuple[str, bool, object]]:
-    """(name, binary, classification k or None) of each output to send."""
-    default_binary = _flag(header.get("parameters"), "binary_data_output", False)
-    outputs = header.get("outputs")
-    if outputs is None:
-        return [(name, default_binary, None) for name in names]
-    if not isinstance(outputs, list):
-        raise InvalidInput("'outputs' must be a list")
-    wanted = []
-    for out in outputs:
-        name = out.get("name") if isinstance(out, dict) else None
-        if name not in names:
-            raise InvalidInput(f"unknown output {echo(name)}; outputs are {' and '.join(map(repr, names))}")
-        params = out.get("parameters") if isinstance(out.get("parameters"), dict) else {}
-        wanted.append((name, _flag(params, "binary_data", default_binary), params.get("classification")))
-    return wanted
+def _json_data(data: list, datatype: str, shape: list[int]) -> np.ndarray | list[str]:
+    """JSON `data` as the protocol allows it: flat in row-major order, or nested exactly as the shape. BYTES
+    elements are strings, FP32 elements JSON numbers (strings and booleans are refused, not converted)."""
+    flat = _flatten(data, shape) if data and isinstance(data[0], list) else data
+    count = tensors.element_count(shape)
+    if len(flat) != count:
+        raise InvalidInput(f"shape {shape} says {count} elements but {len(flat)} were sent")
+    if datatype == "BYTES":
+        if not all(isinstance(t, str) for t in flat):
+            raise InvalidInput("every element of a BYTES input must be a string")
+        return flat
+    if not all(type(v) is float or type(v) is int for v in flat):  # bool is an int subclass: type(), not isinstance
+        raise InvalidInput("'data' of an FP32 input must be JSON numbers (flat, or nested as the shape)")
+    return tensors.fp32_array(flat, shape)
 
 
+def _flatten(data: list, shape: list[int]) -> list:
+    flat: list = []
+
+    def walk(x, dims: list[int]) -> None:
+        if not isinstance(x, list) or len(x) != dims[0]:
+            raise InvalidInput(f"nested 'data' must follow the shape {shape} exactly (or be flat, row-major)")
+        if len(dims) == 1:
+            flat.extend(x)
+        else:
+            for item in x:
+                walk(item, dims[1:])
+
+    walk(data, shape)
+    return flat

@@ -20,14 +20,16 @@ from typing import Any, Protocol, Self
 import numpy as np
 
 from rnnserve.service.core.errors import InvalidInput, echo
-from rnnserve.service.core.package import Package, PackageError, check_io, read_package
+from rnnserve.service.core.package import Package, PackageError, Serving, check_io, read_package
 from rnnserve.service.runtime.batcher import Batcher
 from rnnserve.service.runtime.session import OrtSession
+from rnnserve.service.runtime.stepper import Stepper
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How to run a package; a package's metadata "serving" section may override the batch settings."""
+    """How to run a package. The batch settings: `serving` (a load's configuration) over the package's metadata
+    "serving" section over max_batch_size and max_batch_delay_ms."""
 
     provider: str = "auto"  # auto | cpu | cuda
     intra_op_threads: int = 0  # 0: the CPUs this process may use
@@ -35,6 +37,7 @@ class RuntimeOptions:
     max_batch_delay_ms: float = 0.0
     max_queue: int = 2048
     warmup: bool = True
+    serving: Serving | None = None
 
 
 @dataclass(frozen=True)
@@ -66,17 +69,19 @@ class ModelRuntime(ABC):
     what task a model is."""
 
     tasks: tuple[str, ...] = ()  # the package tasks this runtime runs
-    stateful = False  # runs a sequence step by step, its state carried between steps (`step`)
+    stepper: Stepper | None = None  # a step-wise graph: runs a sequence step by step, its state carried (`step`)
 
     def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
                  observer: RuntimeObserver | None = None):
         self.package, self.session, self.observer = package, session, observer
-        serving = package.metadata.serving
-        delay_ms = options.max_batch_delay_ms if serving.max_batch_delay_ms is None else serving.max_batch_delay_ms
+        layers = (options.serving or Serving(), package.metadata.serving)
+        batch = next((s.max_batch_size for s in layers if s.max_batch_size is not None), options.max_batch_size)
+        delay_ms = next((s.max_batch_delay_ms for s in layers if s.max_batch_delay_ms is not None),
+                        options.max_batch_delay_ms)
         # The last batch's times, per batcher (each runs one batch at a time; a runtime may have two).
         self._times: dict[OrtSession, BatchTimes] = {}
         self.batcher = Batcher(self._timed_run if observer else self.run_batch,
-                               max_batch_size=serving.max_batch_size or options.max_batch_size,
+                               max_batch_size=batch,
                                max_delay_s=delay_ms / 1000, max_queue=options.max_queue,
                                observer=self._batch_done if observer else None, name=f"{self.name}/{self.version}")
 
@@ -102,7 +107,7 @@ class ModelRuntime(ABC):
         try:
             runtime.check(options.warmup)
         except BaseException:
-            runtime.batcher.shutdown()
+            runtime.__exit__()
             raise
         return runtime
 
@@ -133,6 +138,16 @@ class ModelRuntime(ABC):
                                                           output)
         return out
 
+    def _make_stepper(self, session: OrtSession, options: RuntimeOptions,
+                      prepare: Callable[[np.ndarray], np.ndarray] = lambda x: x) -> Stepper:
+        """A Stepper over a step-wise graph of this package, batched as this runtime is, timed for its observer."""
+        meta = self.package.metadata
+        return Stepper(session, meta.input.name, meta.output.name, meta.state,
+                       max_batch_size=self.batcher.max_batch_size, max_delay_s=self.batcher.max_delay_s,
+                       max_queue=options.max_queue, name=f"{self.name}/{self.version}/steps", prepare=prepare,
+                       timed=self._timed_run if self.observer else None,
+                       observer=self._batch_done if self.observer else None)
+
     def _batch_done(self, rows: int, waits: list[float], session: OrtSession | None = None) -> None:
         assert self.observer is not None  # the batcher calls this only when there is one
         self.observer.batch(rows, waits, self._times[session or self.session])
@@ -145,11 +160,11 @@ class ModelRuntime(ABC):
         """The result's rows in the given order."""
         return result[rows]
 
-    def order(self, rows: Sequence) -> np.ndarray | None:
+    def order(self, rows: Sequence | np.ndarray) -> np.ndarray | None:
         """A better order to run rows in (None: as given); the result comes back in the given order."""
         return None
 
-    def _runs(self, rows: Sequence) -> tuple[list[Any], np.ndarray | None]:
+    def _runs(self, rows: Sequence | np.ndarray) -> tuple[list[Any], np.ndarray | None]:
         step = self.batcher.max_batch_size
         order = self.order(rows) if len(rows) > step else None
         if order is not None:
@@ -164,7 +179,7 @@ class ModelRuntime(ABC):
         back[order] = np.arange(len(order))
         return self.take(out, back)
 
-    async def predict(self, rows: Sequence) -> Any:
+    async def predict(self, rows: Sequence | np.ndarray) -> Any:
         """Rows through the batcher, in runs of at most max_batch_size coalesced with other callers' requests:
         one result in input order. Raises Overloaded when the queue is full, ModelClosed once closed."""
         return await self._counted(self._predict(rows))
@@ -183,19 +198,22 @@ class ModelRuntime(ABC):
         if len(rows) != 1:
             raise InvalidInput(f"a sequence's request carries one input, not {len(rows)}")
 
-    def zero_state(self) -> list[np.ndarray]:
-        """A sequence's state before its first step: zeros [1, H] for each of the package's state pairs."""
-        return [np.zeros((1, s["shape"][2]), np.float32) for s in self.package.metadata.state]
+    @property
+    def stateful(self) -> bool:
+        """Runs a sequence step by step, its state carried between steps (`step`)."""
+        return self.stepper is not None
 
-    async def _predict(self, rows: Sequence) -> Any:
+    async def _predict(self, rows: Sequence | np.ndarray) -> Any:
         runs, order = self._runs(rows)
         if len(runs) == 1:
             return await self.batcher.submit(runs[0])
         return self._join(await asyncio.gather(*(self.batcher.submit(r) for r in runs)), order)
 
     async def _step(self, row: Any, state: list[np.ndarray] | None) -> tuple[Any, list[np.ndarray]]:
-        """One input from a state: its result (as predict's for [row]) and the state after it."""
-        raise NotImplementedError  # stateful runtimes only
+        """One input from a state (None: zeros): its result (as predict's for [row]) and the state after it."""
+        assert self.stepper is not None  # check_step refused runtimes without one
+        out, after = await self.stepper.step(row, state)
+        return out[None], after
 
     async def _counted(self, call: Awaitable) -> Any:
         """The call's result, counted as one request (succeeded or failed, and its seconds) for the observer."""
@@ -210,7 +228,7 @@ class ModelRuntime(ABC):
             self.observer.request(True, time.perf_counter() - started)
         return out
 
-    def predict_batch(self, rows: Sequence) -> Any:
+    def predict_batch(self, rows: Sequence | np.ndarray) -> Any:
         """The same here and now, without the batcher (offline use: no event loop needed)."""
         runs, order = self._runs(rows)
         return self._join([self.run_batch(r) for r in runs], order)
@@ -232,11 +250,15 @@ class ModelRuntime(ABC):
         return self.package.task
 
     async def close(self, grace_s: float = 0.0) -> None:
-        """Let queued batches finish (up to grace_s), fail what is left, stop the worker thread."""
+        """Let queued batches finish (up to grace_s), fail what is left, stop the worker threads."""
+        if self.stepper is not None:
+            await self.stepper.close(grace_s)
         await self.batcher.close(grace_s)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.stepper is not None:
+            self.stepper.shutdown()
         self.batcher.shutdown()

@@ -4,9 +4,9 @@ The package's graph is step-wise (training/onnx_rnn.py `stepwise_lm`): ids and e
 next character's logits and the states out. A prompt runs in windows of PROMPT_WINDOW characters, each
 carrying the state of the one before (exact, and a generation's memory is bounded whatever the prompt's
 length); then every step feeds the sampled character and the carried state, so the prefix is never
-recomputed. Steps go through the model's batcher:
-concurrent generations share onnxruntime runs (rows of equal length are stacked), run in the batcher's
-worker thread, and other models' batchers are untouched.
+recomputed. Steps go through the model's Stepper, a batcher of their own: concurrent generations and sequence
+steps share onnxruntime runs (rows of equal length are stacked) in its worker thread. `predict` and
+`predict_batch` read whole texts (run_batch), through the main batcher and here and now alike.
 
     lm = TextGenerator.open("models/reuters-char-lm/1")
     text = "".join([c async for c in lm.generate("Oil prices", Sampling(max_chars=80, temperature=0.5, seed=7))])
@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from rnnserve.service.core.errors import InvalidInput, Overloaded, PayloadTooLarge
-from rnnserve.service.core.package import PackageError, Task
+from rnnserve.service.core.package import Package, PackageError, Task
 from rnnserve.service.core.tokenizer import Tokenizer
-from rnnserve.service.runtime.base import ModelRuntime
+from rnnserve.service.runtime.base import ModelRuntime, RuntimeObserver, RuntimeOptions
+from rnnserve.service.runtime.session import OrtSession
+from rnnserve.service.runtime.stepper import Stepper
 
 # Characters of a prompt per run. One run's memory grows with its length (a 100,000-character prompt in one
 # run took ~240 MB, kept by onnxruntime's arena); windows of this size cost a few MB at max_batch_size rows.
@@ -44,9 +46,11 @@ class TextGenerator(ModelRuntime):
     state, and the state after it: the V2 sequence extension) read texts as they are."""
 
     tasks = (Task.TEXT_GENERATION,)
-    stateful = True
+    stepper: Stepper  # the package's graph is step-wise: every run goes through it
 
-    def __init__(self, package, session, options, observer=None):
+    def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
+                 observer: RuntimeObserver | None = None):
+        assert package.tokenizer is not None  # read_package requires one for text tasks
         self.tokenizer = Tokenizer(package.tokenizer)
         spec = package.tokenizer
         self.first_id = spec.index_from + 1  # ids below are padding and unseen characters: never sampled
@@ -55,32 +59,41 @@ class TextGenerator(ModelRuntime):
         self._none_active = asyncio.Event()
         self._none_active.set()
         super().__init__(package, session, options, observer)
+        self.stepper = self._make_stepper(session, options)
 
     def check(self, warm_up: bool) -> None:
         """One step on the highest id, which also warms the session (cheap: no warm-up batches needed)."""
-        out = self.run_batch([(np.array([self.tokenizer.max_id]), self.zero_state())])
-        if out[0][0].shape != (len(self.chars) + self.first_id,):
+        (logits, _), = self.stepper.run([(np.array([self.tokenizer.max_id]), self.stepper.zero_state())])
+        if logits.shape != (len(self.chars) + self.first_id,):
             raise PackageError(f"the model's logits do not cover the tokenizer's {len(self.chars)} characters")
 
-    def run_batch(self, rows: list[tuple[np.ndarray, list[np.ndarray]]]) -> list:
-        """Rows of (ids, states) -> (logits [V], states) each; rows of equal length share one run."""
-        meta = self.package.metadata
-        return self.session.run_steps(rows, meta.input.name, meta.output.name, meta.state)
-
-    async def _predict(self, rows: list[str]) -> np.ndarray:
-        results = await asyncio.gather(*(self._step(text, None) for text in rows))
-        return np.concatenate([probabilities for probabilities, _ in results])
+    def run_batch(self, rows: list[str]) -> np.ndarray:
+        """Texts [N] -> the next character's probabilities [N, C], each text run in windows of PROMPT_WINDOW
+        characters, the texts' windows of equal length sharing one run (the batcher's worker thread)."""
+        ids = [self.encode_prompt(text, "text") for text in rows]
+        states = [self.stepper.zero_state() for _ in rows]
+        logits: list[np.ndarray] = [np.empty(0)] * len(rows)
+        for start in range(0, max(map(len, ids)), PROMPT_WINDOW):
+            live = [i for i, text in enumerate(ids) if start < len(text)]
+            outs = self.stepper.run([(ids[i][start:start + PROMPT_WINDOW], states[i]) for i in live])
+            for i, (out, state) in zip(live, outs):
+                logits[i], states[i] = out, state
+        return np.stack([self.probabilities(z) for z in logits])
 
     async def _step(self, text: str, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The text run from the state (None: zeros) in windows: the next character's probabilities [1, C] and
-        the state after the text."""
+        """The text run from the state (None: zeros) in windows through the stepper's batcher: the next
+        character's probabilities [1, C] and the state after the text."""
         ids = self.encode_prompt(text, "text")
-        state = self.zero_state() if state is None else state
         for start in range(0, len(ids), PROMPT_WINDOW):
-            (logits, state), = await self.batcher.submit([(ids[start:start + PROMPT_WINDOW], state)])
+            logits, state = await self.stepper.step(ids[start:start + PROMPT_WINDOW], state)
+        assert state is not None  # the text has at least one window
+        return self.probabilities(logits)[None], state
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Logits [V] -> float32 probabilities [C] over `chars`."""
         z = logits[self.first_id:].astype(np.float64)
         p = np.exp(z - z.max())
-        return (p / p.sum()).astype(np.float32)[None], state
+        return (p / p.sum()).astype(np.float32)
 
     def encode_prompt(self, prompt: str, what: str = "prompt") -> np.ndarray:
         ids, _ = self.tokenizer.encode(prompt)
@@ -115,14 +128,14 @@ class TextGenerator(ModelRuntime):
         self.active += 1  # no await since the check: concurrent requests cannot both pass it
         self._none_active.clear()
         try:
-            state = self.zero_state()
+            state = None
             for start in range(0, len(ids), PROMPT_WINDOW):
-                (logits, state), = await self.batcher.submit([(ids[start:start + PROMPT_WINDOW], state)])
+                logits, state = await self.stepper.step(ids[start:start + PROMPT_WINDOW], state)
             for n in range(sampling.max_chars):
                 i = self.sample(logits, sampling, rng)
                 yield self.chars[i - self.first_id]
                 if n + 1 < sampling.max_chars:  # the last character needs no step after it
-                    (logits, state), = await self.batcher.submit([(np.array([i]), state)])
+                    logits, state = await self.stepper.step(np.array([i]), state)
         finally:
             self.active -= 1
             if not self.active:

@@ -10,14 +10,11 @@ carried state (`step`: the V2 sequence extension), on a batcher of its own: step
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from rnnserve.service.core.package import Task, check_io
 from rnnserve.service.core.sequences import as_sequences, check_normalized, normalize
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeObserver, RuntimeOptions
-from rnnserve.service.runtime.batcher import Batcher
 from rnnserve.service.runtime.session import OrtSession
 
 
@@ -31,27 +28,19 @@ class SequenceModel(ModelRuntime):
                  observer: RuntimeObserver | None = None):
         super().__init__(package, session, options, observer)
         meta = package.metadata
-        self.stepwise, self.steps = None, None
         if meta.stepwise:
-            self.stepwise = OrtSession(package.read(meta.stepwise), options.provider, options.intra_op_threads,
-                                       meta.input.name, meta.output.name,
-                                       label=f"{package.name}/{package.version}/{meta.stepwise}")
-            check_io(package, self.stepwise.inputs(), self.stepwise.outputs(), stepwise=True)
-            timed = functools.partial(self._timed_run, run=self._run_steps, session=self.stepwise)
-            self.steps = Batcher(timed if observer else self._run_steps, max_batch_size=self.batcher.max_batch_size,
-                                 max_delay_s=self.batcher.max_delay_s, max_queue=options.max_queue,
-                                 observer=functools.partial(self._batch_done, session=self.stepwise)
-                                 if observer else None,
-                                 name=f"{self.name}/{self.version}/steps")
-
-    @property
-    def stateful(self) -> bool:
-        return self.stepwise is not None
+            stepwise = OrtSession(package.read(meta.stepwise), options.provider, options.intra_op_threads,
+                                  meta.input.name, meta.output.name,
+                                  label=f"{package.name}/{package.version}/{meta.stepwise}")
+            check_io(package, stepwise.inputs(), stepwise.outputs(), stepwise=True)
+            self.stepper = self._make_stepper(stepwise, options,
+                                              lambda x: normalize(x, meta.input.normalization))
 
     @property
     def shape(self) -> tuple[int, int]:
         """[T, F]: steps and features per step."""
         steps, features = self.package.metadata.input.shape[1:]
+        assert isinstance(steps, int) and isinstance(features, int)  # read_package checked them
         return steps, features
 
     @property
@@ -73,26 +62,3 @@ class SequenceModel(ModelRuntime):
         x = as_sequences(values, steps or self.shape[0], self.shape[1])
         check_normalized(x, self.package.metadata.input.normalization)
         return x
-
-    async def _step(self, row: np.ndarray, state: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
-        assert self.steps is not None  # check_step refused models without a step-wise graph (not stateful)
-        (out, state), = await self.steps.submit([(row, self.zero_state() if state is None else state)])
-        return out[None], state
-
-    def _run_steps(self, rows: list[tuple[np.ndarray, list[np.ndarray]]]) -> list:
-        """Rows of (sequence [T, F], states [1, H] each) -> (output row, states after it) each; rows of equal
-        length share one run of the step-wise graph."""
-        meta = self.package.metadata
-        assert self.stepwise is not None
-        return self.stepwise.run_steps(rows, meta.input.name, meta.output.name, meta.state,
-                                       lambda x: normalize(x, meta.input.normalization))
-
-    async def close(self, grace_s: float = 0.0) -> None:
-        if self.steps is not None:
-            await self.steps.close(grace_s)
-        await super().close(grace_s)
-
-    def __exit__(self, *exc) -> None:
-        if self.steps is not None:
-            self.steps.shutdown()
-        super().__exit__(*exc)

@@ -10,12 +10,13 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from rnnserve.service.core.package import PackageError
+from rnnserve.service.core.package import PackageError, StateSpec
 from rnnserve.service.cpus import usable_cpus
 
 log = logging.getLogger("rnnserve.session")
@@ -154,7 +155,7 @@ class OrtSession:
         return out
 
     def run_steps(self, rows: list[tuple[np.ndarray, list[np.ndarray]]], input_name: str, output_name: str,
-                  states: list[dict], prepare=lambda x: x) -> list:
+                  states: list[StateSpec], prepare: Callable[[np.ndarray], np.ndarray] = lambda x: x) -> list:
         """A step-wise graph on rows of (input [T, ...], its states [1, H] each) -> (output row, states after it)
         each; rows of equal T share one run (prepare: applied to each run's stacked inputs). states: the
         package's state pairs (input and output names)."""

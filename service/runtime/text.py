@@ -10,8 +10,9 @@ runs onnxruntime, off the event loop. Offline code calls `predict_batch(texts)` 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -104,6 +105,7 @@ class TextClassifier(ModelRuntime):
 
     def __init__(self, package: Package, session: OrtSession, options: RuntimeOptions = RuntimeOptions(),
                  observer: RuntimeObserver | None = None):
+        assert package.tokenizer is not None  # read_package requires one for text tasks
         self.tokenizer = Tokenizer(package.tokenizer)
         self.explaining = 0  # explanations running now
         super().__init__(package, session, options, observer)
@@ -126,7 +128,7 @@ class TextClassifier(ModelRuntime):
         """Tokenize and classify texts (and explanations' variants) in one onnxruntime run (the batcher's
         worker thread calls this)."""
         if all(type(row) is str for row in rows):
-            ids, stats = self.tokenizer(rows, dynamic=self.dynamic_length)
+            ids, stats = self.tokenizer(cast(list[str], rows), dynamic=self.dynamic_length)
         else:
             ids, stats = self._mixed_ids(rows)
         return ClassificationResult(self.session.run(ids), stats)
@@ -140,7 +142,7 @@ class TextClassifier(ModelRuntime):
             stats.append(TokenStats(kept=min(len(seq), maxlen), oov=oov, truncated=len(seq) > maxlen))
         return self.tokenizer.pad(seqs, dynamic=self.dynamic_length), stats
 
-    def order(self, texts: list[str]) -> np.ndarray | None:
+    def order(self, texts: Sequence | np.ndarray) -> np.ndarray | None:
         """Masked models run texts sorted by length, so each run pads to texts of like length instead of the
         longest of all."""
         return np.argsort([len(t) for t in texts], kind="stable") if self.dynamic_length else None

@@ -57,6 +57,7 @@ async def score_local(args, options: ScoreOptions, out) -> dict:
         model = await asyncio.to_thread(TextClassifier.open, args.package, runtime_options)
     except Exception as exc:  # noqa: BLE001 - any package that cannot be opened is the user's error to read
         raise CliError(f"cannot load {args.package}: {exc}") from None
+    assert options.input_format is not None  # main() resolved it from the file
     reader = options.reader(options.input_format, MAX_TEXT_CHARS)
     writer = options.writer(model.labels)
 
@@ -87,7 +88,7 @@ def score_remote(args, options: ScoreOptions, out) -> dict:
     try:
         with httpx.Client(timeout=httpx.Timeout(30, read=None)) as client:
             with client.stream("POST", url, params=params, content=read_chunks(Path(args.input), args.progress),
-                               headers={"content-type": CONTENT_TYPES[options.input_format] + charset}) as r:
+                               headers={"content-type": CONTENT_TYPES[options.input_format or "text"] + charset}) as r:
                 if r.status_code != 200:
                     r.read()
                     raise CliError(f"server answered {r.status_code}: {r.text}")

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import orjson
@@ -39,8 +39,9 @@ class ScoreOptions:
     output_format: str | None = None  # jsonl, csv (Ray: parquet too); None: jsonl, or what the client accepts
     probabilities: bool = False  # add every label's probability to each row
 
-    def reader(self, fmt: InputFormat, max_chars: int | None) -> RowReader:
-        return RowReader(fmt, self.text_column, self.id_column, max_chars, encoding=self.encoding)
+    def reader(self, fmt: str, max_chars: int | None) -> RowReader:
+        """fmt: csv, jsonl or text (the callers' choice, checked where it was made)."""
+        return RowReader(cast(InputFormat, fmt), self.text_column, self.id_column, max_chars, encoding=self.encoding)
 
     def writer(self, labels: list[str]) -> RowWriter:
         """JSON Lines or CSV rows (Parquet is Ray Data's to write)."""

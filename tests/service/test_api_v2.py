@@ -21,8 +21,8 @@ def test_health_and_metadata(client):
     assert client.is_model_ready("sentiment-lstm") and client.is_model_ready("topics-gru", "1")
     assert not client.is_model_ready("nope")
     meta = client.get_model_metadata("topics-gru")
-    assert meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
-    assert meta["outputs"][0]["shape"] == [-1, 3]
+    assert meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1, 1]}
+    assert [o["shape"] for o in meta["outputs"]] == [[-1, 3], [-1, 1]]
     assert client.get_server_metadata()["name"] == "rnnserve"
 
 
@@ -38,7 +38,8 @@ def test_infer_matches_offline(client, model_repo, binary):
     probs, labels = offline_predict(model_repo / "topics-gru" / "1", texts)
     assert result.get_response()["id"] == "req-7"
     assert np.allclose(result.as_numpy("probabilities"), probs, atol=1e-6)
-    got = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+    assert result.as_numpy("label").shape == (len(texts), 1)  # [N, 1]: the metadata's [-1, 1]
+    got = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label").ravel()]
     assert got == [labels[i] for i in probs.argmax(1)]
 
 

@@ -70,7 +70,8 @@ def test_tritonclient_metadata_and_text_inference_equal_http(server):
     assert result.get_response().id == "r-1"
     expected = http_probabilities(server, "imdb-lstm-small", TEXTS)
     assert np.array_equal(result.as_numpy("probabilities"), expected)
-    assert [x.decode() for x in result.as_numpy("label")] == [["negative", "positive"][i] for i in expected.argmax(1)]
+    assert [x.decode() for x in result.as_numpy("label").ravel()] == [["negative", "positive"][i]
+                                                                     for i in expected.argmax(1)]
     only = c.infer("imdb-lstm-small", [text_input(TEXTS[:1])], headers=KEY,
                    outputs=[triton.InferRequestedOutput("label")])
     assert only.as_numpy("probabilities") is None and len(only.as_numpy("label")) == 1
@@ -116,30 +117,41 @@ def grpc_call(srv, method: str, request, response_type, metadata=(("x-api-key", 
 
 
 def test_typed_contents_in_and_out_as_grpcurl_sends_them(server):
-    request = messages.ModelInferRequest(model_name="imdb-lstm-small", id="typed")
+    request = messages.message("ModelInferRequest")(model_name="imdb-lstm-small", id="typed")
     tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(TEXTS)])
     tensor.contents.bytes_contents.extend(t.encode() for t in TEXTS)
-    response = grpc_call(server, "/inference.GRPCInferenceService/ModelInfer", request, messages.ModelInferResponse)
+    response = grpc_call(server, "/inference.GRPCInferenceService/ModelInfer", request,
+                         messages.message("ModelInferResponse"))
     assert not response.raw_output_contents and response.id == "typed"
     probabilities = np.array(response.outputs[0].contents.fp32_contents, np.float32).reshape(response.outputs[0].shape)
     assert np.array_equal(probabilities, http_probabilities(server, "imdb-lstm-small", TEXTS))
     assert len(response.outputs[1].contents.bytes_contents) == len(TEXTS)
     request.raw_input_contents.append(b"\x01\x00\x00\x00x")  # both ways at once
     with pytest.raises(grpc.RpcError) as err:
-        grpc_call(server, "/inference.GRPCInferenceService/ModelInfer", request, messages.ModelInferResponse)
+        grpc_call(server, "/inference.GRPCInferenceService/ModelInfer", request, messages.message("ModelInferResponse"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in err.value.details()
 
 
 def test_health_service_for_kubernetes_probes(server):
-    check = messages.message("HealthCheckRequest", "grpc.health.v1")
-    status = messages.HealthCheckResponse.ServingStatus
-    for service in ("", "inference.GRPCInferenceService"):
-        answer = grpc_call(server, "/grpc.health.v1.Health/Check", check(service=service),
-                           messages.HealthCheckResponse, metadata=())
-        assert answer.status == status.Value("SERVING")
-    unknown = grpc_call(server, "/grpc.health.v1.Health/Check", check(service="other"),
-                        messages.HealthCheckResponse, metadata=())
-    assert unknown.status == status.Value("SERVICE_UNKNOWN")
+    """grpc.health.v1 as the health-checking protocol says (grpc/grpc doc/health-checking.md): Check answers
+    SERVING for the server and the inference service, NOT_FOUND for another service; Watch streams the status,
+    SERVICE_UNKNOWN for a service it does not know. No API key: probes carry none."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Check(health_pb2.HealthCheckRequest(service="other"), timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        unknown = stub.Watch(health_pb2.HealthCheckRequest(service="other"), timeout=30)
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        unknown.cancel()
 
 
 def test_the_stream_answers_every_request_and_stays_open_after_an_error(server):
@@ -246,7 +258,7 @@ def test_tritonclient_and_the_server_in_one_process(tmp_path):
     """Both register `inference.*` messages: the server's live in a pool of their own, so no clash."""
     from starlette.testclient import TestClient
 
-    from rnnserve.service.grpc.server import create_app
+    from rnnserve.service.app import create_app
     from rnnserve.service.settings import Settings
 
     port = free_port()
@@ -283,11 +295,11 @@ def test_classification_and_model_configuration_extensions_on_both_protocols(ser
         parsed = [cell.decode().split(":") for cell in row]
         assert [int(index) for _, index, _ in parsed] == classes.tolist()
         assert [abs(float(score) - p[int(index)]) < 1e-6 for score, index, _ in parsed] == [True] * 3
-    request = messages.ModelInferRequest(model_name="imdb-lstm-small")
+    request = messages.message("ModelInferRequest")(model_name="imdb-lstm-small")
     request.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"x")
     request.outputs.add(name="probabilities").parameters["classification"].int64_param = 0
     with pytest.raises(grpc.RpcError) as err:
-        grpc_call(server, "/inference.GRPCInferenceService/ModelInfer", request, messages.ModelInferResponse)
+        grpc_call(server, "/inference.GRPCInferenceService/ModelInfer", request, messages.message("ModelInferResponse"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'classification'" in err.value.details()
 
 

@@ -96,11 +96,11 @@ def test_not_ready_until_models_loaded(model_repo):
     """The real app before its lifespan has loaded anything: live 200, ready 503, predict 503."""
     import asyncio
 
-    from rnnserve.service.http.app import create_app
+    from rnnserve.service.app import create_app
     from rnnserve.service.settings import Settings
 
     async def main():
-        app = create_app(Settings(models_dir=model_repo))
+        app = create_app(Settings(models_dir=model_repo, grpc_port=0))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             live = await c.get("/health/live")
             ready = await c.get("/health/ready")

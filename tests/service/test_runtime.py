@@ -100,3 +100,31 @@ def test_classify_each_isolates_failing_texts_and_shares_service_errors():
     probs, errors = asyncio.run(classify_each(overloaded, ["a", "b"], 2))
     assert errors == ["queue is full"] * 2 and calls == [["a", "b"]] and np.isnan(probs).all()
     assert asyncio.run(classify_each(flaky, [], 2))[1] == []
+
+
+def _inputs(model) -> list:
+    """Rows each runtime's predict takes: texts, or sequences [T, F] (more than one batch of them)."""
+    from rnnserve.service.runtime.sequence import SequenceModel
+
+    if isinstance(model, SequenceModel):
+        return list(np.random.default_rng(3).normal(size=(70, *model.shape)).astype(np.float32))
+    texts, _ = real_reviews(35)
+    return [t[: 30 + 7 * i] for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("repo, name", [("model_repo", "sentiment-lstm"), ("model_repo", "topics-gru"),
+                                        ("task_repo", "waves-next"), ("task_repo", "waves-kind"),
+                                        ("task_repo", "waves-steps"), ("task_repo", "chars"), ("task_repo", "lm")])
+def test_every_runtime_keeps_the_contract_predict_batch_equals_predict(request, repo, name):
+    """rnnserve.open_model offers predict_batch for every runtime: here and now, it gives what the batcher does."""
+    from rnnserve import open_model
+
+    async def batched(model, rows):
+        return await model.predict(rows)
+
+    with open_model(request.getfixturevalue(repo) / name / "1", RuntimeOptions(max_batch_size=16)) as model:
+        rows = _inputs(model)
+        offline, served = model.predict_batch(rows), asyncio.run(batched(model, rows))
+    if hasattr(offline, "probabilities"):  # a text classifier's ClassificationResult
+        offline, served = offline.probabilities, served.probabilities
+    assert np.abs(offline - served).max() <= 1e-6
