@@ -308,3 +308,24 @@ def test_the_kserve_sdk_clients_work_unchanged(two_workers):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1] == "ok"
 
+
+
+def test_server_reflection_lists_the_services_only_when_asked(model_repo, two_workers):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    def services(srv) -> list[str]:
+        with grpc.insecure_channel(srv.grpc) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                    timeout=30))
+            return sorted(s.name for s in answer.list_services_response.service)
+
+    with pytest.raises(grpc.RpcError) as err:  # off by default, as in Triton
+        services(two_workers)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    srv = Server(model_repo, "--grpc-reflection")
+    try:
+        srv.wait_ready()
+        assert "inference.GRPCInferenceService" in services(srv) and "grpc.health.v1.Health" in services(srv)
+    finally:
+        srv.stop()
