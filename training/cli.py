@@ -13,6 +13,11 @@ from pathlib import Path
 from rnnserve.training.config import PRESETS, TUTORIAL_ACCURACY, ConfigError, TrainConfig, preset_config
 from rnnserve.training.data import DATA_DIR_ENV, DataError
 
+# What --trust-code lets through (training/keras_load.py), said where a user reads it.
+TRUST_CODE_HELP = ("load a SavedModel directory: loading one runs the TensorFlow operations stored in it (its "
+                   "resource initializers), which may read and write files with your permissions; give it only for "
+                   "a SavedModel you made or trust. Lambda layers and custom objects are refused even so")
+
 
 def _optional_int(value: str) -> int | None:
     return None if value.lower() in ("none", "0", "") else int(value)
@@ -155,13 +160,19 @@ def cmd_import(args) -> int:
                          unknown_token=args.unknown_token, data_dir=args.data_dir,
                          allow_unused_rows=args.allow_unused_rows)
     gate = Gate(texts=args.parity_texts, text_column=args.text_column, reference=args.reference,
-                examples=args.parity_examples, atol=args.atol)
+                accept_unchecked=args.accept_unchecked, examples=args.parity_examples, atol=args.atol)
     labels = _labels(args.labels)
-    run = import_onnx if Path(args.model).suffix == ".onnx" else import_model
-    path = run(args.model, args.models_dir, args.name, prep, gate, version=args.version, labels=labels,
-               output=args.output, overwrite=args.overwrite)
+    if Path(args.model).suffix == ".onnx":
+        path = import_onnx(args.model, args.models_dir, args.name, prep, gate, version=args.version, labels=labels,
+                           output=args.output, overwrite=args.overwrite)
+    else:
+        path = import_model(args.model, args.models_dir, args.name, prep, gate, version=args.version,
+                            labels=labels, output=args.output, overwrite=args.overwrite, trust_code=args.trust_code)
     meta = json.loads((path / "metadata.json").read_text())
     print(json.dumps({"package": str(path), "parity": meta["parity"]}, indent=2))
+    if reason := meta["source"]["preprocessing"].get("read_from_archive"):
+        print(f"note: Keras cannot load the TextVectorization back ({reason}); its configuration and vocabulary "
+              "were read from the archive itself, and the gate ran the layer rebuilt from them", file=sys.stderr)
     if meta["parity"].get("checked", "").startswith("shapes only"):
         print("warning: only shapes were checked; give --reference with your ids and/or outputs for the "
               "--parity-texts to compare them", file=sys.stderr)
@@ -295,10 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default for --vocabulary: the dataset's documents from --data-dir)")
     p.add_argument("--text-column", default="text", help="the texts' column or key in --parity-texts")
     p.add_argument("--reference", type=Path, help="ONNX models: .npz with your `ids` and/or `outputs` for the "
-                   "--parity-texts, in order")
+                   "--parity-texts, in order (required, or --accept-unchecked)")
+    p.add_argument("--accept-unchecked", action="store_true", help="ONNX models without --reference: write the "
+                   "package having checked only that it runs and its shapes; nothing compares its ids or outputs "
+                   "with your notebook's")
     p.add_argument("--parity-examples", type=int, default=1000, help="most texts in the gate")
     p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |yours - package| probability")
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("presets", help="list the presets")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, external_data_helper, helper
 
 from rnnserve.service.core.package import INPUT_NAME, OUTPUT_NAME
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
@@ -37,7 +37,14 @@ from rnnserve.training.importer import (
     run_package,
     sha256_path,
 )
+from rnnserve.training.untrusted import MAX_MODEL_BYTES, MAX_TEXT_BYTES, check_size, open_zip, read_text, size_text
 
+NO_REFERENCE = """an ONNX model carries no preprocessing: give --reference reference.npz, your own ids and/or \
+outputs for the --parity-texts, so the gate can compare the package with your notebook. In the notebook:
+    ids = torch.tensor([encode(text) for text in texts])  # your own tokenizer and padding, texts in file order
+    with torch.no_grad(): outputs = model(ids)
+    numpy.savez("reference.npz", ids=ids.numpy(), outputs=outputs.numpy())
+or pass --accept-unchecked to write a package whose ids and outputs nothing compared with yours"""
 ID_TYPES = {TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
 # Python's str.split() splits on these (str.isspace), which `text.lower().split()` pipelines use.
 UNICODE_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
@@ -50,11 +57,9 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
     MODELS/NAME/VERSION. Raises ImportRefused (with the reason) or ExportError (the gate)."""
     model_path = Path(model_path)
     check_common(model_path, models_dir, name, version, output, prep, overwrite)
-    try:
-        model = onnx.load(model_path)
-        onnx.checker.check_model(model)
-    except Exception as exc:  # noqa: BLE001 - any unreadable or invalid file is refused with onnx's reason
-        raise ImportRefused(f"{model_path.name} is not a valid ONNX model: {exc}") from exc
+    if not gate.reference and not gate.accept_unchecked:
+        raise ImportRefused(NO_REFERENCE)
+    model = read_onnx(model_path)
     ids_input, steps = _check_input(model)
     out, classes = _check_output(model)
     maxlen = prep.maxlen or steps
@@ -67,7 +72,7 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
         check_vocabulary(pipeline_spec, rows, "the model's embedding (the Gather on its ids)",
                          allow_unused_rows=prep.allow_unused_rows)
     proto = package_graph(model, ids_input, out, output == "logits")
-    texts = read_texts(gate.texts, gate.text_column)[:gate.examples] if gate.texts else None
+    texts = read_texts(gate.texts, gate.text_column, gate.examples) if gate.texts else None
     if texts is None:
         raise ImportRefused("give --parity-texts FILE: the package runs on them, and with --reference (your ids "
                             "and/or outputs for those texts) the gate compares them")
@@ -83,15 +88,76 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
                          versions, overwrite=overwrite)
 
 
+def read_onnx(path: Path) -> onnx.ModelProto:
+    """The model with any external data inlined (a package is one model.onnx: the server loads graphs from
+    verified bytes), checked: every file it reads within the limits and the model's folder, every operator from
+    the standard domain or a function the model defines (a custom domain's operators are code from a library
+    outside the model). ImportRefused with the reason."""
+    check_size(path, MAX_MODEL_BYTES, "model file")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is refused with onnx's reason
+        raise ImportRefused(f"{path.name} is not a valid ONNX model: {exc}") from exc
+    _check_domains(model)
+    folder = path.resolve().parent
+    total = path.stat().st_size
+    for tensor in _tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        data = (folder / info.location).resolve()
+        if not data.is_relative_to(folder) or not data.is_file():
+            raise ImportRefused(f"{path.name}: tensor {tensor.name!r} keeps its data in {info.location!r}, which is "
+                                "not a file in the model's folder; refused")
+        total += info.length or data.stat().st_size
+        if total > MAX_MODEL_BYTES:
+            raise ImportRefused(f"{path.name} and its external data are over the {size_text(MAX_MODEL_BYTES)} the "
+                                "import reads")
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - onnx's reason: a short or unreadable data file, an invalid graph
+        raise ImportRefused(f"{path.name} is not a valid ONNX model: {exc}") from exc
+    return model
+
+
+def _check_domains(model: onnx.ModelProto) -> None:
+    local = {(f.domain, f.name) for f in model.functions}
+    for graph in _graphs(model):
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx") and (node.domain, node.op_type) not in local:
+                raise ImportRefused(f"node {node.name or node.op_type!r} is operator {node.op_type!r} of the custom "
+                                    f"domain {node.domain!r}: its code is a library outside the model; supported: "
+                                    "the standard ONNX operators")
+
+
+def _graphs(model: onnx.ModelProto):
+    """The main graph, the model's functions and every subgraph (Loop, If, Scan bodies) in them."""
+    graphs = [model.graph, *model.functions]
+    while graphs:
+        graph = graphs.pop()
+        yield graph
+        for node in graph.node:
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+
+
+def _tensors(model: onnx.ModelProto):
+    """Every tensor the model stores: initializers and node attributes, subgraphs included."""
+    for graph in _graphs(model):
+        yield from getattr(graph, "initializer", [])
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+
+
 def vocab_spec(path: Path, maxlen: int, padding: str, truncating: str, lower: bool, strip_punctuation: bool,
                unknown_token: str | None) -> TokenizerSpec:
     """A vocabulary file (UTF-8, one token per line; line i is id i; line 0 the padding, id 0) and the rules:
     Python's str.lower() when lower, ASCII punctuation deleted when strip_punctuation, words split as str.split()
     splits them (Unicode whitespace); words not in the file become unknown_token's id, or vanish without one."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImportRefused(f"cannot read --vocab {path}: {exc}") from exc
+    lines = read_text(path, MAX_TEXT_BYTES, "--vocab").splitlines()
     if len(lines) < 2:
         raise ImportRefused(f"--vocab {path} needs the padding token on line 0 and tokens after it")
     tokens = [line.rstrip("\r") for line in lines]
@@ -230,8 +296,10 @@ def onnx_gate(proto: onnx.ModelProto, spec: TokenizerSpec, texts: list[str], gat
     if not np.isfinite(served).all():
         raise ExportError(f"the package gives outputs that are not finite for {len(texts)} texts")
     if not gate.reference:
-        return {"examples": len(texts), "checked": "shapes only: no --reference ids or outputs given"}
+        return {"examples": len(texts),
+                "checked": "shapes only: no --reference ids or outputs given (--accept-unchecked)"}
     try:
+        open_zip(gate.reference, {}, MAX_TEXT_BYTES, "--reference").close()  # an .npz is a zip: sizes first
         with np.load(gate.reference) as ref:
             theirs = {k: ref[k] for k in ("ids", "outputs") if k in ref.files}
     except (OSError, ValueError) as exc:

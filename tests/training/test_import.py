@@ -71,7 +71,8 @@ def test_keras_2_files_through_tf_keras(tmp_path, data_dir, capsys, fmt):
     nb = notebooks.keras2_conv_gru(tmp_path, data_dir, fmt=fmt)
     models = tmp_path / "models"
     code, out = run_import(capsys, nb.model, models, "conv-gru", "--vocabulary", "imdb", "--num-words", 10000,
-                           "--data-dir", data_dir, "--parity-examples", 200)
+                           "--data-dir", data_dir, "--parity-examples", 200,
+                           *(["--trust-code"] if fmt == "savedmodel" else []))
     assert code == 0, out
     meta = read_package(models / "conv-gru" / "1").metadata
     assert meta.source["format"] == fmt and "GRU" in meta.onnx.op_types and "Conv" in meta.onnx.op_types
@@ -160,8 +161,11 @@ def test_an_onnx_classifier_from_pytorch(tmp_path, capsys):
     meta = read_package(models / "torch" / "1").metadata
     assert meta.parity["ids_compared"] and meta.parity["outputs_compared"] and meta.source["format"] == "onnx"
     assert_served_like_the_notebook(models, "torch", nb)
-    # Without a reference only shapes are checked, and the command says so.
+    # Without a reference the command says how to make one, and writes nothing unless told to.
     code, out = run_import(capsys, nb.model, models, "torch", *flags, "--version", 2)
+    assert code == 2 and "give --reference reference.npz" in out and "torch.no_grad()" in out, out
+    assert "--accept-unchecked" in out and not (models / "torch" / "2").exists()
+    code, out = run_import(capsys, nb.model, models, "torch", *flags, "--version", 2, "--accept-unchecked")
     assert code == 0 and "only shapes were checked" in out
 
 
@@ -179,7 +183,8 @@ def test_refusals_name_the_reason_and_write_nothing(tmp_path, data_dir, capsys):
     cases.append(([nb.model, "--tokenizer-json", nb.tokenizer_json, "--maxlen", nb.maxlen],
                   "does not fit the model"))
     nb = notebooks.pytorch_style_onnx(tmp_path, dynamic_batch=False)
-    cases.append(([nb.model, "--vocab", nb.extra["vocab"], "--maxlen", nb.maxlen], "fixed batch axis"))
+    cases.append(([nb.model, "--vocab", nb.extra["vocab"], "--maxlen", nb.maxlen, "--accept-unchecked"],
+                  "fixed batch axis"))
     for args, reason in cases:
         start = time.monotonic()
         parity = texts_file(tmp_path, ["a text", "another one"])
@@ -256,7 +261,7 @@ def test_mistakes_in_what_the_user_gives_are_named(tmp_path, capsys):
         (["small.keras", *tokenizer_flags, "--parity-texts", tmp_path / "review.csv"],
          "row 1: no column 'text'; columns are ['review', 'label'] (--text-column"),
         (["small.keras", *tokenizer_flags, "--labels", "@missing.txt"], "--labels @missing.txt: cannot read"),
-        (["tf.onnx", "--vocab", tmp_path / "vocab.txt", "--maxlen", 20],
+        (["tf.onnx", "--vocab", tmp_path / "vocab.txt", "--maxlen", 20, "--accept-unchecked"],
          "ids up to 40 but the model's embedding (the Gather on its ids) takes ids 0..11"),
     ]
     for args, reason in cases:
