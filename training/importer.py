@@ -128,7 +128,6 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
     model, vectorizer = _load(saved, inner, trust_code)
     by_name = {layer.name: layer for layer in model.layers}
     layers = [by_name[layer_name(layer)] for layer in chain if layer is not inner]
-    check_settings(layers)
     input_length = (inner["config"].get("output_sequence_length") if inner is not None
                     else _input_length(model))
     prep = replace(prep, maxlen=prep.maxlen or input_length)
@@ -138,6 +137,7 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
                                                 {"kind": "text-vectorization", "in_model": True} | note)
     else:
         pipeline = preprocessing(prep)
+    check_settings(layers)
     spec = pipeline.spec
     if input_length and spec.maxlen != input_length:
         raise ImportRefused(f"the model takes sequences of {input_length} ids; the preprocessing pads to "
@@ -162,7 +162,7 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
     # Masked models ignore padding: the package pads after the tokens, only to the batch's longest text.
     package_spec = replace(spec, padding="post") if masked else spec
     texts, user_ids = gate_inputs(gate, pipeline, prep)
-    takes_strings = inner is not None and vectorizer is None
+    takes_strings = vectorizer is not None and vectorizer[2] is not None  # the layer as Keras loaded it
 
     def user_predict(ids):
         raw = model.predict(_string_batch(texts) if takes_strings else ids, batch_size=256, verbose=0)
@@ -248,13 +248,14 @@ def check_kinds(chain: list[dict]) -> list[dict]:
             raise ImportRefused(f"layer {layer_name(layer)!r} ({kind}) is not supported; supported: "
                                 f"TextVectorization (first), {supported}, in one chain (Sequential or functional "
                                 "without branches)")
-    if not any(layer.get("class_name") in RECURRENT_LAYERS for layer in chain):
-        raise ImportRefused("the model has no SimpleRNN, GRU or LSTM layer")
     return chain
 
 
 def check_settings(layers: list) -> None:
-    """The loaded layers' settings a served text allows: no state returned or kept between calls."""
+    """The loaded layers hold a recurrent one, with the settings a served text allows: no state returned or
+    kept between calls."""
+    if not any(type(layer).__name__ in RECURRENT_LAYERS for layer in layers):
+        raise ImportRefused("the model has no SimpleRNN, GRU or LSTM layer")
     for layer in layers:
         kind = type(layer).__name__
         recurrent = getattr(layer, "forward_layer", layer)  # a Bidirectional's settings are its layers'
