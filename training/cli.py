@@ -156,8 +156,10 @@ def cmd_import(args) -> int:
     prep = Preprocessing(vocabulary=args.vocabulary, tokenizer_json=args.tokenizer_json,
                          text_vectorization=args.text_vectorization, vocab_file=args.vocab, maxlen=args.maxlen,
                          padding=args.padding, truncating=args.truncating, num_words=args.num_words,
-                         skip_top=args.skip_top, lower=args.lower, strip_punctuation=args.strip_punctuation,
-                         unknown_token=args.unknown_token, data_dir=args.data_dir,
+                         skip_top=args.skip_top, lower=args.lower, punctuation=args.punctuation,
+                         token_pattern=args.token_pattern, unknown_token=args.unknown_token,
+                         pad_token=args.pad_token, start_token=args.start_token, end_token=args.end_token,
+                         data_dir=args.data_dir,
                          allow_unused_rows=args.allow_unused_rows)
     gate = Gate(texts=args.parity_texts, text_column=args.text_column, reference=args.reference,
                 accept_unchecked=args.accept_unchecked, examples=args.parity_examples, atol=args.atol)
@@ -285,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer-json", type=Path, help="tf-keras Tokenizer.to_json() saved to a file")
     g.add_argument("--text-vectorization", type=Path, help='a TextVectorization saved beside the model: JSON '
                    '{"config": layer.get_config(), "vocabulary": layer.get_vocabulary()} or a .keras file')
-    g.add_argument("--vocab", type=Path, help="ONNX models: a vocabulary file, one token per line, line i = id i, "
-                   "line 0 the padding; words split as Python's str.split()")
+    g.add_argument("--vocab", type=Path, help="ONNX models: a vocabulary, vocab.txt (one token a line, line i = id "
+                   "i) or vocab.json (a {token: id} object, json.dump(vocab, f)); the rules below as your notebook "
+                   "applies them")
     g.add_argument("--maxlen", type=int, help="pad_sequences' maxlen (default: the model's input length)")
     g.add_argument("--padding", choices=("pre", "post"), default="pre", help="pad_sequences' padding")
     g.add_argument("--truncating", choices=("pre", "post"), default="pre", help="pad_sequences' truncating")
@@ -294,8 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-top", type=int, default=0, help="load_data's skip_top (--vocabulary)")
     g.add_argument("--lower", action=argparse.BooleanOptionalAction, default=True,
                    help="--vocab: lower-case with Python's str.lower()")
-    g.add_argument("--strip-punctuation", action="store_true", help="--vocab: delete ASCII punctuation first")
+    g.add_argument("--punctuation", choices=("keep", "space", "delete"), default="keep",
+                   help="--vocab: the 32 ASCII punctuation marks (string.punctuation) kept, each replaced by a space, "
+                   "or deleted, after lower-casing")
+    g.add_argument("--token-pattern", metavar="REGEX", help="--vocab: tokens are re.findall(REGEX, text) (Python re, "
+                   r"e.g. '\w+' or scikit-learn's '(?u)\w\w+'); default: text.split()")
     g.add_argument("--unknown-token", help="--vocab: the token unknown words become (else they are dropped)")
+    g.add_argument("--pad-token", help="--vocab: the token whose id pads (default: id 0)")
+    g.add_argument("--start-token", help="--vocab: a token whose id goes before each text's")
+    g.add_argument("--end-token", help="--vocab: a token whose id goes after each text's (before padding and "
+                   "truncating, as the start token's)")
     g.add_argument("--allow-unused-rows", action="store_true", help="accept a preprocessing whose ids reach less "
                    "than 90%% of the model's embedding rows (refused by default: a smaller vocabulary than the "
                    "model was trained with passes the gate)")

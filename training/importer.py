@@ -59,7 +59,9 @@ class Preprocessing:
     tokenizer_json (tf-keras `Tokenizer.to_json()`, with pad_sequences' options), text_vectorization (a JSON
     `{"config": layer.get_config(), "vocabulary": layer.get_vocabulary()}` or a .keras file whose first layer is
     the layer), none when the model starts with its TextVectorization, or for ONNX models vocab_file (one token
-    per line, line i = id i, line 0 the padding) with lower, strip_punctuation and unknown_token.
+    per line, line i = id i; or a JSON {token: id}) with the rules of training/vocabularies.py: lower,
+    punctuation (keep, space, delete), token_pattern (None: str.split()), unknown_token, pad_token, start_token
+    and end_token.
     allow_unused_rows: accept a preprocessing whose ids reach less than 90% of the embedding's rows."""
 
     vocabulary: str | None = None
@@ -72,8 +74,12 @@ class Preprocessing:
     num_words: int | None = None
     skip_top: int = 0
     lower: bool = True
-    strip_punctuation: bool = False
+    punctuation: str = "keep"
+    token_pattern: str | None = None
     unknown_token: str | None = None
+    pad_token: str | None = None
+    start_token: str | None = None
+    end_token: str | None = None
     data_dir: Path | None = None
     allow_unused_rows: bool = False  # see check_vocabulary
 

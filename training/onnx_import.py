@@ -10,7 +10,6 @@ the Keras forms. The gate compares the user's reference ids and/or outputs for t
 
 from __future__ import annotations
 
-import string
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +36,8 @@ from rnnserve.training.importer import (
     run_package,
     sha256_path,
 )
-from rnnserve.training.untrusted import MAX_MODEL_BYTES, MAX_TEXT_BYTES, check_size, open_zip, read_text, size_text
+from rnnserve.training.untrusted import MAX_MODEL_BYTES, MAX_TEXT_BYTES, check_size, open_zip, size_text
+from rnnserve.training.vocabularies import vocab_source, vocab_spec
 
 NO_REFERENCE = """an ONNX model carries no preprocessing: give --reference reference.npz, your own ids and/or \
 outputs for the --parity-texts, so the gate can compare the package with your notebook. In the notebook:
@@ -46,8 +46,6 @@ outputs for the --parity-texts, so the gate can compare the package with your no
     numpy.savez("reference.npz", ids=ids.numpy(), outputs=outputs.numpy())
 or pass --accept-unchecked to write a package whose ids and outputs nothing compared with yours"""
 ID_TYPES = {TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
-# Python's str.split() splits on these (str.isspace), which `text.lower().split()` pipelines use.
-UNICODE_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
 
 
 def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep: Preprocessing, gate: Gate, *,
@@ -60,7 +58,7 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
     if not gate.reference and not gate.accept_unchecked:
         raise ImportRefused(NO_REFERENCE)
     model = read_onnx(model_path)
-    ids_input, steps = _check_input(model)
+    ids_input, lengths_input, steps = _check_input(model)
     out, classes = _check_output(model)
     maxlen = prep.maxlen or steps
     if steps and maxlen != steps:
@@ -71,7 +69,7 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
     if rows:
         check_vocabulary(pipeline_spec, rows, "the model's embedding (the Gather on its ids)",
                          allow_unused_rows=prep.allow_unused_rows)
-    proto = package_graph(model, ids_input, out, output == "logits")
+    proto = package_graph(model, ids_input, out, output == "logits", lengths_input, pipeline_spec.pad_id)
     texts = read_texts(gate.texts, gate.text_column, gate.examples) if gate.texts else None
     if texts is None:
         raise ImportRefused("give --parity-texts FILE: the package runs on them, and with --reference (your ids "
@@ -152,42 +150,11 @@ def _tensors(model: onnx.ModelProto):
                 yield from attribute.tensors
 
 
-def vocab_spec(path: Path, maxlen: int, padding: str, truncating: str, lower: bool, strip_punctuation: bool,
-               unknown_token: str | None) -> TokenizerSpec:
-    """A vocabulary file (UTF-8, one token per line; line i is id i; line 0 the padding, id 0) and the rules:
-    Python's str.lower() when lower, ASCII punctuation deleted when strip_punctuation, words split as str.split()
-    splits them (Unicode whitespace); words not in the file become unknown_token's id, or vanish without one."""
-    lines = read_text(path, MAX_TEXT_BYTES, "--vocab").splitlines()
-    if len(lines) < 2:
-        raise ImportRefused(f"--vocab {path} needs the padding token on line 0 and tokens after it")
-    tokens = [line.rstrip("\r") for line in lines]
-    if len(set(tokens)) != len(tokens):
-        repeated = next(t for i, t in enumerate(tokens) if t in tokens[:i])
-        raise ImportRefused(f"--vocab {path}: token {repeated!r} is on two lines")
-    oov = None
-    if unknown_token is not None:
-        if unknown_token not in tokens[1:]:
-            raise ImportRefused(f"--unknown-token {unknown_token!r} is not a line of --vocab {path} (after line 0)")
-        oov = tokens.index(unknown_token)
-    if not maxlen:
-        raise ImportRefused("give --maxlen: the length the texts' ids were padded or cut to")
-    strip = string.punctuation if strip_punctuation else ""
-    return TokenizerSpec(words=tokens[1:], lower=lower, lower_ascii_only=False, filters=UNICODE_WHITESPACE,
-                         split=" ", strip=strip, unknown_words="drop" if oov is None else "oov", start_char=None,
-                         oov_char=oov, index_from=0, maxlen=maxlen, padding=padding, truncating=truncating)
-
-
 def _preprocessing(prep: Preprocessing) -> tuple[TokenizerSpec, dict]:
     if not prep.vocab_file:
         pipeline = preprocessing(prep)
         return pipeline.spec, pipeline.source
-    spec = vocab_spec(Path(prep.vocab_file), prep.maxlen, prep.padding, prep.truncating, prep.lower,
-                      prep.strip_punctuation, prep.unknown_token)
-    return spec, {"kind": "vocabulary-file", "file": Path(prep.vocab_file).name,
-                  "sha256": sha256_path(Path(prep.vocab_file)), "lower": prep.lower,
-                  "strip_punctuation": prep.strip_punctuation, "split": "str.split()",
-                  "unknown_token": prep.unknown_token, "maxlen": prep.maxlen, "padding": prep.padding,
-                  "truncating": prep.truncating}
+    return vocab_spec(prep), vocab_source(prep) | {"sha256": sha256_path(Path(prep.vocab_file))}
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list:
@@ -200,20 +167,25 @@ def _dims(value) -> list:
 
 
 def _check_input(model: onnx.ModelProto):
+    """(ids, lengths or None, steps): the ids [batch, steps], and where the graph takes one (PyTorch's
+    pack_padded_sequence) the lengths [batch]."""
     inputs = _graph_inputs(model)
-    if len(inputs) != 1:
+    ids = [i for i in inputs if len(_dims(i)) == 2]
+    lengths = [i for i in inputs if len(_dims(i)) == 1]
+    if len(ids) != 1 or len(inputs) - len(ids) > 1 or len(lengths) != len(inputs) - 1:
         raise ImportRefused(f"the model takes {len(inputs)} inputs ({[i.name for i in inputs]}); a text classifier "
-                            "takes one: the ids [batch, steps]")
-    (ids,) = inputs
-    kind, dims = ids.type.tensor_type.elem_type, _dims(ids)
-    if kind not in ID_TYPES or len(dims) != 2:
-        raise ImportRefused(f"input {ids.name!r} is {TensorProto.DataType.Name(kind).lower()} {dims}; expected ids "
-                            "int64 or int32 [batch, steps]")
-    if dims[0] is not None:
-        raise ImportRefused(f"input {ids.name!r} has a fixed batch axis ({dims[0]}): the server batches requests. "
-                            "Export with a dynamic batch axis, e.g. torch.onnx.export(..., dynamic_axes="
-                            f"{{{ids.name!r}: {{0: 'batch'}}}})")
-    return ids, dims[1]
+                            "takes the ids [batch, steps], and may take their lengths [batch]")
+    (ids,) = ids
+    for value in (ids, *lengths):
+        kind, dims = value.type.tensor_type.elem_type, _dims(value)
+        if kind not in ID_TYPES:
+            raise ImportRefused(f"input {value.name!r} is {TensorProto.DataType.Name(kind).lower()} {dims}; expected "
+                                "ids int64 or int32 [batch, steps] (and lengths [batch])")
+        if dims[0] is not None:
+            raise ImportRefused(f"input {value.name!r} has a fixed batch axis ({dims[0]}): the server batches "
+                                "requests. Export with a dynamic batch axis, e.g. torch.onnx.export(..., "
+                                f"dynamic_axes={{{value.name!r}: {{0: 'batch'}}}})")
+    return ids, (lengths[0] if lengths else None), _dims(ids)[1]
 
 
 def _check_output(model: onnx.ModelProto):
@@ -239,13 +211,25 @@ def _embedding_rows(model: onnx.ModelProto, ids: str) -> int | None:
     return None
 
 
-def package_graph(model: onnx.ModelProto, ids, out, logits: bool) -> onnx.ModelProto:
+def package_graph(model: onnx.ModelProto, ids, out, logits: bool, lengths=None, pad_id: int = 0) -> onnx.ModelProto:
     """The model with the package's names: `input_ids` int64 in (cast to the model's int32 where it takes
-    those), `probabilities` [N, C] out (a sigmoid or softmax after logits; one unit p widened to [1 - p, p])."""
+    those), `probabilities` [N, C] out (a sigmoid or softmax after logits; one unit p widened to [1 - p, p]).
+    A lengths input is computed in the graph from the ids: the count of ids that are not pad_id, each row's."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model)
     g = proto.graph
     nodes = []
+    if lengths is not None:
+        g.initializer.extend([onnx.numpy_helper.from_array(np.array(pad_id, np.int64), "import/pad_id"),
+                              onnx.numpy_helper.from_array(np.array([1], np.int64), "import/steps_axis")])
+        nodes += [helper.make_node("Equal", [INPUT_NAME, "import/pad_id"], ["import/is_pad"]),
+                  helper.make_node("Not", ["import/is_pad"], ["import/is_id"]),
+                  helper.make_node("Cast", ["import/is_id"], ["import/id_count"], to=TensorProto.INT64),
+                  helper.make_node("ReduceSum", ["import/id_count", "import/steps_axis"], ["import/lengths"],
+                                   keepdims=0),
+                  helper.make_node("Cast", ["import/lengths"], [lengths.name],
+                                   to=lengths.type.tensor_type.elem_type)]
+        g.input.remove(next(i for i in g.input if i.name == lengths.name))
     if ids.name != INPUT_NAME or ids.type.tensor_type.elem_type != TensorProto.INT64:
         inner = "import/ids"
         cast_to = ids.type.tensor_type.elem_type
