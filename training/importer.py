@@ -195,7 +195,7 @@ def _load(saved: KerasFile, inner: dict | None, trust_code: bool):
             raise
         config, vocabulary = archive_text_vectorization(saved.path, inner)
         model = load_without_text_vectorization(saved, inner)
-        reason = str(exc.__cause__ or exc).splitlines()[0][:300]
+        reason = " ".join(str(exc.__cause__ or exc).split())[:400]
         return model, (config, vocabulary, None, {"read_from_archive": reason})
     if inner is None:
         return model, None
@@ -375,7 +375,7 @@ def _vectorizer_file_pipeline(path: Path, maxlen) -> Pipeline:
             return _text_vectorization_pipeline(loaded.get_config(), loaded.get_vocabulary(), maxlen, loaded, source)
         except ImportRefused as exc:  # Keras cannot load it back: the archive itself holds the layer
             config, vocabulary = archive_text_vectorization(path, layer)
-            source["read_from_archive"] = str(exc.__cause__ or exc).splitlines()[0][:300]
+            source["read_from_archive"] = " ".join(str(exc.__cause__ or exc).split())[:400]
             return _text_vectorization_pipeline(config, vocabulary, maxlen, None, source)
     try:
         saved = json.loads(read_text(path, MAX_TEXT_BYTES, "--text-vectorization"))

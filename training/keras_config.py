@@ -191,7 +191,7 @@ def layer_chain(config: dict) -> list[dict]:
     inputs, outputs = _history(inner.get("input_layers")), _history(inner.get("output_layers"))
     if len(inputs) != 1 or len(outputs) != 1:
         raise ImportRefused("the model must have one input and one output")
-    masks = set()
+    masks: dict[str, str] = {}  # NotEqual(ids, 0) layers -> the layer giving their ids
     chain, previous = [], inputs[0]
     for layer in layers:
         name, nodes = layer_name(layer), layer.get("inbound_nodes") or []
@@ -201,16 +201,22 @@ def layer_chain(config: dict) -> list[dict]:
             raise ImportRefused(f"layer {name!r} is called {len(nodes)} times: a model with branches or shared "
                                 "layers is not supported")
         data, mask, constants = _node_inputs(nodes[0])
-        if layer.get("class_name") == "NotEqual" and data == [inputs[0]] and constants == [0]:
-            masks.add(name)  # ids != 0: the mask of a masking Embedding, which the package computes the same way
+        if layer.get("class_name") == "NotEqual" and len(data) == 1 and constants == [0]:
+            masks[name] = data[0]  # ids != 0: a masking Embedding's mask, which the package computes the same way
             continue
-        if data != [previous] or not set(mask) <= masks:
+        if data != [previous] or not set(mask) <= masks.keys():
             raise ImportRefused(f"layer {name!r} does not take the previous layer's output: a model with branches "
                                 "or shared layers is not supported")
         chain.append(layer)
         previous = name
     if previous != outputs[0]:
         raise ImportRefused(f"the model's output is layer {outputs[0]!r}, not the last of the chain {previous!r}")
+    names = [inputs[0], *(layer_name(layer) for layer in chain)]
+    embedding = next((i for i, layer in enumerate(chain) if layer.get("class_name") == "Embedding"), None)
+    for mask, ids in masks.items():  # a mask of anything but the Embedding's own ids is a branch
+        if embedding is None or ids != names[embedding]:
+            raise ImportRefused(f"layer {mask!r} compares {ids!r} with 0, which is not the Embedding's input: a "
+                                "model with branches or shared layers is not supported")
     return chain
 
 

@@ -281,3 +281,59 @@ def test_mistakes_in_what_the_user_gives_are_named(tmp_path, capsys):
     assert code == 0, out
     parity = json.loads((models / "masked" / "1" / "metadata.json").read_text())["parity"]
     assert parity["yours_not_finite"] == 1 and parity["examples"] == len(texts) + 1
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["beside", "inside"])
+def test_the_keras_functional_tutorial_with_a_masking_embedding(tmp_path, data_dir, capsys, inside):
+    """docs/own-model.md's worked Keras model: TextVectorization, then Input -> Embedding(mask_zero=True) ->
+    Bidirectional(LSTM) -> Dense(sigmoid), functional; Keras 3 reloads it with a NotEqual mask in the graph."""
+    keras = pytest.importorskip("keras")
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(notebooks.SEED)
+    texts, labels, held_out = notebooks._own_data_texts(data_dir)
+    vectorizer = keras.layers.TextVectorization(max_tokens=1000, output_sequence_length=200)
+    vectorizer.adapt(texts)
+    ids = keras.Input((200,), dtype="int64")
+    x = keras.layers.Embedding(1000, 8, mask_zero=True)(ids)
+    x = keras.layers.Bidirectional(keras.layers.LSTM(4))(x)
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile("adam", "binary_crossentropy")
+    model.fit(vectorizer(texts), labels, epochs=1, verbose=0)
+    flags = []
+    if inside:  # one functional graph from the strings: TextVectorization -> Embedding -> ...
+        import tensorflow as tf
+
+        strings = keras.Input((1,), dtype="string")
+        x = vectorizer(strings)
+        for layer in model.layers[1:]:
+            x = layer(x)
+        model = keras.Model(strings, x)
+        expected = model.predict(tf.constant(held_out), verbose=0)
+    else:
+        notebooks.save_vectorizer_json(vectorizer, tmp_path / "vectorizer.json")
+        flags = ["--text-vectorization", tmp_path / "vectorizer.json"]
+        expected = model.predict(vectorizer(held_out), verbose=0)
+    model.save(tmp_path / "model.keras")
+    code, out = run_import(capsys, tmp_path / "model.keras", tmp_path / "models", "functional", *flags,
+                           "--labels", "negative,positive", "--parity-texts", texts_file(tmp_path, texts))
+    assert code == 0, out
+    meta = read_package(tmp_path / "models" / "functional" / "1").metadata
+    assert meta.dynamic_length and meta.parity["ids_compared"]
+    p, _ = served(tmp_path / "models", "functional", held_out, 2)
+    assert (p.argmax(1) == notebooks._widen(expected).argmax(1)).all()
+    assert np.abs(p - notebooks._widen(expected)).max() <= 1e-5
+
+
+def test_a_keras_file_keras_cannot_load_back_has_its_vectorizer_read_from_the_archive(tmp_path, data_dir, capsys):
+    """Reviews with U+0085 in the vocabulary: Keras writes the vocabulary one token a line and splits it back at
+    U+0085 too, so it cannot load its own file; the import reads the layer from the archive and says so."""
+    for inside in (True, False):
+        nb = notebooks.text_vectorization_gru(tmp_path, data_dir, inside=inside, line_separators=True)
+        vectorizer = [] if inside else ["--text-vectorization", nb.extra["vectorizer_keras"]]
+        code, out = run_import(capsys, nb.model, tmp_path / "models", "tv", *vectorizer, "--labels",
+                               ",".join(nb.labels), "--parity-texts", texts_file(tmp_path, nb.texts), "--overwrite")
+        assert code == 0, out
+        assert "note: Keras cannot load the TextVectorization back (" in out and "repeated term" in out
+        meta = read_package(tmp_path / "models" / "tv" / "1").metadata
+        assert "repeated term" in meta.source["preprocessing"]["read_from_archive"]
+        assert_served_like_the_notebook(tmp_path / "models", "tv", nb)
