@@ -159,6 +159,7 @@ def cmd_import(args) -> int:
                          skip_top=args.skip_top, lower=args.lower, punctuation=args.punctuation,
                          token_pattern=args.token_pattern, unknown_token=args.unknown_token,
                          pad_token=args.pad_token, start_token=args.start_token, end_token=args.end_token,
+                         hf_tokenizer=args.hf_tokenizer,
                          data_dir=args.data_dir,
                          allow_unused_rows=args.allow_unused_rows)
     gate = Gate(texts=args.parity_texts, text_column=args.text_column, reference=args.reference,
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocab", type=Path, help="ONNX models: a vocabulary, vocab.txt (one token a line, line i = id "
                    "i) or vocab.json (a {token: id} object, json.dump(vocab, f)); the rules below as your notebook "
                    "applies them")
+    g.add_argument("--hf-tokenizer", type=Path, help="ONNX models: a Hugging Face tokenizers file (tokenizer.json): "
+                   "WordLevel, no normalizer or Lowercase, WhitespaceSplit; others are refused with the reason")
     g.add_argument("--maxlen", type=int, help="pad_sequences' maxlen (default: the model's input length)")
     g.add_argument("--padding", choices=("pre", "post"), default="pre", help="pad_sequences' padding")
     g.add_argument("--truncating", choices=("pre", "post"), default="pre", help="pad_sequences' truncating")

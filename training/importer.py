@@ -61,7 +61,7 @@ class Preprocessing:
     the layer), none when the model starts with its TextVectorization, or for ONNX models vocab_file (one token
     per line, line i = id i; or a JSON {token: id}) with the rules of training/vocabularies.py: lower,
     punctuation (keep, space, delete), token_pattern (None: str.split()), unknown_token, pad_token, start_token
-    and end_token.
+    and end_token; or hf_tokenizer (a Hugging Face tokenizers file, training/vocabularies.py).
     allow_unused_rows: accept a preprocessing whose ids reach less than 90% of the embedding's rows."""
 
     vocabulary: str | None = None
@@ -80,12 +80,14 @@ class Preprocessing:
     pad_token: str | None = None
     start_token: str | None = None
     end_token: str | None = None
+    hf_tokenizer: Path | None = None
     data_dir: Path | None = None
     allow_unused_rows: bool = False  # see check_vocabulary
 
     @property
     def given(self) -> list:
-        return [g for g in (self.vocabulary, self.tokenizer_json, self.text_vectorization, self.vocab_file) if g]
+        return [g for g in (self.vocabulary, self.tokenizer_json, self.text_vectorization, self.vocab_file,
+                            self.hf_tokenizer) if g]
 
 
 @dataclass
@@ -123,9 +125,9 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
     (with the reason) or ExportError (the gate, with its figures)."""
     model_path = Path(model_path)
     check_common(model_path, models_dir, name, version, output, prep, overwrite)
-    if prep.vocab_file:
-        raise ImportRefused("--vocab describes an ONNX model's preprocessing; a Keras model takes --vocabulary, "
-                            "--tokenizer-json or --text-vectorization")
+    if prep.vocab_file or prep.hf_tokenizer:
+        raise ImportRefused("--vocab and --hf-tokenizer describe an ONNX model's preprocessing; a Keras model takes "
+                            "--vocabulary, --tokenizer-json or --text-vectorization")
     saved = read_keras_file(model_path)
     chain = check_kinds(layer_chain(saved.config))
     inner = chain[0] if chain[0].get("class_name") == "TextVectorization" else None
@@ -212,7 +214,8 @@ def check_common(model_path: Path, models_dir, name: str, version: int, output: 
     if not model_path.exists():
         raise ImportRefused(f"{model_path} does not exist")
     if len(prep.given) > 1:
-        raise ImportRefused("give one preprocessing: --vocabulary, --tokenizer-json, --text-vectorization or --vocab")
+        raise ImportRefused("give one preprocessing: --vocabulary, --tokenizer-json, --text-vectorization, --vocab "
+                            "or --hf-tokenizer")
 
 
 def classifier_metadata(spec: TokenizerSpec, labels: list[str], dynamic: bool, parity: dict, source: dict,

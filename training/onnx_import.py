@@ -18,11 +18,12 @@ import onnx
 from onnx import TensorProto, external_data_helper, helper
 
 from rnnserve.service.core.package import INPUT_NAME, OUTPUT_NAME
-from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.export import ExportError, write_package
 from rnnserve.training.importer import (
     Gate,
     ImportRefused,
+    Pipeline,
     Preprocessing,
     check_common,
     check_labels,
@@ -36,8 +37,8 @@ from rnnserve.training.importer import (
     run_package,
     sha256_path,
 )
-from rnnserve.training.untrusted import MAX_MODEL_BYTES, MAX_TEXT_BYTES, check_size, open_zip, size_text
-from rnnserve.training.vocabularies import vocab_source, vocab_spec
+from rnnserve.training.untrusted import MAX_MODEL_BYTES, MAX_TEXT_BYTES, check_size, open_zip, read_text, size_text
+from rnnserve.training.vocabularies import hf_tokenizer_spec, vocab_source, vocab_spec
 
 NO_REFERENCE = """an ONNX model carries no preprocessing: give --reference reference.npz, your own ids and/or \
 outputs for the --parity-texts, so the gate can compare the package with your notebook. In the notebook:
@@ -63,7 +64,8 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
     maxlen = prep.maxlen or steps
     if steps and maxlen != steps:
         raise ImportRefused(f"the model takes {steps} ids a text; --maxlen is {maxlen}")
-    pipeline_spec, described = _preprocessing(replace(prep, maxlen=maxlen))
+    pipeline = _preprocessing(replace(prep, maxlen=maxlen))
+    pipeline_spec, described = pipeline.spec, pipeline.source
     labels = check_labels(labels, prep.vocabulary, max(classes, 2))
     rows = _embedding_rows(model, ids_input.name)
     if rows:
@@ -74,7 +76,7 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
     if texts is None:
         raise ImportRefused("give --parity-texts FILE: the package runs on them, and with --reference (your ids "
                             "and/or outputs for those texts) the gate compares them")
-    parity = onnx_gate(proto, pipeline_spec, texts, gate, output == "logits")
+    parity = onnx_gate(proto, pipeline, texts, gate, output == "logits")
     source = {"kind": "imported", "file": model_path.name, "format": "onnx", "sha256": sha256_path(model_path),
               "output": output, "preprocessing": described,
               "producer": f"{model.producer_name} {model.producer_version}".strip()}
@@ -150,11 +152,24 @@ def _tensors(model: onnx.ModelProto):
                 yield from attribute.tensors
 
 
-def _preprocessing(prep: Preprocessing) -> tuple[TokenizerSpec, dict]:
+def _preprocessing(prep: Preprocessing) -> Pipeline:
+    if prep.hf_tokenizer:
+        path = Path(prep.hf_tokenizer)
+        spec = hf_tokenizer_spec(path, prep)
+
+        def library_ids(texts: list[str]) -> np.ndarray:  # the library itself, then the flags' padding
+            from tokenizers import Tokenizer as HFTokenizer
+
+            encoded = HFTokenizer.from_str(read_text(path, MAX_TEXT_BYTES, "--hf-tokenizer")).encode_batch(texts)
+            return Tokenizer(spec).pad([e.ids for e in encoded])
+
+        return Pipeline(spec, library_ids, {"kind": "hf-tokenizers", "file": path.name, "sha256": sha256_path(path),
+                                            "maxlen": spec.maxlen, "padding": spec.padding,
+                                            "truncating": spec.truncating})
     if not prep.vocab_file:
-        pipeline = preprocessing(prep)
-        return pipeline.spec, pipeline.source
-    return vocab_spec(prep), vocab_source(prep) | {"sha256": sha256_path(Path(prep.vocab_file))}
+        return preprocessing(prep)
+    return Pipeline(vocab_spec(prep), None,
+                    vocab_source(prep) | {"sha256": sha256_path(Path(prep.vocab_file))})
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list:
@@ -268,9 +283,11 @@ def package_graph(model: onnx.ModelProto, ids, out, logits: bool, lengths=None, 
     return proto
 
 
-def onnx_gate(proto: onnx.ModelProto, spec: TokenizerSpec, texts: list[str], gate: Gate, logits: bool) -> dict:
-    """Run the package on the texts; with gate.reference (.npz: `ids` [N, T] and/or `outputs` [N, C], the
-    model's own outputs for the same texts in order), ids identical and probabilities within atol."""
+def onnx_gate(proto: onnx.ModelProto, pipeline: Pipeline, texts: list[str], gate: Gate, logits: bool) -> dict:
+    """Run the package on the texts; the ids of the pipeline's own library where it has one (a Hugging Face
+    tokenizer); with gate.reference (.npz: `ids` [N, T] and/or `outputs` [N, C], the model's own outputs for the
+    same texts in order), ids identical and probabilities within atol."""
+    spec = pipeline.spec
     ids, _ = Tokenizer(spec)(texts)
     try:
         served = run_package(proto, ids)
@@ -279,6 +296,8 @@ def onnx_gate(proto: onnx.ModelProto, spec: TokenizerSpec, texts: list[str], gat
                             f"vocabulary larger than the model's embedding fails here): {exc}") from exc
     if not np.isfinite(served).all():
         raise ExportError(f"the package gives outputs that are not finite for {len(texts)} texts")
+    if pipeline.ids is not None:
+        compare_ids(ids, np.asarray(pipeline.ids(texts), np.int64), texts)
     if not gate.reference:
         return {"examples": len(texts),
                 "checked": "shapes only: no --reference ids or outputs given (--accept-unchecked)"}

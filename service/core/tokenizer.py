@@ -87,6 +87,12 @@ class TokenizerSpec:
     # str.lower() also applies the final-sigma rule ("ΟΔΟΣ" -> "οδος"; per character "οδοσ"). Needs
     # lower and not lower_ascii_only.
     lower_per_character: bool = False
+    # Characters whose lower-case form is given here, not Python's (with lower_per_character: a library on a newer
+    # Unicode than this Python's, e.g. Hugging Face tokenizers' Lowercase).
+    lower_overrides: dict[str, str] = field(default_factory=dict)
+    # Literal strings taken out of the raw text first, before every other rule, each one token (Hugging Face's
+    # added tokens: "[CLS]", "[PAD]"); the longest at the leftmost place wins. They are words. No normalization.
+    special_tokens: list[str] = field(default_factory=list)
     end_char: int | None = None  # an id after each text's ids (before padding and truncation, as start_char)
     pad_id: int = 0  # the id padding fills with
     format: str = field(default=SPEC_FORMAT)
@@ -146,6 +152,12 @@ class TokenizerSpec:
                                  "the groups, not the tokens; use (?:...)")
         if self.lower_per_character and (not self.lower or self.lower_ascii_only):
             raise ValueError("lower_per_character needs lower and not lower_ascii_only")
+        if self.lower_overrides and (not self.lower_per_character
+                                     or not all(len(k) == 1 for k in self.lower_overrides)):
+            raise ValueError("lower_overrides map single characters, with lower_per_character")
+        if self.special_tokens and (not set(self.special_tokens) <= set(self.words) or "" in self.special_tokens
+                                    or self.char_level or self.normalization):
+            raise ValueError("special_tokens must be non-empty words, without char_level or normalization")
         if any(i is not None and (type(i) is not int or i < 0) for i in (self.end_char, self.pad_id)):
             raise ValueError("end_char and pad_id must be ids >= 0")
 
@@ -190,6 +202,8 @@ class Tokenizer:
         self._table = table
         self._full_lower = spec.lower and not spec.lower_ascii_only
         self._pattern = re.compile(spec.token_pattern) if spec.token_pattern is not None else None
+        self._specials = (re.compile("|".join(map(re.escape, sorted(spec.special_tokens, key=len, reverse=True))))
+                          if spec.special_tokens else None)  # longest first: the leftmost-longest match
         # Translation deletes characters (strip) and widens others (filters -> a longer split): the length
         # alone cannot tell whether positions moved.
         self._remap = bool(spec.strip) and not spec.char_level and bool(spec.filters) and len(spec.split) > 1
@@ -209,7 +223,8 @@ class Tokenizer:
         ASCII texts only and leaves the others to the reference."""
         s = self.spec
         if (_fasttok is None or s.char_level or len(s.split) != 1 or not s.split.isascii()
-                or self._pattern is not None):  # regular expressions are Python re's alone
+                or self._pattern is not None or s.special_tokens  # regular expressions are Python re's alone
+                or any(c.isascii() for c in s.lower_overrides)):
             return None
         table = bytearray(range(128))
         for code in range(128):
@@ -248,9 +263,23 @@ class Tokenizer:
     def _lowered(self, text: str) -> str:
         if not self._full_lower:
             return text
-        return "".join([c.lower() for c in text]) if self.spec.lower_per_character else text.lower()
+        if not self.spec.lower_per_character:
+            return text.lower()
+        overrides = self.spec.lower_overrides
+        return "".join([overrides.get(c) or c.lower() for c in text] if overrides else [c.lower() for c in text])
 
     def _word_spans(self, text: str) -> list[tuple[str, int, int]]:
+        if self._specials is None:
+            return self._plain_spans(text)
+        words, pos = [], 0
+        for match in self._specials.finditer(text):
+            words += [(w, a + pos, b + pos) for w, a, b in self._plain_spans(text[pos:match.start()])]
+            words.append((match.group(), match.start(), match.end()))
+            pos = match.end()
+        return words + [(w, a + pos, b + pos) for w, a, b in self._plain_spans(text[pos:])]
+
+    def _plain_spans(self, text: str) -> list[tuple[str, int, int]]:
+        """The words of a text without special tokens."""
         lowered = self._lowered(text)
         translated = lowered.translate(self._table)
         if self.spec.char_level:
@@ -268,7 +297,7 @@ class Tokenizer:
         if lengthened or self._remap or len(translated) != len(lowered):
             # Where each translated character came from: a deleted one (strip) gives none, a filter several
             # (a split string longer than one character).
-            cased = [i for i, c in enumerate(text) for _ in c.lower()] if lengthened else range(len(text))
+            cased = [i for i, c in enumerate(text) for _ in self._lowered(c)] if lengthened else range(len(text))
             get = self._table.get
             origin = [i for i, c in zip(cased, lowered) for _ in get(ord(c), c) or ""]
 
@@ -286,6 +315,8 @@ class Tokenizer:
         """len(word_spans(text)), without building the words: string operations in C, for limits checked
         before any work."""
         text, _ = self._normalized(text)
+        if self._specials is not None:
+            return len(self._word_spans(text))
         translated = self._lowered(text).translate(self._table)
         if self.spec.char_level:
             return len(translated)

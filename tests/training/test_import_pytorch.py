@@ -12,7 +12,9 @@ import shlex
 import string
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
 from rnnserve.service.core.package import read_package
 from rnnserve.training.cli import main
@@ -136,14 +138,86 @@ def test_a_notebook_with_its_own_ids_and_a_lengths_input(tmp_path, data_dir, cap
 
 
 def test_vocabulary_files_are_read_or_refused_with_the_reason(tmp_path, capsys):
-    import onnx
-    from onnx import helper
-
     (tmp_path / "list.json").write_text('["<pad>", "a"]')
     onnx.save(tiny_onnx([helper.make_node("Identity", ["mean"], ["logits"])], []), tmp_path / "model.onnx")
     for vocab, reason in [("list.json", "expected a JSON object of tokens to ids"),
                           ("missing.json", "cannot read --vocab")]:
         code, out = run_import(capsys, tmp_path / "model.onnx", tmp_path / "models", "x", "--vocab",
                                tmp_path / vocab, "--maxlen", 5, "--accept-unchecked", "--parity-texts",
+                               texts_file(tmp_path, ["a"]))
+        assert code == 2 and reason in out, out
+
+
+def word_level_tokenizer(texts: list[str]):
+    """A Hugging Face WordLevel tokenizer as its quick tour trains one, with Lowercase and WhitespaceSplit,
+    [CLS] text [SEP], padded to 48 with [PAD]."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import normalizers, pre_tokenizers, processors, trainers
+
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=3000,
+                                                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                             ("[SEP]", 3)])
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=48)
+    return tok
+
+
+def test_a_hugging_face_word_level_tokenizer(tmp_path, data_dir, capsys):
+    train_texts, _, held_out = notebooks._own_data_texts(data_dir)
+    tok = word_level_tokenizer(train_texts)
+    tok.save(str(tmp_path / "tokenizer.json"))
+
+    def encode(texts):  # the notebook cuts what the tokenizer pads no further
+        return torch.tensor([e.ids[:48] for e in tok.encode_batch(texts)])
+
+    torch.manual_seed(0)
+    model = OwnIds(tok.get_vocab_size()).eval()
+
+    class IdsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids):
+            return self.inner(input_ids, (input_ids != 0).sum(1))
+
+    net = IdsOnly().eval()
+    torch.onnx.export(net, (encode(train_texts[:2]),), str(tmp_path / "model.onnx"), input_names=["input_ids"],
+                      output_names=["logits"], dynamic_shapes={"input_ids": {0: torch.export.Dim("batch")}})
+    gate_texts = [*train_texts[:150], "[CLS] the [PAD]film[SEP]", "ΟΔΟΣ Σ İstanbul \u2028 a\u3000b"]
+    with torch.no_grad():
+        np.savez(tmp_path / "reference.npz", ids=encode(gate_texts).numpy(), outputs=net(encode(gate_texts)).numpy())
+    code, out = run_import(capsys, tmp_path / "model.onnx", tmp_path / "models", "hf", "--hf-tokenizer",
+                           tmp_path / "tokenizer.json", "--truncating", "post", "--output", "logits", "--labels",
+                           "a,b,c", "--parity-texts", texts_file(tmp_path, gate_texts), "--reference",
+                           tmp_path / "reference.npz")
+    assert code == 0, out
+    package = read_package(tmp_path / "models" / "hf" / "1")
+    assert package.metadata.source["preprocessing"]["kind"] == "hf-tokenizers"
+    assert package.tokenizer.special_tokens and package.tokenizer.lower_per_character
+    with torch.no_grad():
+        expected = softmax(net(encode(held_out)))
+    assert_served_like(tmp_path / "models", "hf", held_out, expected)
+
+
+def test_hugging_face_tokenizers_that_cannot_be_matched_are_refused(tmp_path, capsys):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import normalizers, pre_tokenizers
+
+    onnx.save(tiny_onnx([helper.make_node("Identity", ["mean"], ["logits"])], []), tmp_path / "model.onnx")
+    word_piece = tokenizers.Tokenizer(tokenizers.models.WordPiece({"[UNK]": 0, "a": 1, "##b": 2}, unk_token="[UNK]"))
+    whitespace = word_level_tokenizer(["a b c"])
+    whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
+    bert = word_level_tokenizer(["a b c"])
+    bert.normalizer = normalizers.BertNormalizer()
+    for tok, reason in [(word_piece, "a WordPiece tokenizer splits each word into the longest pieces"),
+                        (whitespace, "pre-tokenizer Whitespace: its \\w and \\s are Rust regex's Unicode classes"),
+                        (bert, "normalizer BertNormalizer: supported: none or Lowercase")]:
+        tok.save(str(tmp_path / "tokenizer.json"))
+        code, out = run_import(capsys, tmp_path / "model.onnx", tmp_path / "models", "x", "--hf-tokenizer",
+                               tmp_path / "tokenizer.json", "--maxlen", 5, "--accept-unchecked", "--parity-texts",
                                texts_file(tmp_path, ["a"]))
         assert code == 2 and reason in out, out
