@@ -1,8 +1,10 @@
 """The compiled tokenizer gives the reference's ids, OOV counts, spans and padded rows: on both full raw
 training sets and, property-based, on arbitrary Unicode under every rule of the spec."""
 
+import json
 import shutil
-from dataclasses import replace
+from dataclasses import fields, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +163,21 @@ def test_token_patterns_are_left_to_the_reference():
 def test_a_spec_with_an_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="unknown or repeated normalization rules"):
         TokenizerSpec.from_dict({**TokenizerSpec(words=[]).__dict__, "normalization": ["lowercase-v9"]})
+
+
+NEW_FIELDS = {"ids", "token_pattern", "lower_per_character", "lower_overrides", "special_tokens", "end_char", "pad_id"}
+
+
+def test_packages_written_before_the_new_fields_read_as_they_always_did():
+    """The committed fixtures' and bundled models' tokenizer.json files predate the PyTorch and Hugging Face
+    fields: they load, with the defaults that keep their meaning, and their ids are padded with 0."""
+    root = Path(__file__).resolve().parents[2]
+    files = sorted(root.glob("tests/fixtures/*/*/*/tokenizer.json")) + sorted(root.glob("models/*/*/tokenizer.json"))
+    assert len(files) >= 10 and NEW_FIELDS <= {f.name for f in fields(TokenizerSpec)}
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert not NEW_FIELDS & set(data), path
+        spec = TokenizerSpec.from_dict(data)
+        assert spec.ids is None and spec.token_pattern is None and spec.pad_id == 0 and spec.end_char is None
+        ids, _ = Tokenizer(spec)(["the movie"], maxlen=spec.maxlen + 3)
+        assert (ids[0] == 0).sum() >= 3, path
