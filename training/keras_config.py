@@ -149,9 +149,7 @@ def check_code(config, file: str) -> None:
                                 "refused before loading. A Lambda layer cannot be served either: rebuild the model "
                                 "without it")
         if isinstance(module, str) and module.split(".")[0] not in KERAS_MODULES:
-            what = f"the Python function {inner!r}" if kind == "function" else f"the class {kind!r}"
-            if kind == "function" and isinstance(obj.get("config"), str):
-                what = f"the Python function {obj['config']!r}"
+            what = f"the Python function {obj.get('config')!r}" if kind == "function" else f"the class {kind!r}"
             raise ImportRefused(f"{file}: {what} from module {module!r} is not part of Keras; loading it would run "
                                 "its code; refused before loading")
         if registered not in (None, kind):

@@ -6,6 +6,7 @@ identical, |dp| <= 1e-5). Refusals: the reason, in seconds, and nothing written.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 import numpy as np
@@ -283,45 +284,43 @@ def test_mistakes_in_what_the_user_gives_are_named(tmp_path, capsys):
     assert parity["yours_not_finite"] == 1 and parity["examples"] == len(texts) + 1
 
 
-@pytest.mark.parametrize("inside", [False, True], ids=["beside", "inside"])
-def test_the_keras_functional_tutorial_with_a_masking_embedding(tmp_path, data_dir, capsys, inside):
-    """docs/own-model.md's worked Keras model: TextVectorization, then Input -> Embedding(mask_zero=True) ->
-    Bidirectional(LSTM) -> Dense(sigmoid), functional; Keras 3 reloads it with a NotEqual mask in the graph."""
-    keras = pytest.importorskip("keras")
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(notebooks.SEED)
-    texts, labels, held_out = notebooks._own_data_texts(data_dir)
-    vectorizer = keras.layers.TextVectorization(max_tokens=1000, output_sequence_length=200)
-    vectorizer.adapt(texts)
-    ids = keras.Input((200,), dtype="int64")
-    x = keras.layers.Embedding(1000, 8, mask_zero=True)(ids)
-    x = keras.layers.Bidirectional(keras.layers.LSTM(4))(x)
-    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(x))
-    model.compile("adam", "binary_crossentropy")
-    model.fit(vectorizer(texts), labels, epochs=1, verbose=0)
-    flags = []
-    if inside:  # one functional graph from the strings: TextVectorization -> Embedding -> ...
-        import tensorflow as tf
+def test_the_worked_keras_functional_model_runs_as_written(tmp_path, data_dir, capsys, monkeypatch):
+    """docs/own-model.md's Keras tutorial model: TextVectorization beside a functional Input ->
+    Embedding(mask_zero=True) -> Bidirectional(LSTM) -> Dense(sigmoid), which Keras 3 reloads with a NotEqual mask
+    in its graph; then the same layers with the TextVectorization inside the model."""
+    import keras
+    import tensorflow as tf
 
-        strings = keras.Input((1,), dtype="string")
-        x = vectorizer(strings)
-        for layer in model.layers[1:]:
-            x = layer(x)
-        model = keras.Model(strings, x)
-        expected = model.predict(tf.constant(held_out), verbose=0)
-    else:
-        notebooks.save_vectorizer_json(vectorizer, tmp_path / "vectorizer.json")
-        flags = ["--text-vectorization", tmp_path / "vectorizer.json"]
-        expected = model.predict(vectorizer(held_out), verbose=0)
-    model.save(tmp_path / "model.keras")
-    code, out = run_import(capsys, tmp_path / "model.keras", tmp_path / "models", "functional", *flags,
-                           "--labels", "negative,positive", "--parity-texts", texts_file(tmp_path, texts))
-    assert code == 0, out
-    meta = read_package(tmp_path / "models" / "functional" / "1").metadata
+    texts, labels, held_out = notebooks._own_data_texts(data_dir)
+    notebooks.write_reviews(tmp_path / "reviews.csv", texts, labels)
+    monkeypatch.chdir(tmp_path)
+    keras.backend.clear_session()
+    blocks = notebooks.doc_blocks("A worked Keras functional model")
+    namespace: dict = {}
+    exec(compile(blocks["python"][0], "own-model.md", "exec"), namespace)  # noqa: S102 - the page's own code
+    (command,) = blocks["sh"]
+    code = main(shlex.split(command.replace("\\\n", " "))[1:])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    meta = read_package(tmp_path / "models" / "reviews" / "1").metadata
     assert meta.dynamic_length and meta.parity["ids_compared"]
-    p, _ = served(tmp_path / "models", "functional", held_out, 2)
-    assert (p.argmax(1) == notebooks._widen(expected).argmax(1)).all()
-    assert np.abs(p - notebooks._widen(expected)).max() <= 1e-5
+    model, vectorizer = namespace["model"], namespace["vectorizer"]
+    p, _ = served(tmp_path / "models", "reviews", held_out, 2)
+    expected = notebooks._widen(model.predict(vectorizer(held_out), verbose=0))
+    assert (p.argmax(1) == expected.argmax(1)).all() and np.abs(p - expected).max() <= 1e-5
+    # one functional graph from the strings: TextVectorization -> Embedding -> ...
+    strings = keras.Input((1,), dtype="string")
+    x = vectorizer(strings)
+    for layer in model.layers[1:]:
+        x = layer(x)
+    inside = keras.Model(strings, x)
+    inside.save(tmp_path / "inside.keras")
+    code, out = run_import(capsys, tmp_path / "inside.keras", tmp_path / "models", "inside", "--labels",
+                           "negative,positive", "--parity-texts", tmp_path / "reviews.csv")
+    assert code == 0, out
+    p, _ = served(tmp_path / "models", "inside", held_out, 2)
+    expected = notebooks._widen(inside.predict(tf.constant(held_out), verbose=0))
+    assert (p.argmax(1) == expected.argmax(1)).all() and np.abs(p - expected).max() <= 1e-5
 
 
 def test_a_keras_file_keras_cannot_load_back_has_its_vectorizer_read_from_the_archive(tmp_path, data_dir, capsys):

@@ -5,7 +5,6 @@ input. Served predictions equal the notebook's model's on raw reviews (labels id
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shlex
@@ -18,30 +17,11 @@ from onnx import helper
 
 from rnnserve.service.core.package import read_package
 from rnnserve.training.cli import main
-from tests.conftest import ROOT
 from tests.training import notebooks
 from tests.training.test_import import run_import, served, texts_file
 from tests.training.test_import_safety import tiny_onnx
 
 torch = pytest.importorskip("torch")
-DOC = ROOT / "docs" / "own-model.md"
-
-
-def doc_blocks(section: str) -> dict[str, list[str]]:
-    """The fenced code blocks of a section of the page, by language."""
-    text = DOC.read_text(encoding="utf-8")
-    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    blocks: dict[str, list[str]] = {}
-    for language, code in re.findall(r"```(\w+)\n(.*?)```", body, flags=re.S):
-        blocks.setdefault(language, []).append(code)
-    return blocks
-
-
-def write_reviews(path, texts, labels) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        writer.writerows(zip(texts, [int(y) for y in labels]))
 
 
 def softmax(z) -> np.ndarray:
@@ -56,11 +36,11 @@ def assert_served_like(models, name, texts, expected) -> None:
 
 def test_the_worked_pytorch_notebook_runs_as_written(tmp_path, data_dir, capsys, monkeypatch):
     train_texts, train_labels, held_out = notebooks._own_data_texts(data_dir)
-    write_reviews(tmp_path / "reviews.csv", train_texts, train_labels)
+    notebooks.write_reviews(tmp_path / "reviews.csv", train_texts, train_labels)
     monkeypatch.chdir(tmp_path)
-    blocks = doc_blocks("A worked PyTorch notebook")
+    blocks = notebooks.doc_blocks("A worked PyTorch notebook")
     namespace: dict = {}
-    exec(compile(blocks["python"][0], str(DOC), "exec"), namespace)  # noqa: S102 - the page's own code
+    exec(compile(blocks["python"][0], "own-model.md", "exec"), namespace)  # noqa: S102 - the page's own code
     commands = blocks["sh"][0].replace("\\\n", " ").splitlines()
     (command,) = [line for line in commands if line.startswith("rnnserve-train ")]
     code = main(shlex.split(command)[1:])
