@@ -13,6 +13,11 @@ from pathlib import Path
 from rnnserve.training.config import PRESETS, TUTORIAL_ACCURACY, ConfigError, TrainConfig, preset_config
 from rnnserve.training.data import DATA_DIR_ENV, DataError
 
+# What --trust-code lets through (training/keras_load.py), said where a user reads it.
+TRUST_CODE_HELP = ("load a SavedModel directory: loading one runs the TensorFlow operations stored in it (its "
+                   "resource initializers), which may read and write files with your permissions; give it only for "
+                   "a SavedModel you made or trust. Lambda layers and custom objects are refused even so")
+
 
 def _optional_int(value: str) -> int | None:
     return None if value.lower() in ("none", "0", "") else int(value)
@@ -151,17 +156,26 @@ def cmd_import(args) -> int:
     prep = Preprocessing(vocabulary=args.vocabulary, tokenizer_json=args.tokenizer_json,
                          text_vectorization=args.text_vectorization, vocab_file=args.vocab, maxlen=args.maxlen,
                          padding=args.padding, truncating=args.truncating, num_words=args.num_words,
-                         skip_top=args.skip_top, lower=args.lower, strip_punctuation=args.strip_punctuation,
-                         unknown_token=args.unknown_token, data_dir=args.data_dir,
+                         skip_top=args.skip_top, lower=args.lower, punctuation=args.punctuation,
+                         token_pattern=args.token_pattern, unknown_token=args.unknown_token,
+                         pad_token=args.pad_token, start_token=args.start_token, end_token=args.end_token,
+                         hf_tokenizer=args.hf_tokenizer,
+                         data_dir=args.data_dir,
                          allow_unused_rows=args.allow_unused_rows)
     gate = Gate(texts=args.parity_texts, text_column=args.text_column, reference=args.reference,
-                examples=args.parity_examples, atol=args.atol)
+                accept_unchecked=args.accept_unchecked, examples=args.parity_examples, atol=args.atol)
     labels = _labels(args.labels)
-    run = import_onnx if Path(args.model).suffix == ".onnx" else import_model
-    path = run(args.model, args.models_dir, args.name, prep, gate, version=args.version, labels=labels,
-               output=args.output, overwrite=args.overwrite)
+    if Path(args.model).suffix == ".onnx":
+        path = import_onnx(args.model, args.models_dir, args.name, prep, gate, version=args.version, labels=labels,
+                           output=args.output, overwrite=args.overwrite)
+    else:
+        path = import_model(args.model, args.models_dir, args.name, prep, gate, version=args.version,
+                            labels=labels, output=args.output, overwrite=args.overwrite, trust_code=args.trust_code)
     meta = json.loads((path / "metadata.json").read_text())
     print(json.dumps({"package": str(path), "parity": meta["parity"]}, indent=2))
+    if reason := meta["source"]["preprocessing"].get("read_from_archive"):
+        print(f"note: Keras cannot load the TextVectorization back ({reason}); its configuration and vocabulary "
+              "were read from the archive itself, and the gate ran the layer rebuilt from them", file=sys.stderr)
     if meta["parity"].get("checked", "").startswith("shapes only"):
         print("warning: only shapes were checked; give --reference with your ids and/or outputs for the "
               "--parity-texts to compare them", file=sys.stderr)
@@ -297,8 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer-json", type=Path, help="tf-keras Tokenizer.to_json() saved to a file")
     g.add_argument("--text-vectorization", type=Path, help='a TextVectorization saved beside the model: JSON '
                    '{"config": layer.get_config(), "vocabulary": layer.get_vocabulary()} or a .keras file')
-    g.add_argument("--vocab", type=Path, help="ONNX models: a vocabulary file, one token per line, line i = id i, "
-                   "line 0 the padding; words split as Python's str.split()")
+    g.add_argument("--vocab", type=Path, help="ONNX models: a vocabulary, vocab.txt (one token a line, line i = id "
+                   "i) or vocab.json (a {token: id} object, json.dump(vocab, f)); the rules below as your notebook "
+                   "applies them")
+    g.add_argument("--hf-tokenizer", type=Path, help="ONNX models: a Hugging Face tokenizers file (tokenizer.json): "
+                   "WordLevel, no normalizer or Lowercase, WhitespaceSplit; others are refused with the reason")
     g.add_argument("--maxlen", type=int, help="pad_sequences' maxlen (default: the model's input length)")
     g.add_argument("--padding", choices=("pre", "post"), default="pre", help="pad_sequences' padding")
     g.add_argument("--truncating", choices=("pre", "post"), default="pre", help="pad_sequences' truncating")
@@ -306,8 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-top", type=int, default=0, help="load_data's skip_top (--vocabulary)")
     g.add_argument("--lower", action=argparse.BooleanOptionalAction, default=True,
                    help="--vocab: lower-case with Python's str.lower()")
-    g.add_argument("--strip-punctuation", action="store_true", help="--vocab: delete ASCII punctuation first")
+    g.add_argument("--punctuation", choices=("keep", "space", "delete"), default="keep",
+                   help="--vocab: the 32 ASCII punctuation marks (string.punctuation) kept, each replaced by a space, "
+                   "or deleted, after lower-casing")
+    g.add_argument("--token-pattern", metavar="REGEX", help="--vocab: tokens are re.findall(REGEX, text) (Python re, "
+                   r"e.g. '\w+' or scikit-learn's '(?u)\w\w+'); default: text.split()")
     g.add_argument("--unknown-token", help="--vocab: the token unknown words become (else they are dropped)")
+    g.add_argument("--pad-token", help="--vocab: the token whose id pads (default: id 0)")
+    g.add_argument("--start-token", help="--vocab: a token whose id goes before each text's")
+    g.add_argument("--end-token", help="--vocab: a token whose id goes after each text's (before padding and "
+                   "truncating, as the start token's)")
     g.add_argument("--allow-unused-rows", action="store_true", help="accept a preprocessing whose ids reach less "
                    "than 90%% of the model's embedding rows (refused by default: a smaller vocabulary than the "
                    "model was trained with passes the gate)")
@@ -318,10 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default for --vocabulary: the dataset's documents from --data-dir)")
     p.add_argument("--text-column", default="text", help="the texts' column or key in --parity-texts")
     p.add_argument("--reference", type=Path, help="ONNX models: .npz with your `ids` and/or `outputs` for the "
-                   "--parity-texts, in order")
+                   "--parity-texts, in order (required, or --accept-unchecked)")
+    p.add_argument("--accept-unchecked", action="store_true", help="ONNX models without --reference: write the "
+                   "package having checked only that it runs and its shapes; nothing compares its ids or outputs "
+                   "with your notebook's")
     p.add_argument("--parity-examples", type=int, default=1000, help="most texts in the gate")
     p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |yours - package| probability")
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
+    p.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("presets", help="list the presets")

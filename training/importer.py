@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +31,16 @@ from rnnserve.training.export import (
     softmax,
     write_package,
 )
+from rnnserve.training.keras_config import (
+    KerasFile,
+    archive_text_vectorization,
+    layer_chain,
+    layer_name,
+    read_keras_file,
+)
+from rnnserve.training.keras_load import load_keras_model, load_without_text_vectorization
 from rnnserve.training.preprocessing import PreprocessingError, from_keras_tokenizer, from_text_vectorization
+from rnnserve.training.untrusted import MAX_TEXT_BYTES, ImportRefused, check_size, read_text
 
 # The layers an import converts, by class name (Keras 3 and tf-keras alike).
 FRONT_LAYERS = ("Embedding", "Conv1D", "MaxPooling1D", "Dropout", "SpatialDropout1D")
@@ -44,10 +52,6 @@ PARITY_TEXTS = 1000  # the default count of dataset documents in the gate
 UNUSED_ROWS_TOLERATED = 0.1  # the share of embedding rows a preprocessing may leave unreached (check_vocabulary)
 
 
-class ImportRefused(ExportError):
-    """The model or its preprocessing cannot be served exactly; the message names what and what is supported."""
-
-
 @dataclass
 class Preprocessing:
     """How the user's texts became ids: one of vocabulary ("imdb" or "reuters": the Keras dataset's ids, with
@@ -55,7 +59,9 @@ class Preprocessing:
     tokenizer_json (tf-keras `Tokenizer.to_json()`, with pad_sequences' options), text_vectorization (a JSON
     `{"config": layer.get_config(), "vocabulary": layer.get_vocabulary()}` or a .keras file whose first layer is
     the layer), none when the model starts with its TextVectorization, or for ONNX models vocab_file (one token
-    per line, line i = id i, line 0 the padding) with lower, strip_punctuation and unknown_token.
+    per line, line i = id i; or a JSON {token: id}) with the rules of training/vocabularies.py: lower,
+    punctuation (keep, space, delete), token_pattern (None: str.split()), unknown_token, pad_token, start_token
+    and end_token; or hf_tokenizer (a Hugging Face tokenizers file, training/vocabularies.py).
     allow_unused_rows: accept a preprocessing whose ids reach less than 90% of the embedding's rows."""
 
     vocabulary: str | None = None
@@ -68,25 +74,33 @@ class Preprocessing:
     num_words: int | None = None
     skip_top: int = 0
     lower: bool = True
-    strip_punctuation: bool = False
+    punctuation: str = "keep"
+    token_pattern: str | None = None
     unknown_token: str | None = None
+    pad_token: str | None = None
+    start_token: str | None = None
+    end_token: str | None = None
+    hf_tokenizer: Path | None = None
     data_dir: Path | None = None
     allow_unused_rows: bool = False  # see check_vocabulary
 
     @property
     def given(self) -> list:
-        return [g for g in (self.vocabulary, self.tokenizer_json, self.text_vectorization, self.vocab_file) if g]
+        return [g for g in (self.vocabulary, self.tokenizer_json, self.text_vectorization, self.vocab_file,
+                            self.hf_tokenizer) if g]
 
 
 @dataclass
 class Gate:
     """The parity gate's texts (a CSV/JSONL/text file; default for a dataset vocabulary: its documents), at most
     `examples` of them, and the largest allowed probability difference. reference: for ONNX imports, a .npz of
-    the user's own `ids` [N, T] and/or `outputs` [N, C] for those texts."""
+    the user's own `ids` [N, T] and/or `outputs` [N, C] for those texts; accept_unchecked: the user accepts an
+    ONNX package checked for shapes only, without a reference."""
 
     texts: Path | None = None
     text_column: str = "text"
     reference: Path | None = None
+    accept_unchecked: bool = False
     examples: int = PARITY_TEXTS
     atol: float = 1e-5
 
@@ -103,28 +117,35 @@ class Pipeline:
 
 def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep: Preprocessing, gate: Gate, *,
                  version: int = 1, labels: list[str] | None = None, output: str = "probabilities",
-                 overwrite: bool = False) -> Path:
-    """Import a Keras model (.keras, .h5, SavedModel directory) into MODELS/NAME/VERSION through the gate.
+                 overwrite: bool = False, trust_code: bool = False) -> Path:
+    """Import a Keras model (.keras, .h5, SavedModel directory) into MODELS/NAME/VERSION through the gate. The
+    file's configuration is read and checked first (training/keras_config.py: no code, a chain of supported
+    layers), and only then loaded, in safe mode (training/keras_load.py; a SavedModel only with trust_code).
     output "logits": the last Dense is linear and the package serves its sigmoid/softmax. Raises ImportRefused
     (with the reason) or ExportError (the gate, with its figures)."""
     model_path = Path(model_path)
     check_common(model_path, models_dir, name, version, output, prep, overwrite)
-    if prep.vocab_file:
-        raise ImportRefused("--vocab describes an ONNX model's preprocessing; a Keras model takes --vocabulary, "
-                            "--tokenizer-json or --text-vectorization")
-    model, model_format = load_keras_model(model_path)
-    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    inner_tv = layers[0] if layers and type(layers[0]).__name__ == "TextVectorization" else None
-    input_length = _input_length(model, inner_tv)
+    if prep.vocab_file or prep.hf_tokenizer:
+        raise ImportRefused("--vocab and --hf-tokenizer describe an ONNX model's preprocessing; a Keras model takes "
+                            "--vocabulary, --tokenizer-json or --text-vectorization")
+    saved = read_keras_file(model_path)
+    chain = check_kinds(layer_chain(saved.config))
+    inner = chain[0] if chain[0].get("class_name") == "TextVectorization" else None
+    if inner is not None and prep.given:
+        raise ImportRefused("the model starts with its own TextVectorization layer: give no other preprocessing")
+    model, vectorizer = _load(saved, inner, trust_code)
+    by_name = {layer.name: layer for layer in model.layers}
+    layers = [by_name[layer_name(layer)] for layer in chain if layer is not inner]
+    input_length = (inner["config"].get("output_sequence_length") if inner is not None
+                    else _input_length(model))
     prep = replace(prep, maxlen=prep.maxlen or input_length)
-    if inner_tv is not None:
-        if prep.given:
-            raise ImportRefused("the model starts with its own TextVectorization layer: give no other preprocessing")
-        pipeline = _text_vectorization_pipeline(inner_tv.get_config(), inner_tv.get_vocabulary(), prep.maxlen,
-                                                inner_tv, {"kind": "text-vectorization", "in_model": True})
+    if vectorizer is not None:
+        config, vocabulary, layer, note = vectorizer
+        pipeline = _text_vectorization_pipeline(config, vocabulary, prep.maxlen, layer,
+                                                {"kind": "text-vectorization", "in_model": True} | note)
     else:
         pipeline = preprocessing(prep)
-    check_layers(model)
+    check_settings(layers)
     spec = pipeline.spec
     if input_length and spec.maxlen != input_length:
         raise ImportRefused(f"the model takes sequences of {input_length} ids; the preprocessing pads to "
@@ -136,7 +157,7 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
     if embedding is None:
         raise ImportRefused("the model has no Embedding layer: a text model maps ids to vectors first")
     check_vocabulary(spec, int(embedding.input_dim), f"the model's Embedding {embedding.name!r}",
-                     allow_unused_rows=prep.allow_unused_rows or inner_tv is not None)
+                     allow_unused_rows=prep.allow_unused_rows or inner is not None)
     masked = bool(getattr(embedding, "mask_zero", False))
     if masked and any(type(layer).__name__ == "GlobalMaxPooling1D" for layer in layers):
         raise ImportRefused("GlobalMaxPooling1D after a masked Embedding: Keras's max pooling reads the steps the "
@@ -149,19 +170,39 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
     # Masked models ignore padding: the package pads after the tokens, only to the batch's longest text.
     package_spec = replace(spec, padding="post") if masked else spec
     texts, user_ids = gate_inputs(gate, pipeline, prep)
+    takes_strings = vectorizer is not None and vectorizer[2] is not None  # the layer as Keras loaded it
 
     def user_predict(ids):
-        raw = model.predict(_string_batch(texts) if inner_tv is not None else ids, batch_size=256, verbose=0)
+        raw = model.predict(_string_batch(texts) if takes_strings else ids, batch_size=256, verbose=0)
         return probabilities(raw, output == "logits")
 
     parity = text_gate(user_predict, texts, user_ids, proto, spec, package_spec, masked, gate.atol)
-    source = {"kind": "imported", "file": model_path.name, "format": model_format, "sha256": sha256_path(model_path),
-              "output": output, "preprocessing": pipeline.source} | _keras_version(model_path)
+    source = {"kind": "imported", "file": model_path.name, "format": saved.format, "sha256": sha256_path(model_path),
+              "output": output, "preprocessing": pipeline.source} | saved.saved_by
     metadata = classifier_metadata(package_spec, labels, masked, parity, source,
                                    {"layers": [type(layer).__name__ for layer in layers],
                                     "params": int(model.count_params()), "vocab_size": int(embedding.input_dim)})
     return write_package(models_dir, name, version, proto, {"tokenizer.json": package_spec.to_json()}, metadata,
                          library_versions(), overwrite=overwrite)
+
+
+def _load(saved: KerasFile, inner: dict | None, trust_code: bool):
+    """(model, None), or for a model with its TextVectorization inside, (model, (config, vocabulary, layer)):
+    the layer as Keras loaded it, or, where Keras cannot load the file, the model without it and the layer's
+    configuration and vocabulary read from the archive (layer None: the gate rebuilds it from them)."""
+    try:
+        model = load_keras_model(saved, trust_code)
+    except ImportRefused as exc:
+        if inner is None or saved.format != "keras":
+            raise
+        config, vocabulary = archive_text_vectorization(saved.path, inner)
+        model = load_without_text_vectorization(saved, inner)
+        reason = " ".join(str(exc.__cause__ or exc).split())[:400]
+        return model, (config, vocabulary, None, {"read_from_archive": reason})
+    if inner is None:
+        return model, None
+    layer = next(x for x in model.layers if type(x).__name__ == "TextVectorization")
+    return model, (layer.get_config(), layer.get_vocabulary(), layer, {})
 
 
 def check_common(model_path: Path, models_dir, name: str, version: int, output: str, prep: Preprocessing,
@@ -173,7 +214,8 @@ def check_common(model_path: Path, models_dir, name: str, version: int, output: 
     if not model_path.exists():
         raise ImportRefused(f"{model_path} does not exist")
     if len(prep.given) > 1:
-        raise ImportRefused("give one preprocessing: --vocabulary, --tokenizer-json, --text-vectorization or --vocab")
+        raise ImportRefused("give one preprocessing: --vocabulary, --tokenizer-json, --text-vectorization, --vocab "
+                            "or --hf-tokenizer")
 
 
 def classifier_metadata(spec: TokenizerSpec, labels: list[str], dynamic: bool, parity: dict, source: dict,
@@ -205,82 +247,36 @@ def check_vocabulary(spec: TokenizerSpec, input_dim: int, what: str, allow_unuse
                             "trained with, pass --allow-unused-rows")
 
 
-def load_keras_model(path: Path):
-    """(model, format): Keras 3 reads .keras and most .h5 files; tf-keras (Keras 2) reads the .h5 files Keras 3
-    cannot and SavedModel directories (Keras 3 loads those only as an inference-only TFSMLayer)."""
-    import keras
-
-    if path.is_dir():
-        if not (path / "saved_model.pb").is_file():
-            raise ImportRefused(f"{path} is a directory without saved_model.pb: not a SavedModel")
-        return _tf_keras_load(path), "savedmodel"
-    if path.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ImportRefused(f"{path.name}: expected a .keras or .h5 file, a SavedModel directory or a .onnx file")
-    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise ImportRefused(f"{path.name} is not a Keras model file: a .keras file is a zip archive (model.save)")
-    if path.suffix != ".keras" and not _is_hdf5(path):
-        raise ImportRefused(f"{path.name} is not a Keras model file: a .h5 file is HDF5 (model.save)")
-    try:
-        return keras.models.load_model(path, compile=False), path.suffix.lstrip(".")
-    except Exception as exc:  # noqa: BLE001 - any failure: Keras 2's own loader may read it
-        if path.suffix == ".keras":
-            raise ImportRefused(f"Keras cannot load {path.name}: {exc}") from exc
-        return _tf_keras_load(path, exc), "h5"
-
-
-def _is_hdf5(path: Path) -> bool:
-    import h5py  # TensorFlow's own dependency
-
-    return h5py.is_hdf5(path)
-
-
-def _tf_keras_load(path: Path, first: Exception | None = None):
-    try:
-        import tf_keras
-    except ImportError as exc:
-        raise ImportRefused(f"{path.name} needs tf-keras (Keras 2) to load: pip install 'rnnserve[train]'") from exc
-    try:
-        return tf_keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - unreadable by both loaders: say so, with both reasons
-        also = f"; Keras 3: {first}" if first else ""
-        raise ImportRefused(f"cannot load {path.name}: {exc}{also}") from exc
-
-
-def check_layers(model) -> list:
-    """The model's layers (InputLayer left out) as one chain of supported layers, else ImportRefused naming the
-    first layer that is not supported or not in a chain."""
-    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    if len(getattr(model, "inputs", None) or [0]) != 1 or len(getattr(model, "outputs", None) or [0]) != 1:
-        raise ImportRefused("the model must have one input and one output")
-    for i, layer in enumerate(layers):
-        kind = type(layer).__name__
+def check_kinds(chain: list[dict]) -> list[dict]:
+    """The chain's layers (configurations, before anything is loaded) are all supported, a TextVectorization
+    only first; else ImportRefused naming the first that is not, with the list."""
+    for i, layer in enumerate(chain):
+        kind = layer.get("class_name")
         if kind not in SUPPORTED or (kind == "TextVectorization" and i):
-            raise ImportRefused(f"layer {layer.name!r} ({kind}) is not supported; supported: TextVectorization "
-                                f"(first), {', '.join(FRONT_LAYERS + RECURRENT_LAYERS + HEAD_LAYERS[:-1])}, in one "
-                                "chain (Sequential or functional without branches)")
+            supported = ", ".join(FRONT_LAYERS + RECURRENT_LAYERS + HEAD_LAYERS[:-1])
+            raise ImportRefused(f"layer {layer_name(layer)!r} ({kind}) is not supported; supported: "
+                                f"TextVectorization (first), {supported}, in one chain (Sequential or functional "
+                                "without branches)")
+    return chain
+
+
+def check_settings(layers: list) -> None:
+    """The loaded layers hold a recurrent one, with the settings a served text allows: no state returned or
+    kept between calls."""
+    if not any(type(layer).__name__ in RECURRENT_LAYERS for layer in layers):
+        raise ImportRefused("the model has no SimpleRNN, GRU or LSTM layer")
+    for layer in layers:
+        kind = type(layer).__name__
         recurrent = getattr(layer, "forward_layer", layer)  # a Bidirectional's settings are its layers'
         for setting in ("return_state", "stateful"):
             if getattr(recurrent, setting, False):
                 raise ImportRefused(f"layer {layer.name!r} ({kind}) has {setting}=True: a served text is one "
                                     "whole sequence, its state starting from zeros and never returned; supported: "
                                     f"{kind} with return_state and stateful False")
-        if i and type(model).__name__ != "Sequential":
-            try:
-                chained = layer.input is layers[i - 1].output
-            except (AttributeError, ValueError):  # a layer called more than once has no single input
-                chained = False
-            if not chained:
-                raise ImportRefused(f"layer {layer.name!r} does not take the previous layer's output: a model with "
-                                    "branches or shared layers is not supported")
-    if not any(type(layer).__name__ in RECURRENT_LAYERS for layer in layers):
-        raise ImportRefused("the model has no SimpleRNN, GRU or LSTM layer")
-    return layers
 
 
-def _input_length(model, inner_tv) -> int | None:
+def _input_length(model) -> int | None:
     """The id sequence length the model was built for (None: any)."""
-    if inner_tv is not None:
-        return inner_tv.get_config().get("output_sequence_length")
     shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
     if shape is None or len(shape) != 2:
         raise ImportRefused(f"the model's input shape {shape} is not [batch, steps] of ids")
@@ -355,7 +351,7 @@ def _dataset_pipeline(prep: Preprocessing) -> Pipeline:
 def _tokenizer_pipeline(path: Path, maxlen, padding, truncating) -> Pipeline:
     if not maxlen:
         raise ImportRefused("give --maxlen: the length pad_sequences padded to")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, MAX_TEXT_BYTES, "--tokenizer-json")
     spec = from_keras_tokenizer(text, maxlen, padding, truncating)
 
     def ids(texts):
@@ -373,13 +369,19 @@ def _tokenizer_pipeline(path: Path, maxlen, padding, truncating) -> Pipeline:
 def _vectorizer_file_pipeline(path: Path, maxlen) -> Pipeline:
     source = {"kind": "text-vectorization", "in_model": False, "file": path.name, "sha256": sha256_path(path)}
     if path.suffix == ".keras":
-        model, _ = load_keras_model(path)
-        layer = next((x for x in model.layers if type(x).__name__ == "TextVectorization"), None)
+        saved = read_keras_file(path)
+        layer = next((x for x in layer_chain(saved.config) if x.get("class_name") == "TextVectorization"), None)
         if layer is None:
             raise ImportRefused(f"{path.name} holds no TextVectorization layer")
-        return _text_vectorization_pipeline(layer.get_config(), layer.get_vocabulary(), maxlen, layer, source)
+        try:
+            loaded = next(x for x in load_keras_model(saved).layers if type(x).__name__ == "TextVectorization")
+            return _text_vectorization_pipeline(loaded.get_config(), loaded.get_vocabulary(), maxlen, loaded, source)
+        except ImportRefused as exc:  # Keras cannot load it back: the archive itself holds the layer
+            config, vocabulary = archive_text_vectorization(path, layer)
+            source["read_from_archive"] = " ".join(str(exc.__cause__ or exc).split())[:400]
+            return _text_vectorization_pipeline(config, vocabulary, maxlen, None, source)
     try:
-        saved = json.loads(path.read_text(encoding="utf-8-sig"))
+        saved = json.loads(read_text(path, MAX_TEXT_BYTES, "--text-vectorization"))
         config, vocabulary = saved["config"], saved["vocabulary"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ImportRefused(f"{path.name}: expected JSON {{\"config\": layer.get_config(), \"vocabulary\": "
@@ -419,7 +421,7 @@ def _pad_to(x: np.ndarray, maxlen: int) -> np.ndarray:
 def gate_inputs(gate: Gate, pipeline: Pipeline, prep: Preprocessing) -> tuple[list[str], np.ndarray | None]:
     """The gate's texts and the ids the user's own pipeline gives them (None where it has none to run)."""
     if gate.texts:
-        texts = read_texts(gate.texts, gate.text_column)[:gate.examples]
+        texts = read_texts(gate.texts, gate.text_column, gate.examples)
         if pipeline.ids is None and pipeline.source.get("kind") == "keras-dataset":
             raise ImportRefused("a Keras dataset's ids exist for its own documents only: leave out --parity-texts "
                                 "and give --data-dir")
@@ -440,14 +442,18 @@ def gate_inputs(gate: Gate, pipeline: Pipeline, prep: Preprocessing) -> tuple[li
                         "see): the gate runs your own preprocessing and model on them against the package")
 
 
-def read_texts(path: Path, column: str) -> list[str]:
-    """The texts of a CSV (column), JSONL (key) or text file (one a line), as the scorer reads them."""
+def read_texts(path: Path, column: str, count: int) -> list[str]:
+    """The first `count` texts of a CSV (column), JSONL (key) or text file (one a line), as the scorer reads them
+    (a line at a time: memory bounded whatever the file)."""
     fmt = format_of(path.name)
     if fmt is None:
         raise ImportRefused(f"--parity-texts {path}: expected a .csv, .jsonl or .txt file (gzip too)")
-    texts = []
+    check_size(path, MAX_TEXT_BYTES, "--parity-texts")
+    texts: list[str] = []
     try:
         for row in read_file(path, fmt, column):
+            if len(texts) == count:
+                break
             if row.error is not None:  # a text left out would leave the gate short, and the user unaware
                 hint = " (--text-column names the texts' column or key)" if row.error.startswith("no ") else ""
                 raise ImportRefused(f"--parity-texts {path}: row {row.number}: {row.error}{hint}")
@@ -551,21 +557,3 @@ def sha256_path(path: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
-
-
-def _keras_version(path: Path) -> dict:
-    """The Keras version that saved the file, where it says: a .keras file's metadata.json, an HDF5 file's root
-    attributes (keras_version, backend)."""
-    try:
-        if path.suffix == ".keras":
-            with zipfile.ZipFile(path) as archive:
-                saved = json.loads(archive.read("metadata.json"))
-            return {"keras_version": saved.get("keras_version"), "saved_at": saved.get("date_saved")}
-        if path.suffix in (".h5", ".hdf5"):
-            import h5py  # TensorFlow's own dependency
-
-            with h5py.File(path, "r") as f:
-                return {k: str(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        pass
-    return {}

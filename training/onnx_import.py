@@ -10,20 +10,20 @@ the Keras forms. The gate compares the user's reference ids and/or outputs for t
 
 from __future__ import annotations
 
-import string
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, external_data_helper, helper
 
 from rnnserve.service.core.package import INPUT_NAME, OUTPUT_NAME
-from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.export import ExportError, write_package
 from rnnserve.training.importer import (
     Gate,
     ImportRefused,
+    Pipeline,
     Preprocessing,
     check_common,
     check_labels,
@@ -37,10 +37,16 @@ from rnnserve.training.importer import (
     run_package,
     sha256_path,
 )
+from rnnserve.training.untrusted import MAX_MODEL_BYTES, MAX_TEXT_BYTES, check_size, open_zip, read_text, size_text
+from rnnserve.training.vocabularies import hf_tokenizer_spec, vocab_source, vocab_spec
 
+NO_REFERENCE = """an ONNX model carries no preprocessing: give --reference reference.npz, your own ids and/or \
+outputs for the --parity-texts, so the gate can compare the package with your notebook. In the notebook:
+    ids = torch.tensor([encode(text) for text in texts])  # your own tokenizer and padding, texts in file order
+    with torch.no_grad(): outputs = model(ids)
+    numpy.savez("reference.npz", ids=ids.numpy(), outputs=outputs.numpy())
+or pass --accept-unchecked to write a package whose ids and outputs nothing compared with yours"""
 ID_TYPES = {TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
-# Python's str.split() splits on these (str.isspace), which `text.lower().split()` pipelines use.
-UNICODE_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
 
 
 def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep: Preprocessing, gate: Gate, *,
@@ -50,28 +56,27 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
     MODELS/NAME/VERSION. Raises ImportRefused (with the reason) or ExportError (the gate)."""
     model_path = Path(model_path)
     check_common(model_path, models_dir, name, version, output, prep, overwrite)
-    try:
-        model = onnx.load(model_path)
-        onnx.checker.check_model(model)
-    except Exception as exc:  # noqa: BLE001 - any unreadable or invalid file is refused with onnx's reason
-        raise ImportRefused(f"{model_path.name} is not a valid ONNX model: {exc}") from exc
-    ids_input, steps = _check_input(model)
+    if not gate.reference and not gate.accept_unchecked:
+        raise ImportRefused(NO_REFERENCE)
+    model = read_onnx(model_path)
+    ids_input, lengths_input, steps = _check_input(model)
     out, classes = _check_output(model)
     maxlen = prep.maxlen or steps
     if steps and maxlen != steps:
         raise ImportRefused(f"the model takes {steps} ids a text; --maxlen is {maxlen}")
-    pipeline_spec, described = _preprocessing(replace(prep, maxlen=maxlen))
+    pipeline = _preprocessing(replace(prep, maxlen=maxlen))
+    pipeline_spec, described = pipeline.spec, pipeline.source
     labels = check_labels(labels, prep.vocabulary, max(classes, 2))
     rows = _embedding_rows(model, ids_input.name)
     if rows:
         check_vocabulary(pipeline_spec, rows, "the model's embedding (the Gather on its ids)",
                          allow_unused_rows=prep.allow_unused_rows)
-    proto = package_graph(model, ids_input, out, output == "logits")
-    texts = read_texts(gate.texts, gate.text_column)[:gate.examples] if gate.texts else None
+    proto = package_graph(model, ids_input, out, output == "logits", lengths_input, pipeline_spec.pad_id)
+    texts = read_texts(gate.texts, gate.text_column, gate.examples) if gate.texts else None
     if texts is None:
         raise ImportRefused("give --parity-texts FILE: the package runs on them, and with --reference (your ids "
                             "and/or outputs for those texts) the gate compares them")
-    parity = onnx_gate(proto, pipeline_spec, texts, gate, output == "logits")
+    parity = onnx_gate(proto, pipeline, texts, gate, output == "logits")
     source = {"kind": "imported", "file": model_path.name, "format": "onnx", "sha256": sha256_path(model_path),
               "output": output, "preprocessing": described,
               "producer": f"{model.producer_name} {model.producer_version}".strip()}
@@ -83,45 +88,88 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
                          versions, overwrite=overwrite)
 
 
-def vocab_spec(path: Path, maxlen: int, padding: str, truncating: str, lower: bool, strip_punctuation: bool,
-               unknown_token: str | None) -> TokenizerSpec:
-    """A vocabulary file (UTF-8, one token per line; line i is id i; line 0 the padding, id 0) and the rules:
-    Python's str.lower() when lower, ASCII punctuation deleted when strip_punctuation, words split as str.split()
-    splits them (Unicode whitespace); words not in the file become unknown_token's id, or vanish without one."""
+def read_onnx(path: Path) -> onnx.ModelProto:
+    """The model with any external data inlined (a package is one model.onnx: the server loads graphs from
+    verified bytes), checked: every file it reads within the limits and the model's folder, every operator from
+    the standard domain or a function the model defines (a custom domain's operators are code from a library
+    outside the model). ImportRefused with the reason."""
+    check_size(path, MAX_MODEL_BYTES, "model file")
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImportRefused(f"cannot read --vocab {path}: {exc}") from exc
-    if len(lines) < 2:
-        raise ImportRefused(f"--vocab {path} needs the padding token on line 0 and tokens after it")
-    tokens = [line.rstrip("\r") for line in lines]
-    if len(set(tokens)) != len(tokens):
-        repeated = next(t for i, t in enumerate(tokens) if t in tokens[:i])
-        raise ImportRefused(f"--vocab {path}: token {repeated!r} is on two lines")
-    oov = None
-    if unknown_token is not None:
-        if unknown_token not in tokens[1:]:
-            raise ImportRefused(f"--unknown-token {unknown_token!r} is not a line of --vocab {path} (after line 0)")
-        oov = tokens.index(unknown_token)
-    if not maxlen:
-        raise ImportRefused("give --maxlen: the length the texts' ids were padded or cut to")
-    strip = string.punctuation if strip_punctuation else ""
-    return TokenizerSpec(words=tokens[1:], lower=lower, lower_ascii_only=False, filters=UNICODE_WHITESPACE,
-                         split=" ", strip=strip, unknown_words="drop" if oov is None else "oov", start_char=None,
-                         oov_char=oov, index_from=0, maxlen=maxlen, padding=padding, truncating=truncating)
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is refused with onnx's reason
+        raise ImportRefused(f"{path.name} is not a valid ONNX model: {exc}") from exc
+    _check_domains(model)
+    folder = path.resolve().parent
+    total = path.stat().st_size
+    for tensor in _tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        data = (folder / info.location).resolve()
+        if not data.is_relative_to(folder) or not data.is_file():
+            raise ImportRefused(f"{path.name}: tensor {tensor.name!r} keeps its data in {info.location!r}, which is "
+                                "not a file in the model's folder; refused")
+        total += info.length or data.stat().st_size
+        if total > MAX_MODEL_BYTES:
+            raise ImportRefused(f"{path.name} and its external data are over the {size_text(MAX_MODEL_BYTES)} the "
+                                "import reads")
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - onnx's reason: a short or unreadable data file, an invalid graph
+        raise ImportRefused(f"{path.name} is not a valid ONNX model: {exc}") from exc
+    return model
 
 
-def _preprocessing(prep: Preprocessing) -> tuple[TokenizerSpec, dict]:
+def _check_domains(model: onnx.ModelProto) -> None:
+    local = {(f.domain, f.name) for f in model.functions}
+    for graph in _graphs(model):
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx") and (node.domain, node.op_type) not in local:
+                raise ImportRefused(f"node {node.name or node.op_type!r} is operator {node.op_type!r} of the custom "
+                                    f"domain {node.domain!r}: its code is a library outside the model; supported: "
+                                    "the standard ONNX operators")
+
+
+def _graphs(model: onnx.ModelProto):
+    """The main graph, the model's functions and every subgraph (Loop, If, Scan bodies) in them."""
+    graphs = [model.graph, *model.functions]
+    while graphs:
+        graph = graphs.pop()
+        yield graph
+        for node in graph.node:
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+
+
+def _tensors(model: onnx.ModelProto):
+    """Every tensor the model stores: initializers and node attributes, subgraphs included."""
+    for graph in _graphs(model):
+        yield from getattr(graph, "initializer", [])
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+
+
+def _preprocessing(prep: Preprocessing) -> Pipeline:
+    if prep.hf_tokenizer:
+        path = Path(prep.hf_tokenizer)
+        spec = hf_tokenizer_spec(path, prep)
+
+        def library_ids(texts: list[str]) -> np.ndarray:  # the library itself, then the flags' padding
+            from tokenizers import Tokenizer as HFTokenizer
+
+            encoded = HFTokenizer.from_str(read_text(path, MAX_TEXT_BYTES, "--hf-tokenizer")).encode_batch(texts)
+            return Tokenizer(spec).pad([e.ids for e in encoded])
+
+        return Pipeline(spec, library_ids, {"kind": "hf-tokenizers", "file": path.name, "sha256": sha256_path(path),
+                                            "maxlen": spec.maxlen, "padding": spec.padding,
+                                            "truncating": spec.truncating})
     if not prep.vocab_file:
-        pipeline = preprocessing(prep)
-        return pipeline.spec, pipeline.source
-    spec = vocab_spec(Path(prep.vocab_file), prep.maxlen, prep.padding, prep.truncating, prep.lower,
-                      prep.strip_punctuation, prep.unknown_token)
-    return spec, {"kind": "vocabulary-file", "file": Path(prep.vocab_file).name,
-                  "sha256": sha256_path(Path(prep.vocab_file)), "lower": prep.lower,
-                  "strip_punctuation": prep.strip_punctuation, "split": "str.split()",
-                  "unknown_token": prep.unknown_token, "maxlen": prep.maxlen, "padding": prep.padding,
-                  "truncating": prep.truncating}
+        return preprocessing(prep)
+    return Pipeline(vocab_spec(prep), None,
+                    vocab_source(prep) | {"sha256": sha256_path(Path(prep.vocab_file))})
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list:
@@ -134,20 +182,25 @@ def _dims(value) -> list:
 
 
 def _check_input(model: onnx.ModelProto):
+    """(ids, lengths or None, steps): the ids [batch, steps], and where the graph takes one (PyTorch's
+    pack_padded_sequence) the lengths [batch]."""
     inputs = _graph_inputs(model)
-    if len(inputs) != 1:
+    ids = [i for i in inputs if len(_dims(i)) == 2]
+    lengths = [i for i in inputs if len(_dims(i)) == 1]
+    if len(ids) != 1 or len(inputs) - len(ids) > 1 or len(lengths) != len(inputs) - 1:
         raise ImportRefused(f"the model takes {len(inputs)} inputs ({[i.name for i in inputs]}); a text classifier "
-                            "takes one: the ids [batch, steps]")
-    (ids,) = inputs
-    kind, dims = ids.type.tensor_type.elem_type, _dims(ids)
-    if kind not in ID_TYPES or len(dims) != 2:
-        raise ImportRefused(f"input {ids.name!r} is {TensorProto.DataType.Name(kind).lower()} {dims}; expected ids "
-                            "int64 or int32 [batch, steps]")
-    if dims[0] is not None:
-        raise ImportRefused(f"input {ids.name!r} has a fixed batch axis ({dims[0]}): the server batches requests. "
-                            "Export with a dynamic batch axis, e.g. torch.onnx.export(..., dynamic_axes="
-                            f"{{{ids.name!r}: {{0: 'batch'}}}})")
-    return ids, dims[1]
+                            "takes the ids [batch, steps], and may take their lengths [batch]")
+    (ids,) = ids
+    for value in (ids, *lengths):
+        kind, dims = value.type.tensor_type.elem_type, _dims(value)
+        if kind not in ID_TYPES:
+            raise ImportRefused(f"input {value.name!r} is {TensorProto.DataType.Name(kind).lower()} {dims}; expected "
+                                "ids int64 or int32 [batch, steps] (and lengths [batch])")
+        if dims[0] is not None:
+            raise ImportRefused(f"input {value.name!r} has a fixed batch axis ({dims[0]}): the server batches "
+                                "requests. Export with a dynamic batch axis, e.g. torch.onnx.export(..., "
+                                f"dynamic_axes={{{value.name!r}: {{0: 'batch'}}}})")
+    return ids, (lengths[0] if lengths else None), _dims(ids)[1]
 
 
 def _check_output(model: onnx.ModelProto):
@@ -173,13 +226,25 @@ def _embedding_rows(model: onnx.ModelProto, ids: str) -> int | None:
     return None
 
 
-def package_graph(model: onnx.ModelProto, ids, out, logits: bool) -> onnx.ModelProto:
+def package_graph(model: onnx.ModelProto, ids, out, logits: bool, lengths=None, pad_id: int = 0) -> onnx.ModelProto:
     """The model with the package's names: `input_ids` int64 in (cast to the model's int32 where it takes
-    those), `probabilities` [N, C] out (a sigmoid or softmax after logits; one unit p widened to [1 - p, p])."""
+    those), `probabilities` [N, C] out (a sigmoid or softmax after logits; one unit p widened to [1 - p, p]).
+    A lengths input is computed in the graph from the ids: the count of ids that are not pad_id, each row's."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model)
     g = proto.graph
     nodes = []
+    if lengths is not None:
+        g.initializer.extend([onnx.numpy_helper.from_array(np.array(pad_id, np.int64), "import/pad_id"),
+                              onnx.numpy_helper.from_array(np.array([1], np.int64), "import/steps_axis")])
+        nodes += [helper.make_node("Equal", [INPUT_NAME, "import/pad_id"], ["import/is_pad"]),
+                  helper.make_node("Not", ["import/is_pad"], ["import/is_id"]),
+                  helper.make_node("Cast", ["import/is_id"], ["import/id_count"], to=TensorProto.INT64),
+                  helper.make_node("ReduceSum", ["import/id_count", "import/steps_axis"], ["import/lengths"],
+                                   keepdims=0),
+                  helper.make_node("Cast", ["import/lengths"], [lengths.name],
+                                   to=lengths.type.tensor_type.elem_type)]
+        g.input.remove(next(i for i in g.input if i.name == lengths.name))
     if ids.name != INPUT_NAME or ids.type.tensor_type.elem_type != TensorProto.INT64:
         inner = "import/ids"
         cast_to = ids.type.tensor_type.elem_type
@@ -218,9 +283,11 @@ def package_graph(model: onnx.ModelProto, ids, out, logits: bool) -> onnx.ModelP
     return proto
 
 
-def onnx_gate(proto: onnx.ModelProto, spec: TokenizerSpec, texts: list[str], gate: Gate, logits: bool) -> dict:
-    """Run the package on the texts; with gate.reference (.npz: `ids` [N, T] and/or `outputs` [N, C], the
-    model's own outputs for the same texts in order), ids identical and probabilities within atol."""
+def onnx_gate(proto: onnx.ModelProto, pipeline: Pipeline, texts: list[str], gate: Gate, logits: bool) -> dict:
+    """Run the package on the texts; the ids of the pipeline's own library where it has one (a Hugging Face
+    tokenizer); with gate.reference (.npz: `ids` [N, T] and/or `outputs` [N, C], the model's own outputs for the
+    same texts in order), ids identical and probabilities within atol."""
+    spec = pipeline.spec
     ids, _ = Tokenizer(spec)(texts)
     try:
         served = run_package(proto, ids)
@@ -229,9 +296,13 @@ def onnx_gate(proto: onnx.ModelProto, spec: TokenizerSpec, texts: list[str], gat
                             f"vocabulary larger than the model's embedding fails here): {exc}") from exc
     if not np.isfinite(served).all():
         raise ExportError(f"the package gives outputs that are not finite for {len(texts)} texts")
+    if pipeline.ids is not None:
+        compare_ids(ids, np.asarray(pipeline.ids(texts), np.int64), texts)
     if not gate.reference:
-        return {"examples": len(texts), "checked": "shapes only: no --reference ids or outputs given"}
+        return {"examples": len(texts),
+                "checked": "shapes only: no --reference ids or outputs given (--accept-unchecked)"}
     try:
+        open_zip(gate.reference, {}, MAX_TEXT_BYTES, "--reference").close()  # an .npz is a zip: sizes first
         with np.load(gate.reference) as ref:
             theirs = {k: ref[k] for k in ("ids", "outputs") if k in ref.files}
     except (OSError, ValueError) as exc:

@@ -1,7 +1,7 @@
 /* The compiled tokenizer: one pass over a text's code points (translate, split, look up, pad), with the GIL
  * released for whole batches. It implements the subset of tokenizer specs that map ASCII bytes one to one
  * (Keras's filters, ASCII-only lower-casing, a one-byte split character) plus Reuters' per-character
- * non-ASCII replacement; service/core/tokenizer.py decides when a spec fits and otherwise uses its pure-Python
+ * non-ASCII replacement, and start and end ids around each text; service/core/tokenizer.py decides when a spec fits and otherwise uses its pure-Python
  * reference, which this module must match id for id (tests/service/test_fast_tokenizer.py). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,8 +32,8 @@ typedef struct {
     int ascii_only;          /* a text with a non-ASCII character is left to the reference (returns 1) */
     char *repl;              /* UTF-8 replacement for each non-ASCII character, or NULL */
     Py_ssize_t repl_len;
-    int has_start;
-    int64_t start_id, oov_char, unknown_id;  /* oov_char/unknown_id: NOT_FOUND when absent / dropped */
+    int has_start, has_end;
+    int64_t start_id, end_id, oov_char, unknown_id;  /* oov_char/unknown_id: NOT_FOUND when absent / dropped */
     Table hot, cold;  /* words in rank order: the first HOT_WORDS, then the rest */
     char *keys;
 } Tok;
@@ -115,9 +115,10 @@ static int grow(void **buf, size_t *cap, size_t need, size_t item) {
 }
 
 /* Room for every id and word byte a text of n characters can give, so the scan never checks capacity: at
- * most one word per two characters (plus the start id), each character at most 4 UTF-8 bytes or repl_len. */
+ * most one word per two characters (plus the start and end ids), each character at most 4 UTF-8 bytes or
+ * repl_len. */
 static int reserve(const Tok *t, Scratch *sc, size_t n) {
-    size_t ids = n / 2 + 2, bytes = n * (t->repl_len > 4 ? (size_t)t->repl_len : 4) + 8;  /* 8: tail_of's slack */
+    size_t ids = n / 2 + 3, bytes = n * (t->repl_len > 4 ? (size_t)t->repl_len : 4) + 8;  /* 8: tail_of's slack */
     if (grow((void **)&sc->ids, &sc->idcap, ids, sizeof(int64_t))) return -1;
     if (sc->want_spans && grow((void **)&sc->spans, &sc->spancap, ids, 2 * sizeof(int64_t))) return -1;
     return grow((void **)&sc->word, &sc->wcap, bytes, 1);
@@ -162,7 +163,7 @@ static inline size_t utf8_put(unsigned char *out, Py_UCS4 c) {
 }
 
 /* One text's code points, read straight from the str's own storage (1, 2 or 4 bytes each; immutable, so
- * safe without the GIL) -> ids (start id first) in sc, and its OOV count; words are keyed by their UTF-8.
+ * safe without the GIL) -> ids (start id first, end id last) in sc, and its OOV count; words are keyed by their UTF-8.
  * Returns 1 for a text with a lone surrogate, which UTF-8 cannot carry: the reference takes it. */
 #define SCAN(NAME, T)                                                                          \
     static int NAME(const Tok *t, const T *s, Py_ssize_t n, Scratch *sc, int64_t *oov) {       \
@@ -197,6 +198,7 @@ static inline size_t utf8_put(unsigned char *out, Py_UCS4 c) {
             }                                                                                  \
         }                                                                                      \
         end_word(t, sc, word_start, oov);                                                      \
+        if (t->has_end) push_id(sc, t->end_id, 0, 0);                                          \
         return 0;                                                                              \
     }
 
@@ -234,16 +236,16 @@ static void scratch_free(Scratch *sc) {
 
 static int Tok_init(Tok *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"vocab", "table", "sep", "replacement", "start_id", "oov_char", "unknown_id",
-                            "ascii_only", NULL};
-    PyObject *vocab, *repl, *start, *oov, *unknown;
+                            "ascii_only", "end_id", NULL};
+    PyObject *vocab, *repl, *start, *oov, *unknown, *end = Py_None;
     Py_buffer table;
     int sep, ascii_only = 0;
     if (self->keys) {
         PyErr_SetString(PyExc_RuntimeError, "Tokenizer is initialised already");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!y*iOOOO|p", names, &PyDict_Type, &vocab, &table, &sep, &repl,
-                                     &start, &oov, &unknown, &ascii_only))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!y*iOOOO|pO", names, &PyDict_Type, &vocab, &table, &sep, &repl,
+                                     &start, &oov, &unknown, &ascii_only, &end))
         return -1;
     self->ascii_only = ascii_only;
     int bad = table.len != 128 || sep < 0 || sep > 127;
@@ -263,6 +265,8 @@ static int Tok_init(Tok *self, PyObject *args, PyObject *kw) {
     }
     self->has_start = start != Py_None;
     self->start_id = self->has_start ? PyLong_AsLongLong(start) : 0;
+    self->has_end = end != Py_None;
+    self->end_id = self->has_end ? PyLong_AsLongLong(end) : 0;
     self->oov_char = oov == Py_None ? NOT_FOUND : PyLong_AsLongLong(oov);
     self->unknown_id = unknown == Py_None ? NOT_FOUND : PyLong_AsLongLong(unknown);
     if (PyErr_Occurred()) return -1;
@@ -448,7 +452,8 @@ static PyTypeObject TokType = {
     .tp_init = (initproc)Tok_init,
     .tp_dealloc = (destructor)Tok_dealloc,
     .tp_methods = Tok_methods,
-    .tp_doc = "Tokenizer(vocab, table, sep, replacement, start_id, oov_char, unknown_id, ascii_only=False)",
+    .tp_doc = "Tokenizer(vocab, table, sep, replacement, start_id, oov_char, unknown_id, ascii_only=False, "
+              "end_id=None)",
 };
 
 static struct PyModuleDef module = {

@@ -6,12 +6,15 @@ only numpy. One set of rules expresses the three Keras pipelines (training/prepr
 `keras.preprocessing.text.Tokenizer` (filters replaced by the split string, Python's lower-casing), the
 `keras.datasets` id conventions (start_char, oov_char, index_from, num_words, skip_top; ASCII lower-casing)
 and the `TextVectorization` layer (ASCII lower-casing, punctuation deleted, ASCII whitespace runs split,
-vocabulary after the mask and OOV ids, padded and truncated at the end).
+vocabulary after the mask and OOV ids, padded and truncated at the end); and the PyTorch notebooks' own
+(training/onnx_import.py): a {token: id} vocabulary (`ids`), tokens found by a regular expression with Python
+`re`'s semantics (`token_pattern`), any padding id (`pad_id`), start and end ids around each text.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import string
 from collections import Counter
 from collections.abc import Iterable
@@ -47,7 +50,7 @@ class TokenStats:
 class TokenizerSpec:
     """Everything needed to turn text into the exact ids a model was trained on (saved as JSON)."""
 
-    words: list[str]  # words[i] has rank i + 1 in the word index (most frequent first)
+    words: list[str]  # words[i] has rank i + 1 in the word index (most frequent first), or id ids[i]
     # Keras's char_level=True: every character is a token (after lower-casing and strip); filters and split
     # do not apply
     char_level: bool = False
@@ -74,6 +77,24 @@ class TokenizerSpec:
     # quotes, dashes, Unicode forms and spaces as a keyboard writes them. [] (Keras's rules alone) for packages
     # whose training ids came from a Keras dataset; new packages trained on raw text get normalize.DEFAULT.
     normalization: list[str] = field(default_factory=list)
+    # A {token: id} vocabulary (PyTorch notebooks): words[i] has id ids[i]; ranks, index_from (0), num_words
+    # and skip_top do not apply. None: ids are ranks + index_from, as Keras numbers them.
+    ids: list[int] | None = None
+    # Tokens are re.findall(token_pattern, text) on the text after lower-casing, filters and strip, with Python
+    # re's semantics (no capturing groups); None: the text split at `split`.
+    token_pattern: str | None = None
+    # Lower-case each character alone (Rust's char::to_lowercase, as Hugging Face's Lowercase does): Python's
+    # str.lower() also applies the final-sigma rule ("ΟΔΟΣ" -> "οδος"; per character "οδοσ"). Needs
+    # lower and not lower_ascii_only.
+    lower_per_character: bool = False
+    # Characters whose lower-case form is given here, not Python's (with lower_per_character: a library on a newer
+    # Unicode than this Python's, e.g. Hugging Face tokenizers' Lowercase).
+    lower_overrides: dict[str, str] = field(default_factory=dict)
+    # Literal strings taken out of the raw text first, before every other rule, each one token (Hugging Face's
+    # added tokens: "[CLS]", "[PAD]"); the longest at the leftmost place wins. They are words. No normalization.
+    special_tokens: list[str] = field(default_factory=list)
+    end_char: int | None = None  # an id after each text's ids (before padding and truncation, as start_char)
+    pad_id: int = 0  # the id padding fills with
     format: str = field(default=SPEC_FORMAT)
 
     def to_json(self) -> str:
@@ -114,12 +135,39 @@ class TokenizerSpec:
         if set(self.strip) & (set(self.filters) | set(self.split)):
             raise ValueError("strip and filters/split share characters")
         check_rules(self.normalization)
+        if self.ids is not None:
+            if len(self.ids) != len(self.words) or not all(type(i) is int and i >= 0 for i in self.ids):
+                raise ValueError("ids must give each word an id >= 0")
+            if self.index_from or self.num_words or self.skip_top:
+                raise ValueError("a vocabulary with ids takes no index_from, num_words or skip_top")
+        if self.token_pattern is not None:
+            if self.char_level:
+                raise ValueError("token_pattern and char_level exclude each other")
+            try:
+                groups = re.compile(self.token_pattern).groups
+            except re.error as exc:
+                raise ValueError(f"token_pattern {self.token_pattern!r} is not a regular expression: {exc}") from None
+            if groups:
+                raise ValueError(f"token_pattern {self.token_pattern!r} has capturing groups: re.findall would give "
+                                 "the groups, not the tokens; use (?:...)")
+        if self.lower_per_character and (not self.lower or self.lower_ascii_only):
+            raise ValueError("lower_per_character needs lower and not lower_ascii_only")
+        if self.lower_overrides and (not self.lower_per_character
+                                     or not all(len(k) == 1 for k in self.lower_overrides)):
+            raise ValueError("lower_overrides map single characters, with lower_per_character")
+        if self.special_tokens and (not set(self.special_tokens) <= set(self.words) or "" in self.special_tokens
+                                    or self.char_level or self.normalization):
+            raise ValueError("special_tokens must be non-empty words, without char_level or normalization")
+        if any(i is not None and (type(i) is not int or i < 0) for i in (self.end_char, self.pad_id)):
+            raise ValueError("end_char and pad_id must be ids >= 0")
 
     @property
     def vocab_size(self) -> int:
         """Size of the id space the embedding must cover."""
         if self.num_words:
             return self.num_words
+        if self.ids is not None:
+            return max(self.ids, default=-1) + 1
         return len(self.words) + self.index_from
 
 
@@ -153,14 +201,19 @@ class Tokenizer:
                 table.update({ord(c): c.lower() for c in string.ascii_uppercase})
         self._table = table
         self._full_lower = spec.lower and not spec.lower_ascii_only
+        self._pattern = re.compile(spec.token_pattern) if spec.token_pattern is not None else None
+        self._specials = (re.compile("|".join(map(re.escape, sorted(spec.special_tokens, key=len, reverse=True))))
+                          if spec.special_tokens else None)  # longest first: the leftmost-longest match
         # Translation deletes characters (strip) and widens others (filters -> a longer split): the length
         # alone cannot tell whether positions moved.
         self._remap = bool(spec.strip) and not spec.char_level and bool(spec.filters) and len(spec.split) > 1
         # word -> final id (after index_from, num_words and skip_top), computed once.
-        self._ids = {word: self._final_id(rank + spec.index_from) for rank, word in enumerate(spec.words, start=1)}
+        self._ids = ({word: self._final_id(rank + spec.index_from) for rank, word in enumerate(spec.words, start=1)}
+                     if spec.ids is None else dict(zip(spec.words, spec.ids)))
+        self._start = None if spec.start_char is None else self._final_id(spec.start_char)
+        self._end = None if spec.end_char is None else self._final_id(spec.end_char)
         # The highest id this tokenizer can emit: the model's embedding must cover it.
-        self.max_id = max([*self._ids.values(), spec.oov_char or 0,
-                           0 if spec.start_char is None else self._final_id(spec.start_char)])
+        self.max_id = max([*self._ids.values(), spec.oov_char or 0, spec.pad_id, self._start or 0, self._end or 0])
         self._fast = self._compile() if fast else None
         self.implementation = "c" if self._fast is not None else "python"
 
@@ -169,7 +222,9 @@ class Tokenizer:
         treats non-ASCII characters specially (Python's full lower-casing, non-ASCII filters or strip), it takes
         ASCII texts only and leaves the others to the reference."""
         s = self.spec
-        if _fasttok is None or s.char_level or len(s.split) != 1 or not s.split.isascii():
+        if (_fasttok is None or s.char_level or len(s.split) != 1 or not s.split.isascii()
+                or self._pattern is not None or s.special_tokens  # regular expressions are Python re's alone
+                or any(c.isascii() for c in s.lower_overrides)):
             return None
         table = bytearray(range(128))
         for code in range(128):
@@ -183,9 +238,9 @@ class Tokenizer:
                 table[code] = ord(to)
         ascii_only = self._full_lower or any(code > 127 for code in self._table)
         try:
-            return _fasttok.Tokenizer(self._ids, bytes(table), ord(s.split), s.non_ascii_replacement,
-                                      None if s.start_char is None else self._final_id(s.start_char), s.oov_char,
-                                      s.oov_char if s.unknown_words == "oov" else None, ascii_only)
+            return _fasttok.Tokenizer(self._ids, bytes(table), ord(s.split), s.non_ascii_replacement, self._start,
+                                      s.oov_char, s.oov_char if s.unknown_words == "oov" else None, ascii_only,
+                                      self._end)
         except ValueError:  # ids beyond int32, or a vocabulary over 4 GB
             return None
 
@@ -205,11 +260,32 @@ class Tokenizer:
     def _normalized(self, text: str) -> tuple[str, Origin]:
         return (text, None) if self._normalize is None else self._normalize(text)
 
+    def _lowered(self, text: str) -> str:
+        if not self._full_lower:
+            return text
+        if not self.spec.lower_per_character:
+            return text.lower()
+        overrides = self.spec.lower_overrides
+        return "".join([overrides.get(c) or c.lower() for c in text] if overrides else [c.lower() for c in text])
+
     def _word_spans(self, text: str) -> list[tuple[str, int, int]]:
-        lowered = text.lower() if self._full_lower else text
+        if self._specials is None:
+            return self._plain_spans(text)
+        words, pos = [], 0
+        for match in self._specials.finditer(text):
+            words += [(w, a + pos, b + pos) for w, a, b in self._plain_spans(text[pos:match.start()])]
+            words.append((match.group(), match.start(), match.end()))
+            pos = match.end()
+        return words + [(w, a + pos, b + pos) for w, a, b in self._plain_spans(text[pos:])]
+
+    def _plain_spans(self, text: str) -> list[tuple[str, int, int]]:
+        """The words of a text without special tokens."""
+        lowered = self._lowered(text)
         translated = lowered.translate(self._table)
         if self.spec.char_level:
             words = [(c, i, i + 1) for i, c in enumerate(translated)]
+        elif self._pattern is not None:
+            words = [(m.group(), m.start(), m.end()) for m in self._pattern.finditer(translated)]
         else:
             sep = self.spec.split
             words, pos = [], 0
@@ -221,10 +297,14 @@ class Tokenizer:
         if lengthened or self._remap or len(translated) != len(lowered):
             # Where each translated character came from: a deleted one (strip) gives none, a filter several
             # (a split string longer than one character).
-            cased = [i for i, c in enumerate(text) for _ in c.lower()] if lengthened else range(len(text))
+            cased = [i for i, c in enumerate(text) for _ in self._lowered(c)] if lengthened else range(len(text))
             get = self._table.get
             origin = [i for i, c in zip(cased, lowered) for _ in get(ord(c), c) or ""]
-            words = [(w, origin[a], origin[b - 1] + 1) for w, a, b in words]
+
+            def place(k: int) -> int:  # an empty token (a pattern may match "") has a place, no characters
+                return origin[k] if k < len(origin) else len(text)
+
+            words = [(w, place(a), origin[b - 1] + 1 if b > a else place(a)) for w, a, b in words]
         repl = self.spec.non_ascii_replacement
         if repl is not None:
             words = [(w if w.isascii() else "".join(c if c.isascii() else repl for c in w), a, b)
@@ -235,10 +315,13 @@ class Tokenizer:
         """len(word_spans(text)), without building the words: string operations in C, for limits checked
         before any work."""
         text, _ = self._normalized(text)
-        lowered = text.lower() if self._full_lower else text
-        translated = lowered.translate(self._table)
+        if self._specials is not None:
+            return len(self._word_spans(text))
+        translated = self._lowered(text).translate(self._table)
         if self.spec.char_level:
             return len(translated)
+        if self._pattern is not None:
+            return sum(1 for _ in self._pattern.finditer(translated))
         pieces = translated.split(self.spec.split)
         return len(pieces) - pieces.count("")
 
@@ -246,8 +329,8 @@ class Tokenizer:
         return [w for w, _, _ in self.word_spans(text)]
 
     def encode_spans(self, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
-        """Text -> unpadded ids (start_char first), the count of OOV or dropped words, and the character
-        span of each id in the original text (the start token's is (0, 0))."""
+        """Text -> unpadded ids (start_char first, end_char last), the count of OOV or dropped words, and the
+        character span of each id in the original text (the start and end tokens' are (0, 0))."""
         norm, origin = self._normalized(text)
         if self._fast is not None and (fast := self._fast.encode(norm, spans=True)) is not None:
             ids, oov, spans = fast
@@ -262,7 +345,7 @@ class Tokenizer:
         """The reference on a normalized text: spans are in it."""
         s = self.spec
         # keras.datasets applies the num_words/skip_top rule to start_char as well.
-        ids = [] if s.start_char is None else [self._final_id(s.start_char)]
+        ids = [] if self._start is None else [self._start]
         spans = [(0, 0)] * len(ids)
         oov = 0
         unknown = s.oov_char if s.unknown_words == "oov" else None
@@ -276,10 +359,13 @@ class Tokenizer:
                 oov += 1
             ids.append(i)
             spans.append((start, end))
+        if self._end is not None:
+            ids.append(self._end)
+            spans.append((0, 0))
         return ids, oov, spans
 
     def encode(self, text: str) -> tuple[list[int], int]:
-        """Text -> unpadded id list (start_char first) and the count of OOV or dropped words."""
+        """Text -> unpadded id list (start_char first, end_char last) and the count of OOV or dropped words."""
         text, _ = self._normalized(text)
         if self._fast is not None and (fast := self._fast.encode(text)) is not None:
             return fast[0], fast[1]
@@ -287,13 +373,13 @@ class Tokenizer:
         return ids, oov
 
     def pad(self, sequences: list[list[int]], maxlen: int | None = None, dynamic: bool = False) -> np.ndarray:
-        """keras pad_sequences with the spec's sides, into an int64 matrix (pad value 0).
+        """keras pad_sequences with the spec's sides, into an int64 matrix (pad value the spec's pad_id).
 
         dynamic: pad only to the longest sequence (capped at maxlen), for models that ignore padding."""
         maxlen = maxlen or self.spec.maxlen
         if dynamic:
             maxlen = max(1, min(maxlen, max((len(s) for s in sequences), default=1)))
-        out = np.zeros((len(sequences), maxlen), dtype=np.int64)
+        out = np.full((len(sequences), maxlen), self.spec.pad_id, dtype=np.int64)
         pre_trunc = self.spec.truncating == "pre"
         pre_pad = self.spec.padding == "pre"
         for row, seq in enumerate(sequences):
@@ -320,7 +406,7 @@ class Tokenizer:
         return x, [TokenStats(kept=min(n, maxlen), oov=oov, truncated=n > maxlen) for n, oov in counts]
 
     def _fast_batch(self, texts: list[str], maxlen: int, dynamic: bool) -> tuple[np.ndarray, list[list[int]]]:
-        x = np.zeros((len(texts), maxlen), dtype=np.int64)
+        x = np.full((len(texts), maxlen), self.spec.pad_id, dtype=np.int64)  # the compiled rows fill the ids only
         counts = np.zeros((len(texts), 2), dtype=np.int64)
         pre_pad = self.spec.padding == "pre"
         assert self._fast is not None  # only called with the compiled tokenizer

@@ -1,7 +1,10 @@
 """The compiled tokenizer gives the reference's ids, OOV counts, spans and padded rows: on both full raw
 training sets and, property-based, on arbitrary Unicode under every rule of the spec."""
 
+import json
 import shutil
+from dataclasses import fields, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,25 +55,40 @@ def test_full_raw_training_sets_give_identical_ids(data_dir, dataset):
         ds = load_keras_dataset("reuters", data_dir)
         texts, _ = reuters_raw_train(data_dir)
     texts = list(texts)
-    fast, ref = both(ds.tokenizer)
-    mismatches = sum(fast._fast.encode(t)[:2] != tuple(ref.encode(t)) for t in texts)
-    assert mismatches == 0 and len(texts) in (25000, 8982)
-    for dynamic in (False, True):
-        assert_same(ds.tokenizer, texts[:2000], dynamic)
+    # and the PyTorch notebooks' rules: a {token: id} vocabulary, padding, start and end ids of their own,
+    # Python's lower-casing a character at a time (non-ASCII texts then go to the reference)
+    rng = np.random.default_rng(0)
+    pytorch = replace(ds.tokenizer, ids=[int(i) for i in rng.permutation(len(ds.tokenizer.words)) + 4], index_from=0,
+                      num_words=None, pad_id=1, start_char=2, end_char=3, oov_char=0, unknown_words="oov",
+                      lower_ascii_only=False, lower_per_character=True, padding="post", truncating="post")
+    for spec in (ds.tokenizer, pytorch):
+        fast, ref = both(spec)
+        mismatches = sum(fast.encode(t) != ref.encode(t) for t in texts)
+        assert mismatches == 0 and len(texts) in (25000, 8982)
+        for dynamic in (False, True):
+            assert_same(spec, texts[:2000], dynamic)
+
+
+def spec_of(num_words, unknown, replacement, start, padding, truncating, maxlen, lower, normalization, ascii_lower,
+            filters, strip, ids, end, pad_id, per_character) -> TokenizerSpec:
+    spec = TokenizerSpec(words=WORDS, num_words=num_words, unknown_words=unknown, non_ascii_replacement=replacement,
+                         start_char=start, padding=padding, truncating=truncating, maxlen=maxlen, lower=lower,
+                         normalization=normalization, lower_ascii_only=ascii_lower, filters=filters, strip=strip,
+                         end_char=end, pad_id=pad_id, lower_per_character=per_character and lower and not ascii_lower)
+    return spec if ids is None else replace(spec, ids=ids, index_from=0, num_words=None)
 
 
 SPECS = st.builds(
-    lambda num_words, unknown, replacement, start, padding, truncating, maxlen, lower, normalization, ascii_lower,
-    filters, strip: TokenizerSpec(
-        words=WORDS, num_words=num_words, unknown_words=unknown, non_ascii_replacement=replacement,
-        start_char=start, padding=padding, truncating=truncating, maxlen=maxlen, lower=lower,
-        normalization=normalization, lower_ascii_only=ascii_lower, filters=filters, strip=strip),
+    spec_of,
     st.sampled_from([None, 6, 9]), st.sampled_from(["drop", "oov"]), st.sampled_from([None, "?", "??", "é", ""]),
     st.sampled_from([1, None]), st.sampled_from(["pre", "post"]), st.sampled_from(["pre", "post"]),
     st.integers(1, 8), st.booleans(), st.sampled_from([[], DEFAULT, ["nfkc"], ["spaces", "quotes"]]),
     # Python's full lower-casing and non-ASCII filters or strip: the compiled path takes ASCII texts only
     st.booleans(), st.sampled_from([tokmod.KERAS_FILTERS, "!…\t\n", tokmod.KERAS_FILTERS + "\xa0\u3000"]),
-    st.sampled_from(["", "'", "'é"]))
+    st.sampled_from(["", "'", "'é"]),
+    # a {token: id} vocabulary (ids in any order, repeated ids too), end ids, padding ids, per-character lowering
+    st.sampled_from([None, [7 * i % 11 for i in range(len(WORDS))], [0] * len(WORDS)]), st.sampled_from([None, 3]),
+    st.sampled_from([0, 5]), st.booleans())
 
 
 @settings(max_examples=400, deadline=None)
@@ -134,6 +152,32 @@ def test_typographic_apostrophes_keep_the_negation():
     assert [text[a:b] for a, b in spans] == ["", "Ｉ", "didn\u2019t"] and ids[:3] == [1, 4, 5]
 
 
+def test_token_patterns_are_left_to_the_reference():
+    """Regular expressions are Python re's alone: the compiled path declines every spec with one."""
+    spec = TokenizerSpec(words=WORDS, token_pattern=r"\w+", lower_ascii_only=False, filters="", start_char=None)
+    assert Tokenizer(spec).implementation == "python"
+    assert Tokenizer(spec).word_spans("The movie's café!") == [("the", 0, 3), ("movie", 4, 9), ("s", 10, 11),
+                                                               ("café", 12, 16)]
+
+
 def test_a_spec_with_an_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="unknown or repeated normalization rules"):
         TokenizerSpec.from_dict({**TokenizerSpec(words=[]).__dict__, "normalization": ["lowercase-v9"]})
+
+
+NEW_FIELDS = {"ids", "token_pattern", "lower_per_character", "lower_overrides", "special_tokens", "end_char", "pad_id"}
+
+
+def test_packages_written_before_the_new_fields_read_as_they_always_did():
+    """The committed fixtures' and bundled models' tokenizer.json files predate the PyTorch and Hugging Face
+    fields: they load, with the defaults that keep their meaning, and their ids are padded with 0."""
+    root = Path(__file__).resolve().parents[2]
+    files = sorted(root.glob("tests/fixtures/*/*/*/tokenizer.json")) + sorted(root.glob("models/*/*/tokenizer.json"))
+    assert len(files) >= 10 and NEW_FIELDS <= {f.name for f in fields(TokenizerSpec)}
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert not NEW_FIELDS & set(data), path
+        spec = TokenizerSpec.from_dict(data)
+        assert spec.ids is None and spec.token_pattern is None and spec.pad_id == 0 and spec.end_char is None
+        ids, _ = Tokenizer(spec)(["the movie"], maxlen=spec.maxlen + 3)
+        assert (ids[0] == 0).sum() >= 3, path

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -62,6 +63,27 @@ class Notebook:
     vectorizer: Path | None = None  # a TextVectorization saved beside the model (JSON: config + vocabulary)
     ids: np.ndarray | None = None  # the ids the notebook fed the model for `texts` (int64 [N, maxlen])
     extra: dict = field(default_factory=dict)
+
+
+# The worked notebooks of docs/own-model.md, which the tests run as written
+DOC = Path(__file__).resolve().parents[2] / "docs" / "own-model.md"
+
+
+def doc_blocks(section: str) -> dict[str, list[str]]:
+    """The fenced code blocks of a section of the page, by language."""
+    text = DOC.read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks: dict[str, list[str]] = {}
+    for language, code in re.findall(r"```(\w+)\n(.*?)```", body, flags=re.S):
+        blocks.setdefault(language, []).append(code)
+    return blocks
+
+
+def write_reviews(path, texts, labels) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(texts, [int(y) for y in labels]))
 
 
 def _folder(tmp: Path, name: str) -> Path:

@@ -6,6 +6,7 @@ identical, |dp| <= 1e-5). Refusals: the reason, in seconds, and nothing written.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 import numpy as np
@@ -71,7 +72,8 @@ def test_keras_2_files_through_tf_keras(tmp_path, data_dir, capsys, fmt):
     nb = notebooks.keras2_conv_gru(tmp_path, data_dir, fmt=fmt)
     models = tmp_path / "models"
     code, out = run_import(capsys, nb.model, models, "conv-gru", "--vocabulary", "imdb", "--num-words", 10000,
-                           "--data-dir", data_dir, "--parity-examples", 200)
+                           "--data-dir", data_dir, "--parity-examples", 200,
+                           *(["--trust-code"] if fmt == "savedmodel" else []))
     assert code == 0, out
     meta = read_package(models / "conv-gru" / "1").metadata
     assert meta.source["format"] == fmt and "GRU" in meta.onnx.op_types and "Conv" in meta.onnx.op_types
@@ -160,8 +162,11 @@ def test_an_onnx_classifier_from_pytorch(tmp_path, capsys):
     meta = read_package(models / "torch" / "1").metadata
     assert meta.parity["ids_compared"] and meta.parity["outputs_compared"] and meta.source["format"] == "onnx"
     assert_served_like_the_notebook(models, "torch", nb)
-    # Without a reference only shapes are checked, and the command says so.
+    # Without a reference the command says how to make one, and writes nothing unless told to.
     code, out = run_import(capsys, nb.model, models, "torch", *flags, "--version", 2)
+    assert code == 2 and "give --reference reference.npz" in out and "torch.no_grad()" in out, out
+    assert "--accept-unchecked" in out and not (models / "torch" / "2").exists()
+    code, out = run_import(capsys, nb.model, models, "torch", *flags, "--version", 2, "--accept-unchecked")
     assert code == 0 and "only shapes were checked" in out
 
 
@@ -179,7 +184,8 @@ def test_refusals_name_the_reason_and_write_nothing(tmp_path, data_dir, capsys):
     cases.append(([nb.model, "--tokenizer-json", nb.tokenizer_json, "--maxlen", nb.maxlen],
                   "does not fit the model"))
     nb = notebooks.pytorch_style_onnx(tmp_path, dynamic_batch=False)
-    cases.append(([nb.model, "--vocab", nb.extra["vocab"], "--maxlen", nb.maxlen], "fixed batch axis"))
+    cases.append(([nb.model, "--vocab", nb.extra["vocab"], "--maxlen", nb.maxlen, "--accept-unchecked"],
+                  "fixed batch axis"))
     for args, reason in cases:
         start = time.monotonic()
         parity = texts_file(tmp_path, ["a text", "another one"])
@@ -256,7 +262,7 @@ def test_mistakes_in_what_the_user_gives_are_named(tmp_path, capsys):
         (["small.keras", *tokenizer_flags, "--parity-texts", tmp_path / "review.csv"],
          "row 1: no column 'text'; columns are ['review', 'label'] (--text-column"),
         (["small.keras", *tokenizer_flags, "--labels", "@missing.txt"], "--labels @missing.txt: cannot read"),
-        (["tf.onnx", "--vocab", tmp_path / "vocab.txt", "--maxlen", 20],
+        (["tf.onnx", "--vocab", tmp_path / "vocab.txt", "--maxlen", 20, "--accept-unchecked"],
          "ids up to 40 but the model's embedding (the Gather on its ids) takes ids 0..11"),
     ]
     for args, reason in cases:
@@ -276,3 +282,57 @@ def test_mistakes_in_what_the_user_gives_are_named(tmp_path, capsys):
     assert code == 0, out
     parity = json.loads((models / "masked" / "1" / "metadata.json").read_text())["parity"]
     assert parity["yours_not_finite"] == 1 and parity["examples"] == len(texts) + 1
+
+
+def test_the_worked_keras_functional_model_runs_as_written(tmp_path, data_dir, capsys, monkeypatch):
+    """docs/own-model.md's Keras tutorial model: TextVectorization beside a functional Input ->
+    Embedding(mask_zero=True) -> Bidirectional(LSTM) -> Dense(sigmoid), which Keras 3 reloads with a NotEqual mask
+    in its graph; then the same layers with the TextVectorization inside the model."""
+    import keras
+    import tensorflow as tf
+
+    texts, labels, held_out = notebooks._own_data_texts(data_dir)
+    notebooks.write_reviews(tmp_path / "reviews.csv", texts, labels)
+    monkeypatch.chdir(tmp_path)
+    keras.backend.clear_session()
+    blocks = notebooks.doc_blocks("A worked Keras functional model")
+    namespace: dict = {}
+    exec(compile(blocks["python"][0], "own-model.md", "exec"), namespace)  # noqa: S102 - the page's own code
+    (command,) = blocks["sh"]
+    code = main(shlex.split(command.replace("\\\n", " "))[1:])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    meta = read_package(tmp_path / "models" / "reviews" / "1").metadata
+    assert meta.dynamic_length and meta.parity["ids_compared"]
+    model, vectorizer = namespace["model"], namespace["vectorizer"]
+    p, _ = served(tmp_path / "models", "reviews", held_out, 2)
+    expected = notebooks._widen(model.predict(vectorizer(held_out), verbose=0))
+    assert (p.argmax(1) == expected.argmax(1)).all() and np.abs(p - expected).max() <= 1e-5
+    # one functional graph from the strings: TextVectorization -> Embedding -> ...
+    strings = keras.Input((1,), dtype="string")
+    x = vectorizer(strings)
+    for layer in model.layers[1:]:
+        x = layer(x)
+    inside = keras.Model(strings, x)
+    inside.save(tmp_path / "inside.keras")
+    code, out = run_import(capsys, tmp_path / "inside.keras", tmp_path / "models", "inside", "--labels",
+                           "negative,positive", "--parity-texts", tmp_path / "reviews.csv")
+    assert code == 0, out
+    p, _ = served(tmp_path / "models", "inside", held_out, 2)
+    expected = notebooks._widen(inside.predict(tf.constant(held_out), verbose=0))
+    assert (p.argmax(1) == expected.argmax(1)).all() and np.abs(p - expected).max() <= 1e-5
+
+
+def test_a_keras_file_keras_cannot_load_back_has_its_vectorizer_read_from_the_archive(tmp_path, data_dir, capsys):
+    """Reviews with U+0085 in the vocabulary: Keras writes the vocabulary one token a line and splits it back at
+    U+0085 too, so it cannot load its own file; the import reads the layer from the archive and says so."""
+    for inside in (True, False):
+        nb = notebooks.text_vectorization_gru(tmp_path, data_dir, inside=inside, line_separators=True)
+        vectorizer = [] if inside else ["--text-vectorization", nb.extra["vectorizer_keras"]]
+        code, out = run_import(capsys, nb.model, tmp_path / "models", "tv", *vectorizer, "--labels",
+                               ",".join(nb.labels), "--parity-texts", texts_file(tmp_path, nb.texts), "--overwrite")
+        assert code == 0, out
+        assert "note: Keras cannot load the TextVectorization back (" in out and "repeated term" in out
+        meta = read_package(tmp_path / "models" / "tv" / "1").metadata
+        assert "repeated term" in meta.source["preprocessing"]["read_from_archive"]
+        assert_served_like_the_notebook(tmp_path / "models", "tv", nb)

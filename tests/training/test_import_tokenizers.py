@@ -22,7 +22,10 @@ import os
 import re
 import shutil
 import string
+import tempfile
+from collections import Counter
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -395,3 +398,141 @@ def test_spans_where_deleting_and_a_longer_split_keep_the_length():
     spec = TokenizerSpec(words=["ab", "c"], filters="!", split="--", strip="'", start_char=None)
     assert Tokenizer(spec).word_spans("a'b!c") == [("ab", 0, 3), ("c", 4, 5)]
     assert Tokenizer(spec).encode_spans("A'B!!c'") == ([4, 5], 0, [(0, 3), (5, 6)])  # ranks + index_from 3
+
+
+# PyTorch notebooks' own tokenizers and Hugging Face's (training/vocabularies.py) -----------------------------
+
+PUNCTUATION_TO_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
+PUNCTUATION_DELETED = str.maketrans("", "", string.punctuation)
+# (what the notebook writes: text -> tokens, the flags that say it)
+PYTORCH_RULES = {
+    "lower-split": (lambda t: t.lower().split(), dict()),
+    "findall-w": (lambda t: re.findall(r"\w+", t.lower()), dict(token_pattern=r"\w+")),
+    "space-split-cased": (lambda t: t.translate(PUNCTUATION_TO_SPACE).split(), dict(lower=False, punctuation="space")),
+    "delete-sklearn": (lambda t: re.findall(r"(?u)\b\w\w+\b", t.lower().translate(PUNCTUATION_DELETED)),
+                       dict(punctuation="delete", token_pattern=r"(?u)\b\w\w+\b")),
+    "space-apostrophes": (lambda t: re.findall(r"[\w']+", t.lower().translate(PUNCTUATION_TO_SPACE)),
+                          dict(punctuation="space", token_pattern=r"[\w']+")),
+}
+
+
+def pytorch_notebook(fit: list[str], tokenize, maxlen: int = 64):
+    """A notebook's vocabulary (torchtext's order: <unk> 0, <pad> 1, <bos> 2, <eos> 3, then by count) and its
+    encode: ([<bos>] + ids + [<eos>])[:maxlen], padded at the end with <pad>."""
+    counts = Counter(token for text in fit for token in tokenize(text))
+    vocab = {"<unk>": 0, "<pad>": 1, "<bos>": 2, "<eos>": 3}
+    for token, _ in counts.most_common(20000):
+        vocab.setdefault(token, len(vocab))
+
+    def encode(texts):
+        rows = [([2] + [vocab.get(token, 0) for token in tokenize(text)] + [3])[:maxlen] for text in texts]
+        return np.array([row + [1] * (maxlen - len(row)) for row in rows], dtype=np.int64)
+
+    return vocab, encode
+
+
+def pytorch_spec(tmp_path, vocab: dict, flags: dict, maxlen: int = 64) -> TokenizerSpec:
+    from rnnserve.training.importer import Preprocessing
+    from rnnserve.training.vocabularies import vocab_spec
+
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(vocab), encoding="utf-8")
+    return vocab_spec(Preprocessing(vocab_file=path, maxlen=maxlen, padding="post", truncating="post",
+                                    unknown_token="<unk>", pad_token="<pad>", start_token="<bos>",
+                                    end_token="<eos>", **flags))
+
+
+@pytest.mark.parametrize("dataset", ["imdb", "reuters"])
+@pytest.mark.parametrize("rules", list(PYTORCH_RULES))
+def test_pytorch_tokenizers_on_the_raw_training_texts(corpora, tmp_path, dataset, rules):
+    tokenize, flags = PYTORCH_RULES[rules]
+    fit, texts = texts_of(corpora, dataset, FULL)
+    vocab, encode = pytorch_notebook(fit, tokenize)
+    spec = pytorch_spec(tmp_path, vocab, flags)
+    assert_ours_equal(spec, texts, encode(texts), compiled_fits="token_pattern" not in flags)
+
+
+@PROPERTY
+@given(batch=ANY_TEXTS)
+def test_pytorch_tokenizers_on_arbitrary_unicode(batch):
+    """Pure Python on both sides, so lone surrogates are compared too."""
+    for rules in PYTORCH_RULES:
+        encode, tokenizers = pytorch_tokenizers(rules)
+        for tok in tokenizers:
+            assert tok(batch)[0].tolist() == encode(batch).tolist(), (rules, tok.implementation)
+
+
+@cache
+def pytorch_tokenizers(rules: str):
+    """The notebook's encode fitted on CORPUS, and our tokenizers for it (compiled where it fits, reference)."""
+    vocab, encode = pytorch_notebook(CORPUS * 2, PYTORCH_RULES[rules][0])
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = pytorch_spec(Path(tmp), vocab, PYTORCH_RULES[rules][1])
+    return encode, [Tokenizer(spec), Tokenizer(spec, fast=False)]
+
+
+@cache
+def hugging_face(lower: bool):
+    """A WordLevel tokenizer fitted on CORPUS (WhitespaceSplit, Lowercase or not, [CLS] $A [SEP], padded to 64) and
+    our tokenizer for it."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import normalizers, pre_tokenizers, processors, trainers
+
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    if lower:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(CORPUS * 2, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                             ("[SEP]", 3)])
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=64)
+    with tempfile.TemporaryDirectory() as tmp:
+        return tok, Tokenizer(hugging_face_spec(Path(tmp), tok))
+
+
+def hugging_face_spec(tmp_path, tok) -> TokenizerSpec:
+    from rnnserve.training.importer import Preprocessing
+    from rnnserve.training.vocabularies import hf_tokenizer_spec
+
+    tok.save(str(tmp_path / "tokenizer.json"))
+    return hf_tokenizer_spec(tmp_path / "tokenizer.json", Preprocessing(truncating="post"))
+
+
+def library_ids(tok, texts: list[str]) -> np.ndarray:
+    return np.array([e.ids[:64] for e in tok.encode_batch(texts)], dtype=np.int64)
+
+
+@pytest.mark.parametrize("dataset", ["imdb", "reuters"])
+def test_a_hugging_face_word_level_tokenizer_on_the_raw_training_texts(corpora, tmp_path, dataset):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import normalizers, pre_tokenizers, processors, trainers
+
+    fit, texts = texts_of(corpora, dataset, FULL)
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(fit, trainers.WordLevelTrainer(vocab_size=20000,
+                                                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                             ("[SEP]", 3)])
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=64)
+    spec = hugging_face_spec(tmp_path, tok)
+    assert_ours_equal(spec, texts, library_ids(tok, texts), compiled_fits=False)
+
+
+SPECIAL_PIECES = ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[pad]", "[CLS][SEP]", "x[PAD]y"]
+HF_TEXTS = st.lists(st.lists(st.one_of(st.sampled_from(PIECES), st.sampled_from(SPECIAL),
+                                       st.sampled_from(SPECIAL_PIECES),
+                                       st.characters(codec="utf-8", exclude_categories=("Cs",)),
+                                       st.sampled_from([chr(c) for c in (0x1C89, 0xA7CB, 0x10D50, 0x16EA0)])),
+                             max_size=16).map("".join), min_size=1, max_size=5)
+
+
+@PROPERTY
+@given(batch=HF_TEXTS)
+def test_hugging_face_tokenizers_on_arbitrary_unicode(batch):
+    """Added tokens anywhere in the text, characters newer than this Python's Unicode (U+1C89, U+A7CB, ...)."""
+    for lower in (True, False):
+        tok, ours = hugging_face(lower)
+        assert ours.implementation == "python"
+        assert ours(batch)[0].tolist() == library_ids(tok, batch).tolist(), lower
