@@ -1,6 +1,6 @@
 """Triton's own load generator, perf_analyzer, unchanged against this server over HTTP and gRPC.
 
-    python bench/perf_analyzer.py [--workers 2] [--concurrency 1 16 64] [--models imdb-lstm reuters-lstm waves-lstm-tutorial]
+    python bench/perf_analyzer.py [--workers 2] [--concurrency 1 16 64] [--models imdb-lstm waves-lstm-tutorial]
 
 The perf_analyzer that runs on Debian 12 (glibc 2.36) is the one inside the tritonclient 2.41.1 wheel (the PyPI
 `perf-analyzer` 2.60 wheel needs glibc 2.38): it is downloaded with pip into a cache folder, with libcudart.so.12

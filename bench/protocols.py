@@ -28,18 +28,18 @@ from bench.common import ROOT, free_port, machine, reviews, start_server, stop_s
 
 def grpc_body(model: str, texts: list[str]) -> bytes:
     """One length-prefixed gRPC message: a ModelInferRequest with the texts raw, as tritonclient sends them."""
-    from rnnserve.service.grpc.messages import ModelInferRequest
-    from rnnserve.service.http.tensors import encode_bytes
+    from rnnserve.service.grpc.messages import message
+    from rnnserve.service.v2.tensors import encode_bytes
 
-    request = ModelInferRequest(model_name=model)
-    request.inputs.add(name="text", datatype="BYTES", shape=[len(texts)])
+    request = message("ModelInferRequest")(model_name=model)
+    request.inputs.add(name="text", datatype="BYTES", shape=[len(texts), 1])
     request.raw_input_contents.append(encode_bytes(texts))
     message = request.SerializeToString()
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
 def http_body(texts: list[str]) -> bytes:
-    tensor = {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [len(texts), 1], "data": texts}
     return json.dumps({"inputs": [tensor]}).encode()
 
 
