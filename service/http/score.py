@@ -18,7 +18,7 @@ from rnnserve.service.core.errors import ClientGone, InvalidInput, PayloadTooLar
 from rnnserve.service.core.rows import codec_for, format_of
 from rnnserve.service.http.body import VERSION_PARAMETER, path_version
 from rnnserve.service.http.codecs import usage
-from rnnserve.service.http.context import server
+from rnnserve.service.http.context import dataplane, server
 from rnnserve.service.http.middleware import StreamedBodyRoute
 from rnnserve.service.http.v1 import ERRORS
 from rnnserve.service.runtime.text import ClassificationResult, TextClassifier
@@ -153,7 +153,7 @@ def _charset(request: Request, upload: UploadFile | None) -> str | None:
 
 
 async def _score(request: Request, name: str, version: str | None, options: ScoreOptions):
-    registry, settings = server(request).registry, server(request).settings
+    registry, settings, plane = server(request).registry, server(request).settings, dataplane(request)
     model = registry.get(name, version, TextClassifier, usage)
     pinned = model.version  # the whole file is scored by this version, whatever loads meanwhile
     length = request.headers.get("content-length")
@@ -178,7 +178,7 @@ async def _score(request: Request, name: str, version: str | None, options: Scor
     async def classify(texts: list[str]) -> ClassificationResult:
         # Each block goes to the current copy: a reload swaps copies under a long stream. Once the model is
         # unloaded, each block becomes error rows (NotFound) and the stream still ends with its summary.
-        return (await registry.call(name, pinned, lambda model: model.predict(texts)))[1]
+        return (await plane.predict(name, pinned, texts, "score"))[1]
 
     return ScoreResponse(MEDIA[writer.fmt], lambda chunks: score_stream(chunks, reader, writer, classify), upload,
                          settings.max_score_bytes)

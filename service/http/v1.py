@@ -26,7 +26,7 @@ from rnnserve.service.http.body import (
     path_version,
 )
 from rnnserve.service.http.codecs import codec_for, usage
-from rnnserve.service.http.context import server
+from rnnserve.service.http.context import dataplane, server
 from rnnserve.service.http.generation import event_stream, start_generation
 from rnnserve.service.http.raw import raw_post
 from rnnserve.service.http.responses import to_predictions
@@ -125,7 +125,7 @@ async def predict(name: str, request: Request) -> Response:
     check_json(request)
     body = await parse(request, lambda raw: parse_predict(_counted(raw, state.settings.max_texts_per_request)))
     rows = codec.decode(model, body, state.settings)
-    model, out = await state.registry.call(name, version, lambda m: m.predict(rows))
+    model, out = await dataplane(request).predict(name, version, rows, "v1")
     return json_response({"model": model.name, "version": model.version,
                           "predictions": codec.encode(model, out, body)})
 

@@ -184,13 +184,13 @@ class ModelRuntime(ABC):
         one result in input order. Raises Overloaded when the queue is full, ModelClosed once closed."""
         return await self._counted(self._predict(rows))
 
-    async def step(self, rows: Sequence, state: list[np.ndarray] | None) -> tuple[Any, list[np.ndarray]]:
+    async def step(self, rows: Sequence | np.ndarray, state: list[np.ndarray] | None) -> tuple[Any, list[np.ndarray]]:
         """One input run from a carried state (None: the zero state): its result, as predict's, and the state
         after it. InvalidInput as check_step."""
         self.check_step(rows)
         return await self._counted(self._step(rows[0], state))
 
-    def check_step(self, rows: Sequence) -> None:
+    def check_step(self, rows: Sequence | np.ndarray) -> None:
         """InvalidInput unless this runtime is stateful and rows are one input (a sequence's request)."""
         if not self.stateful:
             raise InvalidInput(f"model {echo(self.name)} keeps no state between requests: a {self.task} package "

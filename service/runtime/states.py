@@ -68,7 +68,7 @@ class SequenceStates:
         self.directory, self.idle_s, self.max_sequences, self.clock = directory, idle_s, max_sequences, clock
         self._locks: weakref.WeakValueDictionary[Path, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    async def step(self, model: ModelRuntime, sequence: SequenceStep, rows: Sequence) -> Any:
+    async def step(self, model: ModelRuntime, sequence: SequenceStep, rows: Sequence | np.ndarray) -> Any:
         """Run rows (one input) as the sequence's next step: from its state (zero at its start), the state
         after the step kept unless it ends. The model's result for the step. BadRequest for a step of a
         sequence that is not open; Conflict when another worker stepped the sequence meanwhile;

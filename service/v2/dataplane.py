@@ -3,22 +3,30 @@ and grpc/ translate to and from it). Built once per worker on its ServerState.
 
 Infer is decode -> run -> encode: the input tensors become the runtime's rows (the task's codec), the rows run
 through the registry's current copy of the model (predict, or one step of a sequence), the result becomes the
-output tensors the request asked for. What watches or steers traffic hooks in here, once for every protocol.
+output tensors the request asked for.
+
+`predict` is where every prediction runs, whatever asked for it: V2 infer over HTTP and gRPC, /v1 predict and
+file scoring's blocks. What watches or steers traffic hooks in there, once for every protocol: `observers` see
+each prediction after it is answered (a Prediction: the model, the rows, the result or the error, its time).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from rnnserve import __version__
 from rnnserve.service.core.errors import BadRequest, InvalidInput, ServiceError, Unauthorized, echo
 from rnnserve.service.core.package import Serving
+from rnnserve.service.logs import request_id
 from rnnserve.service.runtime.base import ModelRuntime
 from rnnserve.service.runtime.states import SequenceStep
 from rnnserve.service.state import ServerState
@@ -29,15 +37,38 @@ from rnnserve.service.v2.types import InferRequest, InferResponse, Parameters, R
 # The extensions both transports serve; HTTP adds binary_tensor_data and generate (http/v2.py).
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "sequence", "sequence(string_id)",
               "statistics"]
+log = logging.getLogger("rnnserve.dataplane")
 HONOURED = "max_batch_size and dynamic_batching.max_queue_delay_microseconds"
 UNAUTHORIZED = ("missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY (over gRPC as "
                 "metadata 'authorization: Bearer KEY' or 'x-api-key: KEY')")
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction as the data plane ran it: the model version that answered (None: the request failed
+    before one did), the rows it was given (texts or sequences [T, F]), the runtime's result or the error,
+    where it came from (`endpoint`: "v2", "v1", "score"), its request id and its seconds from call to answer."""
+
+    name: str
+    model: ModelRuntime | None
+    rows: Sequence | np.ndarray
+    result: Any
+    error: Exception | None
+    endpoint: str
+    request_id: str
+    seconds: float
+
+
+class PredictionObserver(Protocol):
+    def prediction(self, event: Prediction) -> None:
+        """Called on the event loop after the answer is known: record, sample or queue, never block or raise."""
+
+
 class DataPlane:
-    def __init__(self, state: ServerState):
+    def __init__(self, state: ServerState, observers: Sequence[PredictionObserver] = ()):
         self.state, self.registry, self.settings = state, state.registry, state.settings
         self.keys = [k.encode() for k in state.settings.keys()]
+        self.observers = list(observers)
 
     # -- access and accounting -------------------------------------------------------------------------------
 
@@ -159,12 +190,7 @@ class DataPlane:
         sequence = sequence_of(request.parameters)
         wanted = self._outputs(model, request.outputs)
         rows = codec.decode(model, request.inputs, self.settings, stepping=sequence is not None)
-        run: Callable[[ModelRuntime], Awaitable]
-        if sequence is None:
-            run = lambda m: m.predict(rows)  # noqa: E731 - the registry runs it on the current copy
-        else:
-            run = lambda m: self.state.sequences.step(m, sequence, rows)  # noqa: E731
-        model, out = await self.registry.call(name, version, run)
+        model, out = await self.predict(name, version, rows, "v2", sequence)
         tensors = codec.encode(model, out)
         outputs = []
         for requested, k in wanted:
@@ -174,6 +200,34 @@ class DataPlane:
                 tensor = codecs.top_classes(model, tensor.data, k)
             outputs.append(tensor)
         return InferResponse(model.name, str(model.version), outputs, request.id)
+
+    async def predict(self, name: str, version: str | int | None, rows: Sequence | np.ndarray, endpoint: str,
+                      sequence: SequenceStep | None = None) -> tuple[ModelRuntime, Any]:
+        """Rows through the current copy of a model version (predict, or a sequence's step): (the model that
+        answered, its result). The runtime's errors pass through; the observers see every outcome."""
+        run: Callable[[ModelRuntime], Awaitable]
+        if sequence is None:
+            run = lambda m: m.predict(rows)  # noqa: E731 - the registry runs it on the current copy
+        else:
+            run = lambda m: self.state.sequences.step(m, sequence, rows)  # noqa: E731
+        started = time.perf_counter()
+        model: ModelRuntime | None = None
+        try:
+            model, out = await self.registry.call(name, version, run)
+        except Exception as exc:
+            self._observe(Prediction(name, model, rows, None, exc, endpoint, request_id.get(),
+                                     time.perf_counter() - started))
+            raise
+        self._observe(Prediction(name, model, rows, out, None, endpoint, request_id.get(),
+                                 time.perf_counter() - started))
+        return model, out
+
+    def _observe(self, event: Prediction) -> None:
+        for observer in self.observers:
+            try:
+                observer.prediction(event)
+            except Exception:  # noqa: BLE001 - an observer's fault never fails an answer
+                log.exception("prediction observer failed", extra={"observer": type(observer).__name__})
 
     def _outputs(self, model: ModelRuntime, requested: list[RequestedOutput]) -> list[tuple[str, int | None]]:
         """(name, classification k or None) of each output to answer with, in the order asked (all, when the
