@@ -22,6 +22,8 @@ async def ready(request: Request) -> Response:
     registry = request.app.state.registry
     loaded, failed = registry.counts()
     body = {"status": "ready" if registry.ready else "loading", "models_loaded": loaded, "models_failed": failed}
+    if registry.repository_error:  # a model store not read at the last try (before the first read: not ready)
+        body["reason"] = registry.repository_error
     return json_response(body, status_code=200 if registry.ready else 503)
 
 

@@ -202,3 +202,5 @@ class Health(BaseModel):
     status: str
     models_loaded: int = 0
     models_failed: int = 0
+    reason: str | None = Field(None, description="why a model store (MODELS_DIR s3://, gs://, az://) could not be "
+                               "read at the last try; until it first is, the server is not ready")
