@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -358,3 +359,21 @@ def test_two_servers_on_one_bucket_converge(moto, tmp_path):
     finally:
         for srv in servers:
             srv.stop()
+
+
+def test_a_writer_uploads_the_manifest_last_and_refuses_an_existing_version(bucket, capsys):
+    """What `rnnserve-train export/import/distill/quantize --models-dir s3://...` do around the package they
+    write (training/publish.py); the commands themselves: tests/training/test_publish.py."""
+    from rnnserve.training.publish import PublishError, check_published, models_target
+
+    url, store = bucket
+    with models_target(url, NAME, 1, overwrite=False) as folder:
+        shutil.copytree(PACKAGE, folder / NAME / "1")  # what a command writes
+    uploaded = [line.split()[1] for line in capsys.readouterr().err.splitlines()]
+    assert uploaded[-1] == "manifest.json" and sorted(uploaded) == sorted(f.name for f in PACKAGE.iterdir())
+    with pytest.raises(PublishError, match=f"{url}/{NAME}/1 exists; pass --overwrite"):
+        check_published(url, NAME, 1, overwrite=False)
+    with pytest.raises(RuntimeError), models_target(url, NAME, 2, overwrite=False) as folder:
+        shutil.copytree(PACKAGE, folder / NAME / "2")
+        raise RuntimeError("the command failed after writing")  # nothing is uploaded
+    assert [m["path"] for batch in obstore.list(store, f"{NAME}/2") for m in batch] == []
