@@ -18,11 +18,11 @@ import httpx
 import obstore
 import pytest
 
+from bench.stores import Azurite, MotoS3
 from rnnserve.service.store import StoreError, StoreOptions, open_mirror
 from rnnserve.service.store.client import aws_profile, open_store, upload_package
 from tests.conftest import FIXTURES, ROOT, Server, free_port, in_process, wait_ready, wait_until
 from tests.service.test_workers import wait_for_workers
-from tests.stores import Azurite, MotoS3
 
 NAME = "sentiment-lstm"
 PACKAGE = FIXTURES / "models" / NAME / "1"

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.stores import MotoS3
 from rnnserve.service.store import StoreOptions, open_mirror
 from tests.conftest import ROOT
-from tests.stores import MotoS3
 
 
 def test_quantize_writes_its_package_to_a_bucket(trained_repo, tmp_path, monkeypatch):

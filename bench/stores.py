@@ -1,4 +1,4 @@
-"""Real object stores on loopback for the tests and benchmarks: moto's server (the S3 API over HTTP, requests
+"""Real object stores on loopback for the tests and bench/store.py: moto's server (the S3 API over HTTP, requests
 signed and checked against an IAM user's keys) and Azurite (Azure's Blob Storage emulator, from npm). Each runs
 as a subprocess on a free port with its data in a temporary folder, stopped at the end.
 
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
 import httpx
 
-from tests.conftest import free_port, port_open, wait_until
+from bench.common import free_port
 
 REGION = "us-east-1"
 AZURITE_ACCOUNT = "devstoreaccount1"  # Azurite's well-known account and key (its documentation's)
@@ -32,7 +34,7 @@ class MotoS3:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: port_open(self.port), 30, "moto's server to listen")
+        _wait_listening(self.port, 30)
         setup = {"endpoint_url": self.endpoint, "region_name": REGION, "aws_access_key_id": "setup",
                  "aws_secret_access_key": "setup"}
         iam = boto3.client("iam", **setup)
@@ -69,7 +71,7 @@ class Azurite:
         self.proc = subprocess.Popen([command, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
                                       str(folder), "--silent", "--skipApiVersionCheck"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: port_open(self.port), 60, "Azurite to listen")
+        _wait_listening(self.port, 60)
         service = BlobServiceClient.from_connection_string(
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
             f"BlobEndpoint={self.endpoint};")
@@ -84,3 +86,14 @@ class Azurite:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=20)
+
+
+def _wait_listening(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+        time.sleep(0.05)
