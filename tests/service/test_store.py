@@ -377,3 +377,30 @@ def test_a_writer_uploads_the_manifest_last_and_refuses_an_existing_version(buck
         shutil.copytree(PACKAGE, folder / NAME / "2")
         raise RuntimeError("the command failed after writing")  # nothing is uploaded
     assert [m["path"] for batch in obstore.list(store, f"{NAME}/2") for m in batch] == []
+
+
+def test_a_store_error_is_one_sentence_without_secrets():
+    from obstore.exceptions import GenericError
+
+    from rnnserve.service.store.client import store_error
+
+    raw = ("Generic MicrosoftAzure error: Error performing list request: Error performing GET "
+           "http://127.0.0.1:1/devstoreaccount1/models?restype=container&sv=2024-01-01&sig=SECRETSIG in 5ms - Server "
+           "returned non-2xx status code: 403 Forbidden: <Error><Code>AuthenticationFailed</Code></Error>\n\nDebug")
+    error = str(store_error(GenericError(raw), "az://models/x"))
+    assert error == ("model store az://models/x: the store refused the credentials (AuthenticationFailed); check the "
+                     "ones the server is given")
+    assert "SECRETSIG" not in str(store_error(GenericError(raw.replace("403", "500").replace(
+        "AuthenticationFailed", "InternalError")), "az://models/x"))
+
+
+def test_models_store_comes_from_a_bucket_url_only():
+    from pydantic import ValidationError
+
+    from rnnserve.service.settings import Settings
+
+    settings = Settings(models_dir="gs://bucket/models", models_cache_dir="/var/cache/x")
+    assert (settings.models_store, settings.models_dir) == ("gs://bucket/models", Path("/var/cache/x/repository"))
+    assert Settings(**{k: v for k, v in settings.model_dump().items()}).models_store == "gs://bucket/models"
+    with pytest.raises(ValidationError, match="give the bucket URL as models_dir"):
+        Settings(models_store="s3://bucket/models")
