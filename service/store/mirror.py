@@ -158,7 +158,8 @@ class Mirror:
             return
         except PackageError as exc:
             reason = str(exc) + ("; the copy verified earlier keeps serving" if installed else "")
-            log.error("model version in the store refused", extra={**_fields(key), "reason": reason})
+            if entries.get(key, {}).get("reason") != reason:  # a full cache is tried at every sync: said once
+                log.error("model version in the store refused", extra={**_fields(key), "reason": reason})
             entries[key] = {"signature": None if isinstance(exc, CacheFull) else signature, "digest": digest,
                             "installed": installed, "reason": reason}
             return
