@@ -2,8 +2,9 @@
 signed and checked against an IAM user's keys) and Azurite (Azure's Blob Storage emulator, from npm). Each runs
 as a subprocess on a free port with its data in a temporary folder, stopped at the end.
 
-No GCS emulator can be installed here (none is packaged on PyPI, Debian or npm): gs:// is covered by the code it
-shares with s3:// and az:// and by the tests that open a gs:// store without a server."""
+No GCS emulator that obstore can talk to installs here (PyPI's gcp-storage-emulator stubs GCS's JSON API;
+obstore speaks the XML API): gs:// is covered by the code it shares with s3:// and az:// and by the tests that
+open a gs:// store without a server."""
 
 from __future__ import annotations
 

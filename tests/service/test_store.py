@@ -1,7 +1,8 @@
 """Models in a bucket (service/store): served from a verified local copy, never from the bucket, against real
 stores on loopback: moto's S3 server (signed requests checked against an IAM user's keys) and Azurite. GCS: no
-emulator can be installed here (none on PyPI, Debian or npm); gs:// runs the same mirror and is tested up to the
-network (an unreachable endpoint named), see test_gcs_without_an_emulator_*."""
+emulator that obstore can talk to installs here (PyPI's gcp-storage-emulator stubs the JSON API, obstore speaks
+the XML API; Debian and npm have none); gs:// runs the same mirror and is tested up to the network (an
+unreachable endpoint named), see test_gcs_without_a_usable_emulator_*."""
 
 from __future__ import annotations
 
@@ -285,9 +286,9 @@ def test_wrong_azure_key_says_so(azurite, tmp_path):
     assert "the store refused the credentials" in reason
 
 
-def test_gcs_without_an_emulator_an_unreachable_endpoint_is_named(tmp_path, monkeypatch):
-    """No GCS emulator installs here: the gs:// store opens from its variables, and the mirror names the
-    endpoint it could not reach."""
+def test_gcs_without_a_usable_emulator_an_unreachable_endpoint_is_named(tmp_path, monkeypatch):
+    """No GCS emulator obstore can talk to installs here: the gs:// store opens from its variables, and the
+    mirror names the endpoint it could not reach."""
     endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("GOOGLE_BEARER_TOKEN", "token-for-the-test")
     mirror = open_mirror("gs://models/repository", tmp_path / "cache", StoreOptions(endpoint=endpoint, timeout_s=5),
