@@ -6,17 +6,23 @@
 # the virtual environment onto a base without them (both must have the same Python).
 # Offline builds: --build-arg WHEELHOUSE=wheelhouse (a folder of wheels made with `pip download`),
 # --build-arg BASE_IMAGE=... (python3 and venv) and --build-arg BUILD_IMAGE=... (the same plus a compiler).
+# Extras: --build-arg EXTRAS=store (comma-separated) adds their packages; `store` is obstore, for a model
+# repository in a bucket (MODELS_DIR=s3://..., gs://..., az://...):
+#   docker build --build-arg EXTRAS=store -t rnnserve-store .
 ARG BASE_IMAGE=python:3.11-slim
 ARG BUILD_IMAGE=python:3.11
 
 FROM ${BUILD_IMAGE} AS build
 ARG WHEELHOUSE=docker/no-wheelhouse
+ARG EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY ${WHEELHOUSE} /wheelhouse
 RUN python3 -m venv /opt/venv
 # Dependencies first (their own layer, cached while only the source changes).
 COPY pyproject.toml README.md /src/
-RUN cd /src && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN cd /src && EXTRAS="$EXTRAS" python3 -c "import os, tomllib; p = tomllib.load(open('pyproject.toml','rb'))['project']; \
+extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
+print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" > /tmp/requirements.txt \
  && if ls /wheelhouse/*.whl >/dev/null 2>&1; then FIND="--no-index --find-links /wheelhouse"; else FIND=""; fi \
  && /opt/venv/bin/pip install $FIND -r /tmp/requirements.txt "setuptools>=68" wheel
 COPY setup.py /src/

@@ -46,7 +46,7 @@ $(VENV)/.installed-serve: pyproject.toml
 $(VENV)/.installed-dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[train,dev,ray]"
+	$(PY) -m pip install -q -e ".[train,dev,ray,store]"
 	touch $@ $(VENV)/.installed-serve
 
 $(TOOLS)/.installed:

@@ -34,7 +34,8 @@ debootstrap_image() {  # NAME PACKAGES: a minbase bookworm with these packages, 
 debootstrap_image rnnserve-base python3,python3-venv,ca-certificates
 debootstrap_image rnnserve-build python3,python3-venv,python3-dev,gcc,libc6-dev,ca-certificates
 
-requirements=$($PY -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+# The runtime's dependencies and the store extra's (the image built with --build-arg EXTRAS=store).
+requirements=$($PY -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['store']))")
 if [ ! -f wheelhouse/.complete ] || [ "$requirements" != "$(cat wheelhouse/requirements.txt)" ]; then
   rm -rf wheelhouse && mkdir -p wheelhouse
   echo "$requirements" > wheelhouse/requirements.txt

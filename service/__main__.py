@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from rnnserve.service import logs
 from rnnserve.service.grpc.server import port_taken
 from rnnserve.service.settings import STATE_DIR_ENV, Settings
+from rnnserve.service.store import StoreError, open_mirror
 
 APP_FACTORY = "rnnserve.service.app:create_app"
 
@@ -70,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot read api_keys_file: {exc}", file=sys.stderr)
         return 2
-    if not settings.models_dir.is_dir():
+    if settings.models_store:  # a bucket: its cache (models_dir's parent) safe to serve from, its settings workable
+        try:
+            open_mirror(settings.models_store, settings.models_dir.parent, settings.store_options(),
+                        settings.models_cache_max_bytes)
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif not settings.models_dir.is_dir():
         print(f"error: model repository {settings.models_dir} does not exist", file=sys.stderr)
         return 2
     if settings.grpc_port and port_taken(settings.host, settings.grpc_port):

@@ -34,9 +34,11 @@ from rnnserve.service.core.errors import NotFound, ServiceError, StorageUnavaila
 from rnnserve.service.core.package import Serving
 from rnnserve.service.processes import alive
 from rnnserve.service.registry import Registry
+from rnnserve.service.store import open_mirror
 
 log = logging.getLogger("rnnserve.control")
 POLL_S = 0.05
+STORE_RETRY_S = 5.0  # a model store not reached at start, with polling off: tried again this often
 
 
 class ControlTimeout(ServiceError):
@@ -97,9 +99,17 @@ class ModelControl:
         self._on_disk: dict[str, set[str]] = {}  # name -> versions, at the last repository scan
         self._task: asyncio.Task | None = None
         self.problem: str | None = None  # why this worker's status could not be written (readiness says it)
+        s = self.settings  # a model store: its verified copies in a cache (models_dir is its repository folder)
+        self.mirror = (open_mirror(s.models_store, s.models_dir.parent, s.store_options(), s.models_cache_max_bytes)
+                       if s.models_store else None)
 
     async def start(self) -> None:
-        """Load the repository as the desired state says, say so, then follow changes in the background."""
+        """Load the repository as the desired state says, say so, then follow changes in the background. A
+        model store is synced first, and until it could be read (readiness says why meanwhile)."""
+        await self._sync()
+        while self.registry.repository_error is not None:
+            await asyncio.sleep(self.settings.repository_poll_s or STORE_RETRY_S)
+            await self._sync()
         desired = self._read_desired()
         for name, change in desired.models.items():
             self.registry.configure(name, change.serving)
@@ -140,6 +150,8 @@ class ModelControl:
             await self.registry.unload(name)
 
     async def _control(self, name: str, change: Change) -> None:
+        if change.op == "load":  # a model store's current versions first, as on disk
+            await self._sync(max_age_s=0)
         if self.state_dir is None:
             if change.op == "unload":
                 await self.registry.unload(name)
@@ -196,7 +208,7 @@ class ModelControl:
                         self._write_status()
                     await self._apply_changes()
                 if time.monotonic() >= next_scan:
-                    await self._apply_repository()
+                    await self._apply_repository(await self._sync())
                     next_scan = time.monotonic() + poll_s
             except Exception:  # noqa: BLE001 - the loop must outlive any one bad state file or package
                 log.exception("model control step failed")
@@ -220,14 +232,15 @@ class ModelControl:
         self.status.generation = desired.generation
         self._write_status()
 
-    async def _apply_repository(self) -> None:
-        """TF Serving's file-system polling: a name whose version directories changed is reloaded (a new
-        version that validates serves, a removed one goes; one that fails is reported and the old keeps
-        serving), a name whose directory went is unloaded. Names unloaded through the API stay unloaded."""
+    async def _apply_repository(self, changed: set[str] | frozenset[str] = frozenset()) -> None:
+        """TF Serving's file-system polling: a name whose version directories changed (or in `changed`: a model
+        store replaced a version's copy) is reloaded (a new version that validates serves, a removed one goes;
+        one that fails is reported and the old keeps serving), a name whose directory went is unloaded. Names
+        unloaded through the API stay unloaded."""
         now = await asyncio.to_thread(self._scan)
         unloaded = self._read_desired().unloaded()
         for name in sorted(set(now) | set(self._on_disk)):
-            if now.get(name) == self._on_disk.get(name) or name in unloaded:
+            if (now.get(name) == self._on_disk.get(name) and name not in changed) or name in unloaded:
                 continue
             try:
                 if name in now:
@@ -238,6 +251,17 @@ class ModelControl:
             except ServiceError as exc:
                 log.error("repository change failed", extra={"model": name, "reason": exc.message})
         self._on_disk = now
+
+    async def _sync(self, max_age_s: float | None = None) -> set[str]:
+        """A model store's versions into the cache the registry reads (service/store), what it found noted in the
+        registry; the names whose verified copy of a version was replaced. Another worker's sync younger than
+        half a poll period (or max_age_s) stands for this one's."""
+        if self.mirror is None:
+            return set()
+        age = self.settings.repository_poll_s / 2 if max_age_s is None else max_age_s
+        result = await asyncio.to_thread(self.mirror.sync, age)
+        self.registry.note_store(result.refused, result.error)
+        return result.changed
 
     def _scan(self) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}

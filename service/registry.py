@@ -38,6 +38,10 @@ class Registry:
     metrics: Metrics
     models: dict[str, dict[int, ModelRuntime]] = field(default_factory=dict)
     failures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> version -> reason
+    # A model store's versions refused before they reached the repository (service/store), name -> version ->
+    # reason, and why the store could not be read at the last try (None: it could): set by note_store.
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
+    repository_error: str | None = None
     ready: bool = False  # the repository has been loaded once (readiness)
     overrides: dict[str, Serving] = field(default_factory=dict)  # name -> a load's batch settings (configure)
     # One load or unload per name at a time: concurrent ones for a name each built a copy, and the copies
@@ -163,9 +167,20 @@ class Registry:
         if not NAME_RE.fullmatch(name):
             raise NotFound(f"model {echo(name)} not found")
 
+    def note_store(self, refused: dict[str, dict[str, str]], error: str | None) -> None:
+        """What the last sync of a model store found (service/store): versions it refused, with the reason, and
+        the sentence saying why it could not be read (None: it could), logged when it changes."""
+        if error != self.repository_error:
+            if error:
+                log.error("model store unavailable", extra={"reason": error})
+            else:
+                log.info("model store available")
+        self.refused, self.repository_error = refused, error
+        self._update_gauges()
+
     def counts(self) -> tuple[int, int]:
-        """Model versions loaded, and versions that failed to load."""
-        return sum(map(len, self.models.values())), sum(map(len, self.failures.values()))
+        """Model versions loaded, and versions that failed to load (or a model store refused)."""
+        return sum(map(len, self.models.values())), sum(len(self.failed(name)) for name in self.names())
 
     def knows(self, name: str) -> bool:
         """The name is in the repository as far as this registry has seen (loaded or failed)."""
@@ -176,8 +191,8 @@ class Registry:
         return dict(self.models.get(name, {}))
 
     def failed(self, name: str) -> dict[str, str]:
-        """Versions of a model that failed to load, with the reason."""
-        return dict(self.failures.get(name, {}))
+        """Versions of a model that failed to load (or a model store refused), with the reason."""
+        return {**self.refused.get(name, {}), **self.failures.get(name, {})}
 
     def _update_gauges(self) -> None:
         self.metrics.set_models(*self.counts())
@@ -204,8 +219,8 @@ class Registry:
             raise NotFound(f"model {echo(name)}{of} not found")
         versions = self.models.get(name)
         if not versions:
-            if name in self.failures:
-                reasons = "; ".join(f"v{v}: {r}" for v, r in self.failures[name].items())
+            if failed := self.failed(name):
+                reasons = "; ".join(f"v{v}: {r}" for v, r in failed.items())
                 raise NotReady(f"model {echo(name)} is not available: {reasons}")
             if not self.ready:
                 raise NotReady("models are still loading")
@@ -228,7 +243,7 @@ class Registry:
             return model, await work(model)
 
     def names(self) -> list[str]:
-        return sorted(set(self.models) | set(self.failures))
+        return sorted(set(self.models) | set(self.failures) | set(self.refused))
 
     async def close(self) -> None:
         for versions in self.models.values():

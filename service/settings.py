@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rnnserve.service.cpus import usable_cpus
+from rnnserve.service.store import StoreOptions, default_cache_dir, is_store_url
 
 MAX_TEXT_CHARS = 100_000  # the default limit on one text, for the server and the command-line scorer
 STATE_DIR_ENV = "RNNSERVE_STATE_DIR"  # set by the server's entry point for its workers (Settings.state_dir)
@@ -21,7 +22,23 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RNNSERVE_", cli_prog_name="rnnserve", cli_kebab_case=True,
                                       cli_implicit_flags=True, protected_namespaces=())
 
-    models_dir: Path = Field(BUNDLED_MODELS, description="Model repository: NAME/VERSION/ package directories.")
+    models_dir: Path = Field(BUNDLED_MODELS, description="Model repository: NAME/VERSION/ package directories, or "
+                             "a bucket URL (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX) whose "
+                             "versions are copied into models_cache_dir and verified before they are served; this "
+                             "setting then becomes the cache's repository folder and models_store the URL.")
+    models_store: str = Field("", description="The bucket URL models_dir named (set from it; empty: a local "
+                              "repository).")
+    models_cache_dir: Path | None = Field(None, description="A bucket's local cache, shared by the server's "
+                                          "workers (default: a folder for the URL under the temporary directory).")
+    models_cache_max_bytes: int = Field(10 * 1024**3, ge=1, description="Most bytes of packages in the cache; a "
+                                        "version that would pass it is refused (and tried again at each poll).")
+    store_endpoint: str = Field("", description="An S3-compatible, GCS or Azure endpoint URL (MinIO, Ceph, "
+                                "Azurite); default: AWS_ENDPOINT_URL, AZURE_STORAGE_ENDPOINT, ... or the cloud's.")
+    store_region: str = Field("", description="The bucket's S3 region; default: AWS_REGION or the profile's.")
+    store_tls_verify: bool = Field(True, description="Verify the store's TLS certificate (off: any is accepted).")
+    store_ca_file: Path | None = Field(None, description="PEM certificates trusted for the store besides the "
+                                       "system's (a private CA in front of MinIO or Ceph).")
+    store_timeout_s: float = Field(30.0, gt=0, description="Longest wait for one store request, retries included.")
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the V2 inference protocol over gRPC "
@@ -95,6 +112,25 @@ class Settings(BaseSettings):
 
     state_dir: Path | None = Field(None, description="Set by the server for its worker processes: the directory "
                                    "they share for model control, metrics and sequences (not a setting to give).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mirror_a_bucket(cls, data: Any) -> Any:
+        """A bucket URL in models_dir: the server reads the bucket's verified copies in the cache (service/store),
+        so models_dir becomes that folder and models_store keeps the URL (workers get both through to_env)."""
+        if isinstance(data, dict) and is_store_url(data.get("models_dir")):
+            url = data["models_dir"]
+            cache = Path(data.get("models_cache_dir") or default_cache_dir(url))
+            data = {**data, "models_store": url, "models_cache_dir": cache, "models_dir": cache / "repository"}
+        elif isinstance(data, dict) and data.get("models_store") and not (
+                is_store_url(data["models_store"]) and data.get("models_cache_dir")
+                and Path(data.get("models_dir", "")) == Path(data["models_cache_dir"]) / "repository"):
+            raise ValueError("models_store is set from models_dir: give the bucket URL as models_dir instead")
+        return data
+
+    def store_options(self) -> StoreOptions:
+        return StoreOptions(endpoint=self.store_endpoint, region=self.store_region, tls_verify=self.store_tls_verify,
+                            ca_file=self.store_ca_file, timeout_s=self.store_timeout_s)
 
     def worker_count(self) -> int:
         return self.workers or usable_cpus()

@@ -58,5 +58,6 @@ class ServerState:
             self.private.cleanup()
 
     def problems(self) -> list[str]:
-        """What does not work though the server serves (storage that cannot be written), for readiness."""
-        return [p for p in (self.control.problem, self.metrics.problem) if p]
+        """What does not work (a model store not read at the last try, state that cannot be written), for
+        readiness."""
+        return [p for p in (self.registry.repository_error, self.control.problem, self.metrics.problem) if p]

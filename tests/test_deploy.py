@@ -5,7 +5,8 @@ so none of this was ever applied to one.
   the Kubernetes schema of the oldest and newest versions kubernetes-validate knows;
 - checkov's Kubernetes policies pass on every overlay and on the KServe predictor's pod; the checks skipped
   are annotated in the manifests with their reasons;
-- the InferenceService validates against a schema of its fields (hand-written from KServe's API reference, see
+- each InferenceService (models in the image, and copied from a bucket by KServe's storage initializer) validates
+  against a schema of its fields (hand-written from KServe's API reference, see
   tests/deploy/) and its predictor against Kubernetes' PodSpec, and it declares what KServe requires of a
   custom container; the routes it probes are the service's own;
 - the Ray Serve config validates against Ray's own schema.
@@ -27,7 +28,7 @@ from kubernetes_validate.utils import all_versions, latest_version
 from tests.conftest import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
-KSERVE = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
+KSERVE = sorted((ROOT / "deploy" / "kserve").glob("*.yaml"))  # models in the image, and copied from a bucket
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 VERSIONS = [min(all_versions(), key=lambda v: tuple(map(int, v.split(".")))), latest_version()]
 KUBECTL = shutil.which("kubectl")
@@ -50,8 +51,8 @@ def by_kind(docs: list[dict]) -> dict[str, dict]:
     return {d["kind"]: d for d in docs}
 
 
-def kserve() -> dict:
-    return yaml.safe_load(KSERVE.read_text())
+def kserve(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
 def predictor_pod(isvc: dict) -> dict:
@@ -81,12 +82,25 @@ def test_each_overlay_renders_a_complete_hardened_deployment(overlay):
     assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])  # the upload spool, root read-only
     cuda = overlay.startswith("cuda")
     assert container["resources"]["limits"].get("nvidia.com/gpu") == ("1" if cuda else None)
-    assert container["image"].startswith("rnnserve-cuda:" if cuda else "rnnserve:")
+    bucket = overlay.endswith("bucket")
+    assert container["image"].startswith("rnnserve-cuda:" if cuda else "rnnserve-store:" if bucket else "rnnserve:")
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env.get("RNNSERVE_PROVIDER") == ("cuda" if cuda else None)
     if overlay.endswith("models-volume"):
         assert {"mountPath": "/models", "name": "models", "readOnly": True} in container["volumeMounts"]
         assert "PersistentVolumeClaim" in objects
+    if bucket:  # replicas from one bucket: each polls it, serves its own verified cache, reads a mounted Secret
+        assert env["RNNSERVE_MODELS_DIR"].startswith("s3://") and float(env["RNNSERVE_REPOSITORY_POLL_S"]) > 0
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["models-cache"]["mountPath"] == env["RNNSERVE_MODELS_CACHE_DIR"] and "emptyDir" in volumes[
+            "models-cache"]
+        assert volumes["store-credentials"]["secret"]["secretName"] and mounts["store-credentials"]["readOnly"]
+        assert env["AWS_SHARED_CREDENTIALS_FILE"].startswith(mounts["store-credentials"]["mountPath"] + "/")
+        egress = objects["NetworkPolicy"]["spec"]["egress"]
+        assert {"port": 443, "protocol": "TCP"} in egress[0]["ports"] and len(egress) == 2  # HTTPS and DNS only
+    else:
+        assert "egress" not in objects["NetworkPolicy"]["spec"]  # nothing out: models come with the image
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -116,9 +130,10 @@ def checkov(path: Path) -> dict:
     return report[0] if isinstance(report, list) else report
 
 
-@pytest.mark.parametrize("target", OVERLAYS + ["kserve predictor"])
+@pytest.mark.parametrize("target", OVERLAYS + [f"kserve {p.name}" for p in KSERVE])
 def test_policy_scan_passes_with_every_exception_justified(target, tmp_path):
-    docs = [predictor_pod(kserve())] if target == "kserve predictor" else render(target)
+    docs = ([predictor_pod(kserve(KSERVE[0].parent / target.split()[1]))] if target.startswith("kserve ")
+            else render(target))
     path = tmp_path / "manifests.yaml"
     path.write_text(yaml.safe_dump_all(docs))
     report = checkov(path)
@@ -135,8 +150,9 @@ def test_policy_scan_passes_with_every_exception_justified(target, tmp_path):
         assert len(reasons.get(skipped["check_id"], "")) > 20, f"{skipped['check_id']} is skipped without a reason"
 
 
-def test_the_inferenceservice_is_a_valid_kserve_custom_predictor(api):
-    isvc = kserve()
+@pytest.mark.parametrize("path", KSERVE, ids=lambda p: p.name)
+def test_the_inferenceservice_is_a_valid_kserve_custom_predictor(api, path):
+    isvc = kserve(path)
     schema = json.loads((ROOT / "tests" / "deploy" / "kserve-inferenceservice-v1beta1.schema.json").read_text())
     jsonschema.validate(isvc, schema)
     kubernetes_validate.validate(predictor_pod(isvc), latest_version(), strict=True)
@@ -145,6 +161,9 @@ def test_the_inferenceservice_is_a_valid_kserve_custom_predictor(api):
     (port,) = container["ports"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["RNNSERVE_PORT"] == str(port["containerPort"]) == "8080" and env["RNNSERVE_HOST"] == "0.0.0.0"
+    if "STORAGE_URI" in env:  # KServe's storage initializer copies the bucket to /mnt/models, read from there
+        assert env["STORAGE_URI"].startswith("s3://") and env["RNNSERVE_MODELS_DIR"] == "/mnt/models"
+        assert isvc["spec"]["predictor"]["serviceAccountName"]  # whose Secret holds the initializer's keys
     probes = [container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]]
     assert [p["path"] for p in probes] == ["/v2/health/ready", "/v2/health/live"]
     assert all(p["port"] == port["containerPort"] for p in probes)  # Knative refuses probes on another port

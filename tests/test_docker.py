@@ -5,6 +5,7 @@ makes them; CI runs it). Containers use the host network and are reached on 127.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -30,18 +31,23 @@ def sh(*cmd, timeout=120, check=True, env=None) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def image():
+def build(tag: str, *args: str) -> str:
     if not shutil.which("docker") or sh("docker", "info", check=False).returncode != 0:
         pytest.skip("no Docker engine can be reached; run docker/ci-setup.sh (CI does) to start one")
     bases = ("rnnserve-base", "rnnserve-build")
     if any(sh("docker", "image", "inspect", base, check=False).returncode for base in bases) \
             or not (ROOT / "wheelhouse" / ".complete").exists():
         pytest.skip("base images rnnserve-base/rnnserve-build or wheelhouse/ missing; run docker/ci-setup.sh")
-    build = sh("docker", "build", "-t", IMAGE, "--build-arg", "BASE_IMAGE=rnnserve-base", "--build-arg",
-               "BUILD_IMAGE=rnnserve-build", "--build-arg", "WHEELHOUSE=wheelhouse", ".", timeout=1200, check=False)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    return IMAGE
+    built = sh("docker", "build", "-t", tag, "--build-arg", "BASE_IMAGE=rnnserve-base", "--build-arg",
+               "BUILD_IMAGE=rnnserve-build", "--build-arg", "WHEELHOUSE=wheelhouse", *args, ".", timeout=1200,
+               check=False)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image():
+    return build(IMAGE)
 
 
 def test_image_is_slim_and_has_no_tensorflow(image):
@@ -100,7 +106,7 @@ def test_compose_file_is_valid_and_brings_the_api_up(image, tmp_path):
         pytest.skip("docker-compose is not installed; docker/ci-setup.sh installs it")
     port = free_port()
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "RNNSERVE_PORT": str(port), "RNNSERVE_TEST_IMAGE": image}
-    for profile in ([], ["--profile", "train"], ["--profile", "scale"]):
+    for profile in ([], ["--profile", "train"], ["--profile", "scale"], ["--profile", "bucket"]):
         sh(compose, *profile, "-f", "docker-compose.yml", "config", "-q", env=env)
     # The real file merged with the host-network override; published ports cannot go with the host network,
     # and an override can only add ports, so they are dropped from the rendered configuration.
@@ -118,3 +124,34 @@ def test_compose_file_is_valid_and_brings_the_api_up(image, tmp_path):
         assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "crude"
     finally:
         sh(compose, *files, "down", "-v", env=env, check=False, timeout=120)
+
+
+def test_the_store_image_serves_a_bucket(tmp_path):
+    """The image built with the store extra serves a model repository in a bucket (moto's S3 server on the
+    host), ready once its first verified load is done."""
+    from bench.stores import MotoS3
+    from rnnserve.service.store.client import open_store, upload_package
+
+    store_image = build(IMAGE + "-store", "--build-arg", "EXTRAS=store")
+    moto = MotoS3("models")
+    port = free_port()
+    name = f"rnnserve-test-store-{port}"
+    try:
+        url, env = "s3://models/image", moto.env()
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            upload_package(open_store(url), url, ROOT / "tests" / "fixtures" / "models" / "sentiment-lstm" / "1",
+                           "sentiment-lstm/1")
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        variables = [arg for key, value in {**env, "RNNSERVE_MODELS_DIR": url, "RNNSERVE_PORT": str(port),
+                                            "RNNSERVE_HOST": "127.0.0.1"}.items() for arg in ("-e", f"{key}={value}")]
+        sh("docker", "run", "-d", "--network", "host", "--name", name, *variables, store_image)
+        wait_healthy(name)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/models/sentiment-lstm/predict", json={"text": "a fine film"})
+        assert r.status_code == 200 and r.json()["version"] == 1
+    finally:
+        sh("docker", "rm", "-f", name, check=False)
+        moto.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rnnserve.training.config import PRESETS, TUTORIAL_ACCURACY, ConfigError, TrainConfig, preset_config
 from rnnserve.training.data import DATA_DIR_ENV, DataError
+from rnnserve.training.publish import PublishError, check_published, models_target, shown
 
 # What --trust-code lets through (training/keras_load.py), said where a user reads it.
 TRUST_CODE_HELP = ("load a SavedModel directory: loading one runs the TensorFlow operations stored in it (its "
@@ -71,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from rnnserve.training.export import check_target
 
         check_target(args.models_dir, args.export, args.version, args.overwrite)  # before the training
+        check_published(args.models_dir, args.export, args.version, args.overwrite)
     metrics = train(cfg, out, args.data_dir, verbose=1 if args.progress else 2,
                     evaluate_test=not args.validation_only, distillation=distillation)
     print(json.dumps({"run_dir": str(out), **metrics}, indent=2))
@@ -79,8 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.export:
         from rnnserve.training.export import export_run
 
-        path = export_run(out, args.models_dir, args.export, args.version, args.data_dir, overwrite=args.overwrite)
-        print(f"exported {path}")
+        with models_target(args.models_dir, args.export, args.version, args.overwrite) as models_dir:
+            export_run(out, models_dir, args.export, args.version, args.data_dir, overwrite=args.overwrite)
+        print(f"exported {shown(args.models_dir, args.export, args.version)}")
     return 0
 
 
@@ -110,11 +113,13 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from rnnserve.training.export import export_run
 
-    path = export_run(args.run_dir, args.models_dir, args.name, args.version, args.data_dir,
-                      parity_examples=args.parity_examples, atol=args.atol, overwrite=args.overwrite,
-                      native=not args.loop_export)
-    meta = json.loads((path / "metadata.json").read_text())
-    print(json.dumps({"package": str(path), "parity": meta["parity"], "test": meta["metrics"]["test"]}, indent=2))
+    with models_target(args.models_dir, args.name, args.version, args.overwrite) as models_dir:
+        path = export_run(args.run_dir, models_dir, args.name, args.version, args.data_dir,
+                          parity_examples=args.parity_examples, atol=args.atol, overwrite=args.overwrite,
+                          native=not args.loop_export)
+        meta = json.loads((path / "metadata.json").read_text())
+    print(json.dumps({"package": shown(args.models_dir, args.name, args.version), "parity": meta["parity"],
+                      "test": meta["metrics"]["test"]}, indent=2))
     return 0
 
 
@@ -138,14 +143,15 @@ def cmd_quantize(args) -> int:
     from rnnserve.training.quantize import QuantizeError, quantize_package
 
     try:
-        path = quantize_package(args.package, args.models_dir, args.name, args.version, args.data_dir,
-                                args.max_loss, args.overwrite)
+        with models_target(args.models_dir, args.name, args.version, args.overwrite) as models_dir:
+            path = quantize_package(args.package, models_dir, args.name, args.version, args.data_dir,
+                                    args.max_loss, args.overwrite)
+            gate = read_package(path).metadata.quantization["validation_gate"]
     except QuantizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    gate = read_package(path).metadata.quantization["validation_gate"]
-    print(f"wrote {path}: {gate['split']} accuracy {gate['accuracy_float']:.2%} float, {gate['accuracy_int8']:.2%} "
-          f"INT8 ({gate['examples']} examples)")
+    print(f"wrote {shown(args.models_dir, args.name, args.version)}: {gate['split']} accuracy "
+          f"{gate['accuracy_float']:.2%} float, {gate['accuracy_int8']:.2%} INT8 ({gate['examples']} examples)")
     return 0
 
 
@@ -165,14 +171,16 @@ def cmd_import(args) -> int:
     gate = Gate(texts=args.parity_texts, text_column=args.text_column, reference=args.reference,
                 accept_unchecked=args.accept_unchecked, examples=args.parity_examples, atol=args.atol)
     labels = _labels(args.labels)
-    if Path(args.model).suffix == ".onnx":
-        path = import_onnx(args.model, args.models_dir, args.name, prep, gate, version=args.version, labels=labels,
-                           output=args.output, overwrite=args.overwrite)
-    else:
-        path = import_model(args.model, args.models_dir, args.name, prep, gate, version=args.version,
-                            labels=labels, output=args.output, overwrite=args.overwrite, trust_code=args.trust_code)
-    meta = json.loads((path / "metadata.json").read_text())
-    print(json.dumps({"package": str(path), "parity": meta["parity"]}, indent=2))
+    with models_target(args.models_dir, args.name, args.version, args.overwrite) as models_dir:
+        if Path(args.model).suffix == ".onnx":
+            path = import_onnx(args.model, models_dir, args.name, prep, gate, version=args.version, labels=labels,
+                               output=args.output, overwrite=args.overwrite)
+        else:
+            path = import_model(args.model, models_dir, args.name, prep, gate, version=args.version, labels=labels,
+                                output=args.output, overwrite=args.overwrite, trust_code=args.trust_code)
+        meta = json.loads((path / "metadata.json").read_text())
+    print(json.dumps({"package": shown(args.models_dir, args.name, args.version), "parity": meta["parity"]},
+                     indent=2))
     if reason := meta["source"]["preprocessing"].get("read_from_archive"):
         print(f"note: Keras cannot load the TextVectorization back ({reason}); its configuration and vocabulary "
               "were read from the archive itself, and the gate ran the layer rebuilt from them", file=sys.stderr)
@@ -225,7 +233,8 @@ def _add_run_flags(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--out", help="run directory (default runs/NAME)")
     p.add_argument("--name", help="run and model name (default the preset or file name)")
     p.add_argument("--export", metavar="MODEL_NAME", help="export the trained model as this package name")
-    p.add_argument("--models-dir", default="models")
+    p.add_argument("--models-dir", default="models", help="a folder, or a bucket URL (s3://BUCKET/PREFIX, gs://..., "
+                   "az://CONTAINER/PREFIX): the package is written locally, then uploaded, its manifest last")
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--overwrite", action="store_true", help="replace an existing package version")
     p.add_argument("--validation-only", action="store_true",
@@ -273,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--name", required=True, help="package name, e.g. imdb-lstm")
     p.add_argument("--version", type=int, default=1)
-    p.add_argument("--models-dir", default="models")
+    p.add_argument("--models-dir", default="models", help="a folder, or a bucket URL (s3://BUCKET/PREFIX, gs://..., "
+                   "az://CONTAINER/PREFIX): the package is written locally, then uploaded, its manifest last")
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
     p.add_argument("--parity-examples", type=int, default=1000, help="test sequences in the parity gate")
     p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |keras - onnx| probability")
@@ -292,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package", help="a package directory, e.g. models/imdb-lstm/1")
     p.add_argument("--name", required=True, help="the INT8 package's name, e.g. imdb-lstm-int8")
     p.add_argument("--version", type=int, default=1)
-    p.add_argument("--models-dir", default="models")
+    p.add_argument("--models-dir", default="models", help="a folder, or a bucket URL (s3://BUCKET/PREFIX, gs://..., "
+                   "az://CONTAINER/PREFIX): the package is written locally, then uploaded, its manifest last")
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
     p.add_argument("--max-loss", type=float, default=0.3, help="most validation accuracy points INT8 may lose")
     p.add_argument("--overwrite", action="store_true")
@@ -303,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a .keras or .h5 file, a SavedModel directory, or a .onnx file")
     p.add_argument("--name", required=True, help="package name")
     p.add_argument("--version", type=int, default=1)
-    p.add_argument("--models-dir", default="models")
+    p.add_argument("--models-dir", default="models", help="a folder, or a bucket URL (s3://BUCKET/PREFIX, gs://..., "
+                   "az://CONTAINER/PREFIX): the package is written locally, then uploaded, its manifest last")
     p.add_argument("--overwrite", action="store_true")
     g = p.add_argument_group("preprocessing (one of; none when the model starts with a TextVectorization layer)")
     g.add_argument("--vocabulary", choices=("imdb", "reuters"),
@@ -393,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ExportError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ExportError, PublishError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ async def ready(request: Request) -> Response:
     loaded, failed = registry.counts()
     body: dict = {"status": "ready" if registry.ready else "loading", "models_loaded": loaded,
                   "models_failed": failed}
-    # Still serving: what does not work is said, and is no reason to take the server out of service.
+    # What does not work, said: once the models are loaded it is no reason to take the server out of service.
     if problems := state.problems():
         body["problems"] = problems
     return json_response(body, status_code=200 if registry.ready else 503)

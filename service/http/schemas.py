@@ -202,5 +202,7 @@ class Health(BaseModel):
     status: str
     models_loaded: int = 0
     models_failed: int = 0
-    problems: list[str] | SkipJsonSchema[None] = Field(None, description="What does not work though the server "
-                                                       "serves (state it cannot write), when anything")
+    problems: list[str] | SkipJsonSchema[None] = Field(None, description="What does not work, when anything: state "
+                                                       "the server cannot write, a model store (MODELS_DIR s3://, "
+                                                       "gs://, az://) it could not read at the last try (until it "
+                                                       "first reads it, the server is not ready)")
