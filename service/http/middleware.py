@@ -72,8 +72,7 @@ class ServiceMiddleware:
         rid = accept_request_id(_header(scope, REQUEST_ID_HEADER))
         token = request_id.set(rid)
         status, responded = 500, False
-        body = _BodyState(receive)
-        receive = self._limit_body(scope, body.receive)
+        body = _Body(scope, receive, self.body_limits)
 
         extra = [(REQUEST_ID_HEADER, rid.encode("latin-1")), NOSNIFF]
         if scope["path"].startswith(self.page_prefixes):
@@ -93,12 +92,12 @@ class ServiceMiddleware:
                 raise _forbidden(origin)
             if self.keyed and not self._open(scope["path"]):
                 self.dataplane.authorize(_key(scope))
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, body.receive, send_with_id)
         except Exception as exc:
             if responded:  # the status is on the wire already: nothing better can be sent
                 raise
             # Rendered here, not by Starlette's outermost handler, so a 500 carries its request id too.
-            await render_error(Request(scope), exc)(scope, receive, send_with_id)
+            await render_error(Request(scope), exc)(scope, body.receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("route")
@@ -125,50 +124,43 @@ class ServiceMiddleware:
             return None
         return origin
 
-    def _limit_body(self, scope, receive):
-        """receive, refusing a body past its route's limit (413): by its Content-Length at the first read, else
-        as it arrives. The route is known by then: a body is read after routing."""
-        seen, limit = 0, None
-
-        async def limited():
-            nonlocal seen, limit
-            if limit is None:
-                limit = self.body_limits[getattr(scope.get("route"), "body_limit", "max_body_bytes")]
-                length = _header(scope, b"content-length")
-                if length and length.isdigit() and int(length) > limit:
-                    raise _too_large(limit)
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _too_large(limit)
-            return message
-
-        return limited
-
     def _open(self, path: str) -> bool:
         return path in self.open_paths or path.startswith(self.open_prefixes)
 
 
 
-class _BodyState:
-    """receive(), noting whether the request's body has been read to its end, so an early error can read the
-    rest first (`drain`)."""
+class _Body:
+    """receive(), refusing a body past its route's limit (413): by its Content-Length at the first read, else as
+    it arrives (the route is known by then: a body is read after routing). It notes whether the body has been
+    read to its end, so an early error can read the rest first (`drain`)."""
 
-    def __init__(self, receive):
-        self._receive, self.done = receive, False
+    def __init__(self, scope, receive, limits: dict[str, int]):
+        self.scope, self._receive, self.limits = scope, receive, limits
+        self.seen, self.limit, self.done = 0, 0, False
 
     async def receive(self):
+        if not self.limit:
+            self.limit = self.limits[getattr(self.scope.get("route"), "body_limit", "max_body_bytes")]
+            length = _header(self.scope, b"content-length")
+            if length and length.isdigit() and int(length) > self.limit:
+                raise _too_large(self.limit)
         message = await self._receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit:
+                raise _too_large(self.limit)
+            self.done = not message.get("more_body", False)
+        else:
             self.done = True
         return message
 
     async def drain(self, limit: int) -> None:
-        """Read and discard what is left of the body, up to `limit` bytes."""
+        """Read and discard what is left of the body, up to `limit` bytes past what was read."""
         seen = 0
         while not self.done and seen <= limit:
-            seen += len((await self.receive()).get("body", b""))
+            message = await self._receive()
+            seen += len(message.get("body", b""))
+            self.done = message["type"] != "http.request" or not message.get("more_body", False)
 
 
 def _key(scope) -> bytes | None:

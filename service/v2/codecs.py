@@ -157,7 +157,10 @@ CODECS: dict[type[ModelRuntime], TaskCodec] = {TextClassifier: TextCodec(), Sequ
 
 def codec_for(model: ModelRuntime) -> TaskCodec:
     """The model's codec; WrongTask (422) for a runtime the V2 protocol cannot run."""
-    for runtime, codec in CODECS.items():
+    codec = CODECS.get(type(model))
+    if codec is not None:
+        return codec
+    for runtime, codec in CODECS.items():  # a subclass of a runtime
         if isinstance(model, runtime):
             return codec
     raise WrongTask(model.name, model.task, tuple(task for runtime in CODECS for task in runtime.tasks))

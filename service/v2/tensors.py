@@ -4,6 +4,7 @@ HTTP's binary tensor extension and gRPC's raw contents both use it), UTF-8 texts
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -30,7 +31,7 @@ def declared_shape(name: object, datatype: object, shape: object, max_rows: int)
 
 
 def element_count(shape: list[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(shape)
 
 
 def decode_bytes(buf: bytes, shape: list[int]) -> list[str]:

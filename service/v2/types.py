@@ -12,7 +12,7 @@ Parameters = dict[str, Parameter]
 Data = np.ndarray | list[str]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Tensor:
     """A named tensor: datatype "BYTES" (data: its elements, flat, row-major) or "FP32" (data: float32
     array shaped `shape`)."""
@@ -23,7 +23,7 @@ class Tensor:
     data: Data
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestedOutput:
     """An output the client asks for, with its parameters (`classification`: the k most probable classes;
     HTTP's `binary_data` is read by the HTTP adapter)."""
@@ -32,7 +32,7 @@ class RequestedOutput:
     parameters: Parameters = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferRequest:
     """outputs empty: every output the model gives. parameters: the request's, e.g. the sequence extension's
     sequence_id, sequence_start, sequence_end."""
@@ -45,7 +45,7 @@ class InferRequest:
     id: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferResponse:
     model_name: str
     model_version: str
