@@ -2,7 +2,7 @@
 model and review, one load generator for both (h2load: HTTP/1.1 for HTTP, HTTP/2 for gRPC, one request in
 flight per connection). Single-text requests at c=1, 16 and 64, and 64-text batches at c=4.
 
-    python bench/protocols.py [--model imdb-lstm-tutorial] [--duration 10]
+    python bench/protocols.py [--model imdb-lstm-tutorial] [--duration 10] [--grpc-server native]
 
 Needs h2load (apt-get install nghttp2-client). gRPC requests are what tritonclient.grpc sends (the text in
 `raw_input_contents`); HTTP requests are V2 JSON. Prints req/s, texts/s and mean latency with each gRPC
@@ -63,6 +63,8 @@ def main() -> int:
     ap.add_argument("--model", default="imdb-lstm-tutorial")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--duration", type=int, default=10, help="seconds per cell")
+    ap.add_argument("--grpc-server", choices=["grpcio", "native"], default="grpcio",
+                    help="the server's gRPC server (native: pygrpc-native, the [grpc-native] extra)")
     args = ap.parse_args()
     if not shutil.which("h2load"):
         sys.exit("h2load is not installed (apt-get install nghttp2-client)")
@@ -73,7 +75,8 @@ def main() -> int:
     batch = [t for t in reviews(2000) if 800 <= len(t) <= 1000][:64]
     port, grpc_port = free_port(), free_port()
     proc = start_server([sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--no-access-log",
-                         "--log-level", "warning", "--port", str(port), "--grpc-port", str(grpc_port)], port)
+                         "--log-level", "warning", "--port", str(port), "--grpc-port", str(grpc_port),
+                         "--grpc-server", args.grpc_server], port)
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "model": args.model,
               "duration_s": args.duration, "results": []}
     try:

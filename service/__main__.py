@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import sys
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     elif not settings.models_dir.is_dir():
         print(f"error: model repository {settings.models_dir} does not exist", file=sys.stderr)
+        return 2
+    if settings.grpc_port and settings.grpc_server == "native" and importlib.util.find_spec("pygrpc_native") is None:
+        print("error: --grpc-server native needs pygrpc-native: pip install 'rnnserve[grpc-native]'", file=sys.stderr)
         return 2
     if settings.grpc_port and port_taken(settings.host, settings.grpc_port):
         print(f"error: the gRPC port {settings.host}:{settings.grpc_port} is in use by another process (another "

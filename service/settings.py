@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the V2 inference protocol over gRPC "
                            "(inference.GRPCInferenceService), in every worker; 0: no gRPC.")
+    grpc_server: Literal["grpcio", "native"] = Field(
+        "grpcio", description="The gRPC server under the same handlers: grpcio's, or pygrpc-native's (the "
+        "[grpc-native] extra: HTTP/2 in Rust outside the GIL, about twice the single-text throughput at 16+ "
+        "clients, but without MAX_GRPC_CONNECTIONS, GRPC_IDLE_S and the handshake deadline).")
     grpc_reflection: bool = Field(False, description="gRPC server reflection (grpcurl and other tools can list the "
                                   "services without the .proto files); off, as in Triton.")
     max_grpc_connections: int = Field(256, ge=1, description="Open gRPC connections per server (each worker takes "

@@ -3,6 +3,11 @@
 Watch, SERVING once the models are loaded, NOT_SERVING from shutdown on), and server reflection when
 GRPC_REFLECTION is on.
 
+GRPC_SERVER picks the server under the same handlers: grpcio's (the default), or pygrpc-native's (the
+[grpc-native] extra), whose HTTP/2 and gRPC framing run in Rust outside the GIL: measured twice grpcio's
+requests per second at 16 and 64 clients here (docs/benchmarks.md), but without the connection cap, the idle and
+the handshake deadlines below, which it cannot do; bidirectional streams go to a grpcio server behind it.
+
 grpcio sets SO_REUSEPORT, so the workers share the port and the kernel spreads connections over them; a
 client's HTTP/2 connection stays on one worker. The server's limits (grpcio's channel arguments): messages as
 large as MAX_BODY_BYTES; at most the worker's share of MAX_GRPC_CONNECTIONS connections (more are refused
@@ -25,6 +30,9 @@ from rnnserve.service.settings import Settings
 from rnnserve.service.v2.dataplane import DataPlane
 
 MAX_STREAMS = 128  # calls at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+# What pygrpc-native cannot do (it refuses these options): cap connections, close idle ones, bound the handshake.
+NOT_NATIVE = ("grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
+              "grpc.server_handshake_timeout_ms")
 
 
 def options(settings: Settings) -> list[tuple[str, int]]:
@@ -44,8 +52,15 @@ class GrpcServer:
 
     def __init__(self, settings: Settings, dataplane: DataPlane):
         self.settings = settings
-        self.server = grpc.aio.server(options=options(settings))
-        self.server.add_generic_rpc_handlers((InferenceServicer(dataplane).handlers(),))
+        if settings.grpc_server == "native":
+            import pygrpc_native.aio  # the [grpc-native] extra (checked at start by the entry point)
+
+            self.server = pygrpc_native.aio.server(options=[o for o in options(settings) if o[0] not in NOT_NATIVE])
+        else:
+            self.server = grpc.aio.server(options=options(settings))
+        # Registered, not generic: pygrpc-native serves registered unary methods itself (generic ones go to its
+        # grpcio fallback); grpcio serves both alike.
+        self.server.add_registered_method_handlers(messages.SERVICE, InferenceServicer(dataplane).handlers())
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.grpc_reflection:

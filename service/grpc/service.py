@@ -45,15 +45,15 @@ class InferenceServicer:
     def __init__(self, dataplane: DataPlane):
         self.dataplane = dataplane
 
-    def handlers(self) -> grpc.GenericRpcHandler:
-        """Every RPC of the service, each wrapped with the key check, error statuses and metrics."""
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Every RPC of the service by name, each wrapped with the key check, error statuses and metrics."""
         table = {}
         for name, (request_type, response_type, streaming) in messages.methods().items():
             handler = getattr(self, name)  # each RPC's handler bears its name
             wrap = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
             table[name] = wrap((self._streaming if streaming else self._unary)(name, handler),
                                request_type.FromString, response_type.SerializeToString)
-        return grpc.method_handlers_generic_handler(messages.SERVICE, table)
+        return table
 
     def _begin(self, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())

@@ -329,3 +329,39 @@ def test_server_reflection_lists_the_services_only_when_asked(model_repo, two_wo
         assert "inference.GRPCInferenceService" in services(srv) and "grpc.health.v1.Health" in services(srv)
     finally:
         srv.stop()
+
+
+def test_the_native_grpc_server_serves_the_same_clients(model_repo):
+    """--grpc-server native (pygrpc-native: HTTP/2 in Rust) under the same handlers: tritonclient's unary calls
+    and its stream (a bidirectional method, which pygrpc-native hands to grpcio behind it), the error statuses,
+    the health service and the KServe SDK's clients answer as with grpcio."""
+    import queue
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    srv = Server(model_repo, "--grpc-server", "native")
+    try:
+        srv.wait_ready()
+        client = grpc_client(srv)
+        inp = example(triton_grpc, "BYTES", [-1, 1])
+        result = client.infer("sentiment-lstm", [inp], request_id="native-1")
+        assert result.get_response().id == "native-1" and result.as_numpy("label").shape == (2, 1)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("nope", [inp])
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+        assert client.is_model_ready("nope") is False
+        answers: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        client.async_stream_infer("sentiment-lstm", [inp])
+        client.async_stream_infer("nope", [inp])
+        (first, ok), (_, failed) = answers.get(timeout=30), answers.get(timeout=30)
+        client.stop_stream()
+        assert ok is None and first.as_numpy("probabilities").shape == (2, 2) and "not found" in str(failed)
+        with grpc.insecure_channel(srv.grpc) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        r = subprocess.run([sys.executable, str(ROOT / "tests" / "clients" / "kserve_sdk.py"), srv.url, srv.grpc],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        srv.stop()
