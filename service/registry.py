@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import gc
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from rnnserve.service.cpus import usable_cpus
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.runtime.base import ModelRuntime, RuntimeOptions
 from rnnserve.service.runtime.loader import open_model
+from rnnserve.service.runtime.session import shrink_shared_arena
 from rnnserve.service.settings import Settings
 
 log = logging.getLogger("rnnserve.registry")
@@ -259,3 +262,9 @@ def _refreeze() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    shrink_shared_arena()  # the warm-ups' largest batches need not stay
+    if _malloc_trim is not None:  # glibc keeps freed heap for reuse: give it back (20 MB after loading the bundled)
+        _malloc_trim(0)
+
+
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform == "linux" else None

@@ -12,10 +12,12 @@ from pathlib import Path
 from rnnserve.service.control import ModelControl
 from rnnserve.service.metrics import Metrics
 from rnnserve.service.registry import Registry
+from rnnserve.service.runtime.session import shrink_shared_arena
 from rnnserve.service.runtime.states import SequenceStates
 from rnnserve.service.settings import Settings
 
 STATISTICS_FLUSH_S = 0.25  # how old another worker's figures in the statistics extension may be, at most
+ARENA_SHRINK_S = 5.0  # how long onnxruntime's shared arena may hold memory no run uses
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class ServerState:
         """Load the repository in the background (liveness answers at once, readiness waits for the models) and
         flush the statistics every STATISTICS_FLUSH_S. The loading task is returned."""
         loading = asyncio.create_task(self.control.start())
-        self.tasks[:] = [loading, asyncio.create_task(self.metrics.flush_every(STATISTICS_FLUSH_S))]
+        self.tasks[:] = [loading, asyncio.create_task(self.metrics.flush_every(STATISTICS_FLUSH_S)),
+                         asyncio.create_task(shrink_every(ARENA_SHRINK_S))]
         return loading
 
     async def close(self) -> None:
@@ -61,3 +64,10 @@ class ServerState:
         """What does not work (a model store not read at the last try, state that cannot be written), for
         readiness."""
         return [p for p in (self.registry.repository_error, self.control.problem, self.metrics.problem) if p]
+
+
+async def shrink_every(seconds: float) -> None:
+    """onnxruntime's shared arena, shrunk to what runs hold now every `seconds` (in a thread: it unmaps memory)."""
+    while True:
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(shrink_shared_arena)

@@ -13,9 +13,11 @@ vocabulary after the mask and OOV ids, padded and truncated at the end); and the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import string
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +46,24 @@ class TokenStats:
     kept: int  # ids kept after padding/truncation, start_char included, padding excluded
     oov: int  # words mapped to oov_char (rare words) or dropped (unknown words)
     truncated: bool
+
+
+class _Words(list):
+    __slots__ = ("__weakref__",)  # a list that a WeakValueDictionary can hold
+
+
+_VOCABULARIES: weakref.WeakValueDictionary[bytes, _Words] = weakref.WeakValueDictionary()
+
+
+def shared_words(words: list[str]) -> list[str]:
+    """One list (and one str object per word) for every spec of this process with the same words: the bundled
+    IMDB packages share one 88,584-word vocabulary and differ in num_words and maxlen, and each kept its own
+    copy (6 MB a package, per worker)."""
+    digest = hashlib.sha256("\0".join(words).encode("utf-8", "surrogatepass")).digest()
+    shared = _VOCABULARIES.get(digest)
+    if shared is None or shared != words:
+        shared = _VOCABULARIES[digest] = _Words(words)
+    return shared
 
 
 @dataclass
@@ -108,7 +128,7 @@ class TokenizerSpec:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown tokenizer spec fields: {sorted(unknown)}")
-        spec = cls(**data)
+        spec = cls(**(data | {"words": shared_words(data.get("words", []))}))
         spec.validate()
         return spec
 

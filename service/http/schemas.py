@@ -79,7 +79,11 @@ class ExplainRequest(BaseModel):
 MAX_SEED = 2**64 - 1  # numpy's generators take any integer; JSON answers (orjson) carry up to 64 bits
 # The bounds before the validator: after it, pydantic writes them into the JSON schema as "ge"/"le", which
 # JSON Schema does not know (schemathesis then sent -849 as a valid seed).
-Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)]
+# The documented maximum is the largest float below 2^64: clients (and schemathesis's generator) that hold JSON
+# numbers as floats round the seeds near 2^64 to 2^64 itself, which would then read as within a maximum of
+# 2^64 - 1; the server still takes up to 2^64 - 1.
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED, json_schema_extra={"maximum": 2**64 - 2048}),
+                 BeforeValidator(_integral)]
 
 
 class GenerateRequest(BaseModel):

@@ -35,7 +35,8 @@ _arena_shared = False
 def share_cpu_arena() -> None:
     """One CPU memory arena for every session in the process. Each session's own arena keeps its largest
     batch's memory for good, and summed over models that was most of the server's RSS (754 MB with the
-    bundled models); shared, memory follows the largest run instead."""
+    bundled models); shared, memory follows the largest run instead, and `shrink_shared_arena` gives back what
+    no run holds."""
     global _arena_shared
     with _arena_lock:
         if not _arena_shared:
@@ -57,6 +58,32 @@ def no_external_data() -> str:
 def _remove(folder: str) -> None:
     with contextlib.suppress(OSError):
         os.rmdir(folder)
+
+
+# An ONNX model of one Identity node (float [1] -> float [1], opset 13), as onnx.helper writes it
+# (tests/service/test_runtime.py checks it): the cheapest run that can ask the shared arena to shrink.
+IDENTITY_MODEL = bytes.fromhex(
+    "08083a3c0a100a017812017922084964656e746974791206736872696e6b5a0f0a0178120a0a08080112040a020801620f0a017912"
+    "0a0a08080112040a02080142040a00100d")
+
+
+@functools.cache
+def _shrinker() -> tuple[ort.InferenceSession, ort.RunOptions]:
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+    shrink = ort.RunOptions()
+    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return ort.InferenceSession(IDENTITY_MODEL, opts, providers=[CPU]), shrink
+
+
+def shrink_shared_arena() -> None:
+    """Give back to the system what the shared arena holds and no run uses: the arena keeps its largest run's
+    memory, which was most of a worker's (a 64-text batch of the bundled ensembles: 110 MB), while shrinking it
+    at every run cost 20-80% of the run. Shrinking between runs, every few seconds (ServerState), costs one
+    tiny run. Nothing to do before the arena exists."""
+    if _arena_shared:
+        session, shrink = _shrinker()
+        session.run(None, {"x": np.zeros(1, np.float32)}, shrink)
 
 
 def choose_providers(setting: str) -> list:
@@ -187,9 +214,14 @@ class OrtSession:
 
 def _session(model: bytes, opts: ort.SessionOptions, providers: list, label: str) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(model, sess_options=opts, providers=providers)
+        session = ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as exc:
         if "external" in str(exc).lower():  # "External data path ...", "... from external tensors"
             raise PackageError(f"{label} keeps weights in external data files: a package's graph is one file "
                                "(rnnserve-train import inlines external data)") from None
         raise
+    # onnxruntime's Python session keeps the bytes it was built from for good, only to build itself again when
+    # asked for other providers (its own comment: "This is bad as we're holding the memory indefinitely"); this
+    # server never asks, and the copy was each model's size again in every worker (100 MB with the bundled ones).
+    session._model_bytes = None
+    return session

@@ -22,6 +22,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ROOT, Server, real_reviews, wait_until
+from tests.service.test_workers import wait_for_workers
 
 STATEFUL = {"reuters-char-rnn", "waves-lstm-tutorial"}
 
@@ -45,6 +46,7 @@ def two_workers(model_repo, tmp_path_factory):
     srv = Server(repo, "--workers", "2")
     try:
         srv.wait_ready(120)
+        wait_for_workers(srv, 2)  # each has loaded the repository: whichever answers knows every model
         yield srv
     finally:
         srv.stop()
