@@ -1,7 +1,9 @@
-"""File-scoring benchmark: texts/s end to end for the endpoint and the CLI on the 25,000 raw IMDB
-reviews, and the server's peak RSS while it scores a generated 1,000,000-row upload.
+"""File-scoring benchmark: texts/s end to end for the endpoint (the default server) and the CLI on the 25,000
+raw IMDB training reviews as JSON Lines, beside onnxruntime's own rate on the same texts (the package's
+tokenizer, then the session alone, in runs of max_batch_size on the machine's CPUs: the limit the endpoint
+approaches), and the server's peak RSS while it scores a generated 1,000,000-row upload.
 
-    python bench/score.py [--model imdb-lstm-small] [--models-dir models] [--rows 1000000]
+    python bench/score.py [--model imdb-lstm-tutorial] [--models-dir models] [--rows 1000000]
 
 Prints a table and writes bench/results/score.json.
 """
@@ -9,7 +11,9 @@ Prints a table and writes bench/results/score.json.
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
+import io
 import json
 import subprocess
 import sys
@@ -52,23 +56,39 @@ def generated_rows(n: int, texts: list[str]):
         yield b"".join(batch)
 
 
+def onnxruntime_alone(package: Path, texts: list[str]) -> tuple[int, float]:
+    """The package's tokenizer (compiled) and onnxruntime on every CPU this process may use, in runs of the
+    server's max_batch_size: what the endpoint would reach with no server at all."""
+    from rnnserve import RuntimeOptions, TextClassifier
+
+    with TextClassifier.open(package, RuntimeOptions(warmup=True)) as model:
+        started = time.perf_counter()
+        model.predict_batch(texts)
+        return len(texts), time.perf_counter() - started
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="imdb-lstm-small")
+    ap.add_argument("--model", default="imdb-lstm-tutorial")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the generated file for the RSS run")
     args = ap.parse_args()
     raw = DATA_DIR / "raw" / "imdb_train.csv.gz"
     csv_bytes = gzip.decompress(raw.read_bytes())
+    texts = [row["review"] for row in csv.DictReader(io.StringIO(csv_bytes.decode("utf-8")))]
+    jsonl = "".join(json.dumps({"review": t}) + "\n" for t in texts).encode()
+    package = max((Path(args.models_dir) / args.model).iterdir(), key=lambda p: int(p.name))
     port = free_port()
     proc = start_server([sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--port", str(port),
                          "--no-access-log", "--log-level", "warning"], port)
     url = f"http://127.0.0.1:{port}/v1/models/{args.model}/score"
     results = {}
     try:
-        stream_score(url, chunks(csv_bytes[:2_000_000]), "text/csv")  # warm-up
-        rows, seconds = stream_score(url, chunks(csv_bytes), "text/csv")
-        results["endpoint, 25,000 reviews"] = {"rows": rows, "seconds": seconds, "texts_per_s": rows / seconds}
+        stream_score(url, chunks(jsonl[:2_000_000]), "application/x-ndjson")  # warm-up
+        for run in (1, 2):
+            rows, seconds = stream_score(url, chunks(jsonl), "application/x-ndjson")
+            results[f"endpoint, 25,000 reviews, JSON Lines, run {run}"] = {"rows": rows, "seconds": seconds,
+                                                                           "texts_per_s": rows / seconds}
         pids = server_pids(proc.pid)
         rss_before = sum(rss_mb(p) for p in pids)
         rows, seconds = stream_score(url, generated_rows(args.rows, reviews(5000)), "application/x-ndjson")
@@ -78,7 +98,9 @@ def main() -> int:
             "largest_process_peak_mb": max(rss_mb(p, "VmHWM") for p in pids), "processes": len(pids)}
     finally:
         stop_server(proc)
-    package = max((Path(args.models_dir) / args.model).iterdir(), key=lambda p: int(p.name))
+    rows, seconds = onnxruntime_alone(package, texts)
+    results["onnxruntime alone (tokenizer + session), 25,000 reviews"] = {"rows": rows, "seconds": seconds,
+                                                                         "texts_per_s": rows / seconds}
     out = Path("/tmp/rnnserve-bench-scores.jsonl")
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "rnnserve.service.scoring.cli", str(raw), "--package", str(package),
