@@ -152,7 +152,7 @@ def test_ray_serve_answers_like_the_plain_service(serve_app, api):
     text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
     result = client.infer("sentiment-lstm", [text])
     plain = api.post("/v1/models/sentiment-lstm/predict", json=body).json()["predictions"]
-    assert [x.decode() for x in result.as_numpy("label")] == [p["label"] for p in plain]
+    assert [x.decode() for x in result.as_numpy("label").ravel()] == [p["label"] for p in plain]  # [N, 1]
     labels = api.get("/v1/models/sentiment-lstm").json()["labels"]
     assert np.allclose(result.as_numpy("probabilities"),
                        [[p["probabilities"][k] for k in labels] for p in plain], atol=1e-6)

@@ -213,6 +213,8 @@ def read_package(path: str | Path) -> Package:
     name, version = path.parent.name, path.name
     if not NAME_RE.fullmatch(name) or not VERSION_RE.fullmatch(version):
         raise PackageError(f"{path}: expected MODELS/NAME/VERSION with a numeric version")
+    if not path.is_dir():
+        raise PackageError(f"{path}: no package directory here")
     manifest_bytes = _read(path, MANIFEST, MAX_MANIFEST_BYTES)
     manifest = parse_manifest(manifest_bytes)
     check_files(path, manifest)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnserve.service.core.package import read_package
+from rnnserve.service.core.package import read_package, seal
 from rnnserve.training.config import ConfigError, TrainConfig
 from rnnserve.training.distill import Distillation, compile_student, distillation_targets, soften
 from tests.conftest import in_process, wait_ready
@@ -112,6 +112,7 @@ def test_teachers_it_cannot_learn_from_are_named(trained_repo, task_repo, tmp_pa
     meta = json.loads((elsewhere / "metadata.json").read_text())
     meta["training"]["dataset"] = str(tmp_path / "gone.csv")
     (elsewhere / "metadata.json").write_text(json.dumps(meta))
+    seal(elsewhere)
     gone = Distillation(elsewhere)
     with pytest.raises(ConfigError, match="gone.csv' is not here: pass --dataset"):
         gone.check(gone.teacher_config())
