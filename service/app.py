@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
                     await serving
             if grpc_server is not None:
                 await grpc_server.stop()
+            await dataplane.shadow.close()
             await state.close()
 
     return create_http_app(state, dataplane, lifespan)

@@ -7,8 +7,11 @@ parent process makes a state directory (Settings.state_dir) that its workers sha
     desired.json       Desired: {"generation": G, "models": {name: {"op": "load" | "unload", "generation": g,
                        "serving": a load's batch settings or null}}}
     lock               taken (flock) to publish a change
+                       "rollouts": {name: {"generation": g, "rollout": a Rollout, "file": the sha256 of
+                       the model's rollout file when it was set, or null}}}
     workers/PID.json   WorkerStatus: what each worker has applied, {"generation": G, "results": {name:
-                       {"generation", "error": {"status", "code", "message"} or null}}}
+                       {"generation", "error": {"status", "code", "message"} or null}}, "rollouts": {name:
+                       {"generation"}}}
 
 A control call publishes the change under the lock and waits until every live worker has applied it (each
 reads desired.json every POLL_S and knows a change by its generation), then answers with their outcome: the
@@ -25,6 +28,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +38,7 @@ from rnnserve.service.core.errors import NotFound, ServiceError, StorageUnavaila
 from rnnserve.service.core.package import Serving
 from rnnserve.service.processes import alive
 from rnnserve.service.registry import Registry
+from rnnserve.service.rollout.plan import Rollout, Rollouts
 from rnnserve.service.store import open_mirror
 
 log = logging.getLogger("rnnserve.control")
@@ -51,9 +56,16 @@ class Change(BaseModel):
     serving: Serving | None = None  # a load's configuration (Triton's load with `config`)
 
 
+class RolloutChange(BaseModel):
+    generation: int
+    rollout: Rollout
+    file: str | None = None  # the sha256 of the model's rollout file it was made over (rollout/plan.py)
+
+
 class Desired(BaseModel):
     generation: int = 0
     models: dict[str, Change] = {}
+    rollouts: dict[str, RolloutChange] = {}
 
     def unloaded(self) -> set[str]:
         return {name for name, change in self.models.items() if change.op == "unload"}
@@ -86,6 +98,7 @@ class Applied(BaseModel):
 class WorkerStatus(BaseModel):
     generation: int = 0
     results: dict[str, Applied] = {}
+    rollouts: dict[str, Applied] = {}
 
 
 class ModelControl:
@@ -96,6 +109,7 @@ class ModelControl:
         self.registry, self.state_dir = registry, state_dir
         self.settings = registry.settings
         self.status = WorkerStatus()  # what this worker has applied
+        self.rollouts = Rollouts()  # labels, canary and shadow by model (rollout/plan.py)
         self._on_disk: dict[str, set[str]] = {}  # name -> versions, at the last repository scan
         self._task: asyncio.Task | None = None
         self.problem: str | None = None  # why this worker's status could not be written (readiness says it)
@@ -114,9 +128,14 @@ class ModelControl:
         for name, change in desired.models.items():
             self.registry.configure(name, change.serving)
         await self.registry.load_all(skip=desired.unloaded())
+        self.rollouts.scan(self.settings.models_dir)
+        for name, set_ in desired.rollouts.items():
+            self.rollouts.api[name] = (set_.rollout, set_.file)
         self.status = WorkerStatus(generation=desired.generation,
                                    results={name: Applied(generation=change.generation)
-                                            for name, change in desired.models.items()})
+                                            for name, change in desired.models.items()},
+                                   rollouts={name: Applied(generation=set_.generation)
+                                             for name, set_ in desired.rollouts.items()})
         self._on_disk = self._scan()
         self._write_status()
         if self.state_dir is not None or self.settings.repository_poll_s:
@@ -161,26 +180,54 @@ class ModelControl:
         self.registry.check_name(name)
         if change.op == "load" and not (self.settings.models_dir / name).is_dir() and not self.registry.knows(name):
             raise NotFound(f"no model {echo(name)} in the repository")  # nothing to publish for every worker
+        generation = await self._published(name, change.op, lambda desired, g: desired.models.__setitem__(
+            name, change.model_copy(update={"generation": g})))
+        statuses = await self._applied(name, change.op, generation, lambda status: status.results)
+        for status in statuses.values():
+            if (error := status.results[name].error) is not None:
+                raise error.error()
+
+    async def set_rollout(self, name: str, change: Callable[[Rollout], Rollout]) -> Rollout:
+        """Change `name`'s rollout on every worker (change: the rollout in force -> the new one, raising
+        ServiceErrors of its own): the new rollout, in force everywhere when this returns. It stands until the
+        model's rollout file changes (rollout/plan.py). NotFound for a name neither loaded nor on disk."""
+        self.registry.check_name(name)
+        if not self.registry.knows(name) and not (self.settings.models_dir / name).is_dir():
+            raise NotFound(f"no model {echo(name)} in the repository")
+        self.rollouts.scan(self.settings.models_dir)  # the file's digest as it is now
+        rollout = change(self.rollouts.get(name) or Rollout())
+        digest = self.rollouts.file_digest(name)
+        if self.state_dir is None:
+            self.rollouts.api[name] = (rollout, digest)
+            return rollout
+        generation = await self._published(name, "rollout", lambda desired, g: desired.rollouts.__setitem__(
+            name, RolloutChange(generation=g, rollout=rollout, file=digest)))
+        await self._applied(name, "rollout", generation, lambda status: status.rollouts)
+        return rollout
+
+    async def _published(self, name: str, what: str, change: Callable[[Desired, int], None]) -> int:
         try:
-            generation = await asyncio.to_thread(self._publish, name, change)
+            return await asyncio.to_thread(self._publish, change)
         except OSError as exc:
             log.error("model control could not publish a change", extra={"model": name, "reason": exc.strerror})
-            raise StorageUnavailable(f"{change.op} of model {echo(name)}: the server's control state could not be "
+            raise StorageUnavailable(f"{what} of model {echo(name)}: the server's control state could not be "
                                      f"written ({exc.strerror or exc}); nothing was changed") from None
+
+    async def _applied(self, name: str, what: str, generation: int,
+                       table: Callable[[WorkerStatus], dict[str, Applied]]) -> dict[int, WorkerStatus]:
+        """Every live worker's status once each has applied `generation` for `name` in `table` (ControlTimeout
+        naming those that did not within control_timeout_s)."""
         deadline = time.monotonic() + self.settings.control_timeout_s
         while True:
             statuses = self._live_statuses()
             waiting = [pid for pid, status in statuses.items()
-                       if status.results.get(name, Applied(generation=0)).generation < generation]
+                       if table(status).get(name, Applied(generation=0)).generation < generation]
             if not waiting:
-                break
+                return statuses
             if time.monotonic() > deadline:
-                raise ControlTimeout(f"{change.op} of model {echo(name)}: worker(s) {sorted(waiting)} did not apply "
+                raise ControlTimeout(f"{what} of model {echo(name)}: worker(s) {sorted(waiting)} did not apply "
                                      f"it within {self.settings.control_timeout_s:g} s")
             await asyncio.sleep(POLL_S)
-        for status in statuses.values():
-            if (error := status.results[name].error) is not None:
-                raise error.error()
 
     @property
     def _shared(self) -> Path:
@@ -188,12 +235,12 @@ class ModelControl:
         assert self.state_dir is not None
         return self.state_dir
 
-    def _publish(self, name: str, change: Change) -> int:
+    def _publish(self, change: Callable[[Desired, int], None]) -> int:
         with open(self._shared / "lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             desired = self._read_desired()
             desired.generation += 1
-            desired.models[name] = change.model_copy(update={"generation": desired.generation})
+            change(desired, desired.generation)
             _write(self._shared / "desired.json", desired)
         return desired.generation
 
@@ -209,6 +256,7 @@ class ModelControl:
                     await self._apply_changes()
                 if time.monotonic() >= next_scan:
                     await self._apply_repository(await self._sync())
+                    self.rollouts.scan(self.settings.models_dir)
                     next_scan = time.monotonic() + poll_s
             except Exception:  # noqa: BLE001 - the loop must outlive any one bad state file or package
                 log.exception("model control step failed")
@@ -229,6 +277,11 @@ class ModelControl:
             except Exception as exc:  # noqa: BLE001 - reported to the caller, never left unapplied
                 error = ErrorRecord.of(exc)
             self.status.results[name] = Applied(generation=change.generation, error=error)
+        for name, set_ in desired.rollouts.items():
+            if set_.generation > self.status.rollouts.get(name, Applied(generation=0)).generation:
+                self.rollouts.scan(self.settings.models_dir)  # the file as the caller saw it, not as at the last poll
+                self.rollouts.api[name] = (set_.rollout, set_.file)
+                self.status.rollouts[name] = Applied(generation=set_.generation)
         self.status.generation = desired.generation
         self._write_status()
 

@@ -23,6 +23,7 @@ from rnnserve.service.core.errors import ServiceError
 from rnnserve.service.grpc import messages
 from rnnserve.service.grpc.tensors import infer_request, infer_response, parameters
 from rnnserve.service.logs import accept_request_id, request_id
+from rnnserve.service.rollout.plan import routing
 from rnnserve.service.v2.dataplane import DataPlane
 
 log = logging.getLogger("rnnserve.grpc")
@@ -57,6 +58,7 @@ class InferenceServicer:
 
     def _begin(self, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
+        routing.set(metadata)  # a canary's sticky key
         rid = accept_request_id(_text(metadata.get("x-request-id")))
         request_id.set(rid)
         context.set_trailing_metadata((("x-request-id", rid),))

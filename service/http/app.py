@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from rnnserve import __version__
 from rnnserve.service.core.errors import ServiceError
-from rnnserve.service.http import connection, health, repository, score, v1, v2
+from rnnserve.service.http import connection, health, repository, rollout, score, v1, v2
 from rnnserve.service.http.errors import handle_error
 from rnnserve.service.http.middleware import OPEN_PATHS, ServiceMiddleware, content_security_policy, is_loopback
 from rnnserve.service.http.raw import RawRoutes
@@ -29,7 +29,7 @@ from rnnserve.service.v2.dataplane import DataPlane
 PAGE = "/ui"  # the built-in page (service/ui: plain HTML, CSS and JavaScript, nothing fetched from elsewhere)
 UI_DIR = Path(__file__).resolve().parent / "ui"
 DOCS = "/docs"
-ROUTERS = (health.router, v1.router, score.router, v2.router, repository.router)  # the route table
+ROUTERS = (health.router, v1.router, rollout.router, score.router, v2.router, repository.router)  # the route table
 DOCS_STATIC = "/docs/static"
 INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
 # With API keys set, OpenAPI declares both ways to send one, so Swagger UI's Authorize button can supply it.

@@ -27,8 +27,21 @@ VERSION_PARAMETER = {"parameters": [{"name": "version", "in": "path", "required"
                                      "schema": {"type": "string"}, "description": "A loaded version number."}]}
 
 
-def path_version(request: Request) -> str | None:
-    return request.path_params.get("version")
+# ... and /labels/{label} (/v1) names a version by its label (service/rollout).
+LABEL_PARAMETER = {"parameters": [{"name": "label", "in": "path", "required": True, "schema": {"type": "string"},
+                                   "description": "A version label of the model's rollout (stable, canary, ...)."}]}
+
+
+def path_version(request: Request, resolve: bool = True) -> str | None:
+    """The version the path names: a number, a label's version, and without either the stable version (None:
+    the newest), as the data plane resolves them; resolve=False: as the path gives it (a prediction's version
+    is chosen by the data plane, the canary's share included)."""
+    params = request.path_params
+    version = params.get("version") or params.get("label")
+    if not resolve:
+        return version
+    resolved = request.app.state.dataplane.resolve(params["name"], version)
+    return None if resolved is None else str(resolved)
 
 
 def check_json(request: Request, tritonclient: bool = False) -> None:

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 
 from rnnserve.service.core.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, echo
 from rnnserve.service.http.body import (
+    LABEL_PARAMETER,
     OFF_LOOP_BYTES,
     VERSION_PARAMETER,
     check_json,
@@ -41,6 +42,7 @@ from rnnserve.service.http.schemas import (
     PredictResponse,
 )
 from rnnserve.service.registry import Registry
+from rnnserve.service.rollout.plan import Rollouts, routing
 from rnnserve.service.runtime.base import ModelRuntime
 from rnnserve.service.runtime.generator import Sampling, TextGenerator
 from rnnserve.service.runtime.text import TextClassifier
@@ -74,18 +76,20 @@ CLASSIFIER, GENERATOR = Depends(model_taking(TextClassifier)), Depends(model_tak
 
 @router.get("/models", response_model=ModelList, summary="Every model in the repository, failed ones with reasons")
 async def list_models(request: Request) -> dict:
-    registry = server(request).registry
-    return {"models": [model_listing(registry, name) for name in registry.names()]}
+    state = server(request)
+    return {"models": [model_listing(state.registry, state.control.rollouts, name) for name in state.registry.names()]}
 
 
 @router.get("/models/{name}", summary="One model: versions, labels, architecture, metrics, provider")
 async def get_model(name: str, request: Request) -> dict:
-    return model_listing(server(request).registry, name)
+    state = server(request)
+    return model_listing(state.registry, state.control.rollouts, name)
 
 
-def model_listing(registry: Registry, name: str) -> dict:
+def model_listing(registry: Registry, rollouts: Rollouts, name: str) -> dict:
     """/v1/models/{name}: the newest loaded version described, every loaded version, the failed ones with
-    their reasons. NotFound (404) for a name the registry has not seen."""
+    their reasons, and the rollout in force (version labels, canary, shadow). NotFound (404) for a name the
+    registry has not seen."""
     versions, failed = registry.versions(name), registry.failed(name)
     if not versions and not failed:
         raise NotFound(f"model {echo(name)} not found")
@@ -93,7 +97,8 @@ def model_listing(registry: Registry, name: str) -> dict:
     described = [codec_for(model).describe(model) | {"state": "ready"} for _, model in sorted(versions.items())]
     latest = described[-1] if described else {"name": name, "state": "failed"}
     return latest | {"versions": described,
-                     "failed_versions": [{"version": v, "reason": r} for v, r in sorted(failed.items())]}
+                     "failed_versions": [{"version": v, "reason": r} for v, r in sorted(failed.items())],
+                     "rollout": rollouts.describe(name)}
 
 
 @router.get("/models/{name}/files/{filename}", response_class=FileResponse,
@@ -101,6 +106,9 @@ def model_listing(registry: Registry, name: str) -> dict:
 @router.get("/models/{name}/versions/{version}/files/{filename}", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}}, openapi_extra=VERSION_PARAMETER,
             summary="A training plot of one version")
+@router.get("/models/{name}/labels/{label}/files/{filename}", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}}}}, openapi_extra=LABEL_PARAMETER,
+            summary="A training plot of a labelled version")
 async def plot(name: str, filename: str, request: Request) -> FileResponse:
     package = server(request).registry.get(name, path_version(request)).package
     if filename not in package.plots:  # only the package's own plots: no other file, no path
@@ -118,14 +126,19 @@ async def plot(name: str, filename: str, request: Request) -> FileResponse:
 @raw_post(router, "/models/{name}/versions/{version}/predict", response_model=PredictResponse,
           response_model_exclude_none=True, openapi_extra=PREDICT_BODY | VERSION_PARAMETER,
           summary="Classify texts with one version")
+@raw_post(router, "/models/{name}/labels/{label}/predict", response_model=PredictResponse,
+          response_model_exclude_none=True, openapi_extra=PREDICT_BODY | LABEL_PARAMETER,
+          summary="Classify texts with a labelled version")
 async def predict(name: str, request: Request) -> Response:
-    state, version = server(request), path_version(request)
-    model = state.registry.get(name, version)  # an unknown model is a 404 before the body is read
+    state, version = server(request), path_version(request, resolve=False)
+    plane = dataplane(request)
+    model = state.registry.get(name, plane.resolve(name, version))  # an unknown model is a 404 before the body
+    routing.set(request.headers)  # a canary's sticky key
     codec = codec_for(model)
     check_json(request)
     body = await parse(request, lambda raw: parse_predict(_counted(raw, state.settings.max_texts_per_request)))
     rows = codec.decode(model, body, state.settings)
-    model, out = await dataplane(request).predict(name, version, rows, "v1")
+    model, out = await plane.predict(name, version, rows, "v1")
     return json_response({"model": model.name, "version": model.version,
                           "predictions": codec.encode(model, out, body)})
 
@@ -152,6 +165,9 @@ def _counted(raw: bytes, limit: int) -> bytes:
 @router.post("/models/{name}/versions/{version}/generate", response_model=GenerateResponse,
              openapi_extra=VERSION_PARAMETER, responses={200: {"content": {"text/event-stream": {}}}},
              summary="Generate with one version")
+@router.post("/models/{name}/labels/{label}/generate", response_model=GenerateResponse,
+             openapi_extra=LABEL_PARAMETER, responses={200: {"content": {"text/event-stream": {}}}},
+             summary="Generate with a labelled version")
 async def generate(body: GenerateRequest, request: Request,
                    model: TextGenerator = GENERATOR) -> Response:
     first, chars = await start_generation(server(request).settings, model, body.prompt,
@@ -168,6 +184,8 @@ async def generate(body: GenerateRequest, request: Request,
              summary="Each word's contribution to a label's probability, by occlusion")
 @router.post("/models/{name}/versions/{version}/explain", response_model=ExplainResponse,
              openapi_extra=VERSION_PARAMETER, summary="Explain with one version")
+@router.post("/models/{name}/labels/{label}/explain", response_model=ExplainResponse,
+             openapi_extra=LABEL_PARAMETER, summary="Explain with a labelled version")
 async def explain(name: str, body: ExplainRequest, request: Request,
                   model: TextClassifier = CLASSIFIER) -> Response:
     state, version = server(request), path_version(request)

@@ -16,6 +16,7 @@ from rnnserve.service.http.context import dataplane, server
 from rnnserve.service.http.generation import event_stream, start_generation
 from rnnserve.service.http.raw import raw_post
 from rnnserve.service.http.schemas import V2Error, V2GenerateRequest
+from rnnserve.service.rollout.plan import routing
 from rnnserve.service.runtime.generator import Sampling, TextGenerator
 from rnnserve.service.v2 import tensors
 from rnnserve.service.v2.dataplane import DataPlane
@@ -128,8 +129,9 @@ async def _generation(name: str, request: Request, body: V2GenerateRequest):
 @raw_post(router, "/models/{name}/versions/{version}/infer", summary="Inference on one version",
           openapi_extra=INFER_BODY | VERSION_PARAMETER)
 async def infer(name: str, request: Request) -> Response:
-    plane, version = dataplane(request), path_version(request)
+    plane, version = dataplane(request), path_version(request, resolve=False)
     plane.model(name, version)  # an unknown model is a 404 before the body is read
+    routing.set(request.headers)  # a canary's sticky key
     check_json(request, tritonclient=True)
     header_length = request.headers.get(HEADER_LENGTH)
     header, infer_request = await parse(request, lambda body: decode(body, header_length, name, version, plane))

@@ -151,6 +151,11 @@ class Batcher:
         return self._closed
 
     @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (not the one being run)."""
+        return self._queue.qsize() + (self._carry is not None)
+
+    @property
     def idle(self) -> bool:
         return not (self._busy or self._carry or self._queue.qsize())
 

@@ -10,6 +10,8 @@ The cache directory (one per server; its worker processes share it, a lock letti
                              against the manifest's size and sha256, then renamed), so a sync cut short resumes
     packages/DIGEST/         verified packages, named by the sha256 of their manifest.json
     repository/NAME/VERSION  a link to packages/DIGEST: the registry's models_dir (replaced atomically)
+    repository/NAME/rollout.json  the bucket's NAME/rollout.json (service/rollout), copied as it is: a small
+                             control file, not part of a package, checked when the server reads it
 
 A sync lists the bucket (one listing of every object under the prefix). A version exists once its manifest.json
 is there (writers upload it last). A version whose objects changed since the last sync (their sizes and ETags:
@@ -44,6 +46,8 @@ from rnnserve.service.core.package import (
     parse_manifest,
     sha256_file,
 )
+from rnnserve.service.rollout.plan import FILE as ROLLOUT_FILE
+from rnnserve.service.rollout.plan import MAX_FILE_BYTES as MAX_ROLLOUT_BYTES
 from rnnserve.service.store import StoreError, StoreOptions
 from rnnserve.service.store.client import ObjectStore, describe, list_objects, open_store, read_object, stream_object
 
@@ -125,7 +129,8 @@ class Mirror:
     def _mirror(self, state: dict) -> None:
         assert self._store is not None, "Mirror.prepare() first"
         store, entries = self._store, state["versions"]
-        listed = _versions(list_objects(store, self.where))
+        listing = list_objects(store, self.where)
+        listed = _versions(listing)
         for key, objects in sorted(listed.items()):
             signature = _signature(objects)
             entry = entries.get(key)
@@ -133,6 +138,7 @@ class Mirror:
                     entry["reason"] or self._linked(key) == entry["installed"]):
                 continue
             self._fetch(store, key, objects, signature, entries)
+        self._mirror_rollouts(store, listing, state)
         for key in sorted(set(entries) - set(listed)):  # gone from the bucket (or its manifest is)
             (self.repository / key).unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # the model's folder, once its last version went
@@ -140,6 +146,33 @@ class Mirror:
             del entries[key]
             log.info("model version removed from the store", extra=_fields(key))
         self._collect_garbage(state)
+
+    def _mirror_rollouts(self, store: ObjectStore, objects: list[dict], state: dict) -> None:
+        """Each model's rollout file copied when it changed (its size and ETag), removed when it went."""
+        seen: dict[str, str] = state.setdefault("rollouts", {})
+        listed = {meta["path"].split("/")[0]: meta for meta in objects
+                  if meta["path"].count("/") == 1 and meta["path"].endswith(f"/{ROLLOUT_FILE}")
+                  and NAME_RE.fullmatch(meta["path"].split("/")[0])}
+        for name, meta in sorted(listed.items()):
+            signature = _signature({ROLLOUT_FILE: meta})
+            if seen.get(name) == signature and (self.repository / name / ROLLOUT_FILE).is_file():
+                continue
+            if meta["size"] > MAX_ROLLOUT_BYTES:
+                log.error("rollout file in the store is too large", extra={"model": name, "bytes": meta["size"]})
+                continue
+            try:
+                raw = read_object(store, f"{name}/{ROLLOUT_FILE}", self.where)
+            except FileNotFoundError:
+                continue
+            folder = self.repository / name
+            folder.mkdir(mode=0o700, exist_ok=True)
+            tmp = folder / f".{ROLLOUT_FILE}.part"
+            tmp.write_bytes(raw)
+            os.replace(tmp, folder / ROLLOUT_FILE)
+            seen[name] = signature
+        for name in sorted(set(seen) - set(listed)):
+            (self.repository / name / ROLLOUT_FILE).unlink(missing_ok=True)
+            del seen[name]
 
     def _fetch(self, store: ObjectStore, key: str, objects: dict[str, dict], signature: str,
                entries: dict[str, dict]) -> None:
@@ -245,7 +278,7 @@ class Mirror:
             state = json.loads((self.cache / "state.json").read_text())
         except (FileNotFoundError, ValueError):
             state = {}
-        return {"listed_at": 0.0, "versions": {}, "retired": {}, **state}
+        return {"listed_at": 0.0, "versions": {}, "retired": {}, "rollouts": {}, **state}
 
     def _write_state(self, state: dict) -> None:
         tmp = self.cache / f".state.{os.getpid()}.json"

@@ -8,6 +8,11 @@ output tensors the request asked for.
 `predict` is where every prediction runs, whatever asked for it: V2 infer over HTTP and gRPC, /v1 predict and
 file scoring's blocks. What watches or steers traffic hooks in there, once for every protocol: `observers` see
 each prediction after it is answered (a Prediction: the model, the rows, the result or the error, its time).
+
+`resolve` is where a request's version is chosen (service/rollout): a label names its version, a request that
+names none goes to the version labelled stable (the newest without one), and a prediction that names none
+may go to the canary instead, by its share (sticky for the rollout's header, read from `routing`: the HTTP
+headers or gRPC metadata a transport sets). After the answer, a share of predictions also runs on the shadow.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from rnnserve import __version__
 from rnnserve.service.core.errors import BadRequest, InvalidInput, ServiceError, Unauthorized, echo
 from rnnserve.service.core.package import Serving
 from rnnserve.service.logs import request_id
+from rnnserve.service.rollout.plan import LABEL_RE, STABLE, Rollout, choose, routing
+from rnnserve.service.rollout.shadow import Comparisons, Shadow
 from rnnserve.service.runtime.base import ModelRuntime
 from rnnserve.service.runtime.states import SequenceStep
 from rnnserve.service.state import ServerState
@@ -69,6 +76,10 @@ class DataPlane:
         self.state, self.registry, self.settings = state, state.registry, state.settings
         self.keys = [k.encode() for k in state.settings.keys()]
         self.observers = list(observers)
+        self.rollouts = state.control.rollouts
+        self.comparisons = Comparisons(state.metrics)
+        self.shadow = Shadow(state.registry, self.comparisons, state.settings.shadow_max_pending,
+                             state.settings.shadow_max_queue)
 
     # -- access and accounting -------------------------------------------------------------------------------
 
@@ -97,9 +108,25 @@ class DataPlane:
     def server_metadata(self, extensions: Sequence[str] = ()) -> dict:
         return {"name": "rnnserve", "version": __version__, "extensions": sorted([*EXTENSIONS, *extensions])}
 
-    def model(self, name: str, version: str | None) -> ModelRuntime:
+    def resolve(self, name: str, version: str | int | None, split: bool = False) -> str | int | None:
+        """The version a request names, as a number: a label's version (NotFound for a label the model does
+        not have); without one, the stable version, or with `split` (a prediction) the canary for its share.
+        A labelled version that is not loaded receives nothing: the stable one (or None: the newest) answers
+        for a canary, and a missing stable leaves the newest. A version number passes as it is."""
+        if isinstance(version, str) and LABEL_RE.fullmatch(version):
+            return (self.rollouts.get(name) or Rollout()).version_of(name, version)
+        rollout = self.rollouts.get(name) if version is None else None
+        if rollout is None:
+            return version
+        loaded = self.registry.models.get(name, {})
+        for label in (choose(rollout, routing.get()) if split else None, STABLE):
+            if label is not None and rollout.labels.get(label) in loaded:
+                return rollout.labels[label]
+        return None
+
+    def model(self, name: str, version: str | int | None) -> ModelRuntime:
         """The model version a request names (NotFound 404, NotReady 503), one the V2 protocol runs."""
-        model: ModelRuntime = self.registry.get(name, version)
+        model: ModelRuntime = self.registry.get(name, self.resolve(name, version))
         codecs.codec_for(model)
         return model
 
@@ -125,7 +152,9 @@ class DataPlane:
         return codecs.model_config(self.model(name, version), s.sequence_idle_s, s.per_worker(s.max_sequences))
 
     async def statistics(self, name: str | None, version: str | None) -> list[dict]:
-        return model_stats(self.registry, await self.state.metrics.read_statistics(), name, version)
+        resolved = self.resolve(name, version) if name and version else version
+        return model_stats(self.registry, await self.state.metrics.read_statistics(), name,
+                           None if resolved is None else str(resolved))
 
     # -- the model repository ----------------------------------------------------------------------------------
 
@@ -184,10 +213,11 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run a request: NotFound/NotReady for the model, InvalidInput/PayloadTooLarge (422/413) for its
         inputs, outputs or parameters, checked before the model runs (a sequence's step must not run twice)."""
-        name, version = request.model_name, request.model_version
+        name = request.model_name
+        sequence = sequence_of(request.parameters)
+        version = self.resolve(name, request.model_version, split=sequence is None)  # once: the codec's version
         model = self.model(name, version)
         codec = codecs.codec_for(model)
-        sequence = sequence_of(request.parameters)
         wanted = self._outputs(model, request.outputs)
         rows = codec.decode(model, request.inputs, self.settings, stepping=sequence is not None)
         model, out = await self.predict(name, version, rows, "v2", sequence)
@@ -204,24 +234,35 @@ class DataPlane:
     async def predict(self, name: str, version: str | int | None, rows: Sequence | np.ndarray, endpoint: str,
                       sequence: SequenceStep | None = None) -> tuple[ModelRuntime, Any]:
         """Rows through the current copy of a model version (predict, or a sequence's step): (the model that
-        answered, its result). The runtime's errors pass through; the observers see every outcome."""
+        answered, its result). The version as `resolve` chooses it (a sequence's steps: never the canary's
+        split, so every step runs on one version); the runtime's errors pass through; the observers see every
+        outcome, and the rollout's shadow a share of the predictions answered."""
         run: Callable[[ModelRuntime], Awaitable]
         if sequence is None:
             run = lambda m: m.predict(rows)  # noqa: E731 - the registry runs it on the current copy
         else:
             run = lambda m: self.state.sequences.step(m, sequence, rows)  # noqa: E731
-        if not self.observers:
+        if version is None or type(version) is str:
+            version = self.resolve(name, version, split=sequence is None)
+        rollout = self.rollouts.get(name) if sequence is None else None
+        shadowing = rollout is not None and rollout.shadow_share > 0
+        if not self.observers and not shadowing:
             return await self.registry.call(name, version, run)
         started = time.perf_counter()
         model: ModelRuntime | None = None
         try:
             model, out = await self.registry.call(name, version, run)
         except Exception as exc:
-            self._observe(Prediction(name, model, rows, None, exc, endpoint, request_id.get(),
-                                     time.perf_counter() - started))
+            if self.observers:
+                self._observe(Prediction(name, model, rows, None, exc, endpoint, request_id.get(),
+                                         time.perf_counter() - started))
             raise
-        self._observe(Prediction(name, model, rows, out, None, endpoint, request_id.get(),
-                                 time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        if self.observers:
+            self._observe(Prediction(name, model, rows, out, None, endpoint, request_id.get(), seconds))
+        if shadowing:
+            assert rollout is not None
+            self.shadow.offer(name, rollout, model, rows, out, seconds)
         return model, out
 
     def _observe(self, event: Prediction) -> None:

@@ -97,6 +97,23 @@ def test_a_bucket_is_served_from_its_verified_copy_and_followed(bucket, tmp_path
         assert f"{NAME}/2" not in index(client)
 
 
+def test_a_rollout_file_in_the_bucket_travels_with_the_mirror(bucket, tmp_path):
+    url, store = bucket
+    publish(store, url, f"{NAME}/1")
+    publish(store, url, f"{NAME}/2")
+    obstore.put(store, f"{NAME}/rollout.json", json.dumps({"labels": {"stable": 1}}).encode())
+    with serve(url, tmp_path / "cache") as client:
+        wait_ready(client)
+        assert {predict(client).json()["version"] for _ in range(10)} == {1}
+        obstore.put(store, f"{NAME}/rollout.json", json.dumps({"labels": {"stable": 1, "canary": 2},
+                                                               "canary_share": 1.0}).encode())
+        wait_until(lambda: predict(client).json()["version"] == 2, 2 * POLL_S + 3, "the edited rollout")
+        obstore.delete(store, [f"{NAME}/rollout.json"])
+        wait_until(lambda: not (tmp_path / "cache" / "repository" / NAME / "rollout.json").exists(), 2 * POLL_S + 3,
+                   "the rollout file to go")
+        assert client.get(f"/v1/models/{NAME}").json()["rollout"]["source"] == "none"
+
+
 def test_azure_blob_storage_through_azurite(azurite, monkeypatch, tmp_path):
     for key, value in azurite.env().items():
         monkeypatch.setenv(key, value)

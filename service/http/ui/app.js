@@ -298,6 +298,63 @@ async function generate(event) {
   }
 }
 
+// Rollout: the chosen model's labels, split and shadow, and the shadow's comparison (the whole server's).
+const ROLLOUT_POLL_MS = 5000;
+const agreementSeen = new Map(); // model -> {pairs, agreed, points: [agreement since the previous look]}
+
+function showRolloutError(e) { $("rollout-error").textContent = e.message; }
+
+async function refreshRollout() {
+  const name = $("model-select").value;
+  if (!name) return;
+  const { rollout, comparison } = await (await api(`../v1/models/${encodeURIComponent(name)}/rollout`)).json();
+  $("rollout-error").textContent = rollout.file_problem ? `rollout.json refused: ${rollout.file_problem}` : "";
+  const labels = Object.entries(rollout.labels).map(([k, v]) => `${k} → v${v}`).join(", ") || "none";
+  const plan = [`labels: ${labels} (from ${rollout.source})`];
+  if (rollout.canary_share) plan.push(`canary: ${percent(rollout.canary_share)} of unversioned predictions` +
+                                      (rollout.sticky_header ? `, sticky by ${rollout.sticky_header}` : ", at random"));
+  if (rollout.shadow_share) plan.push(`shadow: ${rollout.shadow} on ${percent(rollout.shadow_share)}`);
+  $("rollout-plan").textContent = plan.join("; ");
+  const pairs = comparison.compared.reduce((n, c) => n + c.pairs, 0);
+  const agreed = comparison.compared.reduce((n, c) => n + c.agreed, 0);
+  const ms = (role) => { const l = comparison.latency[role]; return l && l.mean_s !== null ? `${(1000 * l.mean_s).toFixed(2)} ms` : "n/a"; };
+  const facts = [["compared", `${pairs} inputs`], ["agreement", pairs ? percent(agreed / pairs) : "n/a"],
+                 ["mean latency", `primary ${ms("primary")}, shadow ${ms("shadow")}`],
+                 ["shadow errors", `${comparison.shadow_errors}`], ["shed", `${comparison.shed}`]];
+  const dl = $("rollout-figures");
+  dl.replaceChildren();
+  for (const [k, v] of facts) dl.append(el("dt", { textContent: k }), el("dd", { textContent: v }));
+  const seen = agreementSeen.get(name) || { pairs, agreed, points: [] };
+  if (pairs > seen.pairs) seen.points = [...seen.points, (agreed - seen.agreed) / (pairs - seen.pairs)].slice(-60);
+  Object.assign(seen, { pairs, agreed });
+  agreementSeen.set(name, seen);
+  drawAgreement(seen.points);
+  const bars = $("delta-bars");
+  bars.replaceChildren();
+  for (const c of comparison.compared) {
+    bars.append(el("p", { className: "hint", textContent: `|Δp| of v${c.primary} vs v${c.shadow} (share of inputs)` }));
+    let below = 0;
+    for (const bucket of c.delta_p) {
+      const share = c.pairs ? (bucket.count - below) / c.pairs : 0;
+      below = bucket.count;
+      const fill = el("div", { className: "fill" });
+      fill.style.width = percent(share);
+      bars.append(el("div", { className: "bar" }, el("span", { textContent: `≤ ${bucket.le}` }),
+                     el("div", { className: "track" }, fill), el("span", { className: "value", textContent: percent(share) })));
+    }
+  }
+}
+
+function drawAgreement(points) {
+  $("agreement").hidden = points.length < 2;
+  const svg = $("agreement-chart");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points.map((a, i) => `${(300 * i) / Math.max(1, points.length - 1)},${60 - 58 * a}`).join(" "));
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#0969da");
+  svg.replaceChildren(line);
+}
+
 function showLoadError(e) {
   if (e.status !== 401) $("model-list").replaceChildren(el("p", { className: "error", textContent: e.message }));
 }
@@ -312,5 +369,7 @@ $("explain-form").addEventListener("submit", explain);
 $("sequence-form").addEventListener("submit", predictSequences);
 $("generate-form").addEventListener("submit", generate);
 $("model-select").addEventListener("change", showForms);
+$("model-select").addEventListener("change", () => refreshRollout().catch(showRolloutError));
+setInterval(() => { if (!document.hidden) refreshRollout().catch(showRolloutError); }, ROLLOUT_POLL_MS);
 $("score-form").addEventListener("submit", score);
-loadModels().catch(showLoadError);
+loadModels().then(() => refreshRollout()).catch(showLoadError);
