@@ -94,10 +94,10 @@ class Settings(BaseSettings):
                                  "under the process's descriptor limit.")
     repository_poll_s: float = Field(0.0, ge=0, description="Scan the model repository this often and load new "
                                      "version directories (unload removed ones) on every worker; 0: off.")
-    shadow_max_pending: int = Field(8, ge=1, description="Shadow runs (rollout: a version also run on a share of "
+    shadow_max_pending: int = Field(2, ge=1, description="Shadow runs (rollout: a version also run on a share of "
                                     "predictions, compared) one worker holds at once, waiting or running; more are "
                                     "shed and counted.")
-    shadow_max_queue: int = Field(1, ge=0, description="A shadow run is shed (and counted) when the primary "
+    shadow_max_queue: int = Field(0, ge=0, description="A shadow run is shed (and counted) when the primary "
                                   "version's batcher has more than this many requests waiting: primary work first.")
     control_timeout_s: float = Field(120.0, gt=0, description="How long a load, reload or unload waits for every "
                                      "worker to apply it before answering 504 with the workers that did not.")

@@ -352,3 +352,32 @@ def test_with_api_keys_the_docs_and_the_page_open_without_one(browser, small_rep
         w.close()
     finally:
         srv.stop()
+
+
+def test_the_page_shows_a_models_rollout_and_the_shadows_comparison(browser, model_repo, tmp_path):
+    """Version 2 a copy of version 1, shadowing every prediction (the repository's rollout file): the page
+    shows the labels, the shadow and the comparison (agreement 100%, its |Δp| histogram)."""
+    name = "sentiment-lstm"
+    shutil.copytree(model_repo / name / "1", tmp_path / "models" / name / "1")
+    shutil.copytree(model_repo / name / "1", tmp_path / "models" / name / "2")
+    (tmp_path / "models" / name / "rollout.json").write_text(json.dumps(
+        {"labels": {"stable": 1, "candidate": 2}, "shadow": "candidate", "shadow_share": 1.0}))
+    srv = Server(tmp_path / "models")
+    try:
+        srv.wait_ready()
+        for _ in range(10):
+            httpx.post(f"{srv.url}/v1/models/{name}/predict", json={"text": "a fine film"}).raise_for_status()
+        watched = Watched(browser, srv)
+        page = watched.page
+        page.goto(srv.url + "/ui/")
+        page.select_option("#model-select", name)
+        page.wait_for_function("() => document.querySelector('#rollout-figures').innerText.includes('10 inputs')")
+        assert "stable → v1, candidate → v2 (from file)" in page.inner_text("#rollout-plan")
+        assert "shadow: candidate on 100.0%" in page.inner_text("#rollout-plan")
+        figures = page.inner_text("#rollout-figures")
+        assert "100.0%" in figures and "shed" in figures
+        assert page.locator("#delta-bars .bar").count() == 11  # ten bounds and +Inf
+        watched.check_clean()
+        watched.close()
+    finally:
+        srv.stop()

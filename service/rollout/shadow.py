@@ -3,8 +3,8 @@ the two versions' answers compared.
 
 The shadow never touches the primary answer: it starts from the primary's rows and result once predict has
 them, in a task of its own, and its errors are counted, never raised. It yields to primary work: a run is
-shed (and counted) while the primary version's batcher has more than `shadow_max_queue` requests waiting, or
-the worker already holds `shadow_max_pending` shadow runs.
+shed (and counted) while the primary version's batcher has more than `shadow_max_queue` requests waiting (when
+offered, and again as it starts), or the worker already holds `shadow_max_pending` shadow runs.
 
 Each compared input records, by model and (primary, shadow) version: whether the top labels agree (by name),
 |Δp| (the largest absolute difference of a class probability, in [0, 1]; versions with other classes are
@@ -144,6 +144,9 @@ class Shadow:
     async def _run(self, name: str, version: int, primary: ModelRuntime, rows: Sequence | np.ndarray, result: Any,
                    seconds: float) -> None:
         await asyncio.sleep(0)  # the primary's answer goes out first
+        if primary.batcher.queued > self.max_queue:  # primary work arrived meanwhile: it goes first
+            self.comparisons.shed.labels(name).inc()
+            return
         started = time.perf_counter()
         try:
             shadow: ModelRuntime

@@ -128,7 +128,7 @@ def test_a_canary_that_is_not_loaded_receives_nothing(serve, repo):
 
 
 def test_full_shadow_leaves_every_answer_identical_and_its_agreement_is_the_offline_one(serve, repo, texts):
-    srv, client = serve()
+    srv, client = serve("--shadow-max-pending", "64")  # one client in turn: nothing to shed for
     put_rollout(client, {"labels": {"stable": 1}})
     before = [predict(client, text) for text in texts]
     put_rollout(client, {"labels": {"stable": 1, "candidate": 2}, "shadow": "candidate", "shadow_share": 1.0})
