@@ -2,7 +2,7 @@
 version 1 and a copy of it as version 2, driven with wrk by real IMDB reviews of 800-1,000 characters at c=1
 and c=16, with no shadow and with 100% shadow on version 2, side by side in one run (alternating rounds, the
 server running throughout). Prints p50/p99 of the primary answers, their ratio, and the shadow runs compared
-and shed in each 100% scenario.
+and shed in each 100% scenario; writes bench/results/rollout.json.
 
     python bench/rollout.py [--duration 8] [--rounds 2] [--workers 2]
 
@@ -76,6 +76,7 @@ def main() -> int:
     print(f"# bench/rollout.py --duration {args.duration} --rounds {args.rounds} --workers {args.workers}; "
           f"{machine()}; {datetime.now(UTC):%Y-%m-%d}")
     print(f"{'scenario':<18} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99 x':>6} {'compared':>9} {'shed':>7}")
+    report = []
     for c in (1, 16):
         base_p99 = statistics.median(r["p99_ms"] for r in results["none", c])
         for shadow in ("none", "100%"):
@@ -85,6 +86,13 @@ def main() -> int:
             compared, shed = sum(r["compared"] for r in runs), sum(r["shed"] for r in runs)
             print(f"c={c:<2} shadow {shadow:<6} {rps:>7.0f} {p50:>7.2f} {p99:>7.2f} {p99 / base_p99:>6.2f} "
                   f"{compared:>9} {shed:>7}")
+            report.append({"connections": c, "shadow": shadow, "requests_per_s": rps, "p50_ms": p50, "p99_ms": p99,
+                           "p99_ratio": p99 / base_p99, "compared": compared, "shed": shed, "runs": runs})
+    out = ROOT / "bench" / "results" / "rollout.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "date": f"{datetime.now(UTC):%Y-%m-%d}", "duration_s":
+                               args.duration, "rounds": args.rounds, "workers": args.workers, "results": report},
+                              indent=2))
     return 0
 
 
