@@ -14,11 +14,11 @@ from rnnserve.service.core.errors import InvalidInput, NotFound, echo
 from rnnserve.service.http.body import check_json, json_response, model_parser, parse
 from rnnserve.service.http.context import dataplane, server
 from rnnserve.service.http.schemas import ErrorResponse
+from rnnserve.service.http.v1 import ERRORS
 from rnnserve.service.rollout.plan import LABEL_RE, Rollout
 from rnnserve.service.rollout.plan import parse as parse_rollout
 
-ERRORS: dict[int | str, dict] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 415, 422, 503, 504)}
-router = APIRouter(prefix="/v1/models/{name}", tags=["rollout"], responses=ERRORS)
+router = APIRouter(prefix="/v1/models/{name}", tags=["rollout"], responses=ERRORS | {504: {"model": ErrorResponse}})
 
 
 class LabelRequest(BaseModel):

@@ -370,6 +370,6 @@ $("sequence-form").addEventListener("submit", predictSequences);
 $("generate-form").addEventListener("submit", generate);
 $("model-select").addEventListener("change", showForms);
 $("model-select").addEventListener("change", () => refreshRollout().catch(showRolloutError));
-setInterval(() => { if (!document.hidden) refreshRollout().catch(showRolloutError); }, ROLLOUT_POLL_MS);
+setInterval(() => { if (!document.hidden && $("key-prompt").hidden) refreshRollout().catch(showRolloutError); }, ROLLOUT_POLL_MS);
 $("score-form").addEventListener("submit", score);
 loadModels().then(() => refreshRollout()).catch(showLoadError);
