@@ -7,34 +7,44 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
-from rnnserve.service.core.errors import InvalidInput, NotFound, echo
+from rnnserve.service.core.errors import NotFound, echo
 from rnnserve.service.http.body import check_json, json_response, model_parser, parse
 from rnnserve.service.http.context import dataplane, server
 from rnnserve.service.http.schemas import ErrorResponse
 from rnnserve.service.http.v1 import ERRORS
-from rnnserve.service.rollout.plan import LABEL_RE, Rollout
+from rnnserve.service.rollout.plan import LABEL_PATTERN, Rollout
 from rnnserve.service.rollout.plan import parse as parse_rollout
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["rollout"], responses=ERRORS | {504: {"model": ErrorResponse}})
 
 
 class LabelRequest(BaseModel):
-    version: int = Field(ge=1, description="The version the label names (it need not be loaded yet: a label's "
-                         "version that is not ready receives no traffic).")
+    version: int = Field(ge=1, le=999_999_999, description="The version the label names (it need not be loaded "
+                         "yet: a label's version that is not ready receives no traffic).")
 
 
 parse_label = model_parser(LabelRequest)
 
 
+LABEL = Path(pattern=LABEL_PATTERN, description="A version label: lowercase letters, digits, - and _, first a letter.")
+
+
+def _model(request: Request, name: str) -> None:
+    """NotFound (404) for a name neither loaded nor in the repository, before the body is read."""
+    state = server(request)
+    state.registry.check_name(name)
+    if not state.registry.knows(name) and not (state.settings.models_dir / name).is_dir():
+        raise NotFound(f"model {echo(name)} not found")
+
+
 @router.get("/rollout", summary="The rollout in force (labels, canary, shadow) and the shadow comparison, the "
             "whole server's")
 async def get_rollout(name: str, request: Request) -> Response:
+    _model(request, name)
     state = server(request)
-    if not state.registry.knows(name) and not (state.settings.models_dir / name).is_dir():
-        raise NotFound(f"model {echo(name)} not found")
     comparison = await asyncio.to_thread(dataplane(request).comparisons.summary, name)
     return json_response({"model": name, "rollout": state.control.rollouts.describe(name),
                           "versions": sorted(state.registry.versions(name)), "comparison": comparison})
@@ -44,6 +54,7 @@ async def get_rollout(name: str, request: Request) -> Response:
             "shadow_share) on every worker", openapi_extra={"requestBody": {"required": True, "content": {
                 "application/json": {"schema": Rollout.model_json_schema()}}}})
 async def put_rollout(name: str, request: Request) -> Response:
+    _model(request, name)
     check_json(request)
     body = await parse(request, lambda raw: parse_rollout(raw, "rollout"))
     return await _changed(request, name, lambda _: body)
@@ -52,9 +63,8 @@ async def put_rollout(name: str, request: Request) -> Response:
 @router.put("/labels/{label}", summary="Set or move one version label on every worker",
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                 "schema": LabelRequest.model_json_schema()}}}})
-async def put_label(name: str, label: str, request: Request) -> Response:
-    if not LABEL_RE.fullmatch(label):
-        raise InvalidInput(f"label {echo(label)} must match {LABEL_RE.pattern} (lowercase, not a number)")
+async def put_label(name: str, request: Request, label: str = LABEL) -> Response:
+    _model(request, name)
     check_json(request)
     version = (await parse(request, parse_label)).version
     return await _changed(request, name, lambda r: parse_rollout(
@@ -62,7 +72,9 @@ async def put_label(name: str, label: str, request: Request) -> Response:
 
 
 @router.delete("/labels/{label}", summary="Remove one version label on every worker")
-async def delete_label(name: str, label: str, request: Request) -> Response:
+async def delete_label(name: str, request: Request, label: str = LABEL) -> Response:
+    _model(request, name)
+
     def without(r: Rollout) -> Rollout:
         r.version_of(name, label)  # NotFound for a label it does not have
         return parse_rollout(r.model_dump() | {"labels": {k: v for k, v in r.labels.items() if k != label}},

@@ -18,15 +18,18 @@ import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from rnnserve.service.core.errors import InvalidInput, NotFound, echo
 
 log = logging.getLogger("rnnserve.rollout")
 FILE = "rollout.json"
-LABEL_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # never all digits: a version number is never a label
-HEADER_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+LABEL_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"  # never all digits: a version number is never a label
+LABEL_RE = re.compile(LABEL_PATTERN)
+Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
+Version = Annotated[int, Field(ge=1, le=999_999_999)]  # as a version directory's name (core/package.py)
 MAX_FILE_BYTES = 64 * 1024
 STABLE, CANARY = "stable", "canary"
 # The request's headers (HTTP) or metadata (gRPC), names in lowercase, where a sticky key is read: set by the
@@ -42,23 +45,15 @@ class Rollout(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    labels: dict[str, int] = {}
+    labels: dict[Label, Version] = {}
     canary_share: float = Field(0.0, ge=0, le=1)
-    sticky_header: str | None = None
-    shadow: str | None = None
+    sticky_header: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$",
+                                                    to_lower=True)] | None = None
+    shadow: Annotated[str, StringConstraints(pattern=r"^([0-9]{1,9}|[a-z][a-z0-9_-]{0,63})$")] | None = None
     shadow_share: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> Rollout:
-        for label, version in self.labels.items():
-            if not LABEL_RE.fullmatch(label):
-                raise ValueError(f"label {label!r} must match {LABEL_RE.pattern} (lowercase, not a number)")
-            if version < 1:
-                raise ValueError(f"label {label!r}: a version is a positive integer, not {version}")
-        if self.sticky_header is not None:
-            self.sticky_header = self.sticky_header.lower()
-            if not HEADER_RE.fullmatch(self.sticky_header):
-                raise ValueError(f"sticky_header {self.sticky_header!r} is not a header name ({HEADER_RE.pattern})")
         if self.canary_share and CANARY not in self.labels:
             raise ValueError("canary_share needs a 'canary' label (the version it sends requests to)")
         if self.shadow is not None and not (self.shadow.isdigit() or self.shadow in self.labels):

@@ -114,6 +114,15 @@ def test_a_ten_percent_canary_and_a_sticky_key_on_two_workers(serve):
         answers = {client.post(f"/v2/models/{NAME}/infer", json=v2, headers={"X-User": user}).json()["model_version"]
                    for _ in range(40)}
         assert len(answers) == 1, (user, answers)
+    import tritonclient.grpc as grpcclient  # over gRPC the key is metadata of the same name
+
+    with grpcclient.InferenceServerClient(srv.grpc) as triton:
+        text = grpcclient.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"a fine film"], dtype=object))
+        for user in ("ada", "bob", "cyd", "dan"):
+            answers = {triton.infer(NAME, [text], headers={"x-user": user}).get_response().model_version
+                       for _ in range(20)}
+            assert len(answers) == 1, (user, answers)
     keyed = {}
     for user in (f"user-{i}" for i in range(400)):
         keyed[user] = predict(client, headers={"x-user": user})["version"]
