@@ -27,8 +27,8 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from rnnserve.service.core.profile import PROFILE
 from rnnserve.service.core.package import MANIFEST, PackageError, PackageMetadata, Task, read_package, seal
+from rnnserve.service.core.profile import PROFILE
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.metrics import classification_metrics
