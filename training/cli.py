@@ -194,15 +194,13 @@ def cmd_import(args) -> int:
 def cmd_profile(args) -> int:
     """Add or refresh a package's drift profile (profile.json) from a file of texts, and seal it again."""
     from rnnserve.service.core.package import PackageError
-    from rnnserve.training.importer import read_texts
-    from rnnserve.training.profiling import profile_package, sample
-    from rnnserve.training.untrusted import ImportRefused
+    from rnnserve.training.profiling import profile_package, read_texts, sample
 
     try:
         texts = sample(read_texts(args.texts, args.text_column, args.max_texts), args.limit)
         source = args.source or f"{len(texts)} texts sampled (seed 0) from {args.texts.name}"
         built = profile_package(args.package, texts, source)
-    except (ImportRefused, PackageError, OSError, ValueError) as exc:
+    except (PackageError, OSError, ValueError) as exc:
         print(f"error: {args.package}: {exc}", file=sys.stderr)
         return 2
     print(f"{args.package}: profile.json written from {built.texts} texts ({built.source}); sealed")

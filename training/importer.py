@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 
 from rnnserve.service.core.package import INPUT_NAME, OUTPUT_NAME, Task
-from rnnserve.service.core.rows import format_of, read_file
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.training import profiling
 from rnnserve.training.export import (
     ExportError,
     check_target,
@@ -455,26 +455,12 @@ def gate_inputs(gate: Gate, pipeline: Pipeline, prep: Preprocessing) -> tuple[li
 
 
 def read_texts(path: Path, column: str, count: int) -> list[str]:
-    """The first `count` texts of a CSV (column), JSONL (key) or text file (one a line), as the scorer reads them
-    (a line at a time: memory bounded whatever the file)."""
-    fmt = format_of(path.name)
-    if fmt is None:
-        raise ImportRefused(f"--parity-texts {path}: expected a .csv, .jsonl or .txt file (gzip too)")
+    """The first `count` texts of --parity-texts (profiling.read_texts), its size checked first."""
     check_size(path, MAX_TEXT_BYTES, "--parity-texts")
-    texts: list[str] = []
     try:
-        for row in read_file(path, fmt, column):
-            if len(texts) == count:
-                break
-            if row.error is not None:  # a text left out would leave the gate short, and the user unaware
-                hint = " (--text-column names the texts' column or key)" if row.error.startswith("no ") else ""
-                raise ImportRefused(f"--parity-texts {path}: row {row.number}: {row.error}{hint}")
-            texts.append(row.text)
-    except (OSError, ValueError) as exc:
-        raise ImportRefused(f"cannot read --parity-texts {path}: {exc}") from exc
-    if not texts:
-        raise ImportRefused(f"--parity-texts {path} has no texts")
-    return texts
+        return profiling.read_texts(path, column, count)
+    except ValueError as exc:
+        raise ImportRefused(f"--parity-texts {exc}") from exc
 
 
 def text_gate(user_predict: Callable[[np.ndarray | None], np.ndarray], texts: list[str], user_ids: np.ndarray | None,

@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from rnnserve.service.core import profile
 from rnnserve.service.core.package import MANIFEST, Task, parse_metadata, read_package, seal
+from rnnserve.service.core.rows import format_of, read_file
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
 
 PROFILE_TEXTS = 2000  # texts sampled for a profile: PSI's sampling noise ~ bins / texts, 0.005 at 10 bins
@@ -29,6 +30,28 @@ def sample(texts: Sequence[str], limit: int = PROFILE_TEXTS, seed: int = 0) -> l
     if len(texts) <= limit:
         return list(texts)
     return [texts[i] for i in sorted(np.random.default_rng(seed).choice(len(texts), limit, replace=False))]
+
+
+def read_texts(path: Path, column: str, count: int) -> list[str]:
+    """The first `count` texts of a CSV (column), JSONL (key) or text file (one a line, gzip too), as the scorer
+    reads them (a line at a time: memory bounded whatever the file). ValueError naming the file and row."""
+    fmt = format_of(path.name)
+    if fmt is None:
+        raise ValueError(f"{path}: expected a .csv, .jsonl or .txt file (gzip too)")
+    texts: list[str] = []
+    try:
+        for row in read_file(path, fmt, column):
+            if len(texts) == count:
+                break
+            if row.error is not None:  # a text left out would leave the sample short, and the user unaware
+                hint = " (--text-column names the texts' column or key)" if row.error.startswith("no ") else ""
+                raise ValueError(f"{path}: row {row.number}: {row.error}{hint}")
+            texts.append(row.text)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    if not texts:
+        raise ValueError(f"{path} has no texts")
+    return texts
 
 
 def write_profile(directory: str | Path, texts: Sequence[str], source: str) -> profile.Profile | None:

@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from rnnserve.service.core.profile import ALERT, SIGNALS
+from rnnserve.service.core.package import MANIFEST, seal
+from rnnserve.service.core.profile import ALERT, PROFILE, SIGNALS
 from rnnserve.service.settings import BUNDLED_MODELS
 from rnnserve.training.data import _read_npz, imdb_raw_train_in_keras_order, reuters_raw_train
 from tests.conftest import Server, in_process, wait_ready, wait_until
@@ -94,13 +95,21 @@ def test_numeric_noise_rises_over_the_threshold(tmp_path):
         assert {"tokens", "oov_share"} <= set(report["alerts"]), scores(report)
 
 
-def test_a_package_without_a_profile_serves_and_says_drift_is_unavailable(api):
-    assert api.post("/v1/models/sentiment-lstm/predict", json={"texts": ["a fine film"]}).status_code == 200
-    for path in ("/v1/models/sentiment-lstm/drift", "/v1/models/sentiment-lstm/versions/1/drift"):
-        report = api.get(path).json()
-        assert report["available"] is False and "profile.json" in report["reason"], report
-    assert api.get("/v1/models/no-such-model/drift").status_code == 404
-    assert 'rnnserve_drift_score{model="sentiment-lstm"' not in api.get("/metrics").text
+def test_a_package_without_a_profile_serves_and_says_drift_is_unavailable(tmp_path, model_repo):
+    package = tmp_path / "models" / "sentiment-lstm" / "1"
+    shutil.copytree(model_repo / "sentiment-lstm", package.parent)
+    if (package / PROFILE).exists():  # fixtures rebuilt since drift have one: this test is about those without
+        (package / PROFILE).unlink()
+        (package / MANIFEST).unlink()
+        seal(package)
+    with in_process(tmp_path / "models") as api:
+        wait_ready(api)
+        assert api.post("/v1/models/sentiment-lstm/predict", json={"texts": ["a fine film"]}).status_code == 200
+        for path in ("/v1/models/sentiment-lstm/drift", "/v1/models/sentiment-lstm/versions/1/drift"):
+            report = api.get(path).json()
+            assert report["available"] is False and "profile.json" in report["reason"], report
+        assert api.get("/v1/models/no-such-model/drift").status_code == 404
+        assert 'rnnserve_drift_score{model="sentiment-lstm"' not in api.get("/metrics").text
 
 
 def test_drift_off_says_so(tmp_path):
