@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from rnnserve.service.settings import Settings
 
 log = logging.getLogger("rnnserve.drift")
 Key = tuple[str, str]  # (model, version)
+TOKEN_EDGES, OOV_EDGES = np.array(profile.TOKEN_EDGES), np.array(profile.OOV_EDGES)
 NO_PROFILE = ("the package has no drift profile (profile.json; packages written before drift have none): add one "
               "with `rnnserve-train profile PACKAGE --texts FILE` and reload")
 
@@ -49,17 +51,25 @@ class LiveWindow:
         self.position = 0
 
     def add(self, stats: list, probabilities: np.ndarray) -> None:
-        """Texts' TokenStats and their probabilities float [N, C]: their bins, written over the oldest."""
+        """Texts' TokenStats and their probabilities float [N, C]: their bins, written over the oldest. A single
+        text (the usual request) is binned in plain Python: numpy's per-call overhead would be most of it."""
         size = self.rings.shape[1]
         stats, probabilities = stats[-size:], probabilities[-size:]
         n = len(stats)
+        if n == 1:
+            st, row = stats[0], probabilities[0].tolist()
+            top = max(row)
+            self.rings[:, self.position] = (*profile.text_bins(st.words, st.oov, st.truncated), row.index(top),
+                                            bisect_right(profile.CONFIDENCE_EDGES, top))
+            self.position = (self.position + 1) % size
+            return
         words = np.fromiter((s.words for s in stats), dtype=np.int64, count=n)
         oov = np.fromiter((s.oov for s in stats), dtype=np.int64, count=n)
         truncated = np.fromiter((s.truncated for s in stats), dtype=bool, count=n)
         empty = words <= 0
         label, confidence = profile.prediction_bins(probabilities)
-        bins = (np.searchsorted(profile.TOKEN_EDGES, words, side="right"),
-                np.where(empty, -1, np.searchsorted(profile.OOV_EDGES, oov / np.maximum(words, 1), side="right")),
+        bins = (np.searchsorted(TOKEN_EDGES, words, side="right"),
+                np.where(empty, -1, np.searchsorted(OOV_EDGES, oov / np.maximum(words, 1), side="right")),
                 np.where(empty, 2, truncated.astype(np.int64)), label, confidence)
         at = (self.position + np.arange(n)) % size
         self.rings[:, at] = np.stack(bins)

@@ -27,6 +27,7 @@ PROFILE_FORMAT = "rnnserve-profile/1"
 TOKEN_EDGES = (1, 5, 10, 20, 50, 100, 200, 400, 800, 1600)  # words; bin 0: no words
 OOV_EDGES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # share of a text's words
 CONFIDENCE_EDGES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # top probability
+_CONFIDENCE = np.array(CONFIDENCE_EDGES)
 SHAPES = ("whole", "truncated", "empty")
 TEXT_SIGNALS = ("tokens", "oov_share", "shape")
 PREDICTION_SIGNALS = ("label", "confidence")
@@ -66,7 +67,7 @@ def text_bins(words: int, oov: int, truncated: bool) -> tuple[int, int, int]:
 
 def prediction_bins(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """probabilities float [N, C] -> (label bins int [N], confidence bins int [N])."""
-    return probabilities.argmax(axis=1), np.searchsorted(CONFIDENCE_EDGES, probabilities.max(axis=1), side="right")
+    return probabilities.argmax(axis=1), np.searchsorted(_CONFIDENCE, probabilities.max(axis=1), side="right")
 
 
 def counts_of(stats: Sequence, probabilities: np.ndarray) -> dict[str, np.ndarray]:
