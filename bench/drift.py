@@ -4,23 +4,46 @@ run falls on both. Each round is a fresh server (one worker) of the same model a
 
     python bench/drift.py [--model imdb-lstm-tutorial] [--duration 8] [--rounds 2]
 
-Needs `wrk`. Prints each round and the median requests per second of each setting with on/off, and writes
+Needs `wrk`. Prints each round, the median requests per second of each setting with on/off, and what the
+observer itself costs per prediction in this process (timeit: one text, and a 64-text batch), and writes
 bench/results/drift.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import tempfile
+import timeit
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, free_port, machine, reviews, start_server, stop_server  # noqa: E402
 from bench.load import lua_script, run_wrk  # noqa: E402
+
+
+def observer_us() -> dict[str, float]:
+    """Microseconds drift's observer spends recording one prediction of 1 and of 64 texts (the request path's
+    whole share: binning into the ring; no distance, no I/O)."""
+    import numpy as np
+
+    from rnnserve.service.core.profile import sizes
+    from rnnserve.service.core.tokenizer import TokenStats
+    from rnnserve.service.drift import LiveWindow
+
+    window = LiveWindow(sizes(2), 1000)
+    one = [TokenStats(kept=200, oov=3, truncated=False, length=201, words=203)]
+    probabilities = np.array([[0.2, 0.8]], dtype=np.float32)
+    out = {}
+    for n, number in ((1, 20000), (64, 2000)):
+        stats, probs = one * n, np.repeat(probabilities, n, axis=0)
+        run = functools.partial(window.add, stats, probs)
+        out[f"{n} text{'s' if n > 1 else ''}"] = min(timeit.repeat(run, number=number, repeat=3)) / number * 1e6
+    return out
 
 
 def main() -> int:
@@ -61,11 +84,13 @@ def main() -> int:
                    for d in (False, True))
         summary[c] = {"off": off, "on": on, "ratio": on / off}
         print(f"{c:4d} {off:16.0f} {on:15.0f} {on / off:6.2f}x")
+    cost = observer_us()
+    print("observer per prediction: " + ", ".join(f"{k} {v:.1f} us" for k, v in cost.items()))
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "drift.json").write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
                                                 "machine": machine(), "model": args.model, "rows": rows,
-                                                "summary": summary}, indent=2))
+                                                "summary": summary, "observer_us": cost}, indent=2))
     return 0
 
 
