@@ -1,8 +1,8 @@
 """What drift costs on the request path: single-text /v1 requests at c=1 and c=64 with drift off and on (its
-defaults), side by side in one run, alternating rounds (off, on, off, on, ...) so the machine's drift over the
-run falls on both. Each round is a fresh server (one worker) of the same model and reviews.
+defaults), side by side in one run, in rounds of alternating order (off-on, on-off, ...) so the machine's drift over the
+run falls on both alike. Each round is a fresh server (one worker) of the same model and reviews.
 
-    python bench/drift.py [--model imdb-lstm-tutorial] [--duration 8] [--rounds 2]
+    python bench/drift.py [--model imdb-lstm-tutorial] [--duration 8] [--rounds 4]
 
 Needs `wrk`. Prints each round, the median requests per second of each setting with on/off, and what the
 observer itself costs per prediction in this process (timeit: one text, and a 64-text batch), and writes
@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--model", default="imdb-lstm-tutorial")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--duration", type=int, default=8, help="seconds per measurement")
-    ap.add_argument("--rounds", type=int, default=2, help="off/on pairs")
+    ap.add_argument("--rounds", type=int, default=4, help="off/on pairs (an even number balances the order)")
     args = ap.parse_args()
     texts = [t for t in reviews(2000) if 800 <= len(t) <= 1000][:50]
     rows: list[dict] = []
@@ -59,7 +59,7 @@ def main() -> int:
         script = Path(tmp) / "single.lua"
         script.write_text(lua_script([json.dumps({"text": t}) for t in texts]))
         for round_ in range(args.rounds):
-            for drift in (False, True):
+            for drift in (False, True) if round_ % 2 == 0 else (True, False):
                 port = free_port()
                 cmd = [sys.executable, "-m", "rnnserve.service", "--models-dir", args.models_dir, "--workers", "1",
                        "--no-access-log", "--log-level", "warning", "--port", str(port),
