@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None, wait_for_models: bool = False) 
         settings = Settings()
         logs.configure(settings.log_level, settings.log_json)
     state = ServerState.build(settings)
-    dataplane = DataPlane(state)
+    dataplane = DataPlane(state, observers=[state.drift] if settings.drift else [])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

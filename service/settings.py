@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     telemetry: bool = Field(False, description="FastAPI's OpenTelemetry instrumentation (traces, metrics, logs to a "
                             "configured OpenTelemetry SDK). Off, no request pays for checking whether it is set up.")
 
+    drift: bool = Field(True, description="Measure drift: each text classifier's recent texts and predictions "
+                        "against its package's reference profile (docs/drift.md); off, predictions are not watched.")
+    drift_window: int = Field(1000, ge=10, description="Texts in the drift window per model version, the whole "
+                              "server's (each worker keeps its share of the most recent).")
+    drift_min_count: int = Field(100, ge=1, description="Texts a signal's window needs before it is scored (fewer: "
+                                 "no score; PSI's noise is about bins / texts).")
+
     state_dir: Path | None = Field(None, description="Set by the server for its worker processes: the directory "
                                    "they share for model control, metrics and sequences (not a setting to give).")
 

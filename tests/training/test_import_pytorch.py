@@ -47,6 +47,8 @@ def test_the_worked_pytorch_notebook_runs_as_written(tmp_path, data_dir, capsys,
     code = main(shlex.split(command)[1:])
     out = capsys.readouterr()
     assert code == 0, out.out + out.err
+    package = read_package(tmp_path / "models" / "reviews-torch" / "1")
+    assert json.loads(package.read("profile.json"))["source"].endswith("of the import's parity texts")
     meta = read_package(tmp_path / "models" / "reviews-torch" / "1").metadata
     assert meta.parity["ids_compared"] and meta.parity["outputs_compared"] and meta.parity["examples"] == 300
     model, encode = namespace["model"], namespace["encode"]
