@@ -182,3 +182,23 @@ def test_a_hanging_http_sink_never_holds_an_answer_and_drops_are_counted(model_r
     finally:
         HangingSink.release.set()
         receiver.shutdown()
+
+
+def test_the_file_sink_rotates_and_two_writers_share_it(tmp_path):
+    """Two workers' sinks on one file: every line whole, the file rotated at its size, BACKUPS files kept."""
+    from cloudevents.http import CloudEvent
+
+    from rnnserve.service.observe.sinks import FileSink
+
+    path = tmp_path / "events.jsonl"
+    writers = [FileSink(path, max_bytes=2048, backups=2) for _ in range(2)]
+    for i in range(60):
+        event = CloudEvent({"type": REQUEST, "source": "test", "id": f"e{i}"}, {"n": i, "pad": "x" * 100})
+        assert writers[i % 2].send([event]) == 0
+    for writer in writers:
+        writer.close()
+    files = [path, path.with_name("events.jsonl.1"), path.with_name("events.jsonl.2")]
+    assert all(f.exists() for f in files) and not path.with_name("events.jsonl.3").exists()
+    ids = [from_json(line)["id"] for f in reversed(files) for line in f.read_text().splitlines()]
+    assert all(f.stat().st_size <= 2048 for f in files)
+    assert ids == [f"e{i}" for i in range(60 - len(ids), 60)]  # in order, the newest kept
