@@ -202,3 +202,32 @@ def test_the_file_sink_rotates_and_two_writers_share_it(tmp_path):
     ids = [from_json(line)["id"] for f in reversed(files) for line in f.read_text().splitlines()]
     assert all(f.stat().st_size <= 2048 for f in files)
     assert ids == [f"e{i}" for i in range(60 - len(ids), 60)]  # in order, the newest kept
+
+
+def test_two_workers_share_the_file_and_the_counts(model_repo, tmp_path):
+    """Each worker queues and writes its own events into the one file; /metrics counts the server's."""
+    import httpx
+
+    from tests.conftest import Server
+
+    sink = tmp_path / "events.jsonl"
+    srv = Server(model_repo, "--workers", "2", env={"RNNSERVE_PAYLOAD_LOG": "true", "RNNSERVE_PAYLOAD_LOG_RATE": "1",
+                                                    "RNNSERVE_PAYLOAD_LOG_SINK": str(sink)})
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url) as client:  # one connection per request: both workers take some
+            for i in range(20):
+                r = httpx.post(f"{srv.url}/v1/models/sentiment-lstm/predict", json={"texts": TEXTS},
+                               headers={"X-Request-ID": f"w{i}"})
+                assert r.status_code == 200
+
+            def sent() -> float:
+                found = re.search(r'rnnserve_payload_events_total\{outcome="sent"\} (\S+)', client.get("/metrics").text)
+                return float(found.group(1)) if found else 0.0
+
+            wait_until(lambda: sent() == 40, what="40 events counted as sent")
+        found = events(sink)
+        assert sorted(e["id"] for e in found) == sorted(f"w{i}" for i in range(20) for _ in range(2))
+        assert len({e["source"] for e in found}) == 1
+    finally:
+        srv.stop()
