@@ -148,9 +148,18 @@ class HangingSink(BaseHTTPRequestHandler):
         pass
 
 
-def dropped(client) -> float:
-    found = re.search(r'rnnserve_payload_events_total\{outcome="dropped"\} (\S+)', client.get("/metrics").text)
+def counted(client, outcome: str) -> float:
+    found = re.search(rf'rnnserve_payload_events_total\{{outcome="{outcome}"\}} (\S+)', client.get("/metrics").text)
     return float(found.group(1)) if found else 0.0
+
+
+def test_an_http_sink_that_is_down_counts_failed_sends(model_repo):
+    with in_process(model_repo, payload_log=True, payload_log_rate=1.0,
+                    payload_log_sink=f"http://127.0.0.1:{free_port()}/events") as client:
+        wait_ready(client)
+        assert client.post("/v1/models/sentiment-lstm/predict", json={"texts": TEXTS}).status_code == 200
+        wait_until(lambda: counted(client, "failed") == 2, what="two failed sends")
+        assert counted(client, "sent") == 0
 
 
 def test_a_hanging_http_sink_never_holds_an_answer_and_drops_are_counted(model_repo):
@@ -173,7 +182,7 @@ def test_a_hanging_http_sink_never_holds_an_answer_and_drops_are_counted(model_r
             sender.start()
             sender.join(60)  # a deadline only: answers that waited for the sink would never come
             assert answered == [200] * 12
-            assert dropped(client) >= 12 - 2 - 1  # the queue holds 2, the sender thread 1
+            assert counted(client, "dropped") >= 12 - 2 - 1  # the queue holds 2, the sender thread 1
             HangingSink.release.set()
             wait_until(lambda: len(HangingSink.received) >= 2, what="the held events")
         event = HangingSink.received[0]
