@@ -113,6 +113,25 @@ def test_grpc_request_joins_the_clients_trace_with_its_stages(traced):
     assert found["rpc.method"] == "ModelInfer" and found["rpc.grpc.status_code"] == 0
 
 
+def test_each_request_of_a_grpc_stream_has_its_own_span(traced):
+    _, grpc_client = traced
+    trace_id = "7" * 32
+    answers = []
+    grpc_client.start_stream(lambda result, error: answers.append(error or result),
+                             headers={"traceparent": f"00-{trace_id}-{'8' * 16}-01"})
+    try:
+        tensor = triton.InferInput("text", [len(TEXTS)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
+        for _ in range(2):
+            grpc_client.async_stream_infer("sentiment-lstm", [tensor])
+        wait_until(lambda: len(answers) == 2, what="the stream's answers")
+    finally:
+        grpc_client.stop_stream()
+    name = "inference.GRPCInferenceService/ModelStreamInfer"
+    wait_until(lambda: sum(s.name == name for s in in_trace(trace_id)) == 2, what="a span per request")
+    assert all(not isinstance(a, Exception) for a in answers)
+
+
 def test_an_unsampled_parent_gives_no_spans(traced):
     client, _ = traced
     unsampled, sampled = "5" * 32, "6" * 32
