@@ -70,6 +70,9 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.texts = Counter("rnnserve_texts_total", "Inputs run by a model (texts, sequences, explanation "
                              "variants, generation steps)", ["model"], registry=r)
+        self.payload_events = Counter("rnnserve_payload_events_total", "Payload log events by outcome: sent "
+                                      "(written or POSTed), dropped (the worker's queue was full), failed (the sink "
+                                      "refused or was unreachable)", ["outcome"], registry=r)
         # Several workers: a version counts as loaded when every live worker has it, failed when any has failed.
         self.models_loaded = Gauge("rnnserve_models_loaded", "Model versions loaded and ready", registry=r,
                                    multiprocess_mode="livemin")

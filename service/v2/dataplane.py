@@ -8,6 +8,8 @@ output tensors the request asked for.
 `predict` is where every prediction runs, whatever asked for it: V2 infer over HTTP and gRPC, /v1 predict and
 file scoring's blocks. What watches or steers traffic hooks in there, once for every protocol: `observers` see
 each prediction after it is answered (a Prediction: the model, the rows, the result or the error, its time).
+An inference request refused before it ran (an unknown model, an input that does not decode) reaches them
+through `refused`, which the transports call with the error they answer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -39,6 +42,8 @@ EXTENSIONS = ["classification", "model_configuration", "model_repository", "sequ
               "statistics"]
 log = logging.getLogger("rnnserve.dataplane")
 HONOURED = "max_batch_size and dynamic_batching.max_queue_delay_microseconds"
+# The failure predict() showed the observers, so that the transport's `refused` does not show it again.
+_reported: ContextVar[Exception | None] = ContextVar("rnnserve_reported", default=None)
 UNAUTHORIZED = ("missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY (over gRPC as "
                 "metadata 'authorization: Bearer KEY' or 'x-api-key: KEY')")
 
@@ -217,12 +222,19 @@ class DataPlane:
         try:
             model, out = await self.registry.call(name, version, run)
         except Exception as exc:
+            _reported.set(exc)
             self._observe(Prediction(name, model, rows, None, exc, endpoint, request_id.get(),
                                      time.perf_counter() - started))
             raise
         self._observe(Prediction(name, model, rows, out, None, endpoint, request_id.get(),
                                  time.perf_counter() - started))
         return model, out
+
+    def refused(self, name: str, endpoint: str, error: Exception) -> None:
+        """An inference request (endpoint "v1" or "v2") answered with `error`: the observers see it as a failed
+        prediction with no rows, unless predict() already showed them this error."""
+        if self.observers and _reported.get() is not error:
+            self._observe(Prediction(name, None, (), None, error, endpoint, request_id.get(), 0.0))
 
     def _observe(self, event: Prediction) -> None:
         for observer in self.observers:
