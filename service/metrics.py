@@ -70,11 +70,20 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.texts = Counter("rnnserve_texts_total", "Inputs run by a model (texts, sequences, explanation "
                              "variants, generation steps)", ["model"], registry=r)
+        self.payload_events = Counter("rnnserve_payload_events_total", "Payload log events by outcome: sent "
+                                      "(written or POSTed), dropped (the worker's queue was full), failed (the sink "
+                                      "refused or was unreachable)", ["outcome"], registry=r)
         # Several workers: a version counts as loaded when every live worker has it, failed when any has failed.
         self.models_loaded = Gauge("rnnserve_models_loaded", "Model versions loaded and ready", registry=r,
                                    multiprocess_mode="livemin")
         self.models_failed = Gauge("rnnserve_models_failed", "Model packages that failed to load", registry=r,
                                    multiprocess_mode="livemax")
+        # Every worker scores the same merged counts (service/drift.py): the live workers' largest is the value.
+        self.drift = Gauge("rnnserve_drift_score", "Population stability index of a drift signal's recent window "
+                           "against the package's reference profile (alert at 0.25)", ["model", "version", "signal"],
+                           registry=r, multiprocess_mode="livemax")
+        self.drift_window = Gauge("rnnserve_drift_window_texts", "Texts in the drift window, the whole server's",
+                                  ["model", "version"], registry=r, multiprocess_mode="livemax")
         self.statistics_registry = s = CollectorRegistry()  # out of /metrics (module docstring)
         labels = ["model", "version", "stat", "batch_size"]
         self.stat_counts = Counter(STATISTICS[0], "Statistics extension counts", labels, registry=s)
@@ -106,6 +115,14 @@ class Metrics:
         if self.problem is None:
             self.models_loaded.set(loaded)
             self.models_failed.set(failed)
+
+    def drift_score(self, model: str, version: str, signal: str, score: float) -> None:
+        if self.problem is None:
+            self.drift.labels(model, version, signal).set(score)
+
+    def drift_texts(self, model: str, version: str, texts: int) -> None:
+        if self.problem is None:
+            self.drift_window.labels(model, version).set(texts)
 
     def exposition(self) -> bytes:
         """The text a scrape gets: this app's collectors, or every worker's when there are several."""

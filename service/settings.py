@@ -116,8 +116,41 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Python log level.")
     log_json: bool = Field(True, description="One JSON object per log line.")
     access_log: bool = Field(True, description="Log one line per request.")
+    payload_log: bool = Field(False, description="Payload logging: a sample of requests and responses, and every "
+                              "failure, as CloudEvents (KServe's inference logger's types) to payload_log_sink, from "
+                              "a bounded queue per worker; logging never delays or fails an answer.")
+    payload_log_rate: float = Field(0.1, ge=0, le=1, description="Share of requests logged (each one drawn at "
+                                    "random; file scoring: of a file's rows). Failures are always logged.")
+    payload_log_rates: str = Field("", description="Per-model rates over payload_log_rate, comma-separated "
+                                   "NAME=RATE (e.g. imdb-lstm=1,reuters-gru=0).")
+    payload_log_mode: Literal["all", "request", "response"] = Field(
+        "all", description="What a sampled request logs: its request and its response events, or one of them.")
+    payload_log_text: Literal["whole", "sha256", "none"] = Field(
+        "sha256", description="How texts appear in the events: whole, as the hex sha256 of their UTF-8 bytes, or "
+        "not at all (only their count).")
+    payload_log_sink: str = Field("rnnserve-payloads.jsonl", description="Where events go: a JSON Lines file "
+                                  "(structured CloudEvents, one a line; rotated at payload_log_max_bytes, shared by "
+                                  "the workers), or an http(s):// URL each event is POSTed to in CloudEvents' "
+                                  "binary mode, as KServe's logger does.")
+    payload_log_max_bytes: int = Field(100 * 1024**2, ge=1024, description="The file sink's size before it is "
+                                       "rotated (FILE -> FILE.1 -> ... FILE.N).")
+    payload_log_backups: int = Field(5, ge=1, description="Rotated files the file sink keeps.")
+    payload_log_queue: int = Field(10_000, ge=1, description="Events waiting per worker; past it new ones are "
+                                   "dropped (and counted in rnnserve_payload_events_total{outcome=\"dropped\"}).")
+    payload_log_timeout_s: float = Field(5.0, gt=0, description="The HTTP sink's longest wait for one POST.")
+    tracing: bool = Field(False, description="OpenTelemetry traces of inference and model requests (the [otel] "
+                          "extra), configured by the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, "
+                          "OTEL_TRACES_SAMPLER, ...); a configuration that cannot work disables tracing with a "
+                          "warning. Off: nothing is checked per request.")
     telemetry: bool = Field(False, description="FastAPI's OpenTelemetry instrumentation (traces, metrics, logs to a "
                             "configured OpenTelemetry SDK). Off, no request pays for checking whether it is set up.")
+
+    drift: bool = Field(True, description="Measure drift: each text classifier's recent texts and predictions "
+                        "against its package's reference profile (docs/drift.md); off, predictions are not watched.")
+    drift_window: int = Field(1000, ge=10, description="Texts in the drift window per model version, the whole "
+                              "server's (each worker keeps its share of the most recent).")
+    drift_min_count: int = Field(100, ge=1, description="Texts a signal's window needs before it is scored (fewer: "
+                                 "no score; PSI's noise is about bins / texts).")
 
     state_dir: Path | None = Field(None, description="Set by the server for its worker processes: the directory "
                                    "they share for model control, metrics and sequences (not a setting to give).")
@@ -136,6 +169,11 @@ class Settings(BaseSettings):
                 and Path(data.get("models_dir", "")) == Path(data["models_cache_dir"]) / "repository"):
             raise ValueError("models_store is set from models_dir: give the bucket URL as models_dir instead")
         return data
+
+    @model_validator(mode="after")
+    def _check_rates(self) -> Settings:
+        self.payload_rates()
+        return self
 
     def store_options(self) -> StoreOptions:
         return StoreOptions(endpoint=self.store_endpoint, region=self.store_region, tls_verify=self.store_tls_verify,
@@ -156,6 +194,19 @@ class Settings(BaseSettings):
             lines = self.api_keys_file.read_text(encoding="utf-8-sig").splitlines()
             keys += [k.strip() for k in lines if k.strip() and not k.startswith("#")]
         return keys
+
+    def payload_rates(self) -> dict[str, float]:
+        """payload_log_rates as {model: rate}; ValueError naming a pair that is not NAME=RATE with RATE in [0, 1]."""
+        rates = {}
+        for pair in filter(None, (p.strip() for p in self.payload_log_rates.split(","))):
+            name, _, rate = pair.partition("=")
+            try:
+                rates[name.strip()] = value = float(rate)
+            except ValueError:
+                value = -1.0
+            if not name.strip() or not 0 <= value <= 1:
+                raise ValueError(f"payload_log_rates: {pair!r} is not NAME=RATE with a rate from 0 to 1")
+        return rates
 
     def origins(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

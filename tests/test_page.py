@@ -125,6 +125,22 @@ def test_the_page_lists_models_and_explains_a_prediction(watched, bundled_server
     watched.check_clean()
 
 
+def test_drift_is_plotted_beside_each_classifier(watched, bundled_server):
+    page = watched.page
+    page.goto(bundled_server.url + "/ui/")
+    card = page.locator(".card", has_text="imdb-lstm-small v1").first
+    card.locator(".drift figure").first.wait_for()
+    report = httpx.get(bundled_server.url + "/v1/models/imdb-lstm-small/drift").json()
+    figures = card.locator(".drift figure")
+    assert figures.count() == len(report["signals"]) == 5
+    assert [c.split(":")[0] for c in card.locator(".drift figcaption").all_inner_texts()] == list(report["signals"])
+    bins = sum(len(entry["bins"]) for entry in report["signals"].values())
+    assert card.locator(".drift svg rect.ref").count() == card.locator(".drift svg rect.live").count() == bins
+    waves = page.locator(".card", has_text="waves-lstm-tutorial v1").first
+    assert waves.locator(".drift").count() == 0  # drift is for text classifiers
+    watched.check_clean()
+
+
 def test_api_docs_render_offline(watched, bundled_server):
     page = watched.page
     page.goto(bundled_server.url + "/docs")

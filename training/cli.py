@@ -169,7 +169,8 @@ def cmd_import(args) -> int:
                          data_dir=args.data_dir,
                          allow_unused_rows=args.allow_unused_rows)
     gate = Gate(texts=args.parity_texts, text_column=args.text_column, reference=args.reference,
-                accept_unchecked=args.accept_unchecked, examples=args.parity_examples, atol=args.atol)
+                accept_unchecked=args.accept_unchecked, examples=args.parity_examples, atol=args.atol,
+                reference_texts=args.reference_texts)
     labels = _labels(args.labels)
     with models_target(args.models_dir, args.name, args.version, args.overwrite) as models_dir:
         if Path(args.model).suffix == ".onnx":
@@ -187,6 +188,22 @@ def cmd_import(args) -> int:
     if meta["parity"].get("checked", "").startswith("shapes only"):
         print("warning: only shapes were checked; give --reference with your ids and/or outputs for the "
               "--parity-texts to compare them", file=sys.stderr)
+    return 0
+
+
+def cmd_profile(args) -> int:
+    """Add or refresh a package's drift profile (profile.json) from a file of texts, and seal it again."""
+    from rnnserve.service.core.package import PackageError
+    from rnnserve.training.profiling import profile_package, read_texts, sample
+
+    try:
+        texts = sample(read_texts(args.texts, args.text_column, args.max_texts), args.limit)
+        source = args.source or f"{len(texts)} texts sampled (seed 0) from {args.texts.name}"
+        built = profile_package(args.package, texts, source)
+    except (PackageError, OSError, ValueError) as exc:
+        print(f"error: {args.package}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.package}: profile.json written from {built.texts} texts ({built.source}); sealed")
     return 0
 
 
@@ -359,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-unchecked", action="store_true", help="ONNX models without --reference: write the "
                    "package having checked only that it runs and its shapes; nothing compares its ids or outputs "
                    "with your notebook's")
+    p.add_argument("--reference-texts", type=Path, help="CSV/JSONL/text file of texts the drift profile "
+                   "(profile.json) is computed on, sampled (default: the parity texts)")
     p.add_argument("--parity-examples", type=int, default=1000, help="most texts in the gate")
     p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |yours - package| probability")
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), help=data_help)
@@ -367,6 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("profile", help="add or refresh a text classifier's drift profile (profile.json) from a "
+                       "file of reference texts (its training texts), and seal the package again")
+    p.add_argument("package", type=Path, metavar="MODELS/NAME/VERSION")
+    p.add_argument("--texts", type=Path, required=True, help="CSV/JSONL/text file (gzip too) of the texts")
+    p.add_argument("--text-column", default="text", help="the texts' column (CSV) or key (JSONL)")
+    p.add_argument("--limit", type=int, default=2000, help="texts sampled from the file (seed 0)")
+    p.add_argument("--max-texts", type=int, default=100_000, help="texts read from the file before sampling")
+    p.add_argument("--source", help="where the texts came from, recorded in the profile (default: the file's name)")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("seal", help="write manifest.json (every file's sha256) for packages written before the "
                        "server required one, after checking model.onnx against its metadata")
@@ -397,8 +426,8 @@ def import_tensorflow_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.func is cmd_seal:  # the serving install has no training extra
-        return cmd_seal(args)
+    if args.func in (cmd_seal, cmd_profile):  # the serving install has no training extra
+        return args.func(args)
     if args.func in (cmd_train, cmd_export, cmd_reproduce, cmd_quantize, cmd_import):  # these import TensorFlow
         import_tensorflow_quietly()
     from rnnserve.training.export import ExportError  # keeps --help free of TensorFlow start-up

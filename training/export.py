@@ -46,6 +46,7 @@ from rnnserve.training.onnx_rnn import (
     stepwise_sequences,
     unique_opsets,
 )
+from rnnserve.training.profiling import training_texts, write_profile
 from rnnserve.training.train import load_dataset, member_files, run_files
 
 OPSET = 17
@@ -260,8 +261,9 @@ def export_run(run_dir: str | Path, models_dir: str | Path, name: str, version: 
     if (run / DISTILLATION_FILE).is_file():
         metadata["distillation"] = json.loads((run / DISTILLATION_FILE).read_text())
     extras = [run / f for f in ("curves.png", "confusion.png", "history.json") if (run / f).is_file()]
+    reference = training_texts(cfg.dataset, data_dir, cfg.text_column, cfg.test_split) if cfg.task == "text" else None
     return write_package(models_dir, name, version, proto, files, metadata, library_versions(), extras,
-                         overwrite=overwrite)
+                         overwrite=overwrite, reference=reference)
 
 
 def check_target(models_dir: str | Path, name: str, version: int, overwrite: bool) -> Path:
@@ -278,10 +280,11 @@ def check_target(models_dir: str | Path, name: str, version: int, overwrite: boo
 
 def write_package(models_dir: str | Path, name: str, version: int, proto: onnx.ModelProto,
                   files: dict[str, str | bytes], metadata: dict, versions: dict[str, str], extras: list[Path] = (),
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, reference: tuple[list[str], str] | None = None) -> Path:
     """Write MODELS/NAME/VERSION: model.onnx, the files (name -> text or bytes), copies of `extras`, and
     metadata.json (`metadata` plus the format, name, version, the ONNX file's facts, library versions and the
-    time), checked against the format the service reads before anything is written."""
+    time), checked against the format the service reads before anything is written. reference: (texts, where
+    they came from) for a text classifier's drift profile (profile.json, training/profiling.py)."""
     target = check_target(models_dir, name, version, overwrite)
     onnx_bytes = proto.SerializeToString()
     metadata = {"format": PACKAGE_FORMAT, "name": name, "version": version, **metadata,
@@ -306,6 +309,8 @@ def write_package(models_dir: str | Path, name: str, version: int, proto: onnx.M
         for extra in extras:
             shutil.copy2(extra, stage / extra.name)
         (stage / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        if reference is not None:
+            write_profile(stage, *reference)
         seal(stage)
         if target.exists():
             shutil.rmtree(target)

@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 
 from rnnserve.service.core.package import INPUT_NAME, OUTPUT_NAME, Task
-from rnnserve.service.core.rows import format_of, read_file
 from rnnserve.service.core.tokenizer import Tokenizer, TokenizerSpec
+from rnnserve.training import profiling
 from rnnserve.training.export import (
     ExportError,
     check_target,
@@ -40,8 +40,10 @@ from rnnserve.training.keras_config import (
 )
 from rnnserve.training.keras_load import load_keras_model, load_without_text_vectorization
 from rnnserve.training.preprocessing import PreprocessingError, from_keras_tokenizer, from_text_vectorization
+from rnnserve.training.profiling import PROFILE_TEXTS, sample
 from rnnserve.training.untrusted import MAX_TEXT_BYTES, ImportRefused, check_size, read_text
 
+MAX_REFERENCE_TEXTS = 100_000  # read from --reference-texts, then sampled
 # The layers an import converts, by class name (Keras 3 and tf-keras alike).
 FRONT_LAYERS = ("Embedding", "Conv1D", "MaxPooling1D", "Dropout", "SpatialDropout1D")
 RECURRENT_LAYERS = ("SimpleRNN", "GRU", "LSTM", "Bidirectional")
@@ -95,7 +97,8 @@ class Gate:
     """The parity gate's texts (a CSV/JSONL/text file; default for a dataset vocabulary: its documents), at most
     `examples` of them, and the largest allowed probability difference. reference: for ONNX imports, a .npz of
     the user's own `ids` [N, T] and/or `outputs` [N, C] for those texts; accept_unchecked: the user accepts an
-    ONNX package checked for shapes only, without a reference."""
+    ONNX package checked for shapes only, without a reference. reference_texts: the texts of the package's drift
+    profile (default: the parity texts)."""
 
     texts: Path | None = None
     text_column: str = "text"
@@ -103,6 +106,7 @@ class Gate:
     accept_unchecked: bool = False
     examples: int = PARITY_TEXTS
     atol: float = 1e-5
+    reference_texts: Path | None = None
 
 
 @dataclass
@@ -183,7 +187,15 @@ def import_model(model_path: str | Path, models_dir: str | Path, name: str, prep
                                    {"layers": [type(layer).__name__ for layer in layers],
                                     "params": int(model.count_params()), "vocab_size": int(embedding.input_dim)})
     return write_package(models_dir, name, version, proto, {"tokenizer.json": package_spec.to_json()}, metadata,
-                         library_versions(), overwrite=overwrite)
+                         library_versions(), overwrite=overwrite, reference=profile_reference(gate, texts))
+
+
+def profile_reference(gate: Gate, parity_texts: list[str]) -> tuple[list[str], str]:
+    """The drift profile's texts and their description: --reference-texts, else the gate's parity texts."""
+    if gate.reference_texts is None:
+        return sample(parity_texts), f"{min(len(parity_texts), PROFILE_TEXTS)} of the import's parity texts"
+    texts = sample(read_texts(gate.reference_texts, gate.text_column, MAX_REFERENCE_TEXTS))
+    return texts, f"{len(texts)} texts sampled (seed 0) from {gate.reference_texts.name}"
 
 
 def _load(saved: KerasFile, inner: dict | None, trust_code: bool):
@@ -443,26 +455,12 @@ def gate_inputs(gate: Gate, pipeline: Pipeline, prep: Preprocessing) -> tuple[li
 
 
 def read_texts(path: Path, column: str, count: int) -> list[str]:
-    """The first `count` texts of a CSV (column), JSONL (key) or text file (one a line), as the scorer reads them
-    (a line at a time: memory bounded whatever the file)."""
-    fmt = format_of(path.name)
-    if fmt is None:
-        raise ImportRefused(f"--parity-texts {path}: expected a .csv, .jsonl or .txt file (gzip too)")
+    """The first `count` texts of --parity-texts (profiling.read_texts), its size checked first."""
     check_size(path, MAX_TEXT_BYTES, "--parity-texts")
-    texts: list[str] = []
     try:
-        for row in read_file(path, fmt, column):
-            if len(texts) == count:
-                break
-            if row.error is not None:  # a text left out would leave the gate short, and the user unaware
-                hint = " (--text-column names the texts' column or key)" if row.error.startswith("no ") else ""
-                raise ImportRefused(f"--parity-texts {path}: row {row.number}: {row.error}{hint}")
-            texts.append(row.text)
-    except (OSError, ValueError) as exc:
-        raise ImportRefused(f"cannot read --parity-texts {path}: {exc}") from exc
-    if not texts:
-        raise ImportRefused(f"--parity-texts {path} has no texts")
-    return texts
+        return profiling.read_texts(path, column, count)
+    except ValueError as exc:
+        raise ImportRefused(f"--parity-texts {exc}") from exc
 
 
 def text_gate(user_predict: Callable[[np.ndarray | None], np.ndarray], texts: list[str], user_ids: np.ndarray | None,

@@ -33,6 +33,7 @@ from rnnserve.training.importer import (
     compare_ids,
     preprocessing,
     probabilities,
+    profile_reference,
     read_texts,
     run_package,
     sha256_path,
@@ -85,7 +86,7 @@ def import_onnx(model_path: str | Path, models_dir: str | Path, name: str, prep:
                                     "vocab_size": rows})
     versions = {m.__name__: m.__version__ for m in (onnx, __import__("onnxruntime"))}
     return write_package(models_dir, name, version, proto, {"tokenizer.json": pipeline_spec.to_json()}, metadata,
-                         versions, overwrite=overwrite)
+                         versions, overwrite=overwrite, reference=profile_reference(gate, texts))
 
 
 def read_onnx(path: Path) -> onnx.ModelProto:

@@ -28,10 +28,12 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from rnnserve.service.core.package import MANIFEST, PackageError, PackageMetadata, Task, read_package, seal
+from rnnserve.service.core.profile import PROFILE
 from rnnserve.service.core.tokenizer import Tokenizer
 from rnnserve.training.config import TrainConfig
 from rnnserve.training.metrics import classification_metrics
 from rnnserve.training.onnx_rnn import unique_opsets
+from rnnserve.training.profiling import training_texts, write_profile
 from rnnserve.training.train import load_dataset
 
 QUANTIZED_OPS = ["LSTM", "MatMul", "Gather"]  # what onnxruntime's dynamic quantization has integer kernels for
@@ -94,6 +96,10 @@ def quantize_package(package_dir: str | Path, models_dir: str | Path, name: str,
         PackageMetadata.model_validate(data)  # what the server will read
         (staged / "metadata.json").write_text(json.dumps(data, indent=2) + "\n")
         (staged / MANIFEST).unlink()  # the source's
+        # The drift profile of the INT8 model's own predictions (the source's, copied, is the float model's)
+        (staged / PROFILE).unlink(missing_ok=True)
+        if (reference := training_texts(cfg.dataset, data_dir, cfg.text_column, cfg.test_split)) is not None:
+            write_profile(staged, *reference)
         seal(staged)
         read_package(staged)
         if target.exists():

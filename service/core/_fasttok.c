@@ -46,6 +46,7 @@ typedef struct {
     size_t wlen, wcap;
     int in_word;  /* a word may have no bytes: a non-ASCII one whose replacement is "" */
     int64_t word_end;  /* after the word's last kept character: deleted ones end no word and join none */
+    int64_t words;     /* the text's words, found or not (dropped ones too): drift's OOV share divides by it */
 } Scratch;
 
 /* The bytes of a word in a buffer with at least 8 readable bytes after it: whole 8-byte loads, masked,
@@ -139,6 +140,7 @@ static inline void end_word(const Tok *t, Scratch *sc, int64_t start, int64_t *o
     int64_t end = sc->word_end;
     int64_t id = lookup(t, sc->word, sc->wlen);
     sc->wlen = sc->in_word = 0;
+    sc->words++;
     if (id == NOT_FOUND) id = t->unknown_id;
     if (id == NOT_FOUND || id == -1) {
         (*oov)++;
@@ -169,7 +171,7 @@ static inline size_t utf8_put(unsigned char *out, Py_UCS4 c) {
     static int NAME(const Tok *t, const T *s, Py_ssize_t n, Scratch *sc, int64_t *oov) {       \
         if (reserve(t, sc, (size_t)n)) return -1;                                              \
         sc->n = sc->wlen = sc->in_word = 0;                                                    \
-        *oov = 0;                                                                              \
+        *oov = sc->words = 0;                                                                  \
         if (t->has_start) push_id(sc, t->start_id, 0, 0);                                      \
         unsigned char *word = sc->word;                                                        \
         Py_ssize_t word_start = 0;                                                             \
@@ -363,7 +365,7 @@ static PyObject *Tok_encode(Tok *self, PyObject *args, PyObject *kw) {
 
 /* encode_batch(texts, out, counts, maxlen, pre_pad, pre_trunc) -> list of the indices left to the reference.
  * out: a zeroed C-contiguous int64 buffer [N, maxlen], filled as keras pad_sequences would;
- * counts: int64 [N, 2] gets each text's id count before truncation and its OOV count. */
+ * counts: int64 [N, 3] gets each text's id count before truncation, its OOV count and its word count. */
 static PyObject *Tok_encode_batch(Tok *self, PyObject *args) {
     PyObject *texts;
     Py_buffer out, counts;
@@ -379,8 +381,8 @@ static PyObject *Tok_encode_batch(Tok *self, PyObject *args) {
         if (held) PyErr_NoMemory();
         goto done;
     }
-    if (maxlen < 1 || out.len != rows * maxlen * 8 || counts.len != rows * 16) {
-        PyErr_SetString(PyExc_ValueError, "out must be int64 [N, maxlen] and counts int64 [N, 2]");
+    if (maxlen < 1 || out.len != rows * maxlen * 8 || counts.len != rows * 24) {
+        PyErr_SetString(PyExc_ValueError, "out must be int64 [N, maxlen] and counts int64 [N, 3]");
         goto done;
     }
     for (Py_ssize_t r = 0; r < rows; r++) {
@@ -410,8 +412,9 @@ static PyObject *Tok_encode_batch(Tok *self, PyObject *args) {
         const int64_t *from = pre_trunc ? sc.ids + (sc.n - keep) : sc.ids;
         int64_t *row = dst + r * maxlen + (pre_pad ? maxlen - keep : 0);
         memcpy(row, from, keep * sizeof(int64_t));
-        cnt[2 * r] = (int64_t)sc.n;
-        cnt[2 * r + 1] = oov;
+        cnt[3 * r] = (int64_t)sc.n;
+        cnt[3 * r + 1] = oov;
+        cnt[3 * r + 2] = sc.words;
     }
     scratch_free(&sc);
     Py_END_ALLOW_THREADS

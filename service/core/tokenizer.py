@@ -46,6 +46,8 @@ class TokenStats:
     kept: int  # ids kept after padding/truncation, start_char included, padding excluded
     oov: int  # words mapped to oov_char (rare words) or dropped (unknown words)
     truncated: bool
+    length: int = 0  # ids before truncation, start_char and end_char included
+    words: int = 0  # the text's words (tokens), found or not: the OOV share is oov / words
 
 
 class _Words(list):
@@ -418,25 +420,33 @@ class Tokenizer:
         maxlen = maxlen or self.spec.maxlen
         if self._fast is None:
             encoded = [self.encode(text) for text in texts]
-            counts = [[len(ids), oov] for ids, oov in encoded]
+            counts = [[len(ids), oov, self.words_of(ids, oov)] for ids, oov in encoded]
             x = self.pad([ids for ids, _ in encoded], maxlen, dynamic)
         else:
             texts = list(texts) if self._normalize is None else [self._normalize(t)[0] for t in texts]
             x, counts = self._fast_batch(texts, maxlen, dynamic)
-        return x, [TokenStats(kept=min(n, maxlen), oov=oov, truncated=n > maxlen) for n, oov in counts]
+        return x, [TokenStats(kept=min(n, maxlen), oov=oov, truncated=n > maxlen, length=n, words=words)
+                   for n, oov, words in counts]
+
+    def words_of(self, ids: list[int], oov: int) -> int:
+        """The word count of a text from its unpadded ids and OOV count (`encode`'s answer): the ids that are words
+        (all but start_char and end_char) plus the dropped words, those OOV words that left no oov_char id."""
+        body = ids[self._start is not None:len(ids) - (self._end is not None)]
+        rare = body.count(self.spec.oov_char) if self.spec.oov_char is not None else 0
+        return len(body) + oov - rare
 
     def _fast_batch(self, texts: list[str], maxlen: int, dynamic: bool) -> tuple[np.ndarray, list[list[int]]]:
         x = np.full((len(texts), maxlen), self.spec.pad_id, dtype=np.int64)  # the compiled rows fill the ids only
-        counts = np.zeros((len(texts), 2), dtype=np.int64)
+        counts = np.zeros((len(texts), 3), dtype=np.int64)  # ids before truncation, OOV, words
         pre_pad = self.spec.padding == "pre"
         assert self._fast is not None  # only called with the compiled tokenizer
         for row in self._fast.encode_batch(texts, x, counts, maxlen, pre_pad, self.spec.truncating == "pre"):
             ids, oov, _ = self._encode_spans(texts[row])  # declined: a lone surrogate, or non-ASCII under ascii_only
             x[row] = self.pad([ids], maxlen)[0]
-            counts[row] = len(ids), oov
+            counts[row] = len(ids), oov, self.words_of(ids, oov)
         lengths = counts.tolist()
         if dynamic:
-            width = max(1, min(maxlen, max((n for n, _ in lengths), default=1)))
+            width = max(1, min(maxlen, max((n for n, _, _ in lengths), default=1)))
             x = np.ascontiguousarray(x[:, maxlen - width:] if pre_pad else x[:, :width])
         return x, lengths
 

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rnnserve.service.grpc import messages
 from rnnserve.service.grpc.service import InferenceServicer
+from rnnserve.service.observe.tracing import Tracing
 from rnnserve.service.settings import Settings
 from rnnserve.service.v2.dataplane import DataPlane
 
@@ -50,7 +51,7 @@ class GrpcServer:
     """start() binds and serves; ready() once the models are loaded; stop() at shutdown (NOT_SERVING first,
     then calls in flight get SHUTDOWN_GRACE_S)."""
 
-    def __init__(self, settings: Settings, dataplane: DataPlane):
+    def __init__(self, settings: Settings, dataplane: DataPlane, tracing: Tracing | None = None):
         self.settings = settings
         if settings.grpc_server == "native":
             import pygrpc_native.aio  # the [grpc-native] extra (checked at start by the entry point)
@@ -60,7 +61,7 @@ class GrpcServer:
             self.server = grpc.aio.server(options=options(settings))
         # Registered, not generic: pygrpc-native serves registered unary methods itself (generic ones go to its
         # grpcio fallback); grpcio serves both alike.
-        self.server.add_registered_method_handlers(messages.SERVICE, InferenceServicer(dataplane).handlers())
+        self.server.add_registered_method_handlers(messages.SERVICE, InferenceServicer(dataplane, tracing).handlers())
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.grpc_reflection:

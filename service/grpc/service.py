@@ -23,6 +23,7 @@ from rnnserve.service.core.errors import ServiceError
 from rnnserve.service.grpc import messages
 from rnnserve.service.grpc.tensors import infer_request, infer_response, parameters
 from rnnserve.service.logs import accept_request_id, request_id
+from rnnserve.service.observe.tracing import PROPAGATED, Tracing
 from rnnserve.service.rollout.plan import routing
 from rnnserve.service.v2.dataplane import DataPlane
 
@@ -34,6 +35,9 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          431: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
          504: grpc.StatusCode.DEADLINE_EXCEEDED}
 M = messages.message
+SERVICE = "inference.GRPCInferenceService"
+UNTRACED = {"ServerLive", "ServerReady", "ModelReady"}  # probes: no spans
+INFER = {"ModelInfer", "ModelStreamInfer"}  # refusals shown to the data plane's observers (payload logging)
 
 
 def status_of(exc: ServiceError) -> grpc.StatusCode:
@@ -43,8 +47,9 @@ def status_of(exc: ServiceError) -> grpc.StatusCode:
 class InferenceServicer:
     """The RPCs, on one worker's data plane."""
 
-    def __init__(self, dataplane: DataPlane):
+    def __init__(self, dataplane: DataPlane, tracing: Tracing | None = None):
         self.dataplane = dataplane
+        self.tracing = tracing
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """Every RPC of the service by name, each wrapped with the key check, error statuses and metrics."""
@@ -68,22 +73,46 @@ class InferenceServicer:
             given = bearer[7:]
         self.dataplane.authorize(None if given is None else given.strip())
 
+    def _span(self, rpc: str, context: grpc.aio.ServicerContext) -> tuple:
+        """A server span for the call (None: untraced), child of the trace context in its metadata."""
+        if self.tracing is None or rpc in UNTRACED:
+            return None, None
+        carrier = {k: _text(v) or "" for k, v in context.invocation_metadata() or () if k in PROPAGATED}
+        return self.tracing.start(f"{SERVICE}/{rpc}", carrier, {"rpc.system": "grpc", "rpc.service": SERVICE,
+                                                                  "rpc.method": rpc})
+
+    def _end(self, span, token, name: str, code: grpc.StatusCode) -> None:
+        assert self.tracing is not None  # a span was started
+        attributes = {"rpc.grpc.status_code": code.value[0], "rnnserve.model.name": name}
+        error = code.name if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN) else None
+        self.tracing.end(span, token, attributes, error)
+
+    def _refused(self, rpc: str, name: str, exc: Exception) -> None:
+        if rpc in INFER:
+            self.dataplane.refused(name, "v2", exc)
+
     def _unary(self, rpc: str, handler: Callable[..., Awaitable]):
         async def call(request, context: grpc.aio.ServicerContext):
-            started, status = time.perf_counter(), 200
+            started, status, code = time.perf_counter(), 200, grpc.StatusCode.OK
+            span, token = self._span(rpc, context)
+            name = getattr(request, "model_name", "") or getattr(request, "name", "")
             try:
                 self._begin(context)
                 return await handler(request)
             except ServiceError as exc:
-                status = exc.status
-                await context.abort(status_of(exc), exc.message)
-            except Exception:
-                status = 500
+                status, code = exc.status, status_of(exc)
+                self._refused(rpc, name, exc)
+                await context.abort(code, exc.message)
+            except Exception as exc:
+                status, code = 500, grpc.StatusCode.INTERNAL
                 log.exception("gRPC %s failed", rpc)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                self._refused(rpc, name, exc)
+                await context.abort(code, "internal error")
             finally:
-                name = getattr(request, "model_name", "") or getattr(request, "name", "")
                 self.dataplane.observe(name, f"grpc:{rpc}", status, time.perf_counter() - started)
+                if span is not None:
+                    self._end(span, token, name, code)
         return call
 
     def _streaming(self, rpc: str, handler: Callable[..., Awaitable]):
@@ -94,18 +123,23 @@ class InferenceServicer:
                 self.dataplane.observe("", f"grpc:{rpc}", exc.status, 0.0)
                 await context.abort(status_of(exc), exc.message)
             async for request in requests:
-                started, status = time.perf_counter(), 200
+                started, status, code = time.perf_counter(), 200, grpc.StatusCode.OK
+                span, token = self._span(rpc, context)  # one per request of the stream
                 try:
                     yield M("ModelStreamInferResponse")(infer_response=await handler(request))
                 except ServiceError as exc:
-                    status = exc.status
+                    status, code = exc.status, status_of(exc)
+                    self._refused(rpc, request.model_name, exc)
                     yield M("ModelStreamInferResponse")(error_message=exc.message)
-                except Exception:
-                    status = 500
+                except Exception as exc:
+                    status, code = 500, grpc.StatusCode.INTERNAL
                     log.exception("gRPC %s failed", rpc)
+                    self._refused(rpc, request.model_name, exc)
                     yield M("ModelStreamInferResponse")(error_message="internal error")
                 finally:
                     self.dataplane.observe(request.model_name, f"grpc:{rpc}", status, time.perf_counter() - started)
+                    if span is not None:
+                        self._end(span, token, request.model_name, code)
         return call
 
     async def ServerLive(self, request):  # noqa: N802 - the protocol's names

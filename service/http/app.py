@@ -23,6 +23,7 @@ from rnnserve.service.http import connection, health, repository, rollout, score
 from rnnserve.service.http.errors import handle_error
 from rnnserve.service.http.middleware import OPEN_PATHS, ServiceMiddleware, content_security_policy, is_loopback
 from rnnserve.service.http.raw import RawRoutes
+from rnnserve.service.observe.tracing import Tracing
 from rnnserve.service.state import ServerState
 from rnnserve.service.v2.dataplane import DataPlane
 
@@ -37,8 +38,9 @@ SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description"
                     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 
 
-def create_http_app(state: ServerState, dataplane: DataPlane, lifespan) -> FastAPI:
-    """The HTTP side of one worker. lifespan: the worker's (it starts and stops the state)."""
+def create_http_app(state: ServerState, dataplane: DataPlane, lifespan, tracing: Tracing | None = None) -> FastAPI:
+    """The HTTP side of one worker. lifespan: the worker's (it starts and stops the state). tracing: the server
+    spans' tracer (None: untraced)."""
     settings = state.settings
     connection.configure(settings)
     telemetry = {key: settings.telemetry for key in ("tracing", "metrics", "logs")}
@@ -74,7 +76,7 @@ def create_http_app(state: ServerState, dataplane: DataPlane, lifespan) -> FastA
                        max_score_bytes=settings.max_score_bytes, access_log=settings.access_log,
                        metrics_public=settings.metrics_public, open_paths=open_paths, open_prefixes=open_prefixes,
                        origins=settings.origins(), page_prefixes=page_prefixes,
-                       loopback_only=is_loopback(settings.host))
+                       loopback_only=is_loopback(settings.host), tracing=tracing)
     if settings.origins():  # added last, so it runs first: preflights need no API key
         app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID"])

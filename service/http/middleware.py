@@ -1,5 +1,6 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, security headers, the Origin check,
-API keys, body limit, metrics, access log, and an early error's body read before it is answered."""
+API keys, body limit, metrics, access log, tracing's server span, and an early error's body read before it is
+answered."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from rnnserve.service.core.errors import Forbidden, echo
 from rnnserve.service.http.errors import render_error
 from rnnserve.service.logs import accept_request_id, request_id
+from rnnserve.service.observe.tracing import Tracing
 from rnnserve.service.v2.dataplane import DataPlane
 
 log = logging.getLogger("rnnserve.access")
@@ -47,7 +49,8 @@ class ServiceMiddleware:
     def __init__(self, app, dataplane: DataPlane, max_body_bytes: int, max_score_bytes: int,
                  access_log: bool = True, metrics_public: bool = True,
                  open_paths: tuple[str, ...] = (), open_prefixes: tuple[str, ...] = (),
-                 origins: Sequence[str] = (), page_prefixes: tuple[str, ...] = (), loopback_only: bool = False):
+                 origins: Sequence[str] = (), page_prefixes: tuple[str, ...] = (), loopback_only: bool = False,
+                 tracing: Tracing | None = None):
         self.app = app
         self.dataplane = dataplane
         self.keyed = bool(dataplane.keys)
@@ -64,6 +67,9 @@ class ServiceMiddleware:
         # Each route's limit by name (StreamedBodyRoute.body_limit); max_body_bytes for every other one
         self.body_limits = {"max_body_bytes": max_body_bytes, "max_score_bytes": max_score_bytes}
         self.access_log = access_log
+        self.tracing = tracing
+        # No spans for probes, metrics, the page and the docs: what holds no data needs no trace either.
+        self.untraced = (self.open_paths | {"/metrics"}, open_prefixes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -87,6 +93,10 @@ class ServiceMiddleware:
                     await body.drain(DRAIN_BYTES)
             await send(message)
 
+        span = span_token = None
+        if self.tracing is not None and not self._untraced(scope["path"]):
+            span, span_token = self.tracing.start(scope["method"], _propagated(scope), {
+                "http.request.method": scope["method"], "url.path": scope["path"]})
         try:
             if (origin := self._foreign_origin(scope)) is not None:
                 raise _forbidden(origin)
@@ -103,10 +113,24 @@ class ServiceMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
             self.dataplane.observe(scope.get("path_params", {}).get("name", ""), endpoint, status, seconds)
+            if span is not None:
+                self._end_span(span, span_token, scope, route, status)
             if self.access_log:
                 log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
                                            "ms": round(seconds * 1000, 2)})
             request_id.reset(token)
+
+    def _untraced(self, path: str) -> bool:
+        paths, prefixes = self.untraced
+        return path in paths or path.startswith(prefixes)
+
+    def _end_span(self, span, token, scope, route, status: int) -> None:
+        assert self.tracing is not None  # a span was started
+        attributes = {"http.response.status_code": status}
+        if route is not None:
+            attributes["http.route"] = route.path
+            span.update_name(f"{scope['method']} {route.path}")
+        self.tracing.end(span, token, attributes, str(status) if status >= 500 else None)
 
     def _foreign_origin(self, scope) -> str | None:
         """The Origin of a browser's state-changing request from a page that is neither this service's nor
@@ -161,6 +185,12 @@ class _Body:
             message = await self._receive()
             seen += len(message.get("body", b""))
             self.done = message["type"] != "http.request" or not message.get("more_body", False)
+
+
+def _propagated(scope) -> dict[str, str]:
+    """The W3C trace context headers a request carries."""
+    return {key.decode(): value.decode("latin-1") for key, value in scope["headers"]
+            if key in (b"traceparent", b"tracestate")}
 
 
 def _key(scope) -> bytes | None:

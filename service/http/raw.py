@@ -2,7 +2,8 @@
 
 They are routes of the one route table, declared with raw_post (a RawRoute): FastAPI documents them (OpenAPI,
 /docs), and their handler is the endpoint itself, endpoint(name, request), with no dependency or body
-machinery. The endpoints read and validate their own bodies (body.py); errors get the one error model.
+machinery. The endpoints read and validate their own bodies (body.py); errors get the one error model, and the
+data plane hears of each (`refused`: a failed request's payload event).
 
 RawRoutes, the innermost middleware, serves the table's RawRoutes before Starlette's router, with their own
 patterns: measured side by side (docs/benchmarks.md), routing them through the router and its exception
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
+from rnnserve.service.http.context import dataplane
 from rnnserve.service.http.errors import render_error
 
 
@@ -28,9 +30,15 @@ class RawRoute(APIRoute):
             try:
                 return await endpoint(request.path_params["name"], request)
             except Exception as exc:  # noqa: BLE001 - every failure gets the one error model's answer
-                return render_error(request, exc)
+                return refused(request, exc)
 
         return handle
+
+
+def refused(request: Request, exc: Exception) -> Response:
+    """The error's answer, the data plane's observers told of the refusal first (payload logging)."""
+    dataplane(request).refused(request.path_params["name"], request.url.path.split("/", 2)[1], exc)
+    return render_error(request, exc)
 
 
 def raw_post(router: APIRouter, path: str, **kwargs) -> Callable:
@@ -59,6 +67,6 @@ class RawRoutes:
                     try:
                         response = await route.endpoint(scope["path_params"]["name"], request)
                     except Exception as exc:  # noqa: BLE001 - every failure gets the one error model's answer
-                        response = render_error(request, exc)
+                        response = refused(request, exc)
                     return await response(scope, receive, send)
         await self.app(scope, receive, send)

@@ -101,6 +101,16 @@ def model_listing(registry: Registry, rollouts: Rollouts, name: str) -> dict:
                      "rollout": rollouts.describe(name)}
 
 
+@router.get("/models/{name}/drift", summary="Drift of the newest version: reference and live histograms, scores")
+@router.get("/models/{name}/versions/{version}/drift", openapi_extra=VERSION_PARAMETER,
+            summary="Drift of one version: reference and live histograms, scores")
+async def drift(name: str, request: Request) -> dict:
+    """The version's drift report (service/drift.py; docs/drift.md), computed in the background: each signal's
+    reference and live histograms and PSI, the window; or `available: false` with the reason."""
+    state = server(request)
+    return state.drift.report(state.registry.get(name, path_version(request)))
+
+
 @router.get("/models/{name}/files/{filename}", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}}, summary="A training plot of the newest version")
 @router.get("/models/{name}/versions/{version}/files/{filename}", response_class=FileResponse,

@@ -83,7 +83,8 @@ class ModelRuntime(ABC):
         self.batcher = Batcher(self._timed_run if observer else self.run_batch,
                                max_batch_size=batch,
                                max_delay_s=delay_ms / 1000, max_queue=options.max_queue,
-                               observer=self._batch_done if observer else None, name=f"{self.name}/{self.version}")
+                               observer=self._batch_done if observer else None, name=f"{self.name}/{self.version}",
+                               times=self._last_times if observer else None)
 
     @classmethod
     def open(cls, path: str | Path, options: RuntimeOptions = RuntimeOptions(),
@@ -137,6 +138,9 @@ class ModelRuntime(ABC):
         self._times[session or self.session] = BatchTimes(ended - started - clock.seconds - output, clock.seconds,
                                                           output)
         return out
+
+    def _last_times(self) -> BatchTimes | None:
+        return self._times.get(self.session)
 
     def _make_stepper(self, session: OrtSession, options: RuntimeOptions,
                       prepare: Callable[[np.ndarray], np.ndarray] = lambda x: x) -> Stepper:

@@ -6,6 +6,10 @@ meanwhile, so under load batches grow by themselves even with max_delay = 0. Ite
 texts, for the runtime); run_batch gets their concatenation and returns a result sliceable by row.
 Background items (an explanation's runs) are taken only when no request waits: requests wait for at most
 the run in progress, not for the queued runs of long jobs.
+
+Tracing (service/observe/tracing.py) sets TRACED to a Traced record in a traced request's context; each batch
+that serves it adds a BatchRun to the record, from which the request's stage spans are made after it is
+answered. Untraced, a request costs one context variable read at submit.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +29,40 @@ from rnnserve.service.core.errors import ModelClosed, Overloaded
 log = logging.getLogger("rnnserve.batcher")
 
 
+@dataclass(slots=True)
+class BatchRun:
+    """One batch run as traced requests see it: the batcher's name (MODEL/VERSION), its rows, when it started
+    and ended (time.monotonic()), the runtime's times for it (BatchTimes, or None) and the Traced record of every
+    traced request it served (a batch span links them)."""
+
+    name: str
+    size: int
+    started: float
+    ended: float
+    times: object
+    traced: list[Traced]
+    spanned: bool = False  # its batch span has been made (by the first request to end)
+
+
+@dataclass(slots=True)
+class Traced:
+    """A traced request's record: its span's context (opaque here), and per batch that served it (its rows,
+    when it queued, the run)."""
+
+    context: object
+    runs: list[tuple[int, float, BatchRun]] = field(default_factory=list)
+
+
+TRACED: ContextVar[Traced | None] = ContextVar("rnnserve_traced", default=None)
+
+
 @dataclass
 class _Item:
     rows: list
     future: asyncio.Future
     key: tuple[int, int]  # (0 for a request | 1 for background, arrival number): the queue's order
     enqueued: float = field(default_factory=time.monotonic)
+    traced: Traced | None = None
 
 
 BatchObserver = Callable[[int, list[float]], None]  # (a batch's rows, each of its requests' queue wait in seconds)
@@ -45,8 +78,10 @@ class Batcher:
     Overloaded when max_queue requests wait, ModelClosed after close()."""
 
     def __init__(self, run_batch: Callable[[list], Any], max_batch_size: int = 64, max_delay_s: float = 0.0,
-                 max_queue: int = 2048, observer: BatchObserver | None = None, name: str = "model"):
+                 max_queue: int = 2048, observer: BatchObserver | None = None, name: str = "model",
+                 times: Callable[[], object] | None = None):
         self._run_batch = run_batch
+        self._times = times  # the last run's times (the runtime's BatchTimes), for traced requests
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         # (item.key, item): requests first, each kind in arrival order
@@ -69,7 +104,8 @@ class Batcher:
             raise ModelClosed(f"model {self.name!r} is shutting down")
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
-        item = _Item(rows, asyncio.get_running_loop().create_future(), (int(background), next(self._arrivals)))
+        item = _Item(rows, asyncio.get_running_loop().create_future(), (int(background), next(self._arrivals)),
+                     traced=TRACED.get())
         try:
             self._queue.put_nowait((item.key, item))
         except asyncio.QueueFull:
@@ -133,6 +169,12 @@ class Batcher:
             return
         if self._observer:
             self._observer(len(rows), [started - it.enqueued for it in batch])
+        traced = [(it, it.traced) for it in batch if it.traced is not None]
+        if traced:
+            run = BatchRun(self.name, len(rows), started, time.monotonic(), self._times() if self._times else None,
+                           [record for _, record in traced])
+            for it, record in traced:
+                record.runs.append((len(it.rows), it.enqueued, run))
         offset = 0
         for it in batch:
             n = len(it.rows)

@@ -169,7 +169,8 @@ class TextClassifier(ModelRuntime):
             else:
                 seq, oov = (row.encode(), 0) if isinstance(row, Occluded) else self.tokenizer.encode(row)
             seqs.append(seq)
-            stats.append(TokenStats(kept=min(len(seq), maxlen), oov=oov, truncated=len(seq) > maxlen))
+            stats.append(TokenStats(kept=min(len(seq), maxlen), oov=oov, truncated=len(seq) > maxlen, length=len(seq),
+                                    words=self.tokenizer.words_of(seq, oov)))
         return self.tokenizer.pad(seqs, dynamic=self.dynamic_length), stats
 
     def order(self, texts: Sequence | np.ndarray) -> np.ndarray | None:

@@ -8,6 +8,8 @@ output tensors the request asked for.
 `predict` is where every prediction runs, whatever asked for it: V2 infer over HTTP and gRPC, /v1 predict and
 file scoring's blocks. What watches or steers traffic hooks in there, once for every protocol: `observers` see
 each prediction after it is answered (a Prediction: the model, the rows, the result or the error, its time).
+An inference request refused before it ran (an unknown model, an input that does not decode) reaches them
+through `refused`, which the transports call with the error they answer.
 
 `resolve` is where a request's version is chosen (service/rollout): a label names its version, a request that
 names none goes to the version labelled stable (the newest without one), and a prediction that names none
@@ -23,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -46,6 +49,8 @@ EXTENSIONS = ["classification", "model_configuration", "model_repository", "sequ
               "statistics"]
 log = logging.getLogger("rnnserve.dataplane")
 HONOURED = "max_batch_size and dynamic_batching.max_queue_delay_microseconds"
+# The failure predict() showed the observers, so that the transport's `refused` does not show it again.
+_reported: ContextVar[Exception | None] = ContextVar("rnnserve_reported", default=None)
 UNAUTHORIZED = ("missing or invalid API key: send Authorization: Bearer KEY or X-API-Key: KEY (over gRPC as "
                 "metadata 'authorization: Bearer KEY' or 'x-api-key: KEY')")
 
@@ -254,6 +259,7 @@ class DataPlane:
             model, out = await self.registry.call(name, version, run)
         except Exception as exc:
             if self.observers:
+                _reported.set(exc)
                 self._observe(Prediction(name, model, rows, None, exc, endpoint, request_id.get(),
                                          time.perf_counter() - started))
             raise
@@ -264,6 +270,12 @@ class DataPlane:
             assert rollout is not None
             self.shadow.offer(name, rollout, model, rows, out, seconds)
         return model, out
+
+    def refused(self, name: str, endpoint: str, error: Exception) -> None:
+        """An inference request (endpoint "v1" or "v2") answered with `error`: the observers see it as a failed
+        prediction with no rows, unless predict() already showed them this error."""
+        if self.observers and _reported.get() is not error:
+            self._observe(Prediction(name, None, (), None, error, endpoint, request_id.get(), 0.0))
 
     def _observe(self, event: Prediction) -> None:
         for observer in self.observers:

@@ -69,7 +69,7 @@ def test_open_refuses_bad_packages_with_reasons(model_repo, tmp_path):
     seal(broken)
     with pytest.raises(PackageError, match="two or more"):
         TextClassifier.open(broken)
-    with pytest.raises(PackageError, match="missing"):
+    with pytest.raises(PackageError, match="no package directory here"):
         TextClassifier.open(tmp_path / "nothing" / "1")
 
 

@@ -14,8 +14,11 @@ def test_the_fixture_recipes_export_every_task_through_its_gates(tmp_path, data_
     committed = sorted(p.name for folder in ("models", "tasks") for p in (FIXTURES / folder).iterdir())
     assert sorted(p.name for p in built) == committed
     for folder in built:
-        meta = read_package(folder / "1").metadata
+        package = read_package(folder / "1")
+        meta = package.metadata
         assert meta.parity["max_abs_diff"] <= meta.parity["atol"], folder.name
+        # export writes a text classifier's drift profile, from its training split
+        assert ("profile.json" in package.manifest.files) == (meta.task == "text-classification"), folder.name
         if meta.stepwise:
             assert meta.parity["stepwise"]["max_abs_diff"] <= meta.parity["atol"], folder.name
         with open_model(folder / "1"):

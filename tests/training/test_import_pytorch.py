@@ -20,6 +20,7 @@ from rnnserve.training.cli import main
 from tests.training import notebooks
 from tests.training.test_import import run_import, served, texts_file
 from tests.training.test_import_safety import tiny_onnx
+from tests.training.test_import_tokenizers import word_level_tokenizer
 
 torch = pytest.importorskip("torch")
 
@@ -46,6 +47,8 @@ def test_the_worked_pytorch_notebook_runs_as_written(tmp_path, data_dir, capsys,
     code = main(shlex.split(command)[1:])
     out = capsys.readouterr()
     assert code == 0, out.out + out.err
+    package = read_package(tmp_path / "models" / "reviews-torch" / "1")
+    assert json.loads(package.read("profile.json"))["source"].endswith("of the import's parity texts")
     meta = read_package(tmp_path / "models" / "reviews-torch" / "1").metadata
     assert meta.parity["ids_compared"] and meta.parity["outputs_compared"] and meta.parity["examples"] == 300
     model, encode = namespace["model"], namespace["encode"]
@@ -126,23 +129,6 @@ def test_vocabulary_files_are_read_or_refused_with_the_reason(tmp_path, capsys):
                                tmp_path / vocab, "--maxlen", 5, "--accept-unchecked", "--parity-texts",
                                texts_file(tmp_path, ["a"]))
         assert code == 2 and reason in out, out
-
-
-def word_level_tokenizer(texts: list[str]):
-    """A Hugging Face WordLevel tokenizer as its quick tour trains one, with Lowercase and WhitespaceSplit,
-    [CLS] text [SEP], padded to 48 with [PAD]."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import normalizers, pre_tokenizers, processors, trainers
-
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=3000,
-                                                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                             ("[SEP]", 3)])
-    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=48)
-    return tok
 
 
 def test_a_hugging_face_word_level_tokenizer(tmp_path, data_dir, capsys):

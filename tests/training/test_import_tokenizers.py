@@ -490,6 +490,23 @@ def hugging_face(lower: bool):
         return tok, Tokenizer(hugging_face_spec(Path(tmp), tok))
 
 
+def word_level_tokenizer(texts: list[str], vocab_size: int = 3000, length: int = 48):
+    """A Hugging Face WordLevel tokenizer as its quick tour trains one, with Lowercase and WhitespaceSplit,
+    [CLS] text [SEP], padded to `length` with [PAD]."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import normalizers, pre_tokenizers, processors, trainers
+
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=vocab_size,
+                                                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                             ("[SEP]", 3)])
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
+    return tok
+
+
 def hugging_face_spec(tmp_path, tok) -> TokenizerSpec:
     from rnnserve.training.importer import Preprocessing
     from rnnserve.training.vocabularies import hf_tokenizer_spec
@@ -504,18 +521,8 @@ def library_ids(tok, texts: list[str]) -> np.ndarray:
 
 @pytest.mark.parametrize("dataset", ["imdb", "reuters"])
 def test_a_hugging_face_word_level_tokenizer_on_the_raw_training_texts(corpora, tmp_path, dataset):
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import normalizers, pre_tokenizers, processors, trainers
-
     fit, texts = texts_of(corpora, dataset, FULL)
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.train_from_iterator(fit, trainers.WordLevelTrainer(vocab_size=20000,
-                                                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                             ("[SEP]", 3)])
-    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=64)
+    tok = word_level_tokenizer(fit, vocab_size=20000, length=64)
     spec = hugging_face_spec(tmp_path, tok)
     assert_ours_equal(spec, texts, library_ids(tok, texts), compiled_fits=False)
 

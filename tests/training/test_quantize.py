@@ -1,6 +1,8 @@
 """INT8 packages (training/quantize.py) on a tiny real LSTM package: quantized by onnxruntime, gated on the
 validation split, served like any package."""
 
+import json
+
 import pytest
 
 from rnnserve.service.core.package import read_package
@@ -17,6 +19,9 @@ def test_an_int8_package_is_gated_recorded_and_served(trained_repo, tmp_path):
     assert q["source"]["name"] == "sentiment-lstm" and q["validation_gate"]["examples"] > 0
     assert "DynamicQuantizeLSTM" in meta.onnx.op_types and 0 <= meta.metrics["test"]["accuracy"] <= 1
     assert (path / "model.onnx").stat().st_size < (trained_repo / "sentiment-lstm" / "1" / "model.onnx").stat().st_size
+    # the INT8 model's own drift profile, on its source's training texts
+    profile = json.loads(read_package(path).read("profile.json"))
+    assert profile["texts"] > 0 and "training split" in profile["source"]
     with in_process(models) as client:
         wait_ready(client)
         r = client.post("/v1/models/sentiment-int8/predict", json={"texts": ["a wonderful film", "dull"]})

@@ -69,6 +69,18 @@ def test_padding_and_truncation_sides(padding, truncating, expected):
     assert [s.kept for s in stats] == [3, 6]
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("unknown", ["drop", "oov"])
+def test_stats_count_every_word_before_truncation(fast, unknown):
+    """Drift's per-text figures: words found (dropped unknown ones too) and ids before truncation."""
+    tok = Tokenizer(spec(unknown_words=unknown, maxlen=3, num_words=6), fast=fast)
+    texts = ["the movie", "the zzz movie good qqq bad", "", "zzz"]
+    _, stats = tok(texts)
+    assert [s.words for s in stats] == [len(tok.split_words(t)) for t in texts] == [2, 6, 0, 1]
+    assert [s.length for s in stats] == [len(tok.encode(t)[0]) for t in texts]
+    assert [s.oov for s in stats] == [tok.encode(t)[1] for t in texts]
+
+
 def test_empty_text_is_all_padding_but_start():
     x, stats = Tokenizer(spec())([""])
     assert x.tolist() == [[0, 0, 0, 0, 0, 1]]

@@ -114,6 +114,11 @@ async function loadModels() {
     for (const [k, v] of facts) dl.append(el("dt", { textContent: k }), el("dd", { textContent: v }));
     const card = el("div", { className: "card" }, el("h3", { textContent: `${m.name} v${m.version}` }), dl);
     list.append(card);
+    if (m.task === "text-classification") {
+      const drift = el("div", { className: "drift" });
+      card.append(drift);
+      showDrift(drift, m);
+    }
     for (const plot of m.plots || []) {
       const img = el("img", { alt: `${m.name}: ${plot}` });
       card.append(img);
@@ -124,6 +129,54 @@ async function loadModels() {
   }
   $("key-prompt").hidden = true;
   showForms();
+}
+
+// Drift: per signal, the reference's share of each bin (grey) beside the live window's (blue), as SVG bars,
+// with its PSI; refreshed while the page is open.
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function driftPlot(signal, entry) {
+  const share = (counts) => { const n = counts.reduce((a, b) => a + b, 0); return counts.map((c) => (n ? c / n : 0)); };
+  const ref = share(entry.reference), live = share(entry.live);
+  const top = Math.max(...ref, ...live, 0.01), w = 220, h = 48, step = w / ref.length;
+  const plot = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img",
+                            "aria-label": `${signal}: reference and live shares per bin` });
+  ref.forEach((r, i) => {
+    const title = svg("title", {});
+    title.textContent = `${entry.bins[i]}: reference ${percent(r)}, live ${percent(live[i])}`;
+    const g = svg("g", {});
+    g.append(title,
+      svg("rect", { x: i * step + 1, y: h - (h * r) / top, width: step / 2 - 1, height: (h * r) / top, class: "ref" }),
+      svg("rect", { x: i * step + step / 2, y: h - (h * live[i]) / top, width: step / 2 - 1, height: (h * live[i]) / top,
+                    class: "live" }));
+    plot.append(g);
+  });
+  const score = entry.score === null ? "no score yet" : `PSI ${entry.score.toFixed(3)}`;
+  return el("figure", { className: entry.alert ? "alert" : "" }, plot,
+            el("figcaption", { textContent: `${signal}: ${score}` }));
+}
+
+async function showDrift(box, m) {
+  try {
+    const report = await (await api(`../v1/models/${encodeURIComponent(m.name)}/versions/${m.version}/drift`)).json();
+    if (!report.available) {
+      box.replaceChildren(el("p", { className: "muted", textContent: `drift unavailable: ${report.reason}` }));
+      return;
+    }
+    const w = report.window;
+    box.replaceChildren(el("p", { textContent: `drift: ${w.texts} of the last ${w.size} texts (scored from ${w.min_count}; `
+                                  + `alert at PSI ${report.threshold}) against ${report.reference.texts} reference texts` }),
+                        ...Object.entries(report.signals).map(([signal, entry]) => driftPlot(signal, entry)));
+  } catch (e) {
+    box.replaceChildren(el("p", { className: "error", textContent: `drift: ${e.message}` }));
+    return;
+  }
+  if (box.isConnected) setTimeout(() => showDrift(box, m), 10000);
 }
 
 // Explanation: the verdict, a bar per class, and the text with each word shaded by its contribution.

@@ -1,0 +1,1 @@
+"""What watches production traffic: payload logging (payload.py, sinks.py) and tracing (tracing.py)."""
