@@ -149,12 +149,18 @@ class Drift:
         """refresh() every `seconds` until cancelled (the file I/O and scoring in a thread)."""
         if not self.enabled:
             return
+        failing = False
         while True:
             await asyncio.sleep(seconds)
             counts = {key: window.counts() for key, window in list(self.windows.items())}
             models = [m for name in self.registry.names() for m in self.registry.versions(name).values()]
             try:
                 await asyncio.to_thread(self.refresh, counts, models)
+                failing = False
+            except OSError as exc:  # said once while it lasts, not every round
+                if not failing:
+                    log.warning("drift cannot share its histograms: %s; the scores keep their last values", exc)
+                failing = True
             except Exception:  # noqa: BLE001 - drift never stops serving; the next round tries again
                 log.exception("drift refresh failed")
 
@@ -180,8 +186,13 @@ class Drift:
         else:
             mine = self.directory / f"{os.getpid()}.json"
             staged = mine.with_suffix(".tmp")
-            staged.write_text(json.dumps([[name, version, c] for (name, version), c in counts.items()]))
-            staged.replace(mine)  # whole or not at all for the readers
+            try:
+                staged.write_text(json.dumps([[name, version, c] for (name, version), c in counts.items()]))
+                staged.replace(mine)  # whole or not at all for the readers
+            except OSError:  # a full or read-only state directory: nothing half-written left behind
+                with contextlib.suppress(OSError):
+                    staged.unlink()
+                raise
             files = []
             for path in self.directory.glob("*.json"):
                 if not alive(int(path.stem)):  # a dead worker's window went with it

@@ -12,9 +12,13 @@ import pytest
 
 from rnnserve.service.core.package import MANIFEST, seal
 from rnnserve.service.core.profile import ALERT, PROFILE, SIGNALS
-from rnnserve.service.settings import BUNDLED_MODELS
+from rnnserve.service.drift import Drift
+from rnnserve.service.metrics import Metrics
+from rnnserve.service.registry import Registry
+from rnnserve.service.settings import BUNDLED_MODELS, Settings
 from rnnserve.training.data import _read_npz, imdb_raw_train_in_keras_order, reuters_raw_train
 from tests.conftest import Server, in_process, wait_ready, wait_until
+from tests.service.storage import full_directory
 from tests.service.test_workers import wait_for_workers
 
 IMDB, REUTERS = "imdb-lstm", "reuters-lstm"
@@ -149,3 +153,18 @@ def test_two_workers_report_the_same_whole_server_scores(tmp_path, data_dir):
         assert all(s is not None and s < ALERT for s in scores(seen[0]).values()), scores(seen[0])
     finally:
         srv.stop()
+
+
+def test_a_full_state_directory_leaves_no_half_written_histograms(tmp_path):
+    """The workers share their histograms through the state directory: when it cannot be written, the round
+    fails whole and leaves no temporary file behind (a worker's next round tries again)."""
+    settings = Settings(models_dir=tmp_path / "models")
+    metrics = Metrics()
+    with full_directory(tmp_path / "state") as state:
+        drift = Drift(settings, metrics, Registry(settings, metrics), state.path / "drift")
+        drift.refresh({("m", "1"): {"tokens": [1, 2]}}, [])
+        assert [p.name for p in state.path.rglob("*.json")]
+        state.fill()
+        with pytest.raises(OSError):
+            drift.refresh({("m", "1"): {"tokens": [1, 2, 3]}}, [])
+        assert not list(state.path.rglob("*.tmp"))
