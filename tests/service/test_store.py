@@ -109,9 +109,10 @@ def test_a_rollout_file_in_the_bucket_travels_with_the_mirror(bucket, tmp_path):
                                                                "canary_share": 1.0}).encode())
         wait_until(lambda: predict(client).json()["version"] == 2, 2 * POLL_S + 3, "the edited rollout")
         obstore.delete(store, [f"{NAME}/rollout.json"])
-        wait_until(lambda: not (tmp_path / "cache" / "repository" / NAME / "rollout.json").exists(), 2 * POLL_S + 3,
-                   "the rollout file to go")
-        assert client.get(f"/v1/models/{NAME}").json()["rollout"]["source"] == "none"
+        # The mirror removes the cached file, then the same poll's control reads the rollout again: wait for both.
+        wait_until(lambda: client.get(f"/v1/models/{NAME}").json()["rollout"]["source"] == "none", 2 * POLL_S + 3,
+                   "the rollout to go")
+        assert not (tmp_path / "cache" / "repository" / NAME / "rollout.json").exists()
 
 
 def test_azure_blob_storage_through_azurite(azurite, monkeypatch, tmp_path):
