@@ -132,9 +132,12 @@ def test_two_workers_report_the_same_whole_server_scores(tmp_path, data_dir):
         pids = wait_for_workers(srv, 2)
         for i in range(0, len(texts), 4):  # a connection per request: the kernel spreads them over the workers
             assert httpx.post(f"{srv.url}/v1/models/{IMDB}/predict", json={"texts": texts[i:i + 4]}).status_code == 200
-        drift_files = list(Path("/tmp").glob(f"rnnserve-*/drift/{pids[0]}.json"))
-        assert drift_files, "the workers share their windows in the state directory"
-        folder = drift_files[0].parent
+
+        def drift_files() -> list[Path]:  # written at each background round (every second)
+            return list(Path("/tmp").glob(f"rnnserve-*/drift/{pids[0]}.json"))
+
+        wait_until(drift_files, 10, "the workers to share their windows in the state directory")
+        folder = drift_files()[0].parent
 
         def recorded(pid: int) -> int:
             path = folder / f"{pid}.json"
