@@ -151,12 +151,15 @@ class Server:
     def __init__(self, models_dir: Path, *args: str, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        workers = [] if "--workers" in args else ["--workers", "1"]  # one process unless a test says otherwise
+        # one process unless a test says otherwise
+        self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         # Each server its own gRPC port: workers share a port (SO_REUSEPORT), so servers must not
         self.grpc_port = free_port()
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         cmd = [sys.executable, "-m", "rnnserve.service", "--models-dir", str(models_dir), "--port", str(self.port),
-               "--grpc-port", str(self.grpc_port), "--no-access-log", *workers, *args]
+               "--grpc-port", str(self.grpc_port), "--no-access-log", *args]
+        if "--workers" not in args:
+            cmd += ["--workers", "1"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -164,7 +167,20 @@ class Server:
         self._wait("/health/live", timeout)
 
     def wait_ready(self, timeout: float = 60) -> None:
+        """Ready on whichever worker answers, then every worker has loaded the repository: a request that
+        lands on any of them is served."""
         self._wait("/health/ready", timeout)
+        if self.workers > 1:
+            self.wait_workers(self.workers, timeout)
+
+    def worker_pids(self) -> list[int]:
+        """The server's live workers that have loaded the repository (each writes its status file then)."""
+        return [int(p.stem) for p in Path("/tmp").glob("rnnserve-*/workers/*.json")
+                if _child_of(int(p.stem), self.proc.pid)]
+
+    def wait_workers(self, count: int, timeout: float = 90) -> list[int]:
+        wait_until(lambda: len(self.worker_pids()) >= count, timeout, f"{count} workers to load")
+        return self.worker_pids()
 
     def _wait(self, path: str, timeout: float) -> None:
         try:
@@ -181,6 +197,15 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.stdout.read()
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    """A live (not zombie) child process of `parent`."""
+    try:
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return False
+    return int(ppid) == parent and state != "Z"
 
 
 def in_process(models_dir: Path, **settings) -> TestClient:

@@ -19,7 +19,6 @@ from rnnserve.service.settings import BUNDLED_MODELS, Settings
 from rnnserve.training.data import _read_npz, imdb_raw_train_in_keras_order, reuters_raw_train
 from tests.conftest import Server, in_process, wait_ready, wait_until
 from tests.service.storage import full_directory
-from tests.service.test_workers import wait_for_workers
 
 IMDB, REUTERS = "imdb-lstm", "reuters-lstm"
 WINDOW = 300
@@ -128,8 +127,8 @@ def test_two_workers_report_the_same_whole_server_scores(tmp_path, data_dir):
     srv = Server(repo_of(tmp_path, IMDB), "--workers", "2",
                  env={"RNNSERVE_DRIFT_WINDOW": "1000", "RNNSERVE_DRIFT_MIN_COUNT": "50"})
     try:
-        srv.wait_ready(timeout=120)
-        pids = wait_for_workers(srv, 2)
+        srv.wait_ready(timeout=120)  # both workers
+        pids = srv.worker_pids()
         for i in range(0, len(texts), 4):  # a connection per request: the kernel spreads them over the workers
             assert httpx.post(f"{srv.url}/v1/models/{IMDB}/predict", json={"texts": texts[i:i + 4]}).status_code == 200
 

@@ -23,7 +23,6 @@ from bench.stores import Azurite, MotoS3
 from rnnserve.service.store import StoreError, StoreOptions, open_mirror
 from rnnserve.service.store.client import aws_profile, open_store, upload_package
 from tests.conftest import FIXTURES, ROOT, Server, free_port, in_process, wait_ready, wait_until
-from tests.service.test_workers import wait_for_workers
 
 NAME = "sentiment-lstm"
 PACKAGE = FIXTURES / "models" / NAME / "1"
@@ -350,7 +349,7 @@ def test_every_worker_serves_a_new_version_within_two_polls(moto, tmp_path):
     srv = Server(url, "--workers", "2", "--repository-poll-s", "0.5", "--models-cache-dir", str(tmp_path / "cache"),
                  env=env)
     try:
-        wait_for_workers(srv, 2)
+        srv.wait_ready()  # both workers
         assert {_version(srv) for _ in range(20)} == {1}
         upload_package(store, url, PACKAGE, f"{NAME}/2")
         # two poll periods, and the download, load and warm-up of a tiny package

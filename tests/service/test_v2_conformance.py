@@ -22,7 +22,6 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ROOT, Server, real_reviews, wait_until
-from tests.service.test_workers import wait_for_workers
 
 STATEFUL = {"reuters-char-rnn", "waves-lstm-tutorial"}
 
@@ -45,8 +44,7 @@ def two_workers(model_repo, tmp_path_factory):
     shutil.copytree(model_repo, repo)
     srv = Server(repo, "--workers", "2")
     try:
-        srv.wait_ready(120)
-        wait_for_workers(srv, 2)  # each has loaded the repository: whichever answers knows every model
+        srv.wait_ready(120)  # each worker has loaded the repository: whichever answers knows every model
         yield srv
     finally:
         srv.stop()

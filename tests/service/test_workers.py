@@ -30,32 +30,12 @@ def serve(repo):
 
     def start(workers: int, *args: str) -> Server:
         started.append(srv := Server(repo, "--workers", str(workers), *args))
-        srv.wait_ready()
-        wait_for_workers(srv, workers)
+        srv.wait_ready()  # every worker has loaded it
         return srv
 
     yield start
     for srv in started:
         srv.stop()
-
-
-def workers(srv: Server) -> list[int]:
-    """The server's live workers that have loaded the repository (each writes its status file then)."""
-    return [int(p.stem) for p in Path("/tmp").glob("rnnserve-*/workers/*.json") if _child_of(int(p.stem), srv.proc.pid)]
-
-
-def wait_for_workers(srv: Server, count: int, timeout: float = 90) -> list[int]:
-    wait_until(lambda: len(workers(srv)) >= count, timeout, f"{count} workers to load")
-    return workers(srv)
-
-
-def _child_of(pid: int, parent: int) -> bool:
-    """A live (not zombie) child process of `parent`."""
-    try:
-        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
-    except OSError:
-        return False
-    return int(ppid) == parent and state != "Z"
 
 
 def predict(client: httpx.Client, text: str = "a fine film") -> httpx.Response:
@@ -139,10 +119,10 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_fail(repo,
     for t in threads:
         t.start()
     wait_until(lambda: len(results) >= 100, what="the load to run")
-    victim = workers(srv)[0]
+    victim = srv.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
-    wait_for_workers(srv, 3, timeout=30)  # the replacement has loaded the repository
+    srv.wait_workers(3, timeout=30)  # the replacement has loaded the repository
     replaced = time.monotonic() - killed
     served = len(results)
     wait_until(lambda: len(results) >= served + 100, what="the load to go on with the replacement")
@@ -160,7 +140,7 @@ def test_a_worker_killed_under_load_is_replaced_and_only_its_requests_fail(repo,
 
 def test_control_state_is_removed_when_the_server_stops(repo, serve):
     srv = serve(2)
-    state = next(Path("/tmp").glob(f"rnnserve-*/workers/{workers(srv)[0]}.json")).parent.parent
+    state = next(Path("/tmp").glob(f"rnnserve-*/workers/{srv.worker_pids()[0]}.json")).parent.parent
     assert (state / "metrics").is_dir() and (state / "workers").is_dir()
     srv.stop()
     assert not state.exists()
@@ -188,5 +168,5 @@ def test_control_of_names_gone_failed_or_unknown(repo, serve):
         for name in ("y" * 300, "never-there"):
             r = client.post(f"/v2/repository/models/{name}/load")
             assert r.status_code == 404 and len(r.content) < 300, r.text
-        state = next(Path("/tmp").glob(f"rnnserve-*/workers/{workers(srv)[0]}.json")).parent.parent
+        state = next(Path("/tmp").glob(f"rnnserve-*/workers/{srv.worker_pids()[0]}.json")).parent.parent
         assert "never-there" not in (state / "desired.json").read_text()
