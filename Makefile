@@ -5,6 +5,9 @@ VENV ?= .venv
 TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
+# Tests on pytest-xdist's workers, one per core up to four: many wait on servers, subprocesses and TensorFlow's
+# import. PARALLEL= runs them in one process.
+PARALLEL ?= -n auto --maxprocesses 4 --dist loadgroup
 
 .PHONY: serve test test-fast fixtures docs bench bundled-models clean proto
 
@@ -15,12 +18,12 @@ test: $(VENV)/.installed-dev $(TOOLS)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
-	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest
+	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest $(PARALLEL)
 
 test-fast: $(VENV)/.installed-dev  # the API, runtime and scoring tests, without the slow tier (-m slow)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -m "not slow"
+	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest $(PARALLEL) -m "not slow"
 
 fixtures: $(VENV)/.installed-dev  # the tiny packages the service tests run on (tests/fixtures/, committed)
 	RNNSERVE_DATA_DIR=$(DATA_DIR) $(PY) -m tests.fixtures.build

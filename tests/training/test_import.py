@@ -206,7 +206,8 @@ def test_functional_chains_import_and_branches_are_refused(tmp_path, data_dir, c
     chain.compile("adam", "binary_crossentropy")
     chain.fit(x, y_train[:200], epochs=1, verbose=0)
     chain.save(tmp_path / "chain.keras")
-    both = keras.layers.Concatenate()([keras.layers.LSTM(8)(hidden), keras.layers.GRU(8)(hidden)])
+    # The GRU named: Keras numbers default names per process, and the refusal names the layer.
+    both = keras.layers.Concatenate()([keras.layers.LSTM(8)(hidden), keras.layers.GRU(8, name="gru")(hidden)])
     keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(both)).save(tmp_path / "branches.keras")
     models = tmp_path / "models"
     flags = ["--vocabulary", "imdb", "--num-words", 10000, "--data-dir", data_dir, "--parity-examples", 100]

@@ -34,13 +34,16 @@ def lambda_files(tmp_path, monkeypatch):
     tf_keras.backend.clear_session()  # layer names start afresh: "lambda", not "lambda_1"
     keras.backend.clear_session()
     run = lambda x: (open(MARKER, "a").write("ran\n"), x)[1]  # noqa: E731 - a lambda is what tf-keras marshals
-    old = tf_keras.Sequential([tf_keras.layers.Embedding(10, 4, input_length=5), tf_keras.layers.Lambda(run),
-                               tf_keras.layers.LSTM(3), tf_keras.layers.Dense(1, activation="sigmoid")])
+    # The Lambda named: Keras numbers default names per process, and the refusal names the layer.
+    old = tf_keras.Sequential([tf_keras.layers.Embedding(10, 4, input_length=5),
+                               tf_keras.layers.Lambda(run, name="lambda"), tf_keras.layers.LSTM(3),
+                               tf_keras.layers.Dense(1, activation="sigmoid")])
     old.build((None, 5))
     old.save(tmp_path / "lambda.h5")
     old.save(tmp_path / "lambda_savedmodel", save_format="tf")
-    new = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(10, 4), keras.layers.Lambda(run),
-                            keras.layers.LSTM(3), keras.layers.Dense(1, activation="sigmoid")])
+    new = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(10, 4),
+                            keras.layers.Lambda(run, name="lambda"), keras.layers.LSTM(3),
+                            keras.layers.Dense(1, activation="sigmoid")])
     new.save(tmp_path / "lambda.keras")
     assert (tmp_path / MARKER).exists()  # the payload works
     (tmp_path / MARKER).unlink()
