@@ -6,8 +6,10 @@ TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 # Tests on pytest-xdist's workers, one per core up to four: many wait on servers, subprocesses and TensorFlow's
-# import. PARALLEL= runs them in one process.
-PARALLEL ?= -n auto --maxprocesses 4 --dist loadgroup
+# import. A module's tests run on one worker, so its fixtures (an image build, a Ray cluster, a browser, the raw
+# corpora) are made once (loadgroup would group finer, but pytest 9.2 breaks it: pytest-xdist #1386).
+# PARALLEL= runs them in one process.
+PARALLEL ?= -n auto --maxprocesses 4 --dist loadfile
 
 .PHONY: serve test test-fast fixtures docs bench bundled-models clean proto
 

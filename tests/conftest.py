@@ -29,17 +29,10 @@ LOCAL = "http://127.0.0.1:8000"  # in-process clients' origin
 SLOW_MODULES = {"test_docker", "test_page", "test_ray", "test_wheel", "test_bundled_models"}
 
 
-# make test runs the suite on pytest-xdist's workers (--dist loadgroup): these modules' tests stay on one worker,
-# so their module fixtures (an image build, a Ray cluster, a browser, a wheel build) are made once.
-ONE_WORKER_MODULES = {"test_docker", "test_page", "test_ray", "test_wheel"}
-
-
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.stem in SLOW_MODULES or item.path.parent.name == "training":
             item.add_marker(pytest.mark.slow)
-        if item.path.stem in ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 @pytest.hookimpl(hookwrapper=True)
