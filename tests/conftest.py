@@ -151,15 +151,13 @@ class Server:
     def __init__(self, models_dir: Path, *args: str, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # one process unless a test says otherwise
+        workers = [] if "--workers" in args else ["--workers", "1"]  # one process unless a test says otherwise
         self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         # Each server its own gRPC port: workers share a port (SO_REUSEPORT), so servers must not
         self.grpc_port = free_port()
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         cmd = [sys.executable, "-m", "rnnserve.service", "--models-dir", str(models_dir), "--port", str(self.port),
-               "--grpc-port", str(self.grpc_port), "--no-access-log", *args]
-        if "--workers" not in args:
-            cmd += ["--workers", "1"]
+               "--grpc-port", str(self.grpc_port), "--no-access-log", *workers, *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
